@@ -1,0 +1,3 @@
+//! readyd: a sidecar that serves health, configuration, feature flags and
+//! deployment history over gRPC, backed by PostgreSQL.
+pub mod api;
