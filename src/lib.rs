@@ -1,3 +1,13 @@
 //! readyd: a sidecar that serves health, configuration, feature flags and
 //! deployment history over gRPC, backed by PostgreSQL.
 pub mod api;
+pub mod app;
+pub mod embedded_pg;
+pub mod health;
+pub mod settings;
+pub mod startup;
+pub mod store;
+
+pub use app::serve;
+pub mod cli;
+pub mod signals;

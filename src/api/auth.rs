@@ -1,0 +1,343 @@
+//! Who may call what: one tower layer in front of every service.
+//!
+//! The layer sees the gRPC method path before any handler runs, so the rule
+//! lives in one table ([`access_for`]) instead of in each handler. It tells
+//! handlers who the caller is through a [`Caller`] request extension (config
+//! reads show sensitive values to admins only).
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::{Either, Ready, ready};
+use subtle::ConstantTimeEq;
+use tonic::Status;
+use tower::{Layer, Service};
+
+use crate::settings::Secret;
+
+/// What a method needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No token ever (grpc.health.v1, reflection): kubelets cannot send one.
+    Public,
+    /// The read token when one is configured, else nothing.
+    Read,
+    /// The admin token.
+    Admin,
+}
+
+/// Methods that change state (or read admin-only data), by full path.
+const ADMIN_METHODS: &[&str] = &[
+    "/readyd.v1.FlagService/UpsertFlag",
+    "/readyd.v1.FlagService/DeleteFlag",
+    "/readyd.v1.ConfigService/SetConfig",
+    "/readyd.v1.ConfigService/DeleteConfig",
+    "/readyd.v1.ConfigService/SetMaintenanceMode",
+    "/readyd.v1.ConfigService/ListConfigAudit",
+    "/readyd.v1.DeploymentService/RecordDeployment",
+    "/readyd.v1.DeploymentService/RecordRollback",
+];
+
+/// Services that never need a token.
+const PUBLIC_SERVICES: &[&str] = &[
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
+
+/// The access a gRPC method path needs. Unknown paths count as reads (the
+/// router then answers UNIMPLEMENTED).
+pub fn access_for(path: &str) -> Access {
+    if PUBLIC_SERVICES
+        .iter()
+        .any(|prefix| path.starts_with(prefix))
+    {
+        Access::Public
+    } else if ADMIN_METHODS.contains(&path) {
+        Access::Admin
+    } else {
+        Access::Read
+    }
+}
+
+/// Who is calling, as far as readyd can tell. Inserted into every request's
+/// extensions by [`AuthLayer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// The caller presented the admin token.
+    pub is_admin: bool,
+}
+
+impl Caller {
+    /// The caller of a request; not admin when the layer did not run.
+    pub fn of<T>(request: &tonic::Request<T>) -> Caller {
+        request
+            .extensions()
+            .get::<Caller>()
+            .copied()
+            .unwrap_or(Caller { is_admin: false })
+    }
+}
+
+/// The configured tokens.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    /// Enables mutations.
+    pub admin: Option<Secret>,
+    /// Guards reads when set.
+    pub read: Option<Secret>,
+}
+
+/// Compares in constant time, so the time taken reveals nothing about how
+/// much of a guess was right.
+fn matches(presented: &str, expected: &Secret) -> bool {
+    presented
+        .as_bytes()
+        .ct_eq(expected.expose().as_bytes())
+        .into()
+}
+
+impl Tokens {
+    /// Decides a call to `path` with the given `authorization` header value.
+    /// Never logs or echoes the token.
+    pub fn authorize(
+        &self,
+        path: &str,
+        authorization: Option<&http::HeaderValue>,
+    ) -> Result<Caller, Status> {
+        let access = access_for(path);
+        if access == Access::Public {
+            return Ok(Caller { is_admin: false });
+        }
+        if access == Access::Admin && self.admin.is_none() {
+            return Err(Status::permission_denied(
+                "mutations are disabled on this readyd: set READYD_ADMIN_TOKEN to enable them",
+            ));
+        }
+        let presented = match authorization {
+            None => None,
+            Some(value) => {
+                let token = value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| {
+                        v.strip_prefix("Bearer ")
+                            .or_else(|| v.strip_prefix("bearer "))
+                    })
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty());
+                match token {
+                    Some(token) => Some(token),
+                    None => {
+                        return Err(Status::unauthenticated(
+                            "malformed authorization header; expected `authorization: Bearer <token>`",
+                        ));
+                    }
+                }
+            }
+        };
+        let is_admin = match (presented, &self.admin) {
+            (Some(token), Some(admin)) => matches(token, admin),
+            _ => false,
+        };
+        let is_reader = match (presented, &self.read) {
+            (Some(token), Some(read)) => matches(token, read),
+            _ => false,
+        };
+        if presented.is_some() && !is_admin && !is_reader {
+            return Err(Status::permission_denied(
+                "the presented token is not valid",
+            ));
+        }
+        match access {
+            Access::Public => Ok(Caller { is_admin: false }),
+            Access::Admin if presented.is_none() => Err(Status::unauthenticated(
+                "this call needs the admin token: send `authorization: Bearer <READYD_ADMIN_TOKEN>`",
+            )),
+            Access::Admin if !is_admin => {
+                Err(Status::permission_denied("this call needs the admin token"))
+            }
+            Access::Read if self.read.is_some() && presented.is_none() => {
+                Err(Status::unauthenticated(
+                    "reads need a token: send `authorization: Bearer <READYD_READ_TOKEN>`",
+                ))
+            }
+            Access::Admin | Access::Read => Ok(Caller { is_admin }),
+        }
+    }
+}
+
+/// Tower layer applying [`Tokens::authorize`] to every request.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    /// Shared by every connection.
+    tokens: Arc<Tokens>,
+}
+
+impl AuthLayer {
+    /// A layer enforcing `tokens`.
+    pub fn new(tokens: Tokens) -> Self {
+        Self {
+            tokens: Arc::new(tokens),
+        }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Auth {
+            inner,
+            tokens: Arc::clone(&self.tokens),
+        }
+    }
+}
+
+/// The service made by [`AuthLayer`].
+#[derive(Debug, Clone)]
+pub struct Auth<S> {
+    /// The services behind the check.
+    inner: S,
+    /// The configured tokens.
+    tokens: Arc<Tokens>,
+}
+
+impl<S, B, ResBody> Service<http::Request<B>> for Auth<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<S::Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        match self
+            .tokens
+            .authorize(path, request.headers().get(http::header::AUTHORIZATION))
+        {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                Either::Right(self.inner.call(request))
+            }
+            Err(status) => {
+                tracing::debug!(method = path, code = ?status.code(), "call refused");
+                Either::Left(ready(Ok(status.into_http())))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use tonic::Code;
+
+    const MUTATION: &str = "/readyd.v1.FlagService/UpsertFlag";
+    const READ: &str = "/readyd.v1.FlagService/GetFlag";
+    const PROBE: &str = "/grpc.health.v1.Health/Check";
+
+    fn header(token: &str) -> http::HeaderValue {
+        http::HeaderValue::from_str(&format!("Bearer {token}")).unwrap()
+    }
+
+    fn tokens(admin: Option<&str>, read: Option<&str>) -> Tokens {
+        Tokens {
+            admin: admin.map(Secret::new),
+            read: read.map(Secret::new),
+        }
+    }
+
+    fn code(result: Result<Caller, Status>) -> Code {
+        result.err().map_or(Code::Ok, |s| s.code())
+    }
+
+    #[test]
+    fn mutations_without_an_admin_token_configured_are_refused_with_a_hint() {
+        let err = tokens(None, None)
+            .authorize(MUTATION, Some(&header("x")))
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        assert!(err.message().contains("READYD_ADMIN_TOKEN"));
+    }
+
+    #[test]
+    fn the_admin_rules() {
+        let t = tokens(Some("admin-secret"), None);
+        assert_eq!(code(t.authorize(MUTATION, None)), Code::Unauthenticated);
+        assert_eq!(
+            code(t.authorize(MUTATION, Some(&header("wrong")))),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            t.authorize(MUTATION, Some(&header("admin-secret")))
+                .unwrap(),
+            Caller { is_admin: true }
+        );
+        let malformed = http::HeaderValue::from_static("Basic abc");
+        assert_eq!(
+            code(t.authorize(MUTATION, Some(&malformed))),
+            Code::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn a_read_token_guards_reads_but_never_probes() {
+        let t = tokens(Some("admin-secret"), Some("read-secret"));
+        assert_eq!(code(t.authorize(READ, None)), Code::Unauthenticated);
+        assert_eq!(
+            t.authorize(READ, Some(&header("read-secret"))).unwrap(),
+            Caller { is_admin: false }
+        );
+        assert_eq!(
+            t.authorize(READ, Some(&header("admin-secret"))).unwrap(),
+            Caller { is_admin: true }
+        );
+        assert_eq!(
+            code(t.authorize(MUTATION, Some(&header("read-secret")))),
+            Code::PermissionDenied
+        );
+        assert_eq!(code(t.authorize(PROBE, None)), Code::Ok);
+        assert_eq!(code(t.authorize(PROBE, Some(&header("junk")))), Code::Ok);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// The decision table, against a plain reference of DESIGN.md's rules.
+        #[test]
+        fn decisions_follow_the_rules(
+            admin in proptest::option::of("[a-z]{1,4}"),
+            read in proptest::option::of("[a-z]{1,4}"),
+            presented in proptest::option::of("[a-z]{1,4}"),
+            path in prop_oneof![Just(MUTATION), Just(READ), Just(PROBE)],
+        ) {
+            let t = tokens(admin.as_deref(), read.as_deref());
+            let got = code(t.authorize(path, presented.as_deref().map(header).as_ref()));
+            let is_admin = presented.is_some() && presented == admin;
+            let is_reader = presented.is_some() && presented == read;
+            let expected = if path == PROBE {
+                Code::Ok
+            } else if presented.is_some() && !is_admin && !is_reader {
+                Code::PermissionDenied
+            } else if path == MUTATION {
+                if admin.is_none() { Code::PermissionDenied }
+                else if presented.is_none() { Code::Unauthenticated }
+                else if !is_admin { Code::PermissionDenied }
+                else { Code::Ok }
+            } else if read.is_some() && presented.is_none() {
+                Code::Unauthenticated
+            } else {
+                Code::Ok
+            };
+            prop_assert_eq!(got, expected);
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! The one place where errors become gRPC statuses.
+
+use tonic::Status;
+
+use crate::store::StoreError;
+
+/// An error of any API handler.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A field of the request is invalid; nothing was changed.
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        /// The request field at fault.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The thing asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// An expected version did not match.
+    #[error("{0}")]
+    Aborted(String),
+    /// The request is valid but the state does not allow it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<ApiError> for Status {
+    fn from(err: ApiError) -> Self {
+        match err {
+            ApiError::InvalidArgument { .. } => Status::invalid_argument(err.to_string()),
+            ApiError::NotFound(message) => Status::not_found(message),
+            ApiError::Aborted(message) => Status::aborted(message),
+            ApiError::FailedPrecondition(message) => Status::failed_precondition(message),
+            ApiError::Store(StoreError::Unavailable(source)) => {
+                tracing::warn!(error = %source, "database unavailable");
+                Status::unavailable(
+                    "the database is unreachable: reads are served from memory, changes need the database",
+                )
+            }
+            ApiError::Store(other) => {
+                // Details go to the log; the caller gets no internals.
+                tracing::error!(error = %other, "database error");
+                Status::internal("internal database error; see readyd's log")
+            }
+        }
+    }
+}

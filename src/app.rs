@@ -1,0 +1,148 @@
+//! Wiring: the started database and settings in, a running gRPC server out,
+//! and an orderly shutdown: probes NOT_SERVING first, then streams end, then
+//! the server drains within the shutdown timeout, then the private
+//! PostgreSQL stops.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::api::auth::{AuthLayer, Tokens};
+use crate::api::grpc_health::GrpcHealth;
+use crate::api::health::HealthApi;
+use crate::api::pb;
+use crate::health::probes::{READINESS, STARTUP};
+use crate::health::{Probes, ServingStatus};
+use crate::startup::Started;
+
+/// Largest message readyd accepts or sends. gRPC's usual 4 MiB, stated
+/// explicitly: most clients refuse larger messages by default, so large
+/// snapshots are split into several messages instead of raising this.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Server-side HTTP/2 pings detect dead clients of long-lived streams.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// A client that does not answer a ping within this is dropped.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A failure of the running server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The server task ended abnormally.
+    #[error("gRPC server task ended abnormally: {0}")]
+    Crashed(String),
+    /// Building the reflection service failed.
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Runs readyd until `shutdown` completes, then shuts down in order.
+pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let Started {
+        settings,
+        store,
+        private_pg,
+        listener,
+    } = started;
+    let local_addr: Option<SocketAddr> = listener.local_addr().ok();
+    let probes = Arc::new(Probes::new());
+    let streams_end = CancellationToken::new();
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let grpc_health = pb::grpc_health_v1::health_server::HealthServer::new(GrpcHealth::new(
+        Arc::clone(&probes),
+        streams_end.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let health = pb::readyd::v1::health_service_server::HealthServiceServer::new(HealthApi::new(
+        store.clone(),
+        settings.instance.clone(),
+        settings.environment.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+    let router = Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .layer(AuthLayer::new(Tokens {
+            admin: settings.admin_token.clone(),
+            read: settings.read_token.clone(),
+        }))
+        .add_service(grpc_health)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+
+    // Stop accepting only after the probes have turned NOT_SERVING.
+    let (stop_accepting, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+        let _ = stop_accepting_rx.await;
+    }));
+
+    // Start-up checks have passed: started and ready.
+    probes.set(STARTUP, ServingStatus::Serving);
+    probes.set(READINESS, ServingStatus::Serving);
+    tracing::info!(
+        listen = ?local_addr,
+        environment = %settings.environment,
+        instance = %settings.instance,
+        private_database = private_pg.is_some(),
+        "readyd is serving"
+    );
+
+    let early_exit = tokio::select! {
+        result = &mut server => Some(result),
+        () = shutdown => None,
+    };
+    let result = match early_exit {
+        Some(result) => flatten(result),
+        None => {
+            tracing::info!(timeout = ?settings.shutdown_timeout, "shutting down: probes NOT_SERVING, draining calls");
+            probes.drain();
+            streams_end.cancel();
+            let _ = stop_accepting.send(());
+            match tokio::time::timeout(settings.shutdown_timeout, &mut server).await {
+                Ok(result) => flatten(result),
+                Err(_) => {
+                    tracing::warn!("shutdown timeout passed with calls still open; closing them");
+                    server.abort();
+                    Ok(())
+                }
+            }
+        }
+    };
+
+    store.close().await;
+    if let Some(pg) = private_pg {
+        if let Err(err) = pg.stop().await {
+            tracing::warn!(error = %err, "stopping the private PostgreSQL failed");
+        }
+    }
+    tracing::info!("readyd stopped");
+    result
+}
+
+fn flatten(
+    joined: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<(), ServeError> {
+    match joined {
+        Ok(result) => result.map_err(ServeError::from),
+        Err(join_error) => Err(ServeError::Crashed(join_error.to_string())),
+    }
+}

@@ -1,0 +1,166 @@
+//! The command line: `serve`, `migrate`, `check`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::settings::{
+    DatabaseArgs, DatabaseSettings, DatabaseSource, LogArgs, LogFormat, ServeArgs,
+};
+use crate::store::Store;
+
+/// readyd: health, configuration, feature flags and deployment history for
+/// your app, over gRPC on localhost, backed by PostgreSQL.
+#[derive(Parser, Debug)]
+#[command(name = "readyd", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon until SIGTERM or SIGINT.
+    ///
+    /// Example: DATABASE_URL=postgres://readyd@db/readyd readyd serve --environment production
+    Serve(ServeArgs),
+    /// Apply the database migrations and exit.
+    ///
+    /// Example: DATABASE_URL=postgres://readyd@db/readyd readyd migrate
+    Migrate {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        log: LogArgs,
+    },
+    /// Run the start-up checks and exit: 0 when all pass, else 1 with one
+    /// line per problem. Changes nothing.
+    ///
+    /// Example: readyd check --environment staging
+    Check(ServeArgs),
+}
+
+/// Sets up logging to stderr. A bad filter falls back to `info` with a
+/// warning rather than refusing to start.
+pub fn init_logging(log: &LogArgs) {
+    let (filter, bad_filter) = match EnvFilter::try_new(&log.filter) {
+        Ok(filter) => (filter, None),
+        Err(err) => (EnvFilter::new("info"), Some(err)),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    if let Some(err) = bad_filter {
+        tracing::warn!(filter = %log.filter, error = %err, "invalid log filter (READYD_LOG); using info");
+    }
+}
+
+/// Runs a parsed command line to completion.
+pub async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging(&args.log);
+            serve(args).await
+        }
+        Command::Check(args) => {
+            init_logging(&args.log);
+            let report = crate::startup::check(&args).await;
+            if report.problems.is_empty() {
+                println!("ok: every start-up check passed");
+                ExitCode::SUCCESS
+            } else {
+                eprint!("{report}");
+                ExitCode::FAILURE
+            }
+        }
+        Command::Migrate { database, log } => {
+            init_logging(&log);
+            migrate(&database).await
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    // A signal during start-up (e.g. while waiting for the database) ends
+    // the process at once: there is nothing to drain yet.
+    let started = tokio::select! {
+        started = crate::startup::prepare(&args) => started,
+        () = crate::signals::first() => return ExitCode::SUCCESS,
+    };
+    let started = match started {
+        Ok(started) => started,
+        Err(report) => {
+            eprint!("{report}");
+            eprintln!("readyd did not start: {} problem(s)", report.problems.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = async {
+        crate::signals::first().await;
+        // A second signal means "now": exit without waiting for the drain.
+        tokio::spawn(async {
+            crate::signals::first().await;
+            tracing::warn!("second signal: exiting at once");
+            std::process::exit(130);
+        });
+    };
+    match crate::serve(started, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "readyd failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn migrate(args: &DatabaseArgs) -> ExitCode {
+    let settings = match DatabaseSettings::from_args(args) {
+        Ok(settings) => settings,
+        Err(errors) => {
+            for error in errors {
+                eprintln!("error: {error}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let (options, private_pg) = match &settings.source {
+        DatabaseSource::External(options) => ((**options).clone(), None),
+        DatabaseSource::Private => {
+            match crate::embedded_pg::EmbeddedPostgres::start(&settings.data_dir, true).await {
+                Ok(pg) => (pg.connect_options(), Some(pg)),
+                Err(err) => {
+                    eprintln!("error: private PostgreSQL: {err}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let outcome = match Store::connect(options, 1, settings.wait).await {
+        Ok(store) => {
+            let result = store.migrate().await;
+            store.close().await;
+            result.map_err(|err| err.to_string())
+        }
+        Err(err) => Err(format!("cannot connect to the database: {err}")),
+    };
+    if let Some(pg) = private_pg {
+        let _ = pg.stop().await;
+    }
+    match outcome {
+        Ok(()) => {
+            println!("ok: migrations applied");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,489 @@
+//! Command-line flags and `READYD_*` environment variables, turned into
+//! validated [`Settings`]. Every problem is collected, so a user fixes them
+//! all in one round instead of one per restart (seed property 10).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::PgConnectOptions;
+
+/// The flags shared by `serve` and `check`: everything a running readyd needs.
+///
+/// Values stay raw strings here so that [`Settings::from_args`] can report
+/// every bad value at once instead of stopping at the first.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address of the gRPC server (health, flags, config, deployments). Inside
+    /// a Kubernetes pod use 0.0.0.0:50051 so the kubelet's probes reach it.
+    #[arg(long, env = "READYD_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: String,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Environment of this instance: picks config rows and flag environments.
+    /// Lower case letters, digits, '_' and '-', at most 64 characters.
+    #[arg(long, env = "READYD_ENVIRONMENT", default_value = "development")]
+    pub environment: String,
+
+    /// Token that mutations must present as `authorization: Bearer <token>`.
+    /// Without it every mutation is refused. Prefer the environment variable:
+    /// command lines are visible to other users of the machine.
+    #[arg(long, env = "READYD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// When set, reads (flags, config, deployments, health report) need
+    /// `authorization: Bearer <token>` with this token or the admin token.
+    /// grpc.health.v1 probes never need a token.
+    #[arg(long, env = "READYD_READ_TOKEN", hide_env_values = true)]
+    pub read_token: Option<String>,
+
+    /// How long in-flight calls and streams get to finish after SIGTERM,
+    /// e.g. 20s, 1m.
+    #[arg(long, env = "READYD_SHUTDOWN_TIMEOUT", default_value = "20s")]
+    pub shutdown_timeout: String,
+
+    /// Name of this instance in reports and history (default: $HOSTNAME or
+    /// the host name; in Kubernetes, the pod name).
+    #[arg(long, env = "READYD_INSTANCE")]
+    pub instance: Option<String>,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Where the database is and how readyd connects to it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/db. When
+    /// unset, readyd runs a private PostgreSQL in <data-dir>/pg (the server
+    /// package must be installed).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Directory for readyd's own files (the private PostgreSQL, snapshots).
+    #[arg(long, env = "READYD_DATA_DIR", default_value = "./.readyd")]
+    pub data_dir: PathBuf,
+
+    /// Connections readyd keeps to the database at most. Small on purpose:
+    /// a thousand sidecars must not exhaust a shared database.
+    #[arg(long, env = "READYD_DB_POOL_SIZE", default_value_t = 4)]
+    pub db_pool_size: u32,
+
+    /// How long to keep trying to reach the database at start, e.g. 5s.
+    #[arg(long, env = "READYD_DB_WAIT", default_value = "5s")]
+    pub db_wait: String,
+
+    /// Do not apply migrations at start (`readyd migrate` applies them).
+    #[arg(long, env = "READYD_NO_MIGRATE")]
+    pub no_migrate: bool,
+}
+
+/// Logging flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LogArgs {
+    /// Log filter in tracing's syntax, e.g. info or readyd=debug,info.
+    #[arg(long = "log", env = "READYD_LOG", default_value = "info")]
+    pub filter: String,
+
+    /// Log format: text for people, json for log collectors.
+    #[arg(long, env = "READYD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A secret string: compared in constant time, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the few places that must use it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Where readyd's database lives.
+#[derive(Clone, Debug)]
+pub enum DatabaseSource {
+    /// An existing PostgreSQL, from DATABASE_URL.
+    External(Box<PgConnectOptions>),
+    /// readyd's private PostgreSQL in `<data-dir>/pg`.
+    Private,
+}
+
+/// Validated database settings.
+#[derive(Clone, Debug)]
+pub struct DatabaseSettings {
+    /// External or private.
+    pub source: DatabaseSource,
+    /// readyd's own directory.
+    pub data_dir: PathBuf,
+    /// Pool size, at least 1.
+    pub pool_size: u32,
+    /// How long to try to connect at start.
+    pub wait: Duration,
+    /// Whether to apply migrations at start.
+    pub migrate: bool,
+}
+
+/// Validated settings of a running readyd.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Database settings.
+    pub database: DatabaseSettings,
+    /// This instance's environment (valid name).
+    pub environment: String,
+    /// Admin token, if mutations are enabled.
+    pub admin_token: Option<Secret>,
+    /// Read token, if reads are guarded.
+    pub read_token: Option<Secret>,
+    /// Grace period after SIGTERM.
+    pub shutdown_timeout: Duration,
+    /// Instance name.
+    pub instance: String,
+}
+
+/// One invalid setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct SettingsError {
+    /// The flag and variable at fault, e.g. "--listen (READYD_LISTEN)".
+    pub setting: &'static str,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+impl SettingsError {
+    fn new(setting: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            setting,
+            message: message.into(),
+        }
+    }
+}
+
+/// Largest database pool readyd accepts; more is never what a sidecar wants.
+const MAX_POOL_SIZE: u32 = 100;
+
+impl DatabaseSettings {
+    /// Validates the database flags, collecting every problem.
+    pub fn from_args(args: &DatabaseArgs) -> Result<Self, Vec<SettingsError>> {
+        let mut errors = Vec::new();
+        let source = match args.database_url.as_deref().map(str::trim) {
+            None | Some("") => Some(DatabaseSource::Private),
+            Some(url) => match PgConnectOptions::from_str(url) {
+                Ok(options) => Some(DatabaseSource::External(Box::new(options))),
+                // The URL may hold a password: name the problem, never echo it.
+                Err(_) => {
+                    errors.push(SettingsError::new(
+                        "--database-url (DATABASE_URL)",
+                        "not a valid PostgreSQL URL; expected postgres://user:password@host:5432/database",
+                    ));
+                    None
+                }
+            },
+        };
+        if args.db_pool_size == 0 || args.db_pool_size > MAX_POOL_SIZE {
+            errors.push(SettingsError::new(
+                "--db-pool-size (READYD_DB_POOL_SIZE)",
+                format!(
+                    "{} is out of range; expected 1 to {MAX_POOL_SIZE}",
+                    args.db_pool_size
+                ),
+            ));
+        }
+        let wait = parse_duration("--db-wait (READYD_DB_WAIT)", &args.db_wait, &mut errors);
+        if args.data_dir.as_os_str().is_empty() {
+            errors.push(SettingsError::new(
+                "--data-dir (READYD_DATA_DIR)",
+                "must not be empty",
+            ));
+        }
+        match (source, wait) {
+            (Some(source), Some(wait)) if errors.is_empty() => Ok(Self {
+                source,
+                data_dir: args.data_dir.clone(),
+                pool_size: args.db_pool_size,
+                wait,
+                migrate: !args.no_migrate,
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+impl Settings {
+    /// Validates every flag, collecting every problem.
+    pub fn from_args(args: &ServeArgs) -> Result<Self, Vec<SettingsError>> {
+        let mut errors = Vec::new();
+        let listen = match args.listen.trim().parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                errors.push(SettingsError::new(
+                    "--listen (READYD_LISTEN)",
+                    format!(
+                        "{:?} is not an address; expected IP:PORT, e.g. 127.0.0.1:50051",
+                        args.listen
+                    ),
+                ));
+                None
+            }
+        };
+        let database = DatabaseSettings::from_args(&args.database)
+            .map_err(|mut db_errors| errors.append(&mut db_errors))
+            .ok();
+        if !is_valid_environment(&args.environment) {
+            errors.push(SettingsError::new(
+                "--environment (READYD_ENVIRONMENT)",
+                format!(
+                    "{:?} is not a valid environment name; expected lower case letters, digits, '_' and '-', \
+                     starting with a letter or digit, at most 64 characters",
+                    args.environment
+                ),
+            ));
+        }
+        let admin_token = parse_token(
+            "READYD_ADMIN_TOKEN",
+            args.admin_token.as_deref(),
+            &mut errors,
+        );
+        let read_token = parse_token("READYD_READ_TOKEN", args.read_token.as_deref(), &mut errors);
+        let shutdown_timeout = parse_duration(
+            "--shutdown-timeout (READYD_SHUTDOWN_TIMEOUT)",
+            &args.shutdown_timeout,
+            &mut errors,
+        );
+        let instance = args
+            .instance
+            .clone()
+            .filter(|name| !name.trim().is_empty())
+            .unwrap_or_else(default_instance_name);
+
+        match (listen, database, shutdown_timeout) {
+            (Some(listen), Some(database), Some(shutdown_timeout)) if errors.is_empty() => {
+                Ok(Self {
+                    listen,
+                    database,
+                    environment: args.environment.clone(),
+                    admin_token,
+                    read_token,
+                    shutdown_timeout,
+                    instance,
+                })
+            }
+            _ => Err(errors),
+        }
+    }
+}
+
+/// Whether `name` is a valid environment name: `^[a-z0-9][a-z0-9_-]{0,63}$`.
+pub fn is_valid_environment(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    match bytes.split_first() {
+        Some((first, rest)) => {
+            rest.len() <= 63
+                && (first.is_ascii_lowercase() || first.is_ascii_digit())
+                && rest.iter().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-'
+                })
+        }
+        None => false,
+    }
+}
+
+fn parse_duration(
+    setting: &'static str,
+    raw: &str,
+    errors: &mut Vec<SettingsError>,
+) -> Option<Duration> {
+    match humantime::parse_duration(raw.trim()) {
+        Ok(duration) => Some(duration),
+        Err(err) => {
+            errors.push(SettingsError::new(
+                setting,
+                format!("{raw:?} is not a duration ({err}); expected e.g. 500ms, 20s, 1m"),
+            ));
+            None
+        }
+    }
+}
+
+fn parse_token(
+    setting: &'static str,
+    raw: Option<&str>,
+    errors: &mut Vec<SettingsError>,
+) -> Option<Secret> {
+    let raw = raw?;
+    if raw.trim().is_empty() {
+        // An empty token set by mistake must not silently disable auth.
+        errors.push(SettingsError::new(
+            setting,
+            "is set but empty; unset it or give a token",
+        ));
+        return None;
+    }
+    if raw.trim() != raw || raw.chars().any(char::is_control) {
+        errors.push(SettingsError::new(
+            setting,
+            "contains white space or control characters at its ends or inside; check how it was set",
+        ));
+        return None;
+    }
+    Some(Secret::new(raw))
+}
+
+fn default_instance_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|name| !name.is_empty())
+        .or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|name| name.into_string().ok())
+        })
+        .unwrap_or_else(|| "readyd".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use proptest::prelude::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec!["readyd"];
+        argv.extend_from_slice(extra);
+        Cli::parse_from(argv).args
+    }
+
+    #[test]
+    fn defaults_are_valid_and_use_the_private_database() {
+        let mut raw = args(&[]);
+        raw.database.database_url = None;
+        raw.admin_token = None;
+        raw.read_token = None;
+        let settings = Settings::from_args(&raw).expect("defaults are valid");
+        assert_eq!(settings.database.pool_size, 4);
+        assert_eq!(settings.shutdown_timeout, Duration::from_secs(20));
+        assert!(matches!(settings.database.source, DatabaseSource::Private));
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_at_once() {
+        let mut raw = args(&[
+            "--listen",
+            "nowhere",
+            "--environment",
+            "Prod!",
+            "--shutdown-timeout",
+            "soon",
+            "--db-wait",
+            "x",
+            "--db-pool-size",
+            "0",
+        ]);
+        raw.database.database_url = Some("mysql:/wrong".into());
+        raw.admin_token = Some(String::new());
+        raw.read_token = None;
+        let errors = Settings::from_args(&raw).expect_err("invalid");
+        let settings: Vec<_> = errors.iter().map(|e| e.setting).collect();
+        assert_eq!(
+            settings,
+            [
+                "--listen (READYD_LISTEN)",
+                "--database-url (DATABASE_URL)",
+                "--db-pool-size (READYD_DB_POOL_SIZE)",
+                "--db-wait (READYD_DB_WAIT)",
+                "--environment (READYD_ENVIRONMENT)",
+                "READYD_ADMIN_TOKEN",
+                "--shutdown-timeout (READYD_SHUTDOWN_TIMEOUT)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_database_url_is_never_echoed() {
+        let mut raw = args(&[]);
+        raw.database.database_url = Some("postgres://u:hunter2@[bad".into());
+        let errors = Settings::from_args(&raw).expect_err("invalid");
+        assert!(errors.iter().all(|e| !e.to_string().contains("hunter2")));
+    }
+
+    #[test]
+    fn secrets_do_not_debug_print() {
+        assert!(!format!("{:?}", Secret::new("s3cret")).contains("s3cret"));
+    }
+
+    fn reference_environment_check(name: &str) -> bool {
+        let chars: Vec<char> = name.chars().collect();
+        !chars.is_empty()
+            && chars.len() <= 64
+            && (chars[0].is_ascii_lowercase() || chars[0].is_ascii_digit())
+            && chars
+                .iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-')
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        #[test]
+        fn environment_names_follow_the_pattern(name in "[a-z0-9][a-z0-9_-]{0,63}") {
+            prop_assert!(is_valid_environment(&name));
+        }
+
+        #[test]
+        fn environment_check_matches_a_reference(name in "\\PC{0,70}|[a-zA-Z0-9_.-]{0,70}") {
+            prop_assert_eq!(is_valid_environment(&name), reference_environment_check(&name));
+        }
+
+        #[test]
+        fn listen_addresses_parse_or_are_reported(listen in "\\PC{0,24}|[0-9.:]{0,24}") {
+            let mut raw = args(&[]);
+            raw.listen = listen.clone();
+            raw.database.database_url = None;
+            raw.admin_token = None;
+            raw.read_token = None;
+            let valid = listen.trim().parse::<SocketAddr>().is_ok();
+            match Settings::from_args(&raw) {
+                Ok(settings) => prop_assert!(valid && settings.listen == listen.trim().parse::<SocketAddr>().unwrap()),
+                Err(errors) => {
+                    prop_assert!(!valid);
+                    prop_assert_eq!(errors.len(), 1);
+                    prop_assert_eq!(errors[0].setting, "--listen (READYD_LISTEN)");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Start-up checks: settings valid, database reachable, migrations current,
+//! every required table and the health function present (seed property 10).
+//! Every problem is collected and reported together, one line each; `serve`
+//! refuses to start on any of them.
+
+use std::fmt;
+
+use tokio::net::TcpListener;
+
+use crate::embedded_pg::EmbeddedPostgres;
+use crate::settings::{DatabaseSettings, DatabaseSource, ServeArgs, Settings};
+use crate::store::Store;
+
+/// One thing that stops readyd from starting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// What is at fault: a setting, "database", "database schema".
+    pub subject: String,
+    /// What is wrong and, where possible, how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.subject, self.message)
+    }
+}
+
+/// Every problem found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StartupReport {
+    /// The problems, in the order they were found.
+    pub problems: Vec<Problem>,
+}
+
+impl StartupReport {
+    fn push(&mut self, subject: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            subject: subject.into(),
+            message: message.into(),
+        });
+    }
+}
+
+impl fmt::Display for StartupReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for problem in &self.problems {
+            writeln!(f, "error: {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a successful start-up hands to the server.
+#[derive(Debug)]
+pub struct Started {
+    /// Validated settings.
+    pub settings: Settings,
+    /// The connected, migrated database.
+    pub store: Store,
+    /// The private PostgreSQL, when readyd runs its own.
+    pub private_pg: Option<EmbeddedPostgres>,
+    /// The bound gRPC listener.
+    pub listener: TcpListener,
+}
+
+/// `readyd check`: runs every check without changing anything (no
+/// migrations, no listening).
+pub async fn check(args: &ServeArgs) -> StartupReport {
+    let (report, _settings, database) = run_checks(args, false).await;
+    if let Some(database) = database {
+        database.release().await;
+    }
+    report
+}
+
+/// `readyd serve`'s first step: migrates (unless `--no-migrate`), runs every
+/// check, binds the listener. On any problem, releases what it started and
+/// returns the whole report.
+pub async fn prepare(args: &ServeArgs) -> Result<Started, StartupReport> {
+    let (mut report, settings, database) = run_checks(args, true).await;
+    let listener = match &settings {
+        Some(settings) => match TcpListener::bind(settings.listen).await {
+            Ok(listener) => Some(listener),
+            Err(err) => {
+                report.push(
+                    "--listen (READYD_LISTEN)",
+                    format!("cannot listen on {}: {err}", settings.listen),
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    match (settings, database, listener) {
+        (Some(settings), Some(database), Some(listener)) if report.problems.is_empty() => {
+            Ok(Started {
+                settings,
+                store: database.store,
+                private_pg: database.private_pg,
+                listener,
+            })
+        }
+        (_, database, _) => {
+            if let Some(database) = database {
+                database.release().await;
+            }
+            Err(report)
+        }
+    }
+}
+
+/// A database reached during the checks.
+struct Database {
+    store: Store,
+    private_pg: Option<EmbeddedPostgres>,
+}
+
+impl Database {
+    async fn release(self) {
+        self.store.close().await;
+        if let Some(pg) = self.private_pg {
+            if let Err(err) = pg.stop().await {
+                tracing::warn!(error = %err, "stopping the private PostgreSQL failed");
+            }
+        }
+    }
+}
+
+async fn run_checks(
+    args: &ServeArgs,
+    migrate: bool,
+) -> (StartupReport, Option<Settings>, Option<Database>) {
+    let mut report = StartupReport::default();
+    let settings = match Settings::from_args(args) {
+        Ok(settings) => Some(settings),
+        Err(errors) => {
+            for error in errors {
+                report.push(error.setting, error.message);
+            }
+            None
+        }
+    };
+    // The database is checked even when other settings are wrong, so that
+    // one run reports everything.
+    let Ok(db_settings) = DatabaseSettings::from_args(&args.database) else {
+        return (report, settings, None);
+    };
+    let (options, private_pg) = match &db_settings.source {
+        DatabaseSource::External(options) => ((**options).clone(), None),
+        DatabaseSource::Private => match EmbeddedPostgres::start(&db_settings.data_dir, true).await
+        {
+            Ok(pg) => (pg.connect_options(), Some(pg)),
+            Err(err) => {
+                report.push("private PostgreSQL", err.to_string());
+                return (report, settings, None);
+            }
+        },
+    };
+    let store = match Store::connect(options, db_settings.pool_size, db_settings.wait).await {
+        Ok(store) => store,
+        Err(err) => {
+            report.push(
+                "database",
+                format!(
+                    "cannot connect (tried for up to {}): {err}",
+                    humantime::format_duration(db_settings.wait)
+                ),
+            );
+            if let Some(pg) = private_pg {
+                let _ = pg.stop().await;
+            }
+            return (report, settings, None);
+        }
+    };
+    let database = Database { store, private_pg };
+    if migrate && db_settings.migrate {
+        if let Err(err) = database.store.migrate().await {
+            report.push("database", format!("applying migrations failed: {err}"));
+        }
+    }
+    match database.store.schema_problems().await {
+        Ok(problems) => {
+            for problem in problems {
+                report.push("database schema", problem);
+            }
+        }
+        Err(err) => report.push("database", format!("cannot inspect the schema: {err}")),
+    }
+    (report, settings, Some(database))
+}

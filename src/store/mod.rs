@@ -1,0 +1,200 @@
+//! PostgreSQL access: the only module that speaks SQL. Owns the pool, the
+//! embedded migrations, the schema checks of start-up, and one module per
+//! table.
+
+pub mod system_health;
+
+use std::time::Duration;
+
+use sqlx::Connection;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+
+/// Tables readyd cannot run without.
+pub const REQUIRED_TABLES: [&str; 5] = [
+    "app_config",
+    "config_audit",
+    "feature_flags",
+    "deployment_history",
+    "system_health",
+];
+
+/// The database health function, with its argument types.
+pub const HEALTH_FUNCTION: &str = "check_system_health(text, jsonb, text)";
+
+/// A failure talking to PostgreSQL.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached (connection refused, timed out, closed).
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// A query failed for another reason.
+    #[error("database error: {0}")]
+    Query(#[source] sqlx::Error),
+    /// Applying migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database answered with something readyd cannot use.
+    #[error("unexpected data from the database: {0}")]
+    Decode(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err),
+            other => StoreError::Query(other),
+        }
+    }
+}
+
+/// The migrations in `migrations/`, embedded in the binary.
+///
+/// Migrations applied by a newer readyd are tolerated (`ignore_missing`), so
+/// an older instance keeps running during a rolling upgrade.
+pub fn migrator() -> Migrator {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
+/// Handle on readyd's database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    /// Connection pool; small on purpose (see `--db-pool-size`).
+    pool: PgPool,
+}
+
+impl Store {
+    /// Connects, retrying until `wait` has passed, so a database that starts
+    /// a moment after readyd (a common race in pods) is not an error.
+    pub async fn connect(
+        options: PgConnectOptions,
+        pool_size: u32,
+        wait: Duration,
+    ) -> Result<Self, StoreError> {
+        let options = options.application_name("readyd");
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut backoff = Duration::from_millis(50);
+        // Probe with single connections: a pool would hide the cause of a
+        // failure behind "pool timed out".
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let attempt = tokio::time::timeout(
+                remaining.max(Duration::from_millis(100)),
+                PgConnection::connect_with(&options),
+            )
+            .await;
+            let err = match attempt {
+                Ok(Ok(connection)) => {
+                    let _ = connection.close().await;
+                    break;
+                }
+                Ok(Err(err)) => StoreError::from(err),
+                Err(_elapsed) => StoreError::Unavailable(sqlx::Error::PoolTimedOut),
+            };
+            let now = tokio::time::Instant::now();
+            // A refused login or a missing database will not fix itself.
+            if now >= deadline || !matches!(err, StoreError::Unavailable(_)) {
+                return Err(err);
+            }
+            tokio::time::sleep(backoff.min(deadline - now)).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(pool_size)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_lazy_with(options);
+        Ok(Self { pool })
+    }
+
+    /// Wraps an existing pool (tests, tools).
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The pool, for the table modules.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies every pending migration. Safe to run concurrently from many
+    /// instances: sqlx serialises them with an advisory lock.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        migrator().run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Everything that stops readyd from using this database, one line each:
+    /// pending or altered migrations, missing tables, a missing function.
+    pub async fn schema_problems(&self) -> Result<Vec<String>, StoreError> {
+        let mut problems = Vec::new();
+        let applied: Vec<(i64, Vec<u8>, bool)> = if self.relation_exists("_sqlx_migrations").await?
+        {
+            sqlx::query_as("SELECT version, checksum, success FROM _sqlx_migrations")
+                .fetch_all(&self.pool)
+                .await?
+        } else {
+            Vec::new()
+        };
+        let migrator = migrator();
+        let mut pending = Vec::new();
+        for migration in migrator
+            .iter()
+            .filter(|m| m.migration_type.is_up_migration())
+        {
+            match applied.iter().find(|(version, _, _)| *version == migration.version) {
+                None => pending.push(format!("{} {}", migration.version, migration.description)),
+                Some((_, _, false)) => problems.push(format!(
+                    "migration {} ({}) failed part way; repair the database, then run `readyd migrate`",
+                    migration.version, migration.description
+                )),
+                Some((_, checksum, true)) if checksum.as_slice() != &*migration.checksum => problems.push(format!(
+                    "migration {} ({}) differs from the one applied to this database",
+                    migration.version, migration.description
+                )),
+                Some(_) => {}
+            }
+        }
+        if !pending.is_empty() {
+            // Missing tables would only repeat this: migrating creates them.
+            problems.push(format!(
+                "{} migration(s) not applied ({}); run `readyd migrate` or start `readyd serve` without --no-migrate",
+                pending.len(),
+                pending.join(", ")
+            ));
+            return Ok(problems);
+        }
+        for table in REQUIRED_TABLES {
+            if !self.relation_exists(table).await? {
+                problems.push(format!("table {table} is missing"));
+            }
+        }
+        let function: Option<String> = sqlx::query_scalar("SELECT to_regprocedure($1)::text")
+            .bind(HEALTH_FUNCTION)
+            .fetch_one(&self.pool)
+            .await?;
+        if function.is_none() {
+            problems.push(format!("function {HEALTH_FUNCTION} is missing"));
+        }
+        Ok(problems)
+    }
+
+    async fn relation_exists(&self, name: &str) -> Result<bool, StoreError> {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(exists)
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
