@@ -155,6 +155,23 @@ LANGUAGE sql STABLE AS $$
     SELECT coalesce(nullif(current_setting('readyd.actor', true), ''), session_user::text)
 $$;
 
+-- Versions in commit order. Sequence values are handed out in call order,
+-- not commit order: A could take 5, B take 6 and commit first, and a listener
+-- would see 6 before 5. Every writing statement therefore first takes one
+-- transaction-level advisory lock, held until commit, so versions are taken
+-- and committed one writer at a time. Taking it in a statement-level BEFORE
+-- trigger, before the statement locks any row, keeps single statements free
+-- of lock-order deadlocks. Writes to flags and config are rare; serialising
+-- them costs little. A reader that takes the lock in shared mode sees no
+-- writer half done (a consistent full reload).
+CREATE FUNCTION readyd_serialize_changes() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(7246851021);
+    RETURN NULL;
+END
+$$;
+
 CREATE FUNCTION readyd_stamp_version() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -240,6 +257,8 @@ BEGIN
 END
 $$;
 
+CREATE TRIGGER app_config_serialize BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON app_config
+    FOR EACH STATEMENT EXECUTE FUNCTION readyd_serialize_changes();
 CREATE TRIGGER app_config_stamp_version BEFORE INSERT OR UPDATE ON app_config
     FOR EACH ROW EXECUTE FUNCTION readyd_stamp_version();
 CREATE TRIGGER app_config_changed AFTER INSERT OR UPDATE OR DELETE ON app_config
@@ -247,6 +266,8 @@ CREATE TRIGGER app_config_changed AFTER INSERT OR UPDATE OR DELETE ON app_config
 CREATE TRIGGER app_config_truncated AFTER TRUNCATE ON app_config
     FOR EACH STATEMENT EXECUTE FUNCTION readyd_after_truncate();
 
+CREATE TRIGGER feature_flags_serialize BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON feature_flags
+    FOR EACH STATEMENT EXECUTE FUNCTION readyd_serialize_changes();
 CREATE TRIGGER feature_flags_stamp_version BEFORE INSERT OR UPDATE ON feature_flags
     FOR EACH ROW EXECUTE FUNCTION readyd_stamp_version();
 CREATE TRIGGER feature_flags_changed AFTER INSERT OR UPDATE OR DELETE ON feature_flags

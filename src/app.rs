@@ -99,7 +99,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
     probes.set(STARTUP, ServingStatus::Serving);
     probes.set(READINESS, ServingStatus::Serving);
     tracing::info!(
-        listen = ?local_addr,
+        listen = %local_addr.map_or_else(|| "?".to_owned(), |addr| addr.to_string()),
         environment = %settings.environment,
         instance = %settings.instance,
         private_database = private_pg.is_some(),
@@ -130,9 +130,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
 
     store.close().await;
     if let Some(pg) = private_pg {
-        if let Err(err) = pg.stop().await {
-            tracing::warn!(error = %err, "stopping the private PostgreSQL failed");
-        }
+        pg.stop_or_warn().await;
     }
     tracing::info!("readyd stopped");
     result

@@ -150,8 +150,9 @@ async fn migrate(args: &DatabaseArgs) -> ExitCode {
         }
         Err(err) => Err(format!("cannot connect to the database: {err}")),
     };
-    if let Some(pg) = private_pg {
-        let _ = pg.stop().await;
+    // Leave a private PostgreSQL that a running readyd uses.
+    if let Some(pg) = private_pg.filter(|pg| !pg.adopted()) {
+        pg.stop_or_warn().await;
     }
     match outcome {
         Ok(()) => {

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::embedded_pg::EmbeddedPostgres;
 use crate::settings::{DatabaseSettings, DatabaseSource, ServeArgs, Settings};
-use crate::store::Store;
+use crate::store::{SchemaProblem, Store};
 
 /// One thing that stops readyd from starting.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +68,16 @@ pub struct Started {
 /// migrations, no listening).
 pub async fn check(args: &ServeArgs) -> StartupReport {
     let (report, _settings, database) = run_checks(args, false).await;
-    if let Some(database) = database {
+    if let Some(mut database) = database {
+        // A private PostgreSQL that was already running belongs to a
+        // running readyd: leave it be.
+        if database
+            .private_pg
+            .as_ref()
+            .is_some_and(EmbeddedPostgres::adopted)
+        {
+            database.private_pg = None;
+        }
         database.release().await;
     }
     report
@@ -120,9 +129,7 @@ impl Database {
     async fn release(self) {
         self.store.close().await;
         if let Some(pg) = self.private_pg {
-            if let Err(err) = pg.stop().await {
-                tracing::warn!(error = %err, "stopping the private PostgreSQL failed");
-            }
+            pg.stop_or_warn().await;
         }
     }
 }
@@ -167,22 +174,31 @@ async fn run_checks(
                     humantime::format_duration(db_settings.wait)
                 ),
             );
-            if let Some(pg) = private_pg {
-                let _ = pg.stop().await;
+            if let Some(pg) = private_pg.filter(|pg| !pg.adopted()) {
+                pg.stop_or_warn().await;
             }
             return (report, settings, None);
         }
     };
     let database = Database { store, private_pg };
-    if migrate && db_settings.migrate {
-        if let Err(err) = database.store.migrate().await {
-            report.push("database", format!("applying migrations failed: {err}"));
-        }
+    // Migrating changes the database: only when everything else is right,
+    // so a refused start leaves the database as it was.
+    let will_migrate = migrate && db_settings.migrate;
+    if will_migrate
+        && settings.is_some()
+        && let Err(err) = database.store.migrate().await
+    {
+        report.push("database", format!("applying migrations failed: {err}"));
     }
     match database.store.schema_problems().await {
         Ok(problems) => {
             for problem in problems {
-                report.push("database schema", problem);
+                // serve applies pending migrations itself once the other
+                // problems are fixed: they are not a problem of their own.
+                if will_migrate && matches!(problem, SchemaProblem::PendingMigrations(_)) {
+                    continue;
+                }
+                report.push("database schema", problem.to_string());
             }
         }
         Err(err) => report.push("database", format!("cannot inspect the schema: {err}")),

@@ -62,6 +62,29 @@ pub fn migrator() -> Migrator {
     migrator
 }
 
+/// Something wrong with the database's schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchemaProblem {
+    /// Migrations of this readyd not yet applied (version and name each).
+    PendingMigrations(Vec<String>),
+    /// Anything else: a missing table or function, an altered migration.
+    Other(String),
+}
+
+impl std::fmt::Display for SchemaProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SchemaProblem::PendingMigrations(pending) => write!(
+                f,
+                "{} migration(s) not applied ({}); run `readyd migrate` or start `readyd serve` without --no-migrate",
+                pending.len(),
+                pending.join(", ")
+            ),
+            SchemaProblem::Other(problem) => f.write_str(problem),
+        }
+    }
+}
+
 /// Handle on readyd's database.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -130,9 +153,9 @@ impl Store {
         Ok(())
     }
 
-    /// Everything that stops readyd from using this database, one line each:
-    /// pending or altered migrations, missing tables, a missing function.
-    pub async fn schema_problems(&self) -> Result<Vec<String>, StoreError> {
+    /// Everything that stops readyd from using this database: pending or
+    /// altered migrations, missing tables, a missing function.
+    pub async fn schema_problems(&self) -> Result<Vec<SchemaProblem>, StoreError> {
         let mut problems = Vec::new();
         let applied: Vec<(i64, Vec<u8>, bool)> = if self.relation_exists("_sqlx_migrations").await?
         {
@@ -150,29 +173,27 @@ impl Store {
         {
             match applied.iter().find(|(version, _, _)| *version == migration.version) {
                 None => pending.push(format!("{} {}", migration.version, migration.description)),
-                Some((_, _, false)) => problems.push(format!(
+                Some((_, _, false)) => problems.push(SchemaProblem::Other(format!(
                     "migration {} ({}) failed part way; repair the database, then run `readyd migrate`",
                     migration.version, migration.description
-                )),
-                Some((_, checksum, true)) if checksum.as_slice() != &*migration.checksum => problems.push(format!(
-                    "migration {} ({}) differs from the one applied to this database",
-                    migration.version, migration.description
-                )),
+                ))),
+                Some((_, checksum, true)) if checksum.as_slice() != &*migration.checksum => {
+                    problems.push(SchemaProblem::Other(format!(
+                        "migration {} ({}) differs from the one applied to this database",
+                        migration.version, migration.description
+                    )))
+                }
                 Some(_) => {}
             }
         }
         if !pending.is_empty() {
             // Missing tables would only repeat this: migrating creates them.
-            problems.push(format!(
-                "{} migration(s) not applied ({}); run `readyd migrate` or start `readyd serve` without --no-migrate",
-                pending.len(),
-                pending.join(", ")
-            ));
+            problems.push(SchemaProblem::PendingMigrations(pending));
             return Ok(problems);
         }
         for table in REQUIRED_TABLES {
             if !self.relation_exists(table).await? {
-                problems.push(format!("table {table} is missing"));
+                problems.push(SchemaProblem::Other(format!("table {table} is missing")));
             }
         }
         let function: Option<String> = sqlx::query_scalar("SELECT to_regprocedure($1)::text")
@@ -180,7 +201,9 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         if function.is_none() {
-            problems.push(format!("function {HEALTH_FUNCTION} is missing"));
+            problems.push(SchemaProblem::Other(format!(
+                "function {HEALTH_FUNCTION} is missing"
+            )));
         }
         Ok(problems)
     }
