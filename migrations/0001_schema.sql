@@ -177,11 +177,8 @@ LANGUAGE plpgsql AS $$
 BEGIN
     NEW.version := nextval('readyd_change_version');
     NEW.updated_at := now();
-    IF current_setting('readyd.actor', true) IS NOT NULL AND current_setting('readyd.actor', true) <> '' THEN
-        NEW.updated_by := readyd_actor();
-    ELSIF TG_OP = 'UPDATE' AND NEW.updated_by IS NOT DISTINCT FROM OLD.updated_by THEN
-        NEW.updated_by := readyd_actor();
-    END IF;
+    -- Always the real actor: plain SQL cannot claim to be someone else.
+    NEW.updated_by := readyd_actor();
     RETURN NEW;
 END
 $$;
@@ -204,6 +201,12 @@ LANGUAGE sql AS $$
         'version', v, 'op', op)::text)
 $$;
 
+CREATE FUNCTION readyd_audit(r jsonb, action text, old_value jsonb, new_value jsonb, v bigint) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO config_audit (key, environment, action, old_value, new_value, actor, version)
+    VALUES (r ->> 'key', r ->> 'environment', action, old_value, new_value, readyd_actor(), v)
+$$;
+
 CREATE FUNCTION readyd_after_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -211,38 +214,46 @@ DECLARE
     new_row  jsonb := CASE WHEN TG_OP IN ('INSERT', 'UPDATE') THEN to_jsonb(NEW) END;
     renamed  boolean := TG_OP = 'UPDATE' AND (old_row ->> 'key' IS DISTINCT FROM new_row ->> 'key'
                         OR old_row ->> 'environment' IS DISTINCT FROM new_row ->> 'environment');
+    new_at   bigint := (new_row ->> 'version')::bigint;
     gone_at  bigint;
 BEGIN
+    -- The new row first: its version was taken in the BEFORE trigger, so it
+    -- is announced (and audited) before the later version of a deletion.
+    IF TG_OP = 'INSERT' OR renamed THEN
+        IF TG_TABLE_NAME = 'app_config' THEN
+            PERFORM readyd_audit(new_row, 'insert', NULL, readyd_audit_value(new_row), new_at);
+        END IF;
+        PERFORM readyd_announce(TG_TABLE_NAME, new_row, 'insert', new_at);
+    ELSIF TG_OP = 'UPDATE' THEN
+        IF TG_TABLE_NAME = 'app_config' THEN
+            PERFORM readyd_audit(new_row, 'update', readyd_audit_value(old_row), readyd_audit_value(new_row), new_at);
+        END IF;
+        PERFORM readyd_announce(TG_TABLE_NAME, new_row, 'update', new_at);
+    END IF;
+
     -- A delete (or the old identity of a renamed row) gets a version of its own.
     IF TG_OP = 'DELETE' OR renamed THEN
         gone_at := nextval('readyd_change_version');
-    END IF;
-
-    IF TG_TABLE_NAME = 'app_config' THEN
-        IF TG_OP = 'DELETE' OR renamed THEN
-            INSERT INTO config_audit (key, environment, action, old_value, new_value, actor, version)
-            VALUES (old_row ->> 'key', old_row ->> 'environment', 'delete',
-                    readyd_audit_value(old_row), NULL, readyd_actor(), gone_at);
+        IF TG_TABLE_NAME = 'app_config' THEN
+            PERFORM readyd_audit(old_row, 'delete', readyd_audit_value(old_row), NULL, gone_at);
         END IF;
-        IF TG_OP = 'INSERT' OR renamed THEN
-            INSERT INTO config_audit (key, environment, action, old_value, new_value, actor, version)
-            VALUES (new_row ->> 'key', new_row ->> 'environment', 'insert',
-                    NULL, readyd_audit_value(new_row), new_row ->> 'updated_by', (new_row ->> 'version')::bigint);
-        ELSIF TG_OP = 'UPDATE' THEN
-            INSERT INTO config_audit (key, environment, action, old_value, new_value, actor, version)
-            VALUES (new_row ->> 'key', new_row ->> 'environment', 'update',
-                    readyd_audit_value(old_row), readyd_audit_value(new_row),
-                    new_row ->> 'updated_by', (new_row ->> 'version')::bigint);
-        END IF;
-    END IF;
-
-    IF TG_OP = 'DELETE' OR renamed THEN
         PERFORM readyd_announce(TG_TABLE_NAME, old_row, 'delete', gone_at);
     END IF;
-    IF TG_OP = 'INSERT' OR renamed THEN
-        PERFORM readyd_announce(TG_TABLE_NAME, new_row, 'insert', (new_row ->> 'version')::bigint);
-    ELSIF TG_OP = 'UPDATE' THEN
-        PERFORM readyd_announce(TG_TABLE_NAME, new_row, 'update', (new_row ->> 'version')::bigint);
+    RETURN NULL;
+END
+$$;
+
+-- TRUNCATE removes rows without row triggers: audit each configuration row
+-- as deleted first, so the trail stays complete.
+CREATE FUNCTION readyd_before_truncate() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    r jsonb;
+BEGIN
+    IF TG_TABLE_NAME = 'app_config' THEN
+        FOR r IN SELECT to_jsonb(c) FROM app_config c ORDER BY key, environment LOOP
+            PERFORM readyd_audit(r, 'delete', readyd_audit_value(r), NULL, nextval('readyd_change_version'));
+        END LOOP;
     END IF;
     RETURN NULL;
 END
@@ -263,6 +274,8 @@ CREATE TRIGGER app_config_stamp_version BEFORE INSERT OR UPDATE ON app_config
     FOR EACH ROW EXECUTE FUNCTION readyd_stamp_version();
 CREATE TRIGGER app_config_changed AFTER INSERT OR UPDATE OR DELETE ON app_config
     FOR EACH ROW EXECUTE FUNCTION readyd_after_change();
+CREATE TRIGGER app_config_truncating BEFORE TRUNCATE ON app_config
+    FOR EACH STATEMENT EXECUTE FUNCTION readyd_before_truncate();
 CREATE TRIGGER app_config_truncated AFTER TRUNCATE ON app_config
     FOR EACH STATEMENT EXECUTE FUNCTION readyd_after_truncate();
 
