@@ -13,6 +13,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::auth::{AuthLayer, Tokens};
+use crate::api::flags::FlagApi;
 use crate::api::grpc_health::GrpcHealth;
 use crate::api::health::HealthApi;
 use crate::api::pb;
@@ -51,6 +52,8 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         store,
         private_pg,
         listener,
+        state,
+        changes,
     } = started;
     let local_addr: Option<SocketAddr> = listener.local_addr().ok();
     let probes = Arc::new(Probes::new());
@@ -76,6 +79,19 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
+    let flags = pb::readyd::v1::flag_service_server::FlagServiceServer::new(FlagApi::new(
+        Arc::clone(&state),
+        store.clone(),
+        &settings.environment,
+        streams_end.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+    // The listener outlives the drain: writes still in flight wait for it.
+    let listener_end = CancellationToken::new();
+    let listener_task = tokio::spawn(changes.run(Arc::clone(&state), listener_end.clone()));
+
     let router = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -85,6 +101,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         }))
         .add_service(grpc_health)
         .add_service(health)
+        .add_service(flags)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
 
@@ -128,6 +145,8 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         }
     };
 
+    listener_end.cancel();
+    let _ = listener_task.await;
     store.close().await;
     if let Some(pg) = private_pg {
         pg.stop_or_warn().await;

@@ -10,4 +10,6 @@ pub mod store;
 
 pub use app::serve;
 pub mod cli;
+pub mod flags;
 pub mod signals;
+pub mod state;

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
 
+use crate::flags::is_valid_environment;
+
 /// The flags shared by `serve` and `check`: everything a running readyd needs.
 ///
 /// Values stay raw strings here so that [`Settings::from_args`] can report
@@ -301,21 +303,6 @@ impl Settings {
     }
 }
 
-/// Whether `name` is a valid environment name: `^[a-z0-9][a-z0-9_-]{0,63}$`.
-pub fn is_valid_environment(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    match bytes.split_first() {
-        Some((first, rest)) => {
-            rest.len() <= 63
-                && (first.is_ascii_lowercase() || first.is_ascii_digit())
-                && rest.iter().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-'
-                })
-        }
-        None => false,
-    }
-}
-
 fn parse_duration(
     setting: &'static str,
     raw: &str,
@@ -445,28 +432,8 @@ mod tests {
         assert!(!format!("{:?}", Secret::new("s3cret")).contains("s3cret"));
     }
 
-    fn reference_environment_check(name: &str) -> bool {
-        let chars: Vec<char> = name.chars().collect();
-        !chars.is_empty()
-            && chars.len() <= 64
-            && (chars[0].is_ascii_lowercase() || chars[0].is_ascii_digit())
-            && chars
-                .iter()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-')
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(500))]
-
-        #[test]
-        fn environment_names_follow_the_pattern(name in "[a-z0-9][a-z0-9_-]{0,63}") {
-            prop_assert!(is_valid_environment(&name));
-        }
-
-        #[test]
-        fn environment_check_matches_a_reference(name in "\\PC{0,70}|[a-zA-Z0-9_.-]{0,70}") {
-            prop_assert_eq!(is_valid_environment(&name), reference_environment_check(&name));
-        }
 
         #[test]
         fn listen_addresses_parse_or_are_reported(listen in "\\PC{0,24}|[0-9.:]{0,24}") {

@@ -5,10 +5,14 @@
 
 use std::fmt;
 
+use std::sync::Arc;
+
 use tokio::net::TcpListener;
 
 use crate::embedded_pg::EmbeddedPostgres;
 use crate::settings::{DatabaseSettings, DatabaseSource, ServeArgs, Settings};
+use crate::state::State;
+use crate::store::listener::ChangeListener;
 use crate::store::{SchemaProblem, Store};
 
 /// One thing that stops readyd from starting.
@@ -62,6 +66,10 @@ pub struct Started {
     pub private_pg: Option<EmbeddedPostgres>,
     /// The bound gRPC listener.
     pub listener: TcpListener,
+    /// The in-memory state, loaded.
+    pub state: Arc<State>,
+    /// The change listener that keeps `state` current (not yet running).
+    pub changes: ChangeListener,
 }
 
 /// `readyd check`: runs every check without changing anything (no
@@ -103,12 +111,33 @@ pub async fn prepare(args: &ServeArgs) -> Result<Started, StartupReport> {
     };
     match (settings, database, listener) {
         (Some(settings), Some(database), Some(listener)) if report.problems.is_empty() => {
-            Ok(Started {
-                settings,
-                store: database.store,
-                private_pg: database.private_pg,
-                listener,
-            })
+            // LISTEN before loading, so no change falls between the two.
+            let loaded = match ChangeListener::connect(&database.store).await {
+                Ok(changes) => database
+                    .store
+                    .load_snapshot()
+                    .await
+                    .map(|snapshot| (changes, snapshot)),
+                Err(err) => Err(err),
+            };
+            match loaded {
+                Ok((changes, snapshot)) => Ok(Started {
+                    settings,
+                    store: database.store,
+                    private_pg: database.private_pg,
+                    listener,
+                    state: Arc::new(State::new(snapshot)),
+                    changes,
+                }),
+                Err(err) => {
+                    report.push(
+                        "database",
+                        format!("loading flags and configuration failed: {err}"),
+                    );
+                    database.release().await;
+                    Err(report)
+                }
+            }
         }
         (_, database, _) => {
             if let Some(database) = database {

@@ -36,6 +36,10 @@ impl From<ApiError> for Status {
             ApiError::NotFound(message) => Status::not_found(message),
             ApiError::Aborted(message) => Status::aborted(message),
             ApiError::FailedPrecondition(message) => Status::failed_precondition(message),
+            ApiError::Store(StoreError::NotFound(message)) => Status::not_found(message),
+            ApiError::Store(err @ StoreError::VersionConflict { .. }) => {
+                Status::aborted(err.to_string())
+            }
             ApiError::Store(StoreError::Unavailable(source)) => {
                 tracing::warn!(error = %source, "database unavailable");
                 Status::unavailable(

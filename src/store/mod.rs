@@ -2,6 +2,8 @@
 //! embedded migrations, the schema checks of start-up, and one module per
 //! table.
 
+pub mod flags;
+pub mod listener;
 pub mod system_health;
 
 use std::time::Duration;
@@ -9,6 +11,27 @@ use std::time::Duration;
 use sqlx::Connection;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+
+/// How long a query waits for a free connection before the caller is told
+/// the database is unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn listener_pool(options: PgConnectOptions) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_lazy_with(options)
+}
+
+/// Names the actor of the changes of this transaction (audit rows and
+/// `updated_by` read it through the `readyd.actor` setting).
+pub(crate) async fn set_actor(tx: &mut sqlx::PgConnection, actor: &str) -> Result<(), StoreError> {
+    sqlx::query("SELECT set_config('readyd.actor', $1, true)")
+        .bind(actor)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
 
 /// Tables readyd cannot run without.
 pub const REQUIRED_TABLES: [&str; 5] = [
@@ -22,6 +45,14 @@ pub const REQUIRED_TABLES: [&str; 5] = [
 /// The database health function, with its argument types.
 pub const HEALTH_FUNCTION: &str = "check_system_health(text, jsonb, text)";
 
+/// The advisory lock every writer of `app_config` and `feature_flags` holds
+/// until commit, so that versions are committed in order (see the first
+/// migration). Readers take it shared for a consistent full load.
+pub const CHANGE_LOCK_KEY: i64 = 7_246_851_021;
+
+/// The channel the change feed announces on.
+pub const CHANGE_CHANNEL: &str = "readyd_changes";
+
 /// A failure talking to PostgreSQL.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -34,6 +65,19 @@ pub enum StoreError {
     /// Applying migrations failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The row to change does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// An expected version did not match the stored one.
+    #[error("{key:?} is at version {current}, not the expected {expected}")]
+    VersionConflict {
+        /// The key written.
+        key: String,
+        /// The version the caller expected (0: absent).
+        expected: i64,
+        /// The version stored (0: absent).
+        current: i64,
+    },
     /// The database answered with something readyd cannot use.
     #[error("unexpected data from the database: {0}")]
     Decode(String),
@@ -90,6 +134,9 @@ impl std::fmt::Display for SchemaProblem {
 pub struct Store {
     /// Connection pool; small on purpose (see `--db-pool-size`).
     pool: PgPool,
+    /// One connection of its own for the change listener, so a busy pool
+    /// never delays LISTEN and the listener never starves queries.
+    listener_pool: PgPool,
 }
 
 impl Store {
@@ -131,14 +178,27 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(pool_size)
             .min_connections(0)
-            .acquire_timeout(Duration::from_secs(3))
-            .connect_lazy_with(options);
-        Ok(Self { pool })
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options.clone());
+        let listener_pool = listener_pool(options);
+        Ok(Self {
+            pool,
+            listener_pool,
+        })
     }
 
     /// Wraps an existing pool (tests, tools).
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        let listener_pool = listener_pool(pool.connect_options().as_ref().clone());
+        Self {
+            pool,
+            listener_pool,
+        }
+    }
+
+    /// The listener's own pool.
+    pub(crate) fn listener_pool(&self) -> &PgPool {
+        &self.listener_pool
     }
 
     /// The pool, for the table modules.
@@ -218,6 +278,7 @@ impl Store {
 
     /// Closes every connection.
     pub async fn close(&self) {
+        self.listener_pool.close().await;
         self.pool.close().await;
     }
 }

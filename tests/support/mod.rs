@@ -7,6 +7,8 @@
 //! system temp directory and later test binaries and runs reuse.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -129,6 +131,12 @@ impl TestDb {
         TestDb { name, url, pool }
     }
 
+    /// The URL of this database through `proxy` (same user and database).
+    pub fn proxied_url(&self, proxy: &proxy::TcpProxy) -> String {
+        let options: sqlx::postgres::PgConnectOptions = self.url.parse().expect("url");
+        proxy.url_for(&self.name, options.get_username())
+    }
+
     /// Rows in `table`.
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
@@ -165,6 +173,24 @@ impl Drop for TestDb {
         })
         .join();
     }
+}
+
+/// A test's admin token.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// `message` as a request carrying the admin token.
+pub fn admin<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let value = format!("Bearer {ADMIN_TOKEN}").parse().expect("header value");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// Serve flags with the admin token set.
+pub fn admin_serve_args(database_url: &str) -> ServeArgs {
+    let mut args = serve_args(database_url);
+    args.admin_token = Some(ADMIN_TOKEN.into());
+    args
 }
 
 /// Serve flags for a test: loopback port 0, the given database, no tokens.

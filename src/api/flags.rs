@@ -1,0 +1,565 @@
+//! readyd.v1.FlagService: flag definitions, evaluation and WatchFlags.
+//! Reads and evaluation answer from the snapshot; writes go to the store and
+//! answer once the change listener has applied them (read-your-writes).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::codegen::BoxStream;
+use tonic::{Request, Response, Status};
+
+use crate::api::convert::{from_pb_struct, from_pb_value, to_pb_value, to_timestamp};
+use crate::api::error::ApiError;
+use crate::api::pb::readyd::v1 as pb;
+use crate::api::pb::readyd::v1::flag_service_server::FlagService;
+use crate::flags::{
+    CompiledFlag, Evaluation, EvaluationContext, Flag, FlagDraft, Reason, ValueType, Variant,
+    is_valid_key,
+};
+use crate::state::{Event, Snapshot, State};
+use crate::store::Store;
+
+/// How long a write waits for the listener to apply it before answering.
+const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Snapshot messages are cut at about this size, well under the 4 MiB
+/// message limit that most clients enforce.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Messages a stream buffers for a slow client; past them the stream
+/// waits, falls behind the broadcast and catches up with a fresh snapshot.
+const STREAM_BUFFER: usize = 64;
+
+/// The FlagService handlers.
+#[derive(Debug, Clone)]
+pub struct FlagApi {
+    /// What reads answer from.
+    state: Arc<State>,
+    /// Where writes go.
+    store: Store,
+    /// This instance's environment, for evaluation.
+    environment: Arc<str>,
+    /// Ends WatchFlags streams at shutdown.
+    streams_end: CancellationToken,
+}
+
+impl FlagApi {
+    /// Handlers over `state` and `store` for `environment`.
+    pub fn new(
+        state: Arc<State>,
+        store: Store,
+        environment: &str,
+        streams_end: CancellationToken,
+    ) -> Self {
+        Self {
+            state,
+            store,
+            environment: environment.into(),
+            streams_end,
+        }
+    }
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::InvalidArgument {
+        field,
+        message: message.into(),
+    }
+}
+
+fn checked_key(key: &str) -> Result<(), ApiError> {
+    if is_valid_key(key) {
+        Ok(())
+    } else {
+        Err(invalid(
+            "key",
+            format!("{key:?} is not a valid flag key: ^[a-z0-9][a-z0-9_.-]{{0,127}}$"),
+        ))
+    }
+}
+
+fn unknown(key: &str) -> ApiError {
+    ApiError::NotFound(format!("flag {key:?} does not exist"))
+}
+
+impl From<ValueType> for pb::FlagValueType {
+    fn from(value_type: ValueType) -> Self {
+        match value_type {
+            ValueType::Bool => pb::FlagValueType::Bool,
+            ValueType::String => pb::FlagValueType::String,
+            ValueType::Number => pb::FlagValueType::Number,
+            ValueType::Object => pb::FlagValueType::Object,
+        }
+    }
+}
+
+impl From<Reason> for pb::EvaluationReason {
+    fn from(reason: Reason) -> Self {
+        match reason {
+            Reason::Static => pb::EvaluationReason::Static,
+            Reason::TargetingMatch => pb::EvaluationReason::TargetingMatch,
+            Reason::Split => pb::EvaluationReason::Split,
+            Reason::Default => pb::EvaluationReason::Default,
+            Reason::Disabled => pb::EvaluationReason::Disabled,
+            Reason::Stale => pb::EvaluationReason::Stale,
+        }
+    }
+}
+
+impl From<&Flag> for pb::Flag {
+    fn from(flag: &Flag) -> Self {
+        pb::Flag {
+            key: flag.key.clone(),
+            description: flag.description.clone(),
+            enabled: flag.enabled,
+            value_type: pb::FlagValueType::from(flag.value_type).into(),
+            on_value: Some(to_pb_value(&flag.on_value)),
+            off_value: Some(to_pb_value(&flag.off_value)),
+            environments: flag.environments.clone(),
+            target_users: flag.target_users.clone(),
+            target_roles: flag.target_roles.clone(),
+            rollout_percentage: u32::from(flag.rollout_percentage),
+            version: flag.version,
+            updated_at: Some(to_timestamp(flag.updated_at)),
+            updated_by: flag.updated_by.clone(),
+        }
+    }
+}
+
+impl TryFrom<pb::UpsertFlagRequest> for FlagDraft {
+    type Error = ApiError;
+
+    /// Only the protobuf-level checks; the flag rules are in
+    /// [`FlagDraft::validate`].
+    fn try_from(request: pb::UpsertFlagRequest) -> Result<Self, ApiError> {
+        let value_type = match pb::FlagValueType::try_from(request.value_type) {
+            Ok(pb::FlagValueType::Unspecified) => None,
+            Ok(pb::FlagValueType::Bool) => Some(ValueType::Bool),
+            Ok(pb::FlagValueType::String) => Some(ValueType::String),
+            Ok(pb::FlagValueType::Number) => Some(ValueType::Number),
+            Ok(pb::FlagValueType::Object) => Some(ValueType::Object),
+            Err(_) => {
+                return Err(invalid(
+                    "value_type",
+                    format!("{} is not a value type", request.value_type),
+                ));
+            }
+        };
+        let on_value = request
+            .on_value
+            .map(from_pb_value)
+            .transpose()
+            .map_err(|m| invalid("on_value", m))?;
+        let off_value = request
+            .off_value
+            .map(from_pb_value)
+            .transpose()
+            .map_err(|m| invalid("off_value", m))?;
+        Ok(FlagDraft {
+            key: request.key,
+            description: request.description,
+            enabled: request.enabled,
+            value_type,
+            on_value,
+            off_value,
+            environments: request.environments,
+            target_users: request.target_users,
+            target_roles: request.target_roles,
+            rollout_percentage: request.rollout_percentage,
+        })
+    }
+}
+
+impl TryFrom<Option<pb::EvaluationContext>> for EvaluationContext {
+    type Error = ApiError;
+
+    fn try_from(context: Option<pb::EvaluationContext>) -> Result<Self, ApiError> {
+        let Some(context) = context else {
+            return Ok(EvaluationContext::default());
+        };
+        let attributes = match context.attributes {
+            Some(attributes) => {
+                from_pb_struct(attributes).map_err(|m| invalid("context.attributes", m))?
+            }
+            None => serde_json::Map::new(),
+        };
+        Ok(EvaluationContext {
+            user_id: Some(context.user_id).filter(|id| !id.is_empty()),
+            roles: context.roles,
+            attributes,
+        })
+    }
+}
+
+fn evaluation_response(key: &str, evaluation: &Evaluation<'_>) -> pb::EvaluateFlagResponse {
+    pb::EvaluateFlagResponse {
+        key: key.to_owned(),
+        value: Some(to_pb_value(evaluation.value)),
+        variant: match evaluation.variant {
+            Variant::On => "on",
+            Variant::Off => "off",
+        }
+        .to_owned(),
+        reason: pb::EvaluationReason::from(evaluation.reason).into(),
+        flag_version: evaluation.flag_version,
+    }
+}
+
+impl FlagApi {
+    fn evaluate(
+        &self,
+        flag: &CompiledFlag,
+        context: &EvaluationContext,
+    ) -> pb::EvaluateFlagResponse {
+        evaluation_response(flag.key(), &flag.evaluate(&self.environment, context))
+    }
+
+    /// Waits until the listener has applied `version`, so the caller's next
+    /// read sees its write.
+    async fn read_your_write(&self, version: i64) {
+        if !self.state.wait_for(version, READ_YOUR_WRITES_TIMEOUT).await {
+            tracing::warn!(
+                version,
+                "a committed write is not in the snapshot yet; answering anyway"
+            );
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl FlagService for FlagApi {
+    async fn get_flag(
+        &self,
+        request: Request<pb::GetFlagRequest>,
+    ) -> Result<Response<pb::GetFlagResponse>, Status> {
+        let key = &request.get_ref().key;
+        checked_key(key)?;
+        let snapshot = self.state.snapshot();
+        let Some(flag) = snapshot.flag(key) else {
+            return Err(unknown(key).into());
+        };
+        Ok(Response::new(pb::GetFlagResponse {
+            flag: Some(flag.flag().into()),
+        }))
+    }
+
+    async fn list_flags(
+        &self,
+        request: Request<pb::ListFlagsRequest>,
+    ) -> Result<Response<pb::ListFlagsResponse>, Status> {
+        let snapshot = self.state.snapshot();
+        let flags = snapshot
+            .flags_with_prefix(&request.get_ref().prefix)
+            .into_iter()
+            .map(|f| f.flag().into())
+            .collect();
+        Ok(Response::new(pb::ListFlagsResponse {
+            flags,
+            version: snapshot.version,
+        }))
+    }
+
+    async fn upsert_flag(
+        &self,
+        request: Request<pb::UpsertFlagRequest>,
+    ) -> Result<Response<pb::UpsertFlagResponse>, Status> {
+        let actor = crate::api::actor(&request)?;
+        let request = request.into_inner();
+        let expected_version = request.expected_version;
+        if expected_version.is_some_and(|v| v < 0) {
+            return Err(invalid("expected_version", "must not be negative").into());
+        }
+        let draft = FlagDraft::try_from(request)?.validate().map_err(|errors| {
+            let field = errors.fields().next().unwrap_or("flag");
+            ApiError::InvalidArgument {
+                field,
+                message: errors.to_string(),
+            }
+        })?;
+        let upserted = self
+            .store
+            .upsert_flag(&draft, expected_version, &actor)
+            .await
+            .map_err(ApiError::from)?;
+        self.read_your_write(upserted.flag.version).await;
+        Ok(Response::new(pb::UpsertFlagResponse {
+            flag: Some((&upserted.flag).into()),
+            created: upserted.created,
+        }))
+    }
+
+    async fn delete_flag(
+        &self,
+        request: Request<pb::DeleteFlagRequest>,
+    ) -> Result<Response<pb::DeleteFlagResponse>, Status> {
+        let actor = crate::api::actor(&request)?;
+        let request = request.into_inner();
+        checked_key(&request.key)?;
+        let version = self
+            .store
+            .delete_flag(&request.key, request.expected_version, &actor)
+            .await
+            .map_err(ApiError::from)?;
+        self.read_your_write(version).await;
+        Ok(Response::new(pb::DeleteFlagResponse { version }))
+    }
+
+    async fn evaluate_flag(
+        &self,
+        request: Request<pb::EvaluateFlagRequest>,
+    ) -> Result<Response<pb::EvaluateFlagResponse>, Status> {
+        let request = request.into_inner();
+        checked_key(&request.key)?;
+        let context = EvaluationContext::try_from(request.context)?;
+        let snapshot = self.state.snapshot();
+        let Some(flag) = snapshot.flag(&request.key) else {
+            return Err(unknown(&request.key).into());
+        };
+        Ok(Response::new(self.evaluate(flag, &context)))
+    }
+
+    async fn evaluate_flags(
+        &self,
+        request: Request<pb::EvaluateFlagsRequest>,
+    ) -> Result<Response<pb::EvaluateFlagsResponse>, Status> {
+        let request = request.into_inner();
+        let context = EvaluationContext::try_from(request.context)?;
+        let snapshot = self.state.snapshot();
+        let results = if request.keys.is_empty() {
+            snapshot
+                .flags_with_prefix("")
+                .into_iter()
+                .map(|flag| pb::FlagEvaluationResult {
+                    key: flag.key().to_owned(),
+                    outcome: Some(pb::flag_evaluation_result::Outcome::Evaluation(
+                        self.evaluate(flag, &context),
+                    )),
+                })
+                .collect()
+        } else {
+            request
+                .keys
+                .into_iter()
+                .map(|key| {
+                    let outcome = match snapshot.flag(&key) {
+                        Some(flag) => pb::flag_evaluation_result::Outcome::Evaluation(
+                            self.evaluate(flag, &context),
+                        ),
+                        None => pb::flag_evaluation_result::Outcome::Error(pb::EvaluationError {
+                            code: "FLAG_NOT_FOUND".to_owned(),
+                            message: format!("flag {key:?} does not exist"),
+                        }),
+                    };
+                    pb::FlagEvaluationResult {
+                        key,
+                        outcome: Some(outcome),
+                    }
+                })
+                .collect()
+        };
+        Ok(Response::new(pb::EvaluateFlagsResponse {
+            results,
+            version: snapshot.version,
+        }))
+    }
+
+    async fn watch_flags(
+        &self,
+        request: Request<pb::WatchFlagsRequest>,
+    ) -> Result<Response<BoxStream<pb::WatchFlagsResponse>>, Status> {
+        let request = request.into_inner();
+        for key in &request.keys {
+            checked_key(key)?;
+        }
+        if request.since_version.is_some_and(|v| v < 0) {
+            return Err(invalid("since_version", "must not be negative").into());
+        }
+        let filter: Option<HashSet<String>> = if request.keys.is_empty() {
+            None
+        } else {
+            Some(request.keys.into_iter().collect())
+        };
+        // Subscribe before reading anything, so no change slips between.
+        let subscription = self.state.subscribe();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let watcher = FlagWatcher {
+            tx,
+            filter,
+            state: Arc::clone(&self.state),
+            last_version: 0,
+            started: false,
+        };
+        tokio::spawn(watcher.run(
+            subscription.events,
+            subscription.snapshot,
+            request.since_version,
+            self.streams_end.clone(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// One WatchFlags stream.
+struct FlagWatcher {
+    /// To the client.
+    tx: mpsc::Sender<Result<pb::WatchFlagsResponse, Status>>,
+    /// Only these keys, when set.
+    filter: Option<HashSet<String>>,
+    /// For fresh snapshots after falling behind.
+    state: Arc<State>,
+    /// The version the client is consistent with; messages only go up.
+    last_version: i64,
+    /// Whether the first message (snapshot or resumed changes) went out.
+    started: bool,
+}
+
+/// The client went away (or the server is shutting down).
+struct Gone;
+
+impl FlagWatcher {
+    async fn run(
+        mut self,
+        mut events: broadcast::Receiver<Arc<Event>>,
+        snapshot: Arc<Snapshot>,
+        since_version: Option<i64>,
+        streams_end: CancellationToken,
+    ) {
+        let resumed = since_version
+            .and_then(|since| self.state.events_since(since).map(|events| (since, events)));
+        let start = match resumed {
+            Some((since, history)) => {
+                self.last_version = since;
+                self.started = true;
+                self.send_events(&history).await
+            }
+            None => self.send_snapshot(&snapshot).await,
+        };
+        if start.is_err() {
+            return;
+        }
+        loop {
+            let received = tokio::select! {
+                received = events.recv() => received,
+                () = self.tx.closed() => return,
+                () = streams_end.cancelled() => return,
+            };
+            let sent = match received {
+                Ok(event) => self.send_events(std::slice::from_ref(&event)).await,
+                // Fell behind: a fresh snapshot replaces the missed changes.
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.send_snapshot(&self.state.snapshot()).await
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn wanted(&self, key: &str) -> bool {
+        self.filter.as_ref().is_none_or(|keys| keys.contains(key))
+    }
+
+    async fn send(&self, event: pb::watch_flags_response::Event) -> Result<(), Gone> {
+        self.tx
+            .send(Ok(pb::WatchFlagsResponse { event: Some(event) }))
+            .await
+            .map_err(|_| Gone)
+    }
+
+    async fn send_events(&mut self, events: &[Arc<Event>]) -> Result<(), Gone> {
+        for event in events {
+            if event.version() <= self.last_version {
+                continue;
+            }
+            match &**event {
+                Event::FlagUpserted { version, flag } => {
+                    self.last_version = *version;
+                    if self.wanted(flag.key()) {
+                        let change = pb::flag_change::Change::Upserted(flag.flag().into());
+                        self.send(pb::watch_flags_response::Event::Change(pb::FlagChange {
+                            version: *version,
+                            change: Some(change),
+                        }))
+                        .await?;
+                    }
+                }
+                Event::FlagDeleted { version, key } => {
+                    self.last_version = *version;
+                    if self.wanted(key) {
+                        let change = pb::flag_change::Change::DeletedKey(key.clone());
+                        self.send(pb::watch_flags_response::Event::Change(pb::FlagChange {
+                            version: *version,
+                            change: Some(change),
+                        }))
+                        .await?;
+                    }
+                }
+                Event::Resync { .. } => {
+                    let snapshot = self.state.snapshot();
+                    self.send_snapshot(&snapshot).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends every wanted flag of `snapshot`, in parts of bounded size.
+    async fn send_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), Gone> {
+        if self.started && snapshot.version <= self.last_version {
+            return Ok(());
+        }
+        let version = snapshot.version;
+        self.last_version = version;
+        self.started = true;
+        let flags: Vec<pb::Flag> = snapshot
+            .flags_with_prefix("")
+            .into_iter()
+            .filter(|f| self.wanted(f.key()))
+            .map(|f| f.flag().into())
+            .collect();
+        for part in snapshot_parts(version, flags) {
+            self.send(pb::watch_flags_response::Event::Snapshot(part))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Splits `flags` into snapshot messages of about [`SNAPSHOT_CHUNK_BYTES`]
+/// each (at least one message, even when empty), marked first and last.
+pub fn snapshot_parts(version: i64, flags: Vec<pb::Flag>) -> Vec<pb::FlagSnapshot> {
+    use prost::Message;
+    let mut parts = vec![pb::FlagSnapshot {
+        version,
+        flags: Vec::new(),
+        first: true,
+        last: false,
+    }];
+    let mut size = 0;
+    for flag in flags {
+        let len = flag.encoded_len();
+        if size + len > SNAPSHOT_CHUNK_BYTES && size > 0 {
+            parts.push(pb::FlagSnapshot {
+                version,
+                flags: Vec::new(),
+                first: false,
+                last: false,
+            });
+            size = 0;
+        }
+        size += len;
+        if let Some(part) = parts.last_mut() {
+            part.flags.push(flag);
+        }
+    }
+    if let Some(part) = parts.last_mut() {
+        part.last = true;
+    }
+    parts
+}

@@ -1,0 +1,32 @@
+//! Feature flags: the pure model, validation and evaluation engine.
+//!
+//! Nothing here does I/O or knows about gRPC, SQL or async: the store loads
+//! [`Flag`]s, compiles each into a [`CompiledFlag`] once per change, and the
+//! service answers requests with [`evaluate`]. Keeping the rules pure makes
+//! them cheap to test exhaustively (see `tests/flags_engine.rs`) and cheap to
+//! run on every request.
+//!
+//! - `model`: the data types ([`Flag`], [`EvaluationContext`], [`Evaluation`]);
+//! - `validate`: upsert input ([`FlagDraft`]) and its rules;
+//! - `evaluate`: [`CompiledFlag`] and the priority list of [`evaluate`];
+//! - `bucket`: the Unleash-compatible rollout [`bucket`].
+
+// Evaluation runs inside request handling, where a panic would take a
+// request (or a task) down; tests may unwrap freely.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod bucket;
+mod evaluate;
+mod model;
+mod validate;
+
+pub use bucket::bucket;
+pub use evaluate::{CompiledFlag, evaluate};
+pub use model::{
+    Evaluation, EvaluationContext, Flag, Reason, UnknownValueType, ValueType, Variant,
+};
+pub use validate::{
+    DEFAULT_ROLLOUT_PERCENTAGE, FlagDraft, MAX_DESCRIPTION_BYTES, MAX_ENVIRONMENT_LEN, MAX_KEY_LEN,
+    MAX_TARGET_BYTES, MAX_TARGET_ROLES, MAX_TARGET_USERS, ValidFlagDraft, ValidationError,
+    ValidationErrors, is_valid_environment, is_valid_key,
+};

@@ -1,0 +1,205 @@
+//! The in-memory state every read is served from, and the broadcast of its
+//! changes. No I/O: the change listener (in `store`) is its only writer.
+//!
+//! Readers load the current [`Snapshot`] from an `ArcSwap` without locking.
+//! A writer builds a new snapshot and [`State::publish`]es it: one function
+//! stores it, records the change in a short history (for resuming streams)
+//! and notifies subscribers, so those three never disagree.
+
+pub mod snapshot;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{broadcast, watch};
+
+use crate::flags::CompiledFlag;
+pub use snapshot::Snapshot;
+
+/// Changes kept for subscribers that resume with `since_version`.
+pub const HISTORY_LEN: usize = 4096;
+
+/// Changes a subscriber may fall behind by before it is sent a fresh
+/// snapshot instead.
+pub const BROADCAST_CAPACITY: usize = 1024;
+
+/// One change, as told to subscribers.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A flag was created or updated.
+    FlagUpserted {
+        /// Version of the change.
+        version: i64,
+        /// The flag as it is now.
+        flag: Arc<CompiledFlag>,
+    },
+    /// A flag was deleted.
+    FlagDeleted {
+        /// Version of the change.
+        version: i64,
+        /// The deleted key.
+        key: String,
+    },
+    /// The snapshot was replaced whole (a full reload): subscribers send a
+    /// fresh snapshot if its version differs from what they sent.
+    Resync {
+        /// Version of the new snapshot.
+        version: i64,
+    },
+}
+
+impl Event {
+    /// The version the event brings the state to.
+    pub fn version(&self) -> i64 {
+        match self {
+            Event::FlagUpserted { version, .. }
+            | Event::FlagDeleted { version, .. }
+            | Event::Resync { version } => *version,
+        }
+    }
+}
+
+/// Changes since some version, for resuming streams.
+#[derive(Debug, Default)]
+struct History {
+    /// Every change after `floor`, oldest first.
+    events: VecDeque<Arc<Event>>,
+    /// The history covers every change after this version.
+    floor: i64,
+}
+
+/// What a new subscriber starts from: the receiver first, then the snapshot,
+/// so no change between the two is lost.
+#[derive(Debug)]
+pub struct Subscription {
+    /// Changes after the subscription was made.
+    pub events: broadcast::Receiver<Arc<Event>>,
+    /// The state when the subscription was made.
+    pub snapshot: Arc<Snapshot>,
+}
+
+/// The shared state.
+#[derive(Debug)]
+pub struct State {
+    /// The current snapshot; readers never lock.
+    current: ArcSwap<Snapshot>,
+    /// Tells subscribers of each change.
+    events: broadcast::Sender<Arc<Event>>,
+    /// Recent changes, for `since_version`. A std mutex: it is held only to
+    /// push or copy a few pointers, never across an await.
+    history: Mutex<History>,
+    /// The current version, for writers waiting to read their own write.
+    version: watch::Sender<i64>,
+}
+
+impl State {
+    /// State starting from `snapshot`.
+    pub fn new(snapshot: Snapshot) -> Self {
+        let version = snapshot.version;
+        let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        Self {
+            current: ArcSwap::from_pointee(snapshot),
+            events,
+            history: Mutex::new(History {
+                events: VecDeque::new(),
+                floor: version,
+            }),
+            version: watch::Sender::new(version),
+        }
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Subscribes to changes, then reads the snapshot.
+    pub fn subscribe(&self) -> Subscription {
+        let events = self.events.subscribe();
+        Subscription {
+            events,
+            snapshot: self.snapshot(),
+        }
+    }
+
+    /// Stores `snapshot`, records `event` and tells subscribers: the only
+    /// way the state changes.
+    pub fn publish(&self, snapshot: Snapshot, event: Event) {
+        let version = snapshot.version;
+        let event = Arc::new(event);
+        {
+            let mut history = self
+                .history
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            self.current.store(Arc::new(snapshot));
+            if matches!(*event, Event::Resync { .. }) {
+                // What a reload changed is not known change by change.
+                history.events.clear();
+                history.floor = version;
+            } else {
+                history.events.push_back(Arc::clone(&event));
+                while history.events.len() > HISTORY_LEN {
+                    if let Some(oldest) = history.events.pop_front() {
+                        history.floor = oldest.version();
+                    }
+                }
+            }
+            // Under the same lock, so history and broadcast agree in order.
+            let _ = self.events.send(event);
+        }
+        self.version.send_replace(version);
+    }
+
+    /// Moves the version forward without a change anyone subscribes to (a
+    /// change of something this instance does not serve).
+    pub fn advance(&self, version: i64) {
+        let current = self.snapshot();
+        if version <= current.version {
+            return;
+        }
+        let snapshot = current.at_version(version);
+        let mut history = self
+            .history
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.current.store(Arc::new(snapshot));
+        if history.events.is_empty() {
+            history.floor = version;
+        }
+        drop(history);
+        self.version.send_replace(version);
+    }
+
+    /// Every change after `since`, when the history still holds all of them;
+    /// `None` when the caller must start from a snapshot instead.
+    pub fn events_since(&self, since: i64) -> Option<Vec<Arc<Event>>> {
+        let history = self
+            .history
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let current = self.current.load().version;
+        if since < history.floor || since > current {
+            return None;
+        }
+        Some(
+            history
+                .events
+                .iter()
+                .filter(|e| e.version() > since)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Waits until the state includes `version` (read-your-writes). False
+    /// when `timeout` passes first.
+    pub async fn wait_for(&self, version: i64, timeout: Duration) -> bool {
+        let mut rx = self.version.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|current| *current >= version))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}

@@ -1,0 +1,98 @@
+//! The immutable snapshot of everything readyd serves from memory, built by
+//! pure functions from database rows. No I/O, no async.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::flags::{CompiledFlag, Flag, FlagDraft};
+
+/// Every flag at one version. Readers hold an `Arc` to it; a change builds
+/// a new snapshot and swaps it in whole, so no reader sees half a change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The version of the last change the snapshot includes: every change
+    /// with a version at or below it is in, none above it.
+    pub version: i64,
+    /// Flags by key, compiled for evaluation. Behind an `Arc` so that a
+    /// change that touches no flag shares the map instead of copying it.
+    pub flags: Arc<HashMap<String, Arc<CompiledFlag>>>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot from rows as read from the database. A row that
+    /// fails validation (bad data written by plain SQL) is left out with a
+    /// warning: one bad row must never take every flag down with it.
+    pub fn from_rows(version: i64, flags: Vec<Flag>) -> Snapshot {
+        let flags = flags
+            .into_iter()
+            .filter_map(|flag| match checked(flag) {
+                Ok(flag) => Some((flag.key.clone(), Arc::new(CompiledFlag::new(flag)))),
+                Err((key, problem)) => {
+                    tracing::warn!(flag = %key, %problem, "flag row is invalid; it is left out of the snapshot");
+                    None
+                }
+            })
+            .collect();
+        Snapshot {
+            version,
+            flags: Arc::new(flags),
+        }
+    }
+
+    /// One flag by key.
+    pub fn flag(&self, key: &str) -> Option<&Arc<CompiledFlag>> {
+        self.flags.get(key)
+    }
+
+    /// Flags whose key starts with `prefix`, ordered by key.
+    pub fn flags_with_prefix(&self, prefix: &str) -> Vec<&Arc<CompiledFlag>> {
+        let mut flags: Vec<_> = self
+            .flags
+            .values()
+            .filter(|f| f.key().starts_with(prefix))
+            .collect();
+        flags.sort_unstable_by(|a, b| a.key().cmp(b.key()));
+        flags
+    }
+
+    /// This snapshot at a later version with nothing else changed.
+    pub fn at_version(&self, version: i64) -> Snapshot {
+        Snapshot {
+            version,
+            flags: Arc::clone(&self.flags),
+        }
+    }
+
+    /// This snapshot with one flag changed: `Some` upserts it, `None` deletes
+    /// `key`. The snapshot's version becomes `version`. An invalid flag row
+    /// is treated like a deleted one (and logged), as in [`Self::from_rows`].
+    pub fn with_flag(&self, version: i64, key: &str, flag: Option<Flag>) -> Snapshot {
+        let mut flags = HashMap::clone(&self.flags);
+        match flag.map(checked) {
+            Some(Ok(flag)) => {
+                flags.insert(flag.key.clone(), Arc::new(CompiledFlag::new(flag)));
+            }
+            Some(Err((key, problem))) => {
+                tracing::warn!(flag = %key, %problem, "flag row is invalid; it is left out of the snapshot");
+                flags.remove(&key);
+            }
+            None => {
+                flags.remove(key);
+            }
+        }
+        Snapshot {
+            version,
+            flags: Arc::new(flags),
+        }
+    }
+}
+
+/// Validates a stored flag with the rules of a write.
+fn checked(flag: Flag) -> Result<Flag, (String, String)> {
+    match FlagDraft::from_flag(&flag).validate() {
+        Ok(_) => Ok(flag),
+        Err(errors) => Err((flag.key, errors.to_string())),
+    }
+}

@@ -1,0 +1,223 @@
+//! The `feature_flags` table.
+
+use chrono::{DateTime, Utc};
+
+use super::{CHANGE_LOCK_KEY, Store, StoreError, set_actor};
+use crate::flags::{Flag, ValidFlagDraft, ValueType};
+
+/// Every column, in the order of [`FlagRow`].
+const COLUMNS: &str = "key, description, enabled, value_type, on_value, off_value, environments, \
+                       target_users, target_roles, rollout_percentage, version, updated_at, updated_by";
+
+/// One row as PostgreSQL returns it.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct FlagRow {
+    key: String,
+    description: String,
+    enabled: bool,
+    value_type: String,
+    on_value: serde_json::Value,
+    off_value: serde_json::Value,
+    environments: Vec<String>,
+    target_users: Vec<String>,
+    target_roles: Vec<String>,
+    rollout_percentage: i32,
+    version: i64,
+    updated_at: DateTime<Utc>,
+    updated_by: String,
+}
+
+impl FlagRow {
+    /// The flag, or why the row cannot be one (bad data written by SQL).
+    pub(crate) fn into_flag(self) -> Result<Flag, String> {
+        let value_type: ValueType = self
+            .value_type
+            .parse()
+            .map_err(|_| format!("unknown value_type {:?}", self.value_type))?;
+        let rollout_percentage = u8::try_from(self.rollout_percentage)
+            .ok()
+            .filter(|p| *p <= 100)
+            .ok_or_else(|| {
+                format!(
+                    "rollout_percentage {} is outside 0..=100",
+                    self.rollout_percentage
+                )
+            })?;
+        Ok(Flag {
+            key: self.key,
+            description: self.description,
+            enabled: self.enabled,
+            value_type,
+            on_value: self.on_value,
+            off_value: self.off_value,
+            environments: self.environments,
+            target_users: self.target_users,
+            target_roles: self.target_roles,
+            rollout_percentage,
+            version: self.version,
+            updated_at: self.updated_at,
+            updated_by: self.updated_by,
+        })
+    }
+}
+
+/// Rows that decode into flags; the others are logged and left out.
+pub(crate) fn decode_rows(rows: Vec<FlagRow>) -> Vec<Flag> {
+    rows.into_iter()
+        .filter_map(|row| {
+            let key = row.key.clone();
+            match row.into_flag() {
+                Ok(flag) => Some(flag),
+                Err(problem) => {
+                    tracing::warn!(flag = %key, %problem, "flag row is invalid; it is left out");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// The outcome of an upsert.
+#[derive(Debug, Clone)]
+pub struct UpsertedFlag {
+    /// The flag as stored, with its new version.
+    pub flag: Flag,
+    /// Whether the flag is new.
+    pub created: bool,
+}
+
+impl Store {
+    /// Every flag.
+    pub(crate) async fn flag_rows(
+        &self,
+        executor: impl sqlx::PgExecutor<'_>,
+    ) -> Result<Vec<FlagRow>, StoreError> {
+        let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM feature_flags"));
+        Ok(sqlx::query_as(sql).fetch_all(executor).await?)
+    }
+
+    /// One flag as stored now; `Ok(None)` when it does not exist or its row
+    /// is invalid.
+    pub async fn flag(&self, key: &str) -> Result<Option<Flag>, StoreError> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM feature_flags WHERE key = $1"
+        ));
+        let row: Option<FlagRow> = sqlx::query_as(sql)
+            .bind(key)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row
+            .map(|row| decode_rows(vec![row]))
+            .and_then(|mut flags| flags.pop()))
+    }
+
+    /// Creates or replaces a flag in one transaction. With
+    /// `expected_version`, writes only if the current version equals it (0:
+    /// the flag must not exist yet).
+    pub async fn upsert_flag(
+        &self,
+        draft: &ValidFlagDraft,
+        expected_version: Option<i64>,
+        actor: &str,
+    ) -> Result<UpsertedFlag, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        // The change lock first, before any row lock: see the migration.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CHANGE_LOCK_KEY)
+            .execute(&mut *tx)
+            .await?;
+        set_actor(&mut tx, actor).await?;
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM feature_flags WHERE key = $1")
+                .bind(draft.key())
+                .fetch_optional(&mut *tx)
+                .await?;
+        check_expected(draft.key(), current, expected_version)?;
+        let returning = format!("RETURNING {COLUMNS}");
+        // Not INSERT ... ON CONFLICT: its BEFORE INSERT trigger would take a
+        // version even when the row is then updated, leaving a gap.
+        let sql = if current.is_some() {
+            format!(
+                "UPDATE feature_flags SET description = $2, enabled = $3, value_type = $4, on_value = $5, \
+                 off_value = $6, environments = $7, target_users = $8, target_roles = $9, \
+                 rollout_percentage = $10 WHERE key = $1 {returning}"
+            )
+        } else {
+            format!(
+                "INSERT INTO feature_flags (key, description, enabled, value_type, on_value, off_value, \
+                 environments, target_users, target_roles, rollout_percentage) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) {returning}"
+            )
+        };
+        let row: FlagRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(draft.key())
+            .bind(draft.description())
+            .bind(draft.enabled())
+            .bind(draft.value_type().as_str())
+            .bind(draft.on_value())
+            .bind(draft.off_value())
+            .bind(draft.environments())
+            .bind(draft.target_users())
+            .bind(draft.target_roles())
+            .bind(i32::from(draft.rollout_percentage()))
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let flag = row.into_flag().map_err(StoreError::Decode)?;
+        Ok(UpsertedFlag {
+            flag,
+            created: current.is_none(),
+        })
+    }
+
+    /// Deletes a flag; returns the version of the deletion.
+    pub async fn delete_flag(
+        &self,
+        key: &str,
+        expected_version: Option<i64>,
+        actor: &str,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CHANGE_LOCK_KEY)
+            .execute(&mut *tx)
+            .await?;
+        set_actor(&mut tx, actor).await?;
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM feature_flags WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if current.is_none() {
+            return Err(StoreError::NotFound(format!("flag {key:?} does not exist")));
+        }
+        check_expected(key, current, expected_version)?;
+        sqlx::query("DELETE FROM feature_flags WHERE key = $1")
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        // The deletion's version was taken by the trigger in this session.
+        let version: i64 = sqlx::query_scalar("SELECT currval('readyd_change_version')")
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+}
+
+/// ABORTED-style conflict when `expected` is set and differs from `current`
+/// (0 standing for "does not exist").
+pub(crate) fn check_expected(
+    key: &str,
+    current: Option<i64>,
+    expected: Option<i64>,
+) -> Result<(), StoreError> {
+    match expected {
+        Some(expected) if expected != current.unwrap_or(0) => Err(StoreError::VersionConflict {
+            key: key.to_owned(),
+            expected,
+            current: current.unwrap_or(0),
+        }),
+        _ => Ok(()),
+    }
+}

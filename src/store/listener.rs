@@ -1,0 +1,225 @@
+//! The change listener: LISTEN on the change feed and keep the in-memory
+//! state equal to the tables.
+//!
+//! Each notification names a changed row and its version. Versions are
+//! committed in order (see the first migration), so the listener applies
+//! them one after the other by reading the changed row. Anything that could
+//! mean a missed change (a gap in versions, a lost connection, an error, an
+//! unreadable payload, a TRUNCATE) makes it reload everything instead, so no
+//! change is ever lost. It LISTENs before it loads, so a change between the
+//! load and the LISTEN cannot slip through.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sqlx::postgres::PgListener;
+use tokio_util::sync::CancellationToken;
+
+use super::flags::decode_rows;
+use super::{CHANGE_CHANNEL, CHANGE_LOCK_KEY, Store, StoreError};
+use crate::state::{Event, Snapshot, State};
+
+/// One notification of the change feed.
+#[derive(Debug, Deserialize)]
+struct Announcement {
+    /// `app_config` or `feature_flags`.
+    table: String,
+    /// The changed key (absent for a TRUNCATE).
+    key: Option<String>,
+    /// Version of the change.
+    version: i64,
+    /// insert, update, delete or truncate.
+    op: String,
+}
+
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+impl Store {
+    /// Everything, consistently: holds the change lock in shared mode so no
+    /// writer is half done, and reads the version every row is included up to.
+    pub async fn load_snapshot(&self) -> Result<Snapshot, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+            .bind(CHANGE_LOCK_KEY)
+            .execute(&mut *tx)
+            .await?;
+        let (last_value, is_called): (i64, bool) =
+            sqlx::query_as("SELECT last_value, is_called FROM readyd_change_version")
+                .fetch_one(&mut *tx)
+                .await?;
+        let rows = self.flag_rows(&mut *tx).await?;
+        tx.commit().await?;
+        let version = if is_called { last_value } else { 0 };
+        Ok(Snapshot::from_rows(version, decode_rows(rows)))
+    }
+}
+
+/// A LISTEN connection on the change feed.
+#[derive(Debug)]
+pub struct ChangeListener {
+    /// The database.
+    store: Store,
+    /// The LISTEN connection.
+    listener: PgListener,
+}
+
+/// What the listener must do next.
+enum Next {
+    /// Wait for the next notification.
+    Listen,
+    /// Reload everything (the listener is connected).
+    Reload,
+    /// Reconnect, then reload.
+    Reconnect,
+}
+
+impl ChangeListener {
+    /// Connects and LISTENs. Call before loading the first snapshot.
+    pub async fn connect(store: &Store) -> Result<Self, StoreError> {
+        let mut listener = PgListener::connect_with(store.listener_pool()).await?;
+        listener.listen(CHANGE_CHANNEL).await?;
+        Ok(Self {
+            store: store.clone(),
+            listener,
+        })
+    }
+
+    /// Keeps `state` equal to the tables until `shutdown` fires.
+    pub async fn run(mut self, state: Arc<State>, shutdown: CancellationToken) {
+        let mut next = Next::Listen;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            next = match next {
+                Next::Listen => {
+                    let received = tokio::select! {
+                        received = self.listener.try_recv() => received,
+                        () = shutdown.cancelled() => return,
+                    };
+                    match received {
+                        Ok(Some(notification)) => self.apply(notification.payload(), &state).await,
+                        Ok(None) => {
+                            // Reconnected already (eagerly), and LISTENing again:
+                            // what was sent meanwhile is lost.
+                            tracing::warn!("change listener connection lost; reloading everything");
+                            Next::Reload
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, "change listener failed; reconnecting");
+                            Next::Reconnect
+                        }
+                    }
+                }
+                Next::Reload => match self.store.load_snapshot().await {
+                    Ok(snapshot) => {
+                        backoff = Duration::from_millis(100);
+                        let version = snapshot.version;
+                        tracing::info!(
+                            version,
+                            flags = snapshot.flags.len(),
+                            "reloaded everything"
+                        );
+                        state.publish(snapshot, Event::Resync { version });
+                        Next::Listen
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "reload failed; reconnecting");
+                        Next::Reconnect
+                    }
+                },
+                Next::Reconnect => {
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    match Self::connect(&self.store).await {
+                        Ok(fresh) => {
+                            self.listener = fresh.listener;
+                            Next::Reload
+                        }
+                        Err(err) => {
+                            tracing::debug!(error = %err, "change listener cannot reconnect yet");
+                            Next::Reconnect
+                        }
+                    }
+                }
+            };
+        }
+    }
+
+    /// Applies one notification; says what to do next.
+    async fn apply(&self, payload: &str, state: &State) -> Next {
+        let Ok(announcement) = serde_json::from_str::<Announcement>(payload) else {
+            tracing::warn!(
+                payload,
+                "unreadable change notification; reloading everything"
+            );
+            return Next::Reload;
+        };
+        let current = state.snapshot();
+        let version = announcement.version;
+        if version <= current.version {
+            return Next::Listen; // already included (e.g. by a reload)
+        }
+        if version > current.version + 1 {
+            // A rolled-back writer leaves a gap that never fills; a missed
+            // notification leaves one too. Only a reload tells them apart.
+            tracing::debug!(
+                from = current.version,
+                to = version,
+                "version gap; reloading everything"
+            );
+            return Next::Reload;
+        }
+        match (
+            announcement.table.as_str(),
+            announcement.op.as_str(),
+            announcement.key,
+        ) {
+            ("feature_flags", "insert" | "update" | "delete", Some(key)) => {
+                match self.store.flag(&key).await {
+                    Ok(Some(flag)) if flag.version == version => {
+                        let snapshot = current.with_flag(version, &key, Some(flag));
+                        match snapshot.flag(&key).cloned() {
+                            Some(flag) => {
+                                state.publish(snapshot, Event::FlagUpserted { version, flag })
+                            }
+                            // The row was invalid and is left out: to a reader it is gone.
+                            None => state.publish(snapshot, Event::FlagDeleted { version, key }),
+                        }
+                        Next::Listen
+                    }
+                    // Changed again since: its own notification follows.
+                    Ok(Some(flag)) if flag.version > version => {
+                        state.advance(version);
+                        Next::Listen
+                    }
+                    Ok(None) if current.flag(&key).is_some() => {
+                        state.publish(
+                            current.with_flag(version, &key, None),
+                            Event::FlagDeleted { version, key },
+                        );
+                        Next::Listen
+                    }
+                    Ok(None) => {
+                        state.advance(version);
+                        Next::Listen
+                    }
+                    Ok(Some(_)) => Next::Reload,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "reading a changed flag failed; reconnecting");
+                        Next::Reconnect
+                    }
+                }
+            }
+            ("feature_flags", _, _) => Next::Reload,
+            // Configuration is not served from the snapshot yet.
+            _ => {
+                state.advance(version);
+                Next::Listen
+            }
+        }
+    }
+}
