@@ -199,9 +199,13 @@ impl DatabaseSettings {
         let source = match args.database_url.as_deref().map(str::trim) {
             None | Some("") => Some(DatabaseSource::Private),
             Some(url) => match PgConnectOptions::from_str(url) {
-                Ok(options) => Some(DatabaseSource::External(Box::new(options))),
+                Ok(options)
+                    if url.starts_with("postgres://") || url.starts_with("postgresql://") =>
+                {
+                    Some(DatabaseSource::External(Box::new(options)))
+                }
                 // The URL may hold a password: name the problem, never echo it.
-                Err(_) => {
+                _ => {
                     errors.push(SettingsError::new(
                         "--database-url (DATABASE_URL)",
                         "not a valid PostgreSQL URL; expected postgres://user:password@host:5432/database",

@@ -181,7 +181,9 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 /// `message` as a request carrying the admin token.
 pub fn admin<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    let value = format!("Bearer {ADMIN_TOKEN}").parse().expect("header value");
+    let value = format!("Bearer {ADMIN_TOKEN}")
+        .parse()
+        .expect("header value");
     request.metadata_mut().insert("authorization", value);
     request
 }

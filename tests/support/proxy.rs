@@ -51,7 +51,9 @@ impl TcpProxy {
         let cut_rx = cut.subscribe();
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((client, _)) = listener.accept().await else { return };
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
                 if *cut_rx.borrow() {
                     drop(client); // refused while cut
                     continue;
