@@ -194,11 +194,26 @@ LANGUAGE sql IMMUTABLE AS $$
     END
 $$;
 
+-- The row itself rides along when it fits in a notification (PostgreSQL's
+-- limit is 8,000 bytes) and is not secret (any database user may LISTEN), so
+-- listeners see every version of a row without a query. Otherwise they read
+-- the row themselves.
 CREATE FUNCTION readyd_announce(tbl text, r jsonb, op text, v bigint) RETURNS void
-LANGUAGE sql AS $$
-    SELECT pg_notify('readyd_changes', json_build_object(
-        'table', tbl, 'key', r ->> 'key', 'environment', r ->> 'environment',
-        'version', v, 'op', op)::text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    base     jsonb := jsonb_build_object('table', tbl, 'key', r ->> 'key',
+                                         'environment', r ->> 'environment', 'version', v, 'op', op);
+    with_row text;
+BEGIN
+    IF op IN ('insert', 'update') AND NOT coalesce((r ->> 'is_sensitive')::boolean, false) THEN
+        with_row := (base || jsonb_build_object('row', r))::text;
+        IF octet_length(with_row) < 7900 THEN
+            PERFORM pg_notify('readyd_changes', with_row);
+            RETURN;
+        END IF;
+    END IF;
+    PERFORM pg_notify('readyd_changes', base::text);
+END
 $$;
 
 CREATE FUNCTION readyd_audit(r jsonb, action text, old_value jsonb, new_value jsonb, v bigint) RETURNS void

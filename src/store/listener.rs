@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::flags::decode_rows;
 use super::{CHANGE_CHANNEL, CHANGE_LOCK_KEY, Store, StoreError};
+use crate::flags::Flag;
 use crate::state::{Event, Snapshot, State};
 
 /// One notification of the change feed.
@@ -31,6 +32,8 @@ struct Announcement {
     version: i64,
     /// insert, update, delete or truncate.
     op: String,
+    /// The row as written, when it fit in the notification.
+    row: Option<serde_json::Value>,
 }
 
 /// Longest wait between reconnection attempts.
@@ -173,6 +176,20 @@ impl ChangeListener {
             );
             return Next::Reload;
         }
+        let carried = match (announcement.table.as_str(), announcement.row) {
+            ("feature_flags", Some(row)) => serde_json::from_value::<Flag>(row).ok(),
+            _ => None,
+        };
+        if let Some(flag) = carried.filter(|flag| flag.version == version) {
+            let key = flag.key.clone();
+            publish_flag(
+                state,
+                current.with_flag(version, &key, Some(flag)),
+                version,
+                key,
+            );
+            return Next::Listen;
+        }
         match (
             announcement.table.as_str(),
             announcement.op.as_str(),
@@ -181,14 +198,12 @@ impl ChangeListener {
             ("feature_flags", "insert" | "update" | "delete", Some(key)) => {
                 match self.store.flag(&key).await {
                     Ok(Some(flag)) if flag.version == version => {
-                        let snapshot = current.with_flag(version, &key, Some(flag));
-                        match snapshot.flag(&key).cloned() {
-                            Some(flag) => {
-                                state.publish(snapshot, Event::FlagUpserted { version, flag })
-                            }
-                            // The row was invalid and is left out: to a reader it is gone.
-                            None => state.publish(snapshot, Event::FlagDeleted { version, key }),
-                        }
+                        publish_flag(
+                            state,
+                            current.with_flag(version, &key, Some(flag)),
+                            version,
+                            key,
+                        );
                         Next::Listen
                     }
                     // Changed again since: its own notification follows.
@@ -221,5 +236,14 @@ impl ChangeListener {
                 Next::Listen
             }
         }
+    }
+}
+
+/// Publishes `snapshot`, in which flag `key` changed at `version`.
+fn publish_flag(state: &State, snapshot: Snapshot, version: i64, key: String) {
+    match snapshot.flag(&key).cloned() {
+        Some(flag) => state.publish(snapshot, Event::FlagUpserted { version, flag }),
+        // The row was invalid and is left out: to a reader it is gone.
+        None => state.publish(snapshot, Event::FlagDeleted { version, key }),
     }
 }
