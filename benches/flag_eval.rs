@@ -4,6 +4,10 @@
 //! realistic worst-ish case: a non-targeted user pays for the user look-up,
 //! a role look-up per role and the murmur3 bucket. Goal: < 200 ns each.
 //!
+//! The baseline, measured in the same run, is what every flag request pays
+//! before any rule: finding the flag by key in a snapshot of 1,000 flags.
+//! BENCHMARKS.md reports each evaluation as a ratio to it.
+//!
 //! Run: `cargo bench --bench flag_eval -- --warm-up-time 1 --measurement-time 3`
 
 use std::hint::black_box;
@@ -33,6 +37,26 @@ fn flag() -> CompiledFlag {
 
 fn bench(c: &mut Criterion) {
     let flag = flag();
+
+    let snapshot: std::collections::HashMap<String, std::sync::Arc<CompiledFlag>> = (0..1000)
+        .map(|i| {
+            let mut flag = flag.flag().clone();
+            flag.key = format!("flag.number_{i}");
+            (
+                flag.key.clone(),
+                std::sync::Arc::new(CompiledFlag::new(flag)),
+            )
+        })
+        .collect();
+    c.bench_function("baseline/snapshot_lookup", |b| {
+        b.iter(|| {
+            black_box(
+                snapshot
+                    .get(black_box("flag.number_517"))
+                    .map(|f| f.version()),
+            )
+        })
+    });
 
     // Pre-generated, so the loop measures evaluation, not id formatting.
     // Each non-targeted user carries two roles that are not targeted, so the

@@ -160,15 +160,13 @@ impl State {
         if version <= current.version {
             return;
         }
-        let snapshot = current.at_version(version);
-        let mut history = self
+        // The history still covers every change after its floor: this one
+        // concerns no subscriber.
+        let history = self
             .history
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.current.store(Arc::new(snapshot));
-        if history.events.is_empty() {
-            history.floor = version;
-        }
+        self.current.store(Arc::new(current.at_version(version)));
         drop(history);
         self.version.send_replace(version);
     }
@@ -201,5 +199,124 @@ impl State {
         tokio::time::timeout(timeout, rx.wait_for(|current| *current >= version))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flags::{Flag, ValueType};
+
+    fn flag(key: &str, version: i64) -> Flag {
+        Flag {
+            key: key.into(),
+            description: String::new(),
+            enabled: true,
+            value_type: ValueType::Bool,
+            on_value: serde_json::json!(true),
+            off_value: serde_json::json!(false),
+            environments: vec![],
+            target_users: vec![],
+            target_roles: vec![],
+            rollout_percentage: 100,
+            version,
+            updated_at: chrono::Utc::now(),
+            updated_by: "test".into(),
+        }
+    }
+
+    fn upsert(state: &State, key: &str, version: i64) {
+        let snapshot = state
+            .snapshot()
+            .with_flag(version, key, Some(flag(key, version)));
+        let compiled = snapshot.flag(key).cloned().expect("valid flag");
+        state.publish(
+            snapshot,
+            Event::FlagUpserted {
+                version,
+                flag: compiled,
+            },
+        );
+    }
+
+    #[test]
+    fn a_subscriber_sees_every_change_after_its_snapshot() {
+        let state = State::new(Snapshot::from_rows(10, vec![flag("a", 10)]));
+        let mut sub = state.subscribe();
+        assert_eq!(sub.snapshot.version, 10);
+        upsert(&state, "b", 11);
+        let event = sub.events.try_recv().expect("an event");
+        assert_eq!(event.version(), 11);
+        assert!(state.snapshot().flag("b").is_some());
+    }
+
+    #[test]
+    fn history_serves_resumes_until_it_is_cleared_by_a_resync() {
+        let state = State::new(Snapshot::from_rows(10, vec![]));
+        upsert(&state, "a", 11);
+        upsert(&state, "b", 12);
+        let since_10: Vec<i64> = state
+            .events_since(10)
+            .unwrap()
+            .iter()
+            .map(|e| e.version())
+            .collect();
+        assert_eq!(since_10, [11, 12]);
+        assert_eq!(state.events_since(12).map(|e| e.len()), Some(0));
+        assert!(state.events_since(9).is_none(), "older than the history");
+        assert!(state.events_since(13).is_none(), "from the future");
+        state.publish(
+            Snapshot::from_rows(20, vec![]),
+            Event::Resync { version: 20 },
+        );
+        assert!(
+            state.events_since(12).is_none(),
+            "a resync forgets the changes"
+        );
+        assert_eq!(state.events_since(20).map(|e| e.len()), Some(0));
+    }
+
+    #[test]
+    fn advancing_moves_the_version_without_an_event() {
+        let state = State::new(Snapshot::from_rows(10, vec![flag("a", 10)]));
+        let mut sub = state.subscribe();
+        state.advance(11);
+        assert_eq!(state.snapshot().version, 11);
+        assert!(sub.events.try_recv().is_err());
+        assert_eq!(state.events_since(10).map(|e| e.len()), Some(0));
+        state.advance(5);
+        assert_eq!(state.snapshot().version, 11, "never backwards");
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let state = State::new(Snapshot::from_rows(0, vec![]));
+        for version in 1..=(HISTORY_LEN as i64 + 10) {
+            upsert(&state, "a", version);
+        }
+        assert!(state.events_since(5).is_none());
+        let tail = state.events_since(HISTORY_LEN as i64).expect("recent");
+        assert_eq!(tail.len(), 10);
+    }
+
+    #[test]
+    fn an_invalid_row_is_left_out_of_the_snapshot() {
+        let mut bad = flag("bad", 3);
+        bad.on_value = serde_json::json!("not a bool");
+        let snapshot = Snapshot::from_rows(3, vec![bad, flag("good", 2)]);
+        assert!(snapshot.flag("bad").is_none());
+        assert!(snapshot.flag("good").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_writer_waits_for_its_version() {
+        let state = Arc::new(State::new(Snapshot::from_rows(1, vec![])));
+        let waiter = {
+            let state = Arc::clone(&state);
+            tokio::spawn(async move { state.wait_for(2, Duration::from_secs(5)).await })
+        };
+        upsert(&state, "a", 2);
+        assert!(waiter.await.unwrap());
+        assert!(!state.wait_for(3, Duration::from_millis(10)).await);
     }
 }
