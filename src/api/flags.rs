@@ -6,8 +6,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
@@ -16,6 +14,7 @@ use crate::api::convert::{from_pb_struct, from_pb_value, to_pb_value, to_timesta
 use crate::api::error::ApiError;
 use crate::api::pb::readyd::v1 as pb;
 use crate::api::pb::readyd::v1::flag_service_server::FlagService;
+use crate::api::watch::{WatchKind, chunk_by_size, watch};
 use crate::flags::{
     CompiledFlag, Evaluation, EvaluationContext, Flag, FlagDraft, Reason, ValueType, Variant,
     is_valid_key,
@@ -25,14 +24,6 @@ use crate::store::Store;
 
 /// How long a write waits for the listener to apply it before answering.
 const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Snapshot messages are cut at about this size, well under the 4 MiB
-/// message limit that most clients enforce.
-pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
-
-/// Messages a stream buffers for a slow client; past them the stream
-/// waits, falls behind the broadcast and catches up with a fresh snapshot.
-const STREAM_BUFFER: usize = 64;
 
 /// The FlagService handlers.
 #[derive(Debug, Clone)]
@@ -79,6 +70,14 @@ fn checked_key(key: &str) -> Result<(), ApiError> {
             "key",
             format!("{key:?} is not a valid flag key: ^[a-z0-9][a-z0-9_.-]{{0,127}}$"),
         ))
+    }
+}
+
+/// A version given by a client: never negative.
+fn checked_version(field: &'static str, version: Option<i64>) -> Result<(), ApiError> {
+    match version {
+        Some(v) if v < 0 => Err(invalid(field, "must not be negative")),
+        _ => Ok(()),
     }
 }
 
@@ -270,9 +269,7 @@ impl FlagService for FlagApi {
         let actor = crate::api::actor(&request)?;
         let request = request.into_inner();
         let expected_version = request.expected_version;
-        if expected_version.is_some_and(|v| v < 0) {
-            return Err(invalid("expected_version", "must not be negative").into());
-        }
+        checked_version("expected_version", expected_version)?;
         let draft = FlagDraft::try_from(request)?.validate().map_err(|errors| {
             let field = errors.fields().next().unwrap_or("flag");
             ApiError::InvalidArgument {
@@ -299,6 +296,7 @@ impl FlagService for FlagApi {
         let actor = crate::api::actor(&request)?;
         let request = request.into_inner();
         checked_key(&request.key)?;
+        checked_version("expected_version", request.expected_version)?;
         let version = self
             .store
             .delete_flag(&request.key, request.expected_version, &actor)
@@ -375,191 +373,78 @@ impl FlagService for FlagApi {
         for key in &request.keys {
             checked_key(key)?;
         }
-        if request.since_version.is_some_and(|v| v < 0) {
-            return Err(invalid("since_version", "must not be negative").into());
-        }
-        let filter: Option<HashSet<String>> = if request.keys.is_empty() {
-            None
-        } else {
-            Some(request.keys.into_iter().collect())
-        };
-        // Subscribe before reading anything, so no change slips between.
-        let subscription = self.state.subscribe();
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let watcher = FlagWatcher {
-            tx,
-            filter,
-            state: Arc::clone(&self.state),
-            last_version: 0,
-            started: false,
-        };
-        tokio::spawn(watcher.run(
-            subscription.events,
-            subscription.snapshot,
+        checked_version("since_version", request.since_version)?;
+        let filter = (!request.keys.is_empty()).then(|| request.keys.into_iter().collect());
+        let stream = watch(
+            FlagStream { filter },
+            Arc::clone(&self.state),
             request.since_version,
             self.streams_end.clone(),
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        );
+        Ok(Response::new(stream))
     }
 }
 
-/// One WatchFlags stream.
-struct FlagWatcher {
-    /// To the client.
-    tx: mpsc::Sender<Result<pb::WatchFlagsResponse, Status>>,
+/// What a WatchFlags stream sends.
+struct FlagStream {
     /// Only these keys, when set.
     filter: Option<HashSet<String>>,
-    /// For fresh snapshots after falling behind.
-    state: Arc<State>,
-    /// The version the client is consistent with; messages only go up.
-    last_version: i64,
-    /// Whether the first message (snapshot or resumed changes) went out.
-    started: bool,
 }
 
-/// The client went away (or the server is shutting down).
-struct Gone;
-
-impl FlagWatcher {
-    async fn run(
-        mut self,
-        mut events: broadcast::Receiver<Arc<Event>>,
-        snapshot: Arc<Snapshot>,
-        since_version: Option<i64>,
-        streams_end: CancellationToken,
-    ) {
-        let resumed = since_version
-            .and_then(|since| self.state.events_since(since).map(|events| (since, events)));
-        let start = match resumed {
-            Some((since, history)) => {
-                self.last_version = since;
-                self.started = true;
-                self.send_events(&history).await
-            }
-            None => self.send_snapshot(&snapshot).await,
-        };
-        if start.is_err() {
-            return;
-        }
-        loop {
-            let received = tokio::select! {
-                received = events.recv() => received,
-                () = self.tx.closed() => return,
-                () = streams_end.cancelled() => return,
-            };
-            let sent = match received {
-                Ok(event) => self.send_events(std::slice::from_ref(&event)).await,
-                // Fell behind: a fresh snapshot replaces the missed changes.
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    self.send_snapshot(&self.state.snapshot()).await
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            };
-            if sent.is_err() {
-                return;
-            }
-        }
-    }
-
+impl FlagStream {
     fn wanted(&self, key: &str) -> bool {
         self.filter.as_ref().is_none_or(|keys| keys.contains(key))
     }
+}
 
-    async fn send(&self, event: pb::watch_flags_response::Event) -> Result<(), Gone> {
-        self.tx
-            .send(Ok(pb::WatchFlagsResponse { event: Some(event) }))
-            .await
-            .map_err(|_| Gone)
+fn flag_change(version: i64, change: pb::flag_change::Change) -> pb::WatchFlagsResponse {
+    pb::WatchFlagsResponse {
+        event: Some(pb::watch_flags_response::Event::Change(pb::FlagChange {
+            version,
+            change: Some(change),
+        })),
     }
+}
 
-    async fn send_events(&mut self, events: &[Arc<Event>]) -> Result<(), Gone> {
-        for event in events {
-            if event.version() <= self.last_version {
-                continue;
-            }
-            match &**event {
-                Event::FlagUpserted { version, flag } => {
-                    self.last_version = *version;
-                    if self.wanted(flag.key()) {
-                        let change = pb::flag_change::Change::Upserted(flag.flag().into());
-                        self.send(pb::watch_flags_response::Event::Change(pb::FlagChange {
-                            version: *version,
-                            change: Some(change),
-                        }))
-                        .await?;
-                    }
-                }
-                Event::FlagDeleted { version, key } => {
-                    self.last_version = *version;
-                    if self.wanted(key) {
-                        let change = pb::flag_change::Change::DeletedKey(key.clone());
-                        self.send(pb::watch_flags_response::Event::Change(pb::FlagChange {
-                            version: *version,
-                            change: Some(change),
-                        }))
-                        .await?;
-                    }
-                }
-                Event::Resync { .. } => {
-                    let snapshot = self.state.snapshot();
-                    self.send_snapshot(&snapshot).await?;
-                }
-            }
-        }
-        Ok(())
-    }
+impl WatchKind for FlagStream {
+    type Message = pb::WatchFlagsResponse;
 
-    /// Sends every wanted flag of `snapshot`, in parts of bounded size.
-    async fn send_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), Gone> {
-        if self.started && snapshot.version <= self.last_version {
-            return Ok(());
-        }
-        let version = snapshot.version;
-        self.last_version = version;
-        self.started = true;
+    fn snapshot(&self, snapshot: &Snapshot) -> Vec<pb::WatchFlagsResponse> {
         let flags: Vec<pb::Flag> = snapshot
             .flags_with_prefix("")
             .into_iter()
             .filter(|f| self.wanted(f.key()))
             .map(|f| f.flag().into())
             .collect();
-        for part in snapshot_parts(version, flags) {
-            self.send(pb::watch_flags_response::Event::Snapshot(part))
-                .await?;
-        }
-        Ok(())
+        let parts = chunk_by_size(flags);
+        let count = parts.len();
+        parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, flags)| pb::WatchFlagsResponse {
+                event: Some(pb::watch_flags_response::Event::Snapshot(
+                    pb::FlagSnapshot {
+                        version: snapshot.version,
+                        flags,
+                        first: i == 0,
+                        last: i + 1 == count,
+                    },
+                )),
+            })
+            .collect()
     }
-}
 
-/// Splits `flags` into snapshot messages of about [`SNAPSHOT_CHUNK_BYTES`]
-/// each (at least one message, even when empty), marked first and last.
-pub fn snapshot_parts(version: i64, flags: Vec<pb::Flag>) -> Vec<pb::FlagSnapshot> {
-    use prost::Message;
-    let mut parts = vec![pb::FlagSnapshot {
-        version,
-        flags: Vec::new(),
-        first: true,
-        last: false,
-    }];
-    let mut size = 0;
-    for flag in flags {
-        let len = flag.encoded_len();
-        if size + len > SNAPSHOT_CHUNK_BYTES && size > 0 {
-            parts.push(pb::FlagSnapshot {
-                version,
-                flags: Vec::new(),
-                first: false,
-                last: false,
-            });
-            size = 0;
-        }
-        size += len;
-        if let Some(part) = parts.last_mut() {
-            part.flags.push(flag);
+    fn change(&self, event: &Event) -> Option<pb::WatchFlagsResponse> {
+        match event {
+            Event::FlagUpserted { version, flag } if self.wanted(flag.key()) => Some(flag_change(
+                *version,
+                pb::flag_change::Change::Upserted(flag.flag().into()),
+            )),
+            Event::FlagDeleted { version, key } if self.wanted(key) => Some(flag_change(
+                *version,
+                pb::flag_change::Change::DeletedKey(key.clone()),
+            )),
+            _ => None,
         }
     }
-    if let Some(part) = parts.last_mut() {
-        part.last = true;
-    }
-    parts
 }

@@ -8,6 +8,7 @@ pub mod flags;
 pub mod grpc_health;
 pub mod health;
 pub mod pb;
+pub mod watch;
 
 pub use convert::to_timestamp;
 
