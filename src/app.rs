@@ -13,6 +13,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::auth::{AuthLayer, Tokens};
+use crate::api::config::ConfigApi;
 use crate::api::flags::FlagApi;
 use crate::api::grpc_health::GrpcHealth;
 use crate::api::health::HealthApi;
@@ -88,6 +89,15 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
+    let config = pb::readyd::v1::config_service_server::ConfigServiceServer::new(ConfigApi::new(
+        Arc::clone(&state),
+        store.clone(),
+        &settings.environment,
+        streams_end.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
     // The listener outlives the drain: writes still in flight wait for it.
     let listener_end = CancellationToken::new();
     let listener_task = tokio::spawn(changes.run(Arc::clone(&state), listener_end.clone()));
@@ -102,6 +112,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         .add_service(grpc_health)
         .add_service(health)
         .add_service(flags)
+        .add_service(config)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
 

@@ -10,6 +10,7 @@ pub mod store;
 
 pub use app::serve;
 pub mod cli;
+pub mod config;
 pub mod flags;
 pub mod signals;
 pub mod state;

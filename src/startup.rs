@@ -112,7 +112,8 @@ pub async fn prepare(args: &ServeArgs) -> Result<Started, StartupReport> {
     match (settings, database, listener) {
         (Some(settings), Some(database), Some(listener)) if report.problems.is_empty() => {
             // LISTEN before loading, so no change falls between the two.
-            let loaded = match ChangeListener::connect(&database.store).await {
+            let loaded = match ChangeListener::connect(&database.store, &settings.environment).await
+            {
                 Ok(changes) => database
                     .store
                     .load_snapshot()

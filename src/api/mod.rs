@@ -2,6 +2,7 @@
 //! mapping. Translates between protobuf and the cores; no rules live here.
 
 pub mod auth;
+pub mod config;
 pub mod convert;
 pub mod error;
 pub mod flags;

@@ -82,7 +82,8 @@ pub struct ValidationError {
 }
 
 impl ValidationError {
-    fn new(field: &'static str, message: impl Into<String>) -> Self {
+    /// An error of `field`.
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
         ValidationError {
             field,
             message: message.into(),
@@ -99,6 +100,20 @@ impl ValidationError {
 pub struct ValidationErrors(Vec<ValidationError>);
 
 impl ValidationErrors {
+    /// The errors, or `None` when there are none.
+    pub fn from_vec(errors: Vec<ValidationError>) -> Option<Self> {
+        if errors.is_empty() {
+            None
+        } else {
+            Some(ValidationErrors(errors))
+        }
+    }
+
+    /// Just one error.
+    pub fn single(error: ValidationError) -> Self {
+        ValidationErrors(vec![error])
+    }
+
     /// The errors, in field order.
     pub fn errors(&self) -> &[ValidationError] {
         &self.0

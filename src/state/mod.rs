@@ -15,6 +15,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::{broadcast, watch};
 
+use crate::config::ConfigRow;
 use crate::flags::CompiledFlag;
 pub use snapshot::Snapshot;
 
@@ -42,6 +43,19 @@ pub enum Event {
         /// The deleted key.
         key: String,
     },
+    /// A configuration row was written or deleted.
+    ConfigChanged {
+        /// Version of the change.
+        version: i64,
+        /// The key.
+        key: String,
+        /// What the key now resolves to in this instance's environment
+        /// (`None`: nothing).
+        resolved: Option<Arc<ConfigRow>>,
+        /// Whether the change altered that resolution (a row of another
+        /// environment, or one hidden by this environment's own row, does not).
+        resolved_changed: bool,
+    },
     /// The snapshot was replaced whole (a full reload): subscribers send a
     /// fresh snapshot if its version differs from what they sent.
     Resync {
@@ -56,6 +70,7 @@ impl Event {
         match self {
             Event::FlagUpserted { version, .. }
             | Event::FlagDeleted { version, .. }
+            | Event::ConfigChanged { version, .. }
             | Event::Resync { version } => *version,
         }
     }
@@ -241,7 +256,7 @@ mod tests {
 
     #[test]
     fn a_subscriber_sees_every_change_after_its_snapshot() {
-        let state = State::new(Snapshot::from_rows(10, vec![flag("a", 10)]));
+        let state = State::new(Snapshot::from_rows(10, vec![flag("a", 10)], vec![]));
         let mut sub = state.subscribe();
         assert_eq!(sub.snapshot.version, 10);
         upsert(&state, "b", 11);
@@ -252,7 +267,7 @@ mod tests {
 
     #[test]
     fn history_serves_resumes_until_it_is_cleared_by_a_resync() {
-        let state = State::new(Snapshot::from_rows(10, vec![]));
+        let state = State::new(Snapshot::from_rows(10, vec![], vec![]));
         upsert(&state, "a", 11);
         upsert(&state, "b", 12);
         let since_10: Vec<i64> = state
@@ -266,7 +281,7 @@ mod tests {
         assert!(state.events_since(9).is_none(), "older than the history");
         assert!(state.events_since(13).is_none(), "from the future");
         state.publish(
-            Snapshot::from_rows(20, vec![]),
+            Snapshot::from_rows(20, vec![], vec![]),
             Event::Resync { version: 20 },
         );
         assert!(
@@ -278,7 +293,7 @@ mod tests {
 
     #[test]
     fn advancing_moves_the_version_without_an_event() {
-        let state = State::new(Snapshot::from_rows(10, vec![flag("a", 10)]));
+        let state = State::new(Snapshot::from_rows(10, vec![flag("a", 10)], vec![]));
         let mut sub = state.subscribe();
         state.advance(11);
         assert_eq!(state.snapshot().version, 11);
@@ -290,7 +305,7 @@ mod tests {
 
     #[test]
     fn history_is_bounded() {
-        let state = State::new(Snapshot::from_rows(0, vec![]));
+        let state = State::new(Snapshot::from_rows(0, vec![], vec![]));
         for version in 1..=(HISTORY_LEN as i64 + 10) {
             upsert(&state, "a", version);
         }
@@ -303,14 +318,14 @@ mod tests {
     fn an_invalid_row_is_left_out_of_the_snapshot() {
         let mut bad = flag("bad", 3);
         bad.on_value = serde_json::json!("not a bool");
-        let snapshot = Snapshot::from_rows(3, vec![bad, flag("good", 2)]);
+        let snapshot = Snapshot::from_rows(3, vec![bad, flag("good", 2)], vec![]);
         assert!(snapshot.flag("bad").is_none());
         assert!(snapshot.flag("good").is_some());
     }
 
     #[tokio::test]
     async fn a_writer_waits_for_its_version() {
-        let state = Arc::new(State::new(Snapshot::from_rows(1, vec![])));
+        let state = Arc::new(State::new(Snapshot::from_rows(1, vec![], vec![])));
         let waiter = {
             let state = Arc::clone(&state);
             tokio::spawn(async move { state.wait_for(2, Duration::from_secs(5)).await })

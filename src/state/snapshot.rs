@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::{ConfigRow, ConfigRows};
 use crate::flags::{CompiledFlag, Flag, FlagDraft};
 
-/// Every flag at one version. Readers hold an `Arc` to it; a change builds
+/// Every flag and configuration row at one version. Readers hold an `Arc` to it; a change builds
 /// a new snapshot and swaps it in whole, so no reader sees half a change.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -18,13 +19,15 @@ pub struct Snapshot {
     /// Flags by key, compiled for evaluation. Behind an `Arc` so that a
     /// change that touches no flag shares the map instead of copying it.
     pub flags: Arc<HashMap<String, Arc<CompiledFlag>>>,
+    /// Configuration rows of every environment, by (key, environment).
+    pub configs: Arc<ConfigRows>,
 }
 
 impl Snapshot {
     /// Builds a snapshot from rows as read from the database. A row that
     /// fails validation (bad data written by plain SQL) is left out with a
     /// warning: one bad row must never take every flag down with it.
-    pub fn from_rows(version: i64, flags: Vec<Flag>) -> Snapshot {
+    pub fn from_rows(version: i64, flags: Vec<Flag>, configs: Vec<ConfigRow>) -> Snapshot {
         let flags = flags
             .into_iter()
             .filter_map(|flag| match checked(flag) {
@@ -35,9 +38,14 @@ impl Snapshot {
                 }
             })
             .collect();
+        let configs = configs
+            .into_iter()
+            .map(|row| ((row.key.clone(), row.environment.clone()), Arc::new(row)))
+            .collect();
         Snapshot {
             version,
             flags: Arc::new(flags),
+            configs: Arc::new(configs),
         }
     }
 
@@ -62,6 +70,7 @@ impl Snapshot {
         Snapshot {
             version,
             flags: Arc::clone(&self.flags),
+            configs: Arc::clone(&self.configs),
         }
     }
 
@@ -85,6 +94,29 @@ impl Snapshot {
         Snapshot {
             version,
             flags: Arc::new(flags),
+            configs: Arc::clone(&self.configs),
+        }
+    }
+
+    /// This snapshot with one configuration row changed: `Some` upserts
+    /// it, `None` deletes the row (`key`, `environment`).
+    pub fn with_config(
+        &self,
+        version: i64,
+        key: &str,
+        environment: &str,
+        row: Option<ConfigRow>,
+    ) -> Snapshot {
+        let mut configs = ConfigRows::clone(&self.configs);
+        let id = (key.to_owned(), environment.to_owned());
+        match row {
+            Some(row) => configs.insert(id, Arc::new(row)),
+            None => configs.remove(&id),
+        };
+        Snapshot {
+            version,
+            flags: Arc::clone(&self.flags),
+            configs: Arc::new(configs),
         }
     }
 }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::flags::decode_rows;
 use super::{CHANGE_CHANNEL, CHANGE_LOCK_KEY, Store, StoreError};
+use crate::config::{ConfigRow, resolve};
 use crate::flags::Flag;
 use crate::state::{Event, Snapshot, State};
 
@@ -28,6 +29,8 @@ struct Announcement {
     table: String,
     /// The changed key (absent for a TRUNCATE).
     key: Option<String>,
+    /// The changed row's environment (configuration only).
+    environment: Option<String>,
     /// Version of the change.
     version: i64,
     /// insert, update, delete or truncate.
@@ -52,10 +55,11 @@ impl Store {
             sqlx::query_as("SELECT last_value, is_called FROM readyd_change_version")
                 .fetch_one(&mut *tx)
                 .await?;
-        let rows = self.flag_rows(&mut *tx).await?;
+        let flags = self.flag_rows(&mut *tx).await?;
+        let configs = self.config_rows(&mut *tx).await?;
         tx.commit().await?;
         let version = if is_called { last_value } else { 0 };
-        Ok(Snapshot::from_rows(version, decode_rows(rows)))
+        Ok(Snapshot::from_rows(version, decode_rows(flags), configs))
     }
 }
 
@@ -66,6 +70,8 @@ pub struct ChangeListener {
     store: Store,
     /// The LISTEN connection.
     listener: PgListener,
+    /// This instance's environment, to resolve configuration for subscribers.
+    environment: String,
 }
 
 /// What the listener must do next.
@@ -80,12 +86,13 @@ enum Next {
 
 impl ChangeListener {
     /// Connects and LISTENs. Call before loading the first snapshot.
-    pub async fn connect(store: &Store) -> Result<Self, StoreError> {
+    pub async fn connect(store: &Store, environment: &str) -> Result<Self, StoreError> {
         let mut listener = PgListener::connect_with(store.listener_pool()).await?;
         listener.listen(CHANGE_CHANNEL).await?;
         Ok(Self {
             store: store.clone(),
             listener,
+            environment: environment.to_owned(),
         })
     }
 
@@ -137,7 +144,7 @@ impl ChangeListener {
                         () = shutdown.cancelled() => return,
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
-                    match Self::connect(&self.store).await {
+                    match Self::connect(&self.store, &self.environment).await {
                         Ok(fresh) => {
                             self.listener = fresh.listener;
                             Next::Reload
@@ -176,10 +183,12 @@ impl ChangeListener {
             );
             return Next::Reload;
         }
-        let carried = match (announcement.table.as_str(), announcement.row) {
-            ("feature_flags", Some(row)) => serde_json::from_value::<Flag>(row).ok(),
-            _ => None,
+        let (carried, carried_config) = match (announcement.table.as_str(), announcement.row) {
+            ("feature_flags", Some(row)) => (serde_json::from_value::<Flag>(row).ok(), None),
+            ("app_config", Some(row)) => (None, serde_json::from_value::<ConfigRow>(row).ok()),
+            _ => (None, None),
         };
+        let carried_config = carried_config.filter(|row| row.version == version);
         if let Some(flag) = carried.filter(|flag| flag.version == version) {
             let key = flag.key.clone();
             publish_flag(
@@ -230,12 +239,66 @@ impl ChangeListener {
                 }
             }
             ("feature_flags", _, _) => Next::Reload,
-            // Configuration is not served from the snapshot yet.
+            ("app_config", "insert" | "update" | "delete", Some(key)) => {
+                let Some(environment) = announcement.environment else {
+                    return Next::Reload;
+                };
+                let row = match carried_config {
+                    Some(row) => Ok(Some(row)),
+                    None => self.store.config_row(&key, &environment).await,
+                };
+                match row {
+                    Ok(Some(row)) if row.version == version => {
+                        self.publish_config(state, &current, version, key, environment, Some(row));
+                        Next::Listen
+                    }
+                    // Changed again since: its own notification follows.
+                    Ok(Some(row)) if row.version > version => {
+                        state.advance(version);
+                        Next::Listen
+                    }
+                    Ok(None) => {
+                        self.publish_config(state, &current, version, key, environment, None);
+                        Next::Listen
+                    }
+                    Ok(Some(_)) => Next::Reload,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "reading a changed config row failed; reconnecting");
+                        Next::Reconnect
+                    }
+                }
+            }
+            ("app_config", _, _) => Next::Reload,
             _ => {
                 state.advance(version);
                 Next::Listen
             }
         }
+    }
+
+    /// Publishes a change of configuration row (`key`, `environment`).
+    fn publish_config(
+        &self,
+        state: &State,
+        current: &Snapshot,
+        version: i64,
+        key: String,
+        environment: String,
+        row: Option<ConfigRow>,
+    ) {
+        let before = resolve(&current.configs, &key, &self.environment).cloned();
+        let snapshot = current.with_config(version, &key, &environment, row);
+        let resolved = resolve(&snapshot.configs, &key, &self.environment).cloned();
+        let resolved_changed = before != resolved;
+        state.publish(
+            snapshot,
+            Event::ConfigChanged {
+                version,
+                key,
+                resolved,
+                resolved_changed,
+            },
+        );
     }
 }
 

@@ -2,6 +2,7 @@
 //! embedded migrations, the schema checks of start-up, and one module per
 //! table.
 
+pub mod config;
 pub mod flags;
 pub mod listener;
 pub mod system_health;

@@ -1,0 +1,456 @@
+//! readyd.v1.ConfigService: resolved reads from the snapshot (sensitive
+//! values for admins only), writes through the store with read-your-writes,
+//! maintenance mode, the audit trail and WatchConfigs.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tonic::codegen::BoxStream;
+use tonic::{Request, Response, Status};
+
+use crate::api::auth::Caller;
+use crate::api::convert::{from_pb_value, from_timestamp, to_pb_value, to_timestamp};
+use crate::api::error::ApiError;
+use crate::api::pb::readyd::v1 as pb;
+use crate::api::pb::readyd::v1::config_service_server::ConfigService;
+use crate::api::watch::{WatchKind, chunk_by_size, watch};
+use crate::config::{
+    ConfigDraft, ConfigRow, check_key, environment_of, resolve, resolve_all, visible,
+};
+use crate::state::{Event, Snapshot, State};
+use crate::store::Store;
+use crate::store::config::{AuditQuery, AuditRow};
+
+/// How long a write waits for the listener to apply it before answering.
+const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Audit page size when the request names none.
+const DEFAULT_AUDIT_PAGE: u32 = 100;
+/// Largest audit page.
+const MAX_AUDIT_PAGE: u32 = 1000;
+
+/// The ConfigService handlers.
+#[derive(Debug, Clone)]
+pub struct ConfigApi {
+    /// What reads answer from.
+    state: Arc<State>,
+    /// Where writes go.
+    store: Store,
+    /// This instance's environment.
+    environment: Arc<str>,
+    /// Ends WatchConfigs streams at shutdown.
+    streams_end: CancellationToken,
+}
+
+impl ConfigApi {
+    /// Handlers over `state` and `store` for `environment`.
+    pub fn new(
+        state: Arc<State>,
+        store: Store,
+        environment: &str,
+        streams_end: CancellationToken,
+    ) -> Self {
+        Self {
+            state,
+            store,
+            environment: environment.into(),
+            streams_end,
+        }
+    }
+
+    async fn read_your_write(&self, version: i64) {
+        if !self.state.wait_for(version, READ_YOUR_WRITES_TIMEOUT).await {
+            tracing::warn!(
+                version,
+                "a committed write is not in the snapshot yet; answering anyway"
+            );
+        }
+    }
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::InvalidArgument {
+        field,
+        message: message.into(),
+    }
+}
+
+fn checked_version(field: &'static str, version: Option<i64>) -> Result<(), ApiError> {
+    match version {
+        Some(v) if v < 0 => Err(invalid(field, "must not be negative")),
+        _ => Ok(()),
+    }
+}
+
+/// `row` as the caller may see it.
+pub fn entry(row: &ConfigRow, is_admin: bool) -> pb::ConfigEntry {
+    let seen = visible(row, is_admin);
+    pb::ConfigEntry {
+        key: row.key.clone(),
+        value: seen.value.map(to_pb_value),
+        environment: row.environment.clone(),
+        description: row.description.clone(),
+        is_sensitive: row.is_sensitive,
+        redacted: seen.redacted,
+        version: row.version,
+        updated_at: Some(to_timestamp(row.updated_at)),
+        updated_by: row.updated_by.clone(),
+    }
+}
+
+fn field_error(err: crate::flags::ValidationError) -> ApiError {
+    ApiError::InvalidArgument {
+        field: err.field,
+        message: err.to_string(),
+    }
+}
+
+/// The maintenance mode of `environment` in `snapshot`.
+fn maintenance(snapshot: &Snapshot, environment: &str) -> pb::MaintenanceMode {
+    let mode = resolve(&snapshot.configs, "maintenance_mode", environment);
+    let message = resolve(&snapshot.configs, "maintenance_message", environment);
+    pb::MaintenanceMode {
+        enabled: mode.is_some_and(|row| row.value == serde_json::Value::Bool(true)),
+        message: message
+            .and_then(|row| row.value.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        version: mode
+            .map(|r| r.version)
+            .max(message.map(|r| r.version))
+            .unwrap_or(0),
+    }
+}
+
+fn audit_action(action: &str) -> pb::ConfigAuditAction {
+    match action {
+        "insert" => pb::ConfigAuditAction::Insert,
+        "update" => pb::ConfigAuditAction::Update,
+        "delete" => pb::ConfigAuditAction::Delete,
+        _ => pb::ConfigAuditAction::Unspecified,
+    }
+}
+
+impl From<AuditRow> for pb::ConfigAuditEntry {
+    fn from(row: AuditRow) -> Self {
+        pb::ConfigAuditEntry {
+            id: row.id,
+            key: row.key,
+            environment: row.environment,
+            action: audit_action(&row.action).into(),
+            old_value: row.old_value.as_ref().map(to_pb_value),
+            new_value: row.new_value.as_ref().map(to_pb_value),
+            actor: row.actor,
+            changed_at: Some(to_timestamp(row.changed_at)),
+            version: row.version,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ConfigService for ConfigApi {
+    async fn get_config(
+        &self,
+        request: Request<pb::GetConfigRequest>,
+    ) -> Result<Response<pb::GetConfigResponse>, Status> {
+        let caller = Caller::of(&request);
+        let key = &request.get_ref().key;
+        check_key(key).map_err(field_error)?;
+        let snapshot = self.state.snapshot();
+        let Some(row) = resolve(&snapshot.configs, key, &self.environment) else {
+            return Err(ApiError::NotFound(format!(
+                "config {key:?} has no value for environment {:?}",
+                &*self.environment
+            ))
+            .into());
+        };
+        Ok(Response::new(pb::GetConfigResponse {
+            entry: Some(entry(row, caller.is_admin)),
+        }))
+    }
+
+    async fn list_configs(
+        &self,
+        request: Request<pb::ListConfigsRequest>,
+    ) -> Result<Response<pb::ListConfigsResponse>, Status> {
+        let caller = Caller::of(&request);
+        let request = request.into_inner();
+        let wants_other = request.all_environments || !request.environment.is_empty();
+        if wants_other && !caller.is_admin {
+            return Err(Status::permission_denied(
+                "listing another environment or every row needs the admin token",
+            ));
+        }
+        let snapshot = self.state.snapshot();
+        let entries = if request.all_environments {
+            snapshot
+                .configs
+                .values()
+                .filter(|row| row.key.starts_with(&request.prefix))
+                .map(|row| entry(row, caller.is_admin))
+                .collect()
+        } else {
+            let environment = if request.environment.is_empty() {
+                self.environment.to_string()
+            } else {
+                environment_of(&request.environment).map_err(field_error)?
+            };
+            resolve_all(&snapshot.configs, &request.prefix, &environment)
+                .into_iter()
+                .map(|row| entry(row, caller.is_admin))
+                .collect()
+        };
+        Ok(Response::new(pb::ListConfigsResponse {
+            entries,
+            version: snapshot.version,
+        }))
+    }
+
+    async fn set_config(
+        &self,
+        request: Request<pb::SetConfigRequest>,
+    ) -> Result<Response<pb::SetConfigResponse>, Status> {
+        let actor = crate::api::actor(&request)?;
+        let request = request.into_inner();
+        checked_version("expected_version", request.expected_version)?;
+        let value = request
+            .value
+            .map(from_pb_value)
+            .transpose()
+            .map_err(|m| invalid("value", m))?;
+        let draft = ConfigDraft {
+            key: request.key,
+            environment: request.environment,
+            value,
+            description: request.description,
+            is_sensitive: request.is_sensitive,
+        }
+        .validate()
+        .map_err(|errors| ApiError::InvalidArgument {
+            field: errors.fields().next().unwrap_or("config"),
+            message: errors.to_string(),
+        })?;
+        let row = self
+            .store
+            .set_config(&draft, request.expected_version, &actor)
+            .await
+            .map_err(ApiError::from)?;
+        self.read_your_write(row.version).await;
+        // The caller is admin (the auth layer let the write through).
+        Ok(Response::new(pb::SetConfigResponse {
+            entry: Some(entry(&row, true)),
+        }))
+    }
+
+    async fn delete_config(
+        &self,
+        request: Request<pb::DeleteConfigRequest>,
+    ) -> Result<Response<pb::DeleteConfigResponse>, Status> {
+        let actor = crate::api::actor(&request)?;
+        let request = request.into_inner();
+        check_key(&request.key).map_err(field_error)?;
+        let environment = environment_of(&request.environment).map_err(field_error)?;
+        checked_version("expected_version", request.expected_version)?;
+        let version = self
+            .store
+            .delete_config(&request.key, &environment, request.expected_version, &actor)
+            .await
+            .map_err(ApiError::from)?;
+        self.read_your_write(version).await;
+        Ok(Response::new(pb::DeleteConfigResponse { version }))
+    }
+
+    async fn get_maintenance_mode(
+        &self,
+        _request: Request<pb::GetMaintenanceModeRequest>,
+    ) -> Result<Response<pb::MaintenanceMode>, Status> {
+        Ok(Response::new(maintenance(
+            &self.state.snapshot(),
+            &self.environment,
+        )))
+    }
+
+    async fn set_maintenance_mode(
+        &self,
+        request: Request<pb::SetMaintenanceModeRequest>,
+    ) -> Result<Response<pb::MaintenanceMode>, Status> {
+        let actor = crate::api::actor(&request)?;
+        let request = request.into_inner();
+        if request.message.len() > crate::config::MAX_VALUE_BYTES {
+            return Err(invalid("message", "is longer than 64 KiB").into());
+        }
+        let (mode, message) = self
+            .store
+            .set_maintenance(&self.environment, request.enabled, &request.message, &actor)
+            .await
+            .map_err(ApiError::from)?;
+        self.read_your_write(mode.version.max(message.version))
+            .await;
+        Ok(Response::new(maintenance(
+            &self.state.snapshot(),
+            &self.environment,
+        )))
+    }
+
+    async fn list_config_audit(
+        &self,
+        request: Request<pb::ListConfigAuditRequest>,
+    ) -> Result<Response<pb::ListConfigAuditResponse>, Status> {
+        let request = request.into_inner();
+        let key = if request.key.is_empty() {
+            None
+        } else {
+            check_key(&request.key).map_err(field_error)?;
+            Some(request.key)
+        };
+        let time = |field: &'static str, t: Option<prost_types::Timestamp>| {
+            t.map(|t| from_timestamp(&t).ok_or_else(|| invalid(field, "is not a valid time")))
+                .transpose()
+        };
+        let since = time("since", request.since)?;
+        let until = time("until", request.until)?;
+        let page_size = match request.page_size {
+            0 => DEFAULT_AUDIT_PAGE,
+            n if n <= MAX_AUDIT_PAGE => n,
+            n => {
+                return Err(invalid(
+                    "page_size",
+                    format!("{n} is over the limit of {MAX_AUDIT_PAGE}"),
+                )
+                .into());
+            }
+        };
+        let before_id = if request.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                request
+                    .page_token
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|id| *id > 0)
+                    .ok_or_else(|| {
+                        invalid("page_token", "is not a token returned by ListConfigAudit")
+                    })?,
+            )
+        };
+        let mut rows = self
+            .store
+            .audit_rows(&AuditQuery {
+                key,
+                since,
+                until,
+                before_id,
+                limit: i64::from(page_size) + 1,
+            })
+            .await
+            .map_err(ApiError::from)?;
+        // One row more than the page tells whether another page follows.
+        let next_page_token = if rows.len() > page_size as usize {
+            rows.truncate(page_size as usize);
+            rows.last().map(|r| r.id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListConfigAuditResponse {
+            entries: rows.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn watch_configs(
+        &self,
+        request: Request<pb::WatchConfigsRequest>,
+    ) -> Result<Response<BoxStream<pb::WatchConfigsResponse>>, Status> {
+        let caller = Caller::of(&request);
+        let request = request.into_inner();
+        for key in &request.keys {
+            check_key(key).map_err(field_error)?;
+        }
+        checked_version("since_version", request.since_version)?;
+        let kind = ConfigStream {
+            filter: (!request.keys.is_empty()).then(|| request.keys.into_iter().collect()),
+            environment: self.environment.to_string(),
+            is_admin: caller.is_admin,
+        };
+        Ok(Response::new(watch(
+            kind,
+            Arc::clone(&self.state),
+            request.since_version,
+            self.streams_end.clone(),
+        )))
+    }
+}
+
+/// What a WatchConfigs stream sends: the resolved view of this instance's
+/// environment.
+struct ConfigStream {
+    /// Only these keys, when set.
+    filter: Option<HashSet<String>>,
+    /// The environment resolved for.
+    environment: String,
+    /// Whether sensitive values may be sent.
+    is_admin: bool,
+}
+
+impl ConfigStream {
+    fn wanted(&self, key: &str) -> bool {
+        self.filter.as_ref().is_none_or(|keys| keys.contains(key))
+    }
+}
+
+impl WatchKind for ConfigStream {
+    type Message = pb::WatchConfigsResponse;
+
+    fn snapshot(&self, snapshot: &Snapshot) -> Vec<pb::WatchConfigsResponse> {
+        let entries: Vec<pb::ConfigEntry> = resolve_all(&snapshot.configs, "", &self.environment)
+            .into_iter()
+            .filter(|row| self.wanted(&row.key))
+            .map(|row| entry(row, self.is_admin))
+            .collect();
+        let parts = chunk_by_size(entries);
+        let count = parts.len();
+        parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, entries)| pb::WatchConfigsResponse {
+                event: Some(pb::watch_configs_response::Event::Snapshot(
+                    pb::ConfigSnapshot {
+                        version: snapshot.version,
+                        entries,
+                        first: i == 0,
+                        last: i + 1 == count,
+                    },
+                )),
+            })
+            .collect()
+    }
+
+    fn change(&self, event: &Event) -> Option<pb::WatchConfigsResponse> {
+        let Event::ConfigChanged {
+            version,
+            key,
+            resolved,
+            resolved_changed: true,
+        } = event
+        else {
+            return None;
+        };
+        if !self.wanted(key) {
+            return None;
+        }
+        let change = match resolved {
+            Some(row) => pb::config_change::Change::Upserted(entry(row, self.is_admin)),
+            None => pb::config_change::Change::DeletedKey(key.clone()),
+        };
+        Some(pb::WatchConfigsResponse {
+            event: Some(pb::watch_configs_response::Event::Change(
+                pb::ConfigChange {
+                    version: *version,
+                    change: Some(change),
+                },
+            )),
+        })
+    }
+}

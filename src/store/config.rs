@@ -1,0 +1,277 @@
+//! The `app_config` and `config_audit` tables. The audit rows themselves are
+//! written by the table's triggers, in the same transaction as the change,
+//! for every writer (readyd or plain SQL).
+
+use chrono::{DateTime, Utc};
+
+use super::flags::check_expected;
+use super::{CHANGE_LOCK_KEY, Store, StoreError, set_actor};
+use crate::config::{ConfigRow, ValidConfigDraft};
+
+/// Every column of `app_config`, in the order of [`ConfigRow`].
+const COLUMNS: &str =
+    "key, environment, value, description, is_sensitive, version, updated_at, updated_by";
+
+/// One row as PostgreSQL returns it.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct ConfigRowRecord {
+    key: String,
+    environment: String,
+    value: serde_json::Value,
+    description: String,
+    is_sensitive: bool,
+    version: i64,
+    updated_at: DateTime<Utc>,
+    updated_by: String,
+}
+
+impl From<ConfigRowRecord> for ConfigRow {
+    fn from(r: ConfigRowRecord) -> Self {
+        ConfigRow {
+            key: r.key,
+            environment: r.environment,
+            value: r.value,
+            description: r.description,
+            is_sensitive: r.is_sensitive,
+            version: r.version,
+            updated_at: r.updated_at,
+            updated_by: r.updated_by,
+        }
+    }
+}
+
+/// One audit row.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct AuditRow {
+    /// Row id; grows with time.
+    pub id: i64,
+    /// The key.
+    pub key: String,
+    /// The environment of the changed row.
+    pub environment: String,
+    /// insert, update or delete.
+    pub action: String,
+    /// Value before; a fingerprint when sensitive.
+    pub old_value: Option<serde_json::Value>,
+    /// Value after; a fingerprint when sensitive.
+    pub new_value: Option<serde_json::Value>,
+    /// Who made the change.
+    pub actor: String,
+    /// When.
+    pub changed_at: DateTime<Utc>,
+    /// Version of the change.
+    pub version: i64,
+}
+
+/// Which audit rows to list.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Only this key, when set.
+    pub key: Option<String>,
+    /// Only changes at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only changes before this time.
+    pub until: Option<DateTime<Utc>>,
+    /// Only rows with a smaller id (the page token).
+    pub before_id: Option<i64>,
+    /// At most this many rows.
+    pub limit: i64,
+}
+
+impl Store {
+    /// Every configuration row.
+    pub(crate) async fn config_rows(
+        &self,
+        executor: impl sqlx::PgExecutor<'_>,
+    ) -> Result<Vec<ConfigRow>, StoreError> {
+        let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM app_config"));
+        let rows: Vec<ConfigRowRecord> = sqlx::query_as(sql).fetch_all(executor).await?;
+        Ok(rows.into_iter().map(ConfigRow::from).collect())
+    }
+
+    /// One row as stored now.
+    pub async fn config_row(
+        &self,
+        key: &str,
+        environment: &str,
+    ) -> Result<Option<ConfigRow>, StoreError> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM app_config WHERE key = $1 AND environment = $2"
+        ));
+        let row: Option<ConfigRowRecord> = sqlx::query_as(sql)
+            .bind(key)
+            .bind(environment)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.map(ConfigRow::from))
+    }
+
+    /// Creates or replaces one row. With `expected_version`, writes only if
+    /// the row's current version equals it (0: must not exist yet).
+    pub async fn set_config(
+        &self,
+        draft: &ValidConfigDraft,
+        expected_version: Option<i64>,
+        actor: &str,
+    ) -> Result<ConfigRow, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CHANGE_LOCK_KEY)
+            .execute(&mut *tx)
+            .await?;
+        set_actor(&mut tx, actor).await?;
+        let row = write_config(
+            &mut tx,
+            &draft.key,
+            &draft.environment,
+            &draft.value,
+            Some((&draft.description, draft.is_sensitive)),
+            expected_version,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// Deletes one row; returns the version of the deletion.
+    pub async fn delete_config(
+        &self,
+        key: &str,
+        environment: &str,
+        expected_version: Option<i64>,
+        actor: &str,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CHANGE_LOCK_KEY)
+            .execute(&mut *tx)
+            .await?;
+        set_actor(&mut tx, actor).await?;
+        let current: Option<i64> = sqlx::query_scalar(
+            "SELECT version FROM app_config WHERE key = $1 AND environment = $2",
+        )
+        .bind(key)
+        .bind(environment)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if current.is_none() {
+            return Err(StoreError::NotFound(format!(
+                "config {key:?} has no row for environment {environment:?}"
+            )));
+        }
+        check_expected(key, current, expected_version)?;
+        sqlx::query("DELETE FROM app_config WHERE key = $1 AND environment = $2")
+            .bind(key)
+            .bind(environment)
+            .execute(&mut *tx)
+            .await?;
+        let version: i64 = sqlx::query_scalar("SELECT currval('readyd_change_version')")
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    /// Sets `maintenance_mode` and `maintenance_message` of `environment`
+    /// in one transaction; returns both rows.
+    pub async fn set_maintenance(
+        &self,
+        environment: &str,
+        enabled: bool,
+        message: &str,
+        actor: &str,
+    ) -> Result<(ConfigRow, ConfigRow), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CHANGE_LOCK_KEY)
+            .execute(&mut *tx)
+            .await?;
+        set_actor(&mut tx, actor).await?;
+        let mode = write_config(
+            &mut tx,
+            "maintenance_mode",
+            environment,
+            &serde_json::Value::Bool(enabled),
+            None,
+            None,
+        )
+        .await?;
+        let text = write_config(
+            &mut tx,
+            "maintenance_message",
+            environment,
+            &serde_json::Value::String(message.to_owned()),
+            None,
+            None,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((mode, text))
+    }
+
+    /// Audit rows, newest first.
+    pub async fn audit_rows(&self, query: &AuditQuery) -> Result<Vec<AuditRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, key, environment, action, old_value, new_value, actor, changed_at, version \
+             FROM config_audit \
+             WHERE ($1::text IS NULL OR key = $1) \
+               AND ($2::timestamptz IS NULL OR changed_at >= $2) \
+               AND ($3::timestamptz IS NULL OR changed_at < $3) \
+               AND ($4::bigint IS NULL OR id < $4) \
+             ORDER BY id DESC LIMIT $5",
+        )
+        .bind(&query.key)
+        .bind(query.since)
+        .bind(query.until)
+        .bind(query.before_id)
+        .bind(query.limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
+}
+
+/// Inserts or updates one row inside `tx` (which holds the change lock).
+/// `details` (description, is_sensitive) are kept as they are when `None`.
+async fn write_config(
+    tx: &mut sqlx::PgConnection,
+    key: &str,
+    environment: &str,
+    value: &serde_json::Value,
+    details: Option<(&str, bool)>,
+    expected_version: Option<i64>,
+) -> Result<ConfigRow, StoreError> {
+    let current: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM app_config WHERE key = $1 AND environment = $2")
+            .bind(key)
+            .bind(environment)
+            .fetch_optional(&mut *tx)
+            .await?;
+    check_expected(key, current, expected_version)?;
+    let (description, is_sensitive) = match details {
+        Some((description, sensitive)) => (Some(description), Some(sensitive)),
+        None => (None, None),
+    };
+    // Not INSERT ... ON CONFLICT: its BEFORE INSERT trigger would take a
+    // version even when the row is then updated, leaving a gap.
+    let sql = if current.is_some() {
+        format!(
+            "UPDATE app_config SET value = $3, description = coalesce($4, description), \
+             is_sensitive = coalesce($5, is_sensitive) \
+             WHERE key = $1 AND environment = $2 RETURNING {COLUMNS}"
+        )
+    } else {
+        format!(
+            "INSERT INTO app_config (key, environment, value, description, is_sensitive) \
+             VALUES ($1, $2, $3, coalesce($4, ''), coalesce($5, false)) RETURNING {COLUMNS}"
+        )
+    };
+    let row: ConfigRowRecord = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(key)
+        .bind(environment)
+        .bind(value)
+        .bind(description)
+        .bind(is_sensitive)
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(row.into())
+}
