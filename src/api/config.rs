@@ -280,6 +280,9 @@ impl ConfigService for ConfigApi {
         if request.message.len() > crate::config::MAX_VALUE_BYTES {
             return Err(invalid("message", "is longer than 64 KiB").into());
         }
+        if request.message.contains('\0') {
+            return Err(field_error(crate::flags::nul_error("message")).into());
+        }
         let (mode, message) = self
             .store
             .set_maintenance(&self.environment, request.enabled, &request.message, &actor)

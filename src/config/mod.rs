@@ -17,7 +17,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::flags::{ValidationError, ValidationErrors, is_valid_environment, is_valid_key};
+use crate::flags::{
+    ValidationError, ValidationErrors, contains_nul, is_valid_environment, is_valid_key, nul_error,
+};
 
 /// The environment name of rows that apply to every environment.
 pub const ANY_ENVIRONMENT: &str = "*";
@@ -175,6 +177,7 @@ impl ConfigDraft {
             .ok();
         match &self.value {
             None => errors.push(ValidationError::new("value", "is required")),
+            Some(value) if contains_nul(value) => errors.push(nul_error("value")),
             Some(value) => {
                 let size = serde_json::to_string(value)
                     .map(|s| s.len())
@@ -195,6 +198,8 @@ impl ConfigDraft {
                     self.description.len()
                 ),
             ));
+        } else if self.description.contains('\0') {
+            errors.push(nul_error("description"));
         }
         match (ValidationErrors::from_vec(errors), environment, self.value) {
             (None, Some(environment), Some(value)) => Ok(ValidConfigDraft {

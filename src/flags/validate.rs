@@ -242,6 +242,8 @@ impl FlagDraft {
                     self.description.len()
                 ),
             ));
+        } else if self.description.contains('\0') {
+            errors.push(nul_error("description"));
         }
 
         let value_type = self.value_type.unwrap_or_default();
@@ -317,6 +319,7 @@ fn check_value(
     bool_default: Value,
 ) -> Result<Value, ValidationError> {
     match value {
+        Some(value) if contains_nul(&value) => Err(nul_error(field)),
         Some(value) if value_type.matches(&value) => Ok(value),
         Some(value) => Err(ValidationError::new(
             field,
@@ -335,6 +338,25 @@ fn check_value(
     }
 }
 
+/// Whether a JSON value holds a NUL character (in a string or an object
+/// key): PostgreSQL cannot store one in `jsonb` or `text`.
+pub fn contains_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+/// The error for a NUL character in `field`.
+pub fn nul_error(field: &'static str) -> ValidationError {
+    ValidationError::new(
+        field,
+        "contains a NUL character (U+0000), which cannot be stored",
+    )
+}
+
 /// Checks a target list's size and entries; the first problem found.
 fn check_targets(field: &'static str, targets: &[String], max: usize) -> Option<ValidationError> {
     if targets.len() > max {
@@ -346,6 +368,8 @@ fn check_targets(field: &'static str, targets: &[String], max: usize) -> Option<
     targets.iter().enumerate().find_map(|(i, target)| {
         if target.is_empty() {
             Some(ValidationError::new(field, format!("entry {i} is empty")))
+        } else if target.contains('\0') {
+            Some(nul_error(field))
         } else if target.len() > MAX_TARGET_BYTES {
             Some(ValidationError::new(
                 field,
@@ -558,5 +582,26 @@ mod tests {
     fn long_bad_input_is_truncated_in_messages() {
         let errors = FlagDraft::new("X".repeat(10_000)).validate().unwrap_err();
         assert!(errors.to_string().len() < 300);
+    }
+
+    #[test]
+    fn a_nul_character_is_refused_wherever_it_would_reach_the_database() {
+        let mut draft = FlagDraft::new("k");
+        draft.value_type = Some(ValueType::Object);
+        draft.on_value = Some(json!({"a\u{0}": 1}));
+        draft.off_value = Some(json!({"b": ["x\u{0}"]}));
+        draft.description = "d\u{0}".into();
+        draft.target_users = vec!["u\u{0}".into()];
+        draft.target_roles = vec!["r\u{0}".into()];
+        let errors = draft.validate().unwrap_err();
+        for field in [
+            "description",
+            "on_value",
+            "off_value",
+            "target_users",
+            "target_roles",
+        ] {
+            assert!(errors.has_field(field), "{field} in {errors}");
+        }
     }
 }
