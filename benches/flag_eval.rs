@@ -38,21 +38,22 @@ fn flag() -> CompiledFlag {
 fn bench(c: &mut Criterion) {
     let flag = flag();
 
-    let snapshot: std::collections::HashMap<String, std::sync::Arc<CompiledFlag>> = (0..1000)
-        .map(|i| {
-            let mut flag = flag.flag().clone();
-            flag.key = format!("flag.number_{i}");
-            (
-                flag.key.clone(),
-                std::sync::Arc::new(CompiledFlag::new(flag)),
-            )
-        })
-        .collect();
+    let snapshot = readyd::state::Snapshot::from_rows(
+        42,
+        (0..1000)
+            .map(|i| {
+                let mut flag = flag.flag().clone();
+                flag.key = format!("flag.number_{i}");
+                flag
+            })
+            .collect(),
+        Vec::new(),
+    );
     c.bench_function("baseline/snapshot_lookup", |b| {
         b.iter(|| {
             black_box(
                 snapshot
-                    .get(black_box("flag.number_517"))
+                    .flag(black_box("flag.number_517"))
                     .map(|f| f.version()),
             )
         })

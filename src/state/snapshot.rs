@@ -9,6 +9,11 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ConfigRow, ConfigRows};
 use crate::flags::{CompiledFlag, Flag, FlagDraft};
 
+/// Flags by key. Hashed with foldhash rather than SipHash: a look-up is on
+/// every evaluation, and clients can only look keys up, never insert them,
+/// so SipHash's flooding protection buys nothing here.
+pub type FlagMap = HashMap<String, Arc<CompiledFlag>, foldhash::fast::RandomState>;
+
 /// Every flag and configuration row at one version. Readers hold an `Arc` to it; a change builds
 /// a new snapshot and swaps it in whole, so no reader sees half a change.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -18,7 +23,7 @@ pub struct Snapshot {
     pub version: i64,
     /// Flags by key, compiled for evaluation. Behind an `Arc` so that a
     /// change that touches no flag shares the map instead of copying it.
-    pub flags: Arc<HashMap<String, Arc<CompiledFlag>>>,
+    pub flags: Arc<FlagMap>,
     /// Configuration rows of every environment, by (key, environment).
     pub configs: Arc<ConfigRows>,
 }
@@ -78,7 +83,7 @@ impl Snapshot {
     /// `key`. The snapshot's version becomes `version`. An invalid flag row
     /// is treated like a deleted one (and logged), as in [`Self::from_rows`].
     pub fn with_flag(&self, version: i64, key: &str, flag: Option<Flag>) -> Snapshot {
-        let mut flags = HashMap::clone(&self.flags);
+        let mut flags = FlagMap::clone(&self.flags);
         match flag.map(checked) {
             Some(Ok(flag)) => {
                 flags.insert(flag.key.clone(), Arc::new(CompiledFlag::new(flag)));
