@@ -1,4 +1,5 @@
-//! The command line: `serve`, `migrate`, `check`.
+//! The command line: `serve`, `migrate`, `check`, and the client commands
+//! (`health`, `flags`, `config`, `maintenance`, `deploy`, in `client/`).
 
 use std::process::ExitCode;
 
@@ -41,6 +42,16 @@ pub enum Command {
     ///
     /// Example: readyd check --environment staging
     Check(ServeArgs),
+    /// Ask a running readyd for a grpc.health.v1 status; exit 0 iff SERVING.
+    Health(crate::client::health::HealthArgs),
+    /// Read, change and evaluate feature flags of a running readyd.
+    Flags(crate::client::flags::FlagsArgs),
+    /// Read and change configuration of a running readyd.
+    Config(crate::client::config::ConfigArgs),
+    /// Turn maintenance mode on or off, or show it.
+    Maintenance(crate::client::config::MaintenanceArgs),
+    /// Record deployments and rollbacks, list them, show the current one.
+    Deploy(crate::client::deploy::DeployArgs),
 }
 
 /// Sets up logging to stderr. A bad filter falls back to `info` with a
@@ -84,6 +95,13 @@ pub async fn run(cli: Cli) -> ExitCode {
             init_logging(&log);
             migrate(&database).await
         }
+        Command::Health(args) => crate::client::health::run(args).await,
+        Command::Flags(args) => crate::client::finish(crate::client::flags::run(args).await),
+        Command::Config(args) => crate::client::finish(crate::client::config::run(args).await),
+        Command::Maintenance(args) => {
+            crate::client::finish(crate::client::config::run_maintenance(args).await)
+        }
+        Command::Deploy(args) => crate::client::finish(crate::client::deploy::run(args).await),
     }
 }
 
@@ -163,5 +181,17 @@ async fn migrate(args: &DatabaseArgs) -> ExitCode {
             eprintln!("error: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks over every command (unique names,
+    /// valid defaults), which otherwise only fire when a command is used.
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

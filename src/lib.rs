@@ -10,6 +10,7 @@ pub mod store;
 
 pub use app::serve;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod flags;
 pub mod signals;

@@ -1,0 +1,263 @@
+//! `readyd flags list|get|set|delete|eval`.
+
+use clap::Subcommand;
+
+use super::output::{self, cell, fields, table};
+use super::{Client, ClientArgs, ClientError, json_arg};
+use crate::api::convert::to_pb_value;
+use crate::api::pb::readyd::v1 as pb;
+use crate::api::pb::readyd::v1::flag_service_client::FlagServiceClient;
+
+/// `readyd flags`.
+#[derive(clap::Args, Debug)]
+pub struct FlagsArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: FlagsCommand,
+
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// The flag commands.
+#[derive(Subcommand, Debug)]
+pub enum FlagsCommand {
+    /// List flags.
+    #[command(after_help = "Example:\n  readyd flags list --prefix checkout.")]
+    List {
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Show one flag.
+    #[command(after_help = "Example:\n  readyd flags get dark_mode")]
+    Get {
+        /// The flag's key.
+        key: String,
+    },
+    /// Create or replace a flag (needs the admin token).
+    #[command(
+        after_help = "Example:\n  readyd flags set checkout.v2 --enabled true --rollout 25 --role staff"
+    )]
+    Set {
+        /// The flag's key.
+        key: String,
+        /// Whether the flag can be on (default false).
+        #[arg(long)]
+        enabled: Option<bool>,
+        /// Value type: bool, string, number or object (default bool).
+        #[arg(long = "type")]
+        value_type: Option<String>,
+        /// Value when on, as JSON (a bare word is a string).
+        #[arg(long = "on")]
+        on_value: Option<String>,
+        /// Value when off, as JSON (a bare word is a string).
+        #[arg(long = "off")]
+        off_value: Option<String>,
+        /// An environment where the flag may be on (repeat for more).
+        #[arg(long = "env")]
+        environments: Vec<String>,
+        /// A targeted user id (repeat for more).
+        #[arg(long = "user")]
+        users: Vec<String>,
+        /// A targeted role (repeat for more).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Percentage of users for whom the flag is on, 0 to 100 (default 100).
+        #[arg(long)]
+        rollout: Option<u32>,
+        /// Free text.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Write only if the flag is at this version (0: must not exist).
+        #[arg(long)]
+        expected_version: Option<i64>,
+    },
+    /// Delete a flag (needs the admin token).
+    #[command(after_help = "Example:\n  readyd flags delete old_banner")]
+    Delete {
+        /// The flag's key.
+        key: String,
+        /// Delete only if the flag is at this version.
+        #[arg(long)]
+        expected_version: Option<i64>,
+    },
+    /// Evaluate a flag for a user.
+    #[command(after_help = "Example:\n  readyd flags eval checkout.v2 --user 42 --role customer")]
+    Eval {
+        /// The flag's key.
+        key: String,
+        /// The user id.
+        #[arg(long)]
+        user: Option<String>,
+        /// A role of the user (repeat for more).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+}
+
+fn value_type(raw: Option<&str>) -> Result<i32, ClientError> {
+    Ok(match raw {
+        None => pb::FlagValueType::Unspecified,
+        Some("bool") => pb::FlagValueType::Bool,
+        Some("string") => pb::FlagValueType::String,
+        Some("number") => pb::FlagValueType::Number,
+        Some("object") => pb::FlagValueType::Object,
+        Some(other) => {
+            return Err(ClientError::Usage(format!(
+                "--type {other:?}: expected bool, string, number or object"
+            )));
+        }
+    }
+    .into())
+}
+
+fn flag_table(flags: &[pb::Flag]) -> String {
+    table(
+        &["KEY", "ENABLED", "TYPE", "ROLLOUT", "TARGETS", "VERSION"],
+        flags
+            .iter()
+            .map(|f| {
+                vec![
+                    f.key.clone(),
+                    f.enabled.to_string(),
+                    output::value_type(f.value_type()).to_owned(),
+                    format!("{}%", f.rollout_percentage),
+                    format!(
+                        "{} users, {} roles",
+                        f.target_users.len(),
+                        f.target_roles.len()
+                    ),
+                    f.version.to_string(),
+                ]
+            })
+            .collect(),
+    )
+}
+
+fn flag_fields(f: &pb::Flag) -> String {
+    let json = output::flag(f);
+    fields(vec![
+        ("key", f.key.clone()),
+        ("description", f.description.clone()),
+        ("enabled", f.enabled.to_string()),
+        ("type", output::value_type(f.value_type()).to_owned()),
+        ("on", cell(&json["on_value"])),
+        ("off", cell(&json["off_value"])),
+        ("environments", f.environments.join(", ")),
+        ("target users", f.target_users.join(", ")),
+        ("target roles", f.target_roles.join(", ")),
+        ("rollout", format!("{}%", f.rollout_percentage)),
+        ("version", f.version.to_string()),
+        (
+            "updated",
+            format!("{} by {}", cell(&json["updated_at"]), f.updated_by),
+        ),
+    ])
+}
+
+/// Runs a flag command.
+pub async fn run(args: FlagsArgs) -> Result<(), ClientError> {
+    let client = Client::connect(args.client).await?;
+    let mut flags = FlagServiceClient::new(client.channel.clone());
+    match args.command {
+        FlagsCommand::List { prefix } => {
+            let list = flags
+                .list_flags(client.request(pb::ListFlagsRequest { prefix })?)
+                .await?
+                .into_inner();
+            client.print(
+                serde_json::Value::Array(list.flags.iter().map(output::flag).collect()),
+                || flag_table(&list.flags),
+            );
+        }
+        FlagsCommand::Get { key } => {
+            let flag = flags
+                .get_flag(client.request(pb::GetFlagRequest { key })?)
+                .await?
+                .into_inner()
+                .flag;
+            let flag = flag.unwrap_or_default();
+            client.print(output::flag(&flag), || flag_fields(&flag));
+        }
+        FlagsCommand::Set {
+            key,
+            enabled,
+            value_type: raw_type,
+            on_value,
+            off_value,
+            environments,
+            users,
+            roles,
+            rollout,
+            description,
+            expected_version,
+        } => {
+            let request = pb::UpsertFlagRequest {
+                key,
+                description,
+                enabled,
+                value_type: value_type(raw_type.as_deref())?,
+                on_value: on_value.as_deref().map(|raw| to_pb_value(&json_arg(raw))),
+                off_value: off_value.as_deref().map(|raw| to_pb_value(&json_arg(raw))),
+                environments,
+                target_users: users,
+                target_roles: roles,
+                rollout_percentage: rollout,
+                expected_version,
+            };
+            let answer = flags
+                .upsert_flag(client.request(request)?)
+                .await?
+                .into_inner();
+            let flag = answer.flag.unwrap_or_default();
+            client.print(output::flag(&flag), || {
+                let verb = if answer.created { "created" } else { "updated" };
+                format!("{verb} {} at version {}\n", flag.key, flag.version)
+            });
+        }
+        FlagsCommand::Delete {
+            key,
+            expected_version,
+        } => {
+            let request = pb::DeleteFlagRequest {
+                key: key.clone(),
+                expected_version,
+            };
+            let version = flags
+                .delete_flag(client.request(request)?)
+                .await?
+                .into_inner()
+                .version;
+            client.print(
+                serde_json::json!({ "key": key, "version": version }),
+                || format!("deleted {key} at version {version}\n"),
+            );
+        }
+        FlagsCommand::Eval { key, user, roles } => {
+            let request = pb::EvaluateFlagRequest {
+                key,
+                context: Some(pb::EvaluationContext {
+                    user_id: user.unwrap_or_default(),
+                    roles,
+                    attributes: None,
+                }),
+            };
+            let answer = flags
+                .evaluate_flag(client.request(request)?)
+                .await?
+                .into_inner();
+            let json = output::evaluation(&answer);
+            client.print(json.clone(), || {
+                fields(vec![
+                    ("key", answer.key.clone()),
+                    ("value", cell(&json["value"])),
+                    ("variant", answer.variant.clone()),
+                    ("reason", output::reason(answer.reason()).to_owned()),
+                    ("version", answer.flag_version.to_string()),
+                ])
+            });
+        }
+    }
+    Ok(())
+}

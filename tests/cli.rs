@@ -1,0 +1,358 @@
+//! The command-line client, run as the real binary against a real server:
+//! output, JSON, exit codes, and a refused mutation without a token.
+
+mod support;
+
+use std::process::Output;
+
+use support::{ADMIN_TOKEN, TestDb, TestServer, admin_serve_args};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_readyd");
+
+/// Runs `readyd ARGS --addr <server>` with no token in the environment
+/// unless `token` is given.
+async fn readyd(server: &TestServer, token: Option<&str>, args: &[&str]) -> Output {
+    let mut command = tokio::process::Command::new(BINARY);
+    command
+        .args(args)
+        .arg("--addr")
+        .arg(server.url())
+        .env_remove("READYD_ADMIN_TOKEN")
+        .env_remove("READYD_ADDR")
+        .env_remove("READYD_ACTOR");
+    if let Some(token) = token {
+        command.env("READYD_ADMIN_TOKEN", token);
+    }
+    command.output().await.expect("run readyd")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    assert!(output.status.success(), "failed: {}", stderr(output));
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(output)))
+}
+
+#[tokio::test]
+async fn health_exits_zero_only_when_serving() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(admin_serve_args(&db.url)).await;
+    let ok = readyd(&server, None, &["health", "--service", "readiness"]).await;
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert_eq!(stdout(&ok), "SERVING\n");
+    let unknown = readyd(&server, None, &["health", "--service", "dep.nothing"]).await;
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        stderr(&unknown).starts_with("error: NOT_FOUND: "),
+        "{}",
+        stderr(&unknown)
+    );
+    let as_json = json(&readyd(&server, None, &["health", "--output", "json"]).await);
+    assert_eq!(
+        as_json,
+        serde_json::json!({"service": "", "status": "SERVING"})
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn nothing_listening_is_one_clear_line_and_exit_one() {
+    let output = tokio::process::Command::new(BINARY)
+        .args([
+            "flags",
+            "list",
+            "--addr",
+            "http://127.0.0.1:1",
+            "--timeout",
+            "2s",
+        ])
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: cannot reach readyd at http://127.0.0.1:1"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn flags_can_be_set_read_evaluated_listed_and_deleted() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(admin_serve_args(&db.url)).await;
+    let token = Some(ADMIN_TOKEN);
+
+    let set = readyd(
+        &server,
+        token,
+        &[
+            "flags",
+            "set",
+            "checkout.v2",
+            "--enabled",
+            "true",
+            "--rollout",
+            "0",
+            "--role",
+            "staff",
+        ],
+    )
+    .await;
+    assert!(set.status.success(), "{}", stderr(&set));
+    assert!(
+        stdout(&set).starts_with("created checkout.v2 at version "),
+        "{}",
+        stdout(&set)
+    );
+
+    let got = json(
+        &readyd(
+            &server,
+            None,
+            &["flags", "get", "checkout.v2", "--output", "json"],
+        )
+        .await,
+    );
+    assert_eq!(got["enabled"], true);
+    assert_eq!(got["rollout_percentage"], 0);
+    assert_eq!(got["target_roles"], serde_json::json!(["staff"]));
+
+    let staff = json(
+        &readyd(
+            &server,
+            None,
+            &[
+                "flags",
+                "eval",
+                "checkout.v2",
+                "--user",
+                "7",
+                "--role",
+                "staff",
+                "--output",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(
+        (staff["value"].clone(), staff["reason"].clone()),
+        (true.into(), "TARGETING_MATCH".into())
+    );
+    let other = json(
+        &readyd(
+            &server,
+            None,
+            &[
+                "flags",
+                "eval",
+                "checkout.v2",
+                "--user",
+                "7",
+                "--output",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(
+        (other["value"].clone(), other["reason"].clone()),
+        (false.into(), "DEFAULT".into())
+    );
+
+    let table = stdout(&readyd(&server, None, &["flags", "list", "--prefix", "checkout"]).await);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 2, "{table}");
+    assert!(lines[0].starts_with("KEY"), "{table}");
+    assert!(lines[1].starts_with("checkout.v2  true"), "{table}");
+
+    let deleted = readyd(&server, token, &["flags", "delete", "checkout.v2"]).await;
+    assert!(
+        stdout(&deleted).starts_with("deleted checkout.v2 at version "),
+        "{}",
+        stderr(&deleted)
+    );
+    let gone = readyd(&server, None, &["flags", "get", "checkout.v2"]).await;
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(
+        stderr(&gone).starts_with("error: NOT_FOUND: "),
+        "{}",
+        stderr(&gone)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_mutation_without_a_token_is_refused_and_changes_nothing() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(admin_serve_args(&db.url)).await;
+    let before = db.count("feature_flags").await;
+    let refused = readyd(
+        &server,
+        None,
+        &["flags", "set", "sneaky", "--enabled", "true"],
+    )
+    .await;
+    assert_eq!(refused.status.code(), Some(1));
+    let err = stderr(&refused);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: UNAUTHENTICATED: "), "{err}");
+    let wrong = readyd(&server, Some("wrong"), &["config", "set", "k", "1"]).await;
+    assert!(
+        stderr(&wrong).starts_with("error: PERMISSION_DENIED: "),
+        "{}",
+        stderr(&wrong)
+    );
+    let bad = readyd(&server, Some(ADMIN_TOKEN), &["flags", "set", "Bad Key"]).await;
+    assert!(
+        stderr(&bad).starts_with("error: INVALID_ARGUMENT: key"),
+        "{}",
+        stderr(&bad)
+    );
+    assert_eq!(db.count("feature_flags").await, before);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn config_and_maintenance_round_trip() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(admin_serve_args(&db.url)).await;
+    let token = Some(ADMIN_TOKEN);
+    let set = readyd(
+        &server,
+        token,
+        &[
+            "config",
+            "set",
+            "max_upload_mb",
+            "25",
+            "--environment",
+            "test",
+        ],
+    )
+    .await;
+    assert!(
+        stdout(&set).starts_with("set max_upload_mb for test at version "),
+        "{}",
+        stderr(&set)
+    );
+    let got = json(
+        &readyd(
+            &server,
+            None,
+            &["config", "get", "max_upload_mb", "--output", "json"],
+        )
+        .await,
+    );
+    assert_eq!(
+        (got["value"].clone(), got["environment"].clone()),
+        (25.into(), "test".into())
+    );
+
+    readyd(
+        &server,
+        token,
+        &["config", "set", "smtp.password", "hunter2", "--sensitive"],
+    )
+    .await;
+    let hidden = stdout(&readyd(&server, None, &["config", "get", "smtp.password"]).await);
+    assert!(
+        hidden.contains("<redacted>") && !hidden.contains("hunter2"),
+        "{hidden}"
+    );
+    let shown = stdout(&readyd(&server, token, &["config", "get", "smtp.password"]).await);
+    assert!(shown.contains("hunter2"), "{shown}");
+
+    let on = readyd(
+        &server,
+        token,
+        &["maintenance", "on", "--message", "back soon"],
+    )
+    .await;
+    assert_eq!(
+        stdout(&on),
+        "maintenance mode is on: back soon\n",
+        "{}",
+        stderr(&on)
+    );
+    let status = json(
+        &readyd(
+            &server,
+            None,
+            &["maintenance", "status", "--output", "json"],
+        )
+        .await,
+    );
+    assert_eq!(
+        (status["enabled"].clone(), status["message"].clone()),
+        (true.into(), "back soon".into())
+    );
+    let off = readyd(&server, token, &["maintenance", "off"]).await;
+    assert_eq!(stdout(&off), "maintenance mode is off\n");
+
+    let deleted = readyd(
+        &server,
+        token,
+        &["config", "delete", "max_upload_mb", "--environment", "test"],
+    )
+    .await;
+    assert!(deleted.status.success(), "{}", stderr(&deleted));
+    let fallback = json(
+        &readyd(
+            &server,
+            None,
+            &["config", "get", "max_upload_mb", "--output", "json"],
+        )
+        .await,
+    );
+    assert_eq!(fallback["environment"], "*");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_command_shows_an_example_in_its_help() {
+    let commands: &[&[&str]] = &[
+        &["health"],
+        &["flags", "list"],
+        &["flags", "get"],
+        &["flags", "set"],
+        &["flags", "delete"],
+        &["flags", "eval"],
+        &["config", "list"],
+        &["config", "get"],
+        &["config", "set"],
+        &["config", "delete"],
+        &["maintenance", "on"],
+        &["maintenance", "off"],
+        &["maintenance", "status"],
+        &["deploy", "record"],
+        &["deploy", "rollback"],
+        &["deploy", "list"],
+        &["deploy", "current"],
+        &["serve"],
+        &["check"],
+        &["migrate"],
+    ];
+    for command in commands {
+        let output = tokio::process::Command::new(BINARY)
+            .args(*command)
+            .arg("--help")
+            .output()
+            .await
+            .expect("run");
+        let help = stdout(&output);
+        assert!(output.status.success(), "{command:?}");
+        assert!(
+            help.contains("Example"),
+            "{command:?} has no example:\n{help}"
+        );
+    }
+}
