@@ -61,8 +61,10 @@ pub fn init_logging(log: &LogArgs) {
         Ok(filter) => (filter, None),
         Err(err) => (EnvFilter::new("info"), Some(err)),
     };
+    // Colours only for a terminal: log collectors get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match log.log_format {
         LogFormat::Text => builder.init(),
