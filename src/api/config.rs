@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::BoxStream;
@@ -15,16 +14,14 @@ use crate::api::convert::{from_pb_value, from_timestamp, to_pb_value, to_timesta
 use crate::api::error::ApiError;
 use crate::api::pb::readyd::v1 as pb;
 use crate::api::pb::readyd::v1::config_service_server::ConfigService;
-use crate::api::watch::{WatchKind, chunk_by_size, watch};
+use crate::api::watch::{WatchKind, snapshot_parts, watch};
+use crate::api::{checked_version, invalid, read_your_write};
 use crate::config::{
     ConfigDraft, ConfigRow, check_key, environment_of, resolve, resolve_all, visible,
 };
 use crate::state::{Event, Snapshot, State};
 use crate::store::Store;
 use crate::store::config::{AuditQuery, AuditRow};
-
-/// How long a write waits for the listener to apply it before answering.
-const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Audit page size when the request names none.
 const DEFAULT_AUDIT_PAGE: u32 = 100;
@@ -58,29 +55,6 @@ impl ConfigApi {
             environment: environment.into(),
             streams_end,
         }
-    }
-
-    async fn read_your_write(&self, version: i64) {
-        if !self.state.wait_for(version, READ_YOUR_WRITES_TIMEOUT).await {
-            tracing::warn!(
-                version,
-                "a committed write is not in the snapshot yet; answering anyway"
-            );
-        }
-    }
-}
-
-fn invalid(field: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::InvalidArgument {
-        field,
-        message: message.into(),
-    }
-}
-
-fn checked_version(field: &'static str, version: Option<i64>) -> Result<(), ApiError> {
-    match version {
-        Some(v) if v < 0 => Err(invalid(field, "must not be negative")),
-        _ => Ok(()),
     }
 }
 
@@ -236,7 +210,7 @@ impl ConfigService for ConfigApi {
             .set_config(&draft, request.expected_version, &actor)
             .await
             .map_err(ApiError::from)?;
-        self.read_your_write(row.version).await;
+        read_your_write(&self.state, row.version).await;
         // The caller is admin (the auth layer let the write through).
         Ok(Response::new(pb::SetConfigResponse {
             entry: Some(entry(&row, true)),
@@ -257,7 +231,7 @@ impl ConfigService for ConfigApi {
             .delete_config(&request.key, &environment, request.expected_version, &actor)
             .await
             .map_err(ApiError::from)?;
-        self.read_your_write(version).await;
+        read_your_write(&self.state, version).await;
         Ok(Response::new(pb::DeleteConfigResponse { version }))
     }
 
@@ -288,8 +262,7 @@ impl ConfigService for ConfigApi {
             .set_maintenance(&self.environment, request.enabled, &request.message, &actor)
             .await
             .map_err(ApiError::from)?;
-        self.read_your_write(mode.version.max(message.version))
-            .await;
+        read_your_write(&self.state, mode.version.max(message.version)).await;
         Ok(Response::new(maintenance(
             &self.state.snapshot(),
             &self.environment,
@@ -412,22 +385,16 @@ impl WatchKind for ConfigStream {
             .filter(|row| self.wanted(&row.key))
             .map(|row| entry(row, self.is_admin))
             .collect();
-        let parts = chunk_by_size(entries);
-        let count = parts.len();
-        parts
-            .into_iter()
-            .enumerate()
-            .map(|(i, entries)| pb::WatchConfigsResponse {
-                event: Some(pb::watch_configs_response::Event::Snapshot(
-                    pb::ConfigSnapshot {
-                        version: snapshot.version,
-                        entries,
-                        first: i == 0,
-                        last: i + 1 == count,
-                    },
-                )),
-            })
-            .collect()
+        snapshot_parts(entries, |entries, first, last| pb::WatchConfigsResponse {
+            event: Some(pb::watch_configs_response::Event::Snapshot(
+                pb::ConfigSnapshot {
+                    version: snapshot.version,
+                    entries,
+                    first,
+                    last,
+                },
+            )),
+        })
     }
 
     fn change(&self, event: &Event) -> Option<pb::WatchConfigsResponse> {

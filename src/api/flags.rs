@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::BoxStream;
@@ -14,16 +13,14 @@ use crate::api::convert::{from_pb_struct, from_pb_value, to_pb_value, to_timesta
 use crate::api::error::ApiError;
 use crate::api::pb::readyd::v1 as pb;
 use crate::api::pb::readyd::v1::flag_service_server::FlagService;
-use crate::api::watch::{WatchKind, chunk_by_size, watch};
+use crate::api::watch::{WatchKind, snapshot_parts, watch};
+use crate::api::{checked_version, invalid, read_your_write};
 use crate::flags::{
     CompiledFlag, Evaluation, EvaluationContext, Flag, FlagDraft, Reason, ValueType, Variant,
     is_valid_key,
 };
 use crate::state::{Event, Snapshot, State};
 use crate::store::Store;
-
-/// How long a write waits for the listener to apply it before answering.
-const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The FlagService handlers.
 #[derive(Debug, Clone)]
@@ -55,13 +52,6 @@ impl FlagApi {
     }
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::InvalidArgument {
-        field,
-        message: message.into(),
-    }
-}
-
 fn checked_key(key: &str) -> Result<(), ApiError> {
     if is_valid_key(key) {
         Ok(())
@@ -70,14 +60,6 @@ fn checked_key(key: &str) -> Result<(), ApiError> {
             "key",
             format!("{key:?} is not a valid flag key: ^[a-z0-9][a-z0-9_.-]{{0,127}}$"),
         ))
-    }
-}
-
-/// A version given by a client: never negative.
-fn checked_version(field: &'static str, version: Option<i64>) -> Result<(), ApiError> {
-    match version {
-        Some(v) if v < 0 => Err(invalid(field, "must not be negative")),
-        _ => Ok(()),
     }
 }
 
@@ -216,17 +198,6 @@ impl FlagApi {
     ) -> pb::EvaluateFlagResponse {
         evaluation_response(flag.key(), &flag.evaluate(&self.environment, context))
     }
-
-    /// Waits until the listener has applied `version`, so the caller's next
-    /// read sees its write.
-    async fn read_your_write(&self, version: i64) {
-        if !self.state.wait_for(version, READ_YOUR_WRITES_TIMEOUT).await {
-            tracing::warn!(
-                version,
-                "a committed write is not in the snapshot yet; answering anyway"
-            );
-        }
-    }
 }
 
 #[tonic::async_trait]
@@ -282,7 +253,7 @@ impl FlagService for FlagApi {
             .upsert_flag(&draft, expected_version, &actor)
             .await
             .map_err(ApiError::from)?;
-        self.read_your_write(upserted.flag.version).await;
+        read_your_write(&self.state, upserted.flag.version).await;
         Ok(Response::new(pb::UpsertFlagResponse {
             flag: Some((&upserted.flag).into()),
             created: upserted.created,
@@ -302,7 +273,7 @@ impl FlagService for FlagApi {
             .delete_flag(&request.key, request.expected_version, &actor)
             .await
             .map_err(ApiError::from)?;
-        self.read_your_write(version).await;
+        read_your_write(&self.state, version).await;
         Ok(Response::new(pb::DeleteFlagResponse { version }))
     }
 
@@ -416,22 +387,16 @@ impl WatchKind for FlagStream {
             .filter(|f| self.wanted(f.key()))
             .map(|f| f.flag().into())
             .collect();
-        let parts = chunk_by_size(flags);
-        let count = parts.len();
-        parts
-            .into_iter()
-            .enumerate()
-            .map(|(i, flags)| pb::WatchFlagsResponse {
-                event: Some(pb::watch_flags_response::Event::Snapshot(
-                    pb::FlagSnapshot {
-                        version: snapshot.version,
-                        flags,
-                        first: i == 0,
-                        last: i + 1 == count,
-                    },
-                )),
-            })
-            .collect()
+        snapshot_parts(flags, |flags, first, last| pb::WatchFlagsResponse {
+            event: Some(pb::watch_flags_response::Event::Snapshot(
+                pb::FlagSnapshot {
+                    version: snapshot.version,
+                    flags,
+                    first,
+                    last,
+                },
+            )),
+        })
     }
 
     fn change(&self, event: &Event) -> Option<pb::WatchFlagsResponse> {

@@ -13,7 +13,43 @@ pub mod watch;
 
 pub use convert::to_timestamp;
 
+use std::time::Duration;
+
 use error::ApiError;
+
+use crate::state::State;
+
+/// How long a write waits for the change listener to apply it before
+/// answering anyway.
+const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Waits until this instance's snapshot holds `version`, so the writer's
+/// next read sees its own write. The write is committed either way: on a
+/// timeout it answers anyway and says so in the log.
+pub async fn read_your_write(state: &State, version: i64) {
+    if !state.wait_for(version, READ_YOUR_WRITES_TIMEOUT).await {
+        tracing::warn!(
+            version,
+            "a committed write is not in the snapshot yet; answering anyway"
+        );
+    }
+}
+
+/// An INVALID_ARGUMENT naming `field`.
+pub fn invalid(field: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::InvalidArgument {
+        field,
+        message: message.into(),
+    }
+}
+
+/// A version given by a client: never negative.
+pub fn checked_version(field: &'static str, version: Option<i64>) -> Result<(), ApiError> {
+    match version {
+        Some(v) if v < 0 => Err(invalid(field, "must not be negative")),
+        _ => Ok(()),
+    }
+}
 
 /// The request header naming who makes a change, for the audit trail.
 pub const ACTOR_HEADER: &str = "x-readyd-actor";

@@ -157,9 +157,13 @@ impl<K: WatchKind> Watcher<K> {
     }
 }
 
-/// Splits `items` into parts of about [`SNAPSHOT_CHUNK_BYTES`] each (at
-/// least one part, even when empty).
-pub fn chunk_by_size<T: prost::Message>(items: Vec<T>) -> Vec<Vec<T>> {
+/// The messages of a snapshot: `items` split into parts of about
+/// [`SNAPSHOT_CHUNK_BYTES`] each (at least one part, even when empty), each
+/// made into a message by `part(items, first, last)`.
+pub fn snapshot_parts<T: prost::Message, M>(
+    items: Vec<T>,
+    part: impl Fn(Vec<T>, bool, bool) -> M,
+) -> Vec<M> {
     let mut parts = vec![Vec::new()];
     let mut size = 0;
     for item in items {
@@ -169,9 +173,14 @@ pub fn chunk_by_size<T: prost::Message>(items: Vec<T>) -> Vec<Vec<T>> {
             size = 0;
         }
         size += len;
-        if let Some(part) = parts.last_mut() {
-            part.push(item);
+        if let Some(last) = parts.last_mut() {
+            last.push(item);
         }
     }
+    let count = parts.len();
     parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, items)| part(items, i == 0, i + 1 == count))
+        .collect()
 }

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use super::flags::check_expected;
-use super::{CHANGE_LOCK_KEY, Store, StoreError, set_actor};
+use super::{Store, StoreError, begin_change, deletion_version};
 use crate::config::{ConfigRow, ValidConfigDraft};
 
 /// Every column of `app_config`, in the order of [`ConfigRow`].
@@ -114,12 +114,7 @@ impl Store {
         expected_version: Option<i64>,
         actor: &str,
     ) -> Result<ConfigRow, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(CHANGE_LOCK_KEY)
-            .execute(&mut *tx)
-            .await?;
-        set_actor(&mut tx, actor).await?;
+        let mut tx = begin_change(self.pool(), actor).await?;
         let row = write_config(
             &mut tx,
             &draft.key,
@@ -141,12 +136,7 @@ impl Store {
         expected_version: Option<i64>,
         actor: &str,
     ) -> Result<i64, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(CHANGE_LOCK_KEY)
-            .execute(&mut *tx)
-            .await?;
-        set_actor(&mut tx, actor).await?;
+        let mut tx = begin_change(self.pool(), actor).await?;
         let current: Option<i64> = sqlx::query_scalar(
             "SELECT version FROM app_config WHERE key = $1 AND environment = $2",
         )
@@ -165,9 +155,7 @@ impl Store {
             .bind(environment)
             .execute(&mut *tx)
             .await?;
-        let version: i64 = sqlx::query_scalar("SELECT currval('readyd_change_version')")
-            .fetch_one(&mut *tx)
-            .await?;
+        let version = deletion_version(&mut tx).await?;
         tx.commit().await?;
         Ok(version)
     }
@@ -181,12 +169,7 @@ impl Store {
         message: &str,
         actor: &str,
     ) -> Result<(ConfigRow, ConfigRow), StoreError> {
-        let mut tx = self.pool().begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(CHANGE_LOCK_KEY)
-            .execute(&mut *tx)
-            .await?;
-        set_actor(&mut tx, actor).await?;
+        let mut tx = begin_change(self.pool(), actor).await?;
         let mode = write_config(
             &mut tx,
             "maintenance_mode",

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{CHANGE_LOCK_KEY, Store, StoreError, set_actor};
+use super::{Store, StoreError, begin_change, deletion_version};
 use crate::flags::{Flag, ValidFlagDraft, ValueType};
 
 /// Every column, in the order of [`FlagRow`].
@@ -120,13 +120,7 @@ impl Store {
         expected_version: Option<i64>,
         actor: &str,
     ) -> Result<UpsertedFlag, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        // The change lock first, before any row lock: see the migration.
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(CHANGE_LOCK_KEY)
-            .execute(&mut *tx)
-            .await?;
-        set_actor(&mut tx, actor).await?;
+        let mut tx = begin_change(self.pool(), actor).await?;
         let current: Option<i64> =
             sqlx::query_scalar("SELECT version FROM feature_flags WHERE key = $1")
                 .bind(draft.key())
@@ -177,12 +171,7 @@ impl Store {
         expected_version: Option<i64>,
         actor: &str,
     ) -> Result<i64, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(CHANGE_LOCK_KEY)
-            .execute(&mut *tx)
-            .await?;
-        set_actor(&mut tx, actor).await?;
+        let mut tx = begin_change(self.pool(), actor).await?;
         let current: Option<i64> =
             sqlx::query_scalar("SELECT version FROM feature_flags WHERE key = $1")
                 .bind(key)
@@ -196,10 +185,7 @@ impl Store {
             .bind(key)
             .execute(&mut *tx)
             .await?;
-        // The deletion's version was taken by the trigger in this session.
-        let version: i64 = sqlx::query_scalar("SELECT currval('readyd_change_version')")
-            .fetch_one(&mut *tx)
-            .await?;
+        let version = deletion_version(&mut tx).await?;
         tx.commit().await?;
         Ok(version)
     }

@@ -24,9 +24,35 @@ fn listener_pool(options: PgConnectOptions) -> PgPool {
         .connect_lazy_with(options)
 }
 
+/// A transaction ready to change `app_config` or `feature_flags`: it holds
+/// the change lock (taken first, before any row lock; see the first
+/// migration) and names `actor` for the audit trail and `updated_by`.
+pub(crate) async fn begin_change(
+    pool: &PgPool,
+    actor: &str,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(CHANGE_LOCK_KEY)
+        .execute(&mut *tx)
+        .await?;
+    set_actor(&mut tx, actor).await?;
+    Ok(tx)
+}
+
+/// The version the triggers gave the deletion just made in this session's
+/// transaction.
+pub(crate) async fn deletion_version(tx: &mut sqlx::PgConnection) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT currval('readyd_change_version')")
+            .fetch_one(tx)
+            .await?,
+    )
+}
+
 /// Names the actor of the changes of this transaction (audit rows and
 /// `updated_by` read it through the `readyd.actor` setting).
-pub(crate) async fn set_actor(tx: &mut sqlx::PgConnection, actor: &str) -> Result<(), StoreError> {
+async fn set_actor(tx: &mut sqlx::PgConnection, actor: &str) -> Result<(), StoreError> {
     sqlx::query("SELECT set_config('readyd.actor', $1, true)")
         .bind(actor)
         .execute(tx)
