@@ -14,6 +14,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::api::auth::{AuthLayer, Tokens};
 use crate::api::config::ConfigApi;
+use crate::api::deployments::DeploymentApi;
 use crate::api::flags::FlagApi;
 use crate::api::grpc_health::GrpcHealth;
 use crate::api::health::HealthApi;
@@ -98,6 +99,12 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
+    let deployments = pb::readyd::v1::deployment_service_server::DeploymentServiceServer::new(
+        DeploymentApi::new(Arc::clone(&state), store.clone()),
+    )
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
     // The listener outlives the drain: writes still in flight wait for it.
     let listener_end = CancellationToken::new();
     let listener_task = tokio::spawn(changes.run(Arc::clone(&state), listener_end.clone()));
@@ -113,6 +120,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         .add_service(health)
         .add_service(flags)
         .add_service(config)
+        .add_service(deployments)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
 

@@ -12,6 +12,7 @@ pub use app::serve;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod deployments;
 pub mod flags;
 pub mod signals;
 pub mod state;

@@ -356,3 +356,129 @@ async fn every_command_shows_an_example_in_its_help() {
         );
     }
 }
+
+#[tokio::test]
+async fn deployments_are_recorded_listed_and_rolled_back() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(admin_serve_args(&db.url)).await;
+    let token = Some(ADMIN_TOKEN);
+    for version in ["1.0.0", "1.1.0"] {
+        let recorded = readyd(
+            &server,
+            token,
+            &[
+                "deploy",
+                "record",
+                version,
+                "--environment",
+                "test",
+                "--by",
+                "ci",
+            ],
+        )
+        .await;
+        assert!(
+            stdout(&recorded).starts_with(&format!("recorded {version} to test")),
+            "{}",
+            stderr(&recorded)
+        );
+    }
+    let current = json(
+        &readyd(
+            &server,
+            None,
+            &[
+                "deploy",
+                "current",
+                "--environment",
+                "test",
+                "--output",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(current["version"], "1.1.0");
+    assert_eq!(current["previous_version"], "1.0.0");
+    let app_version = json(
+        &readyd(
+            &server,
+            None,
+            &["config", "get", "app_version", "--output", "json"],
+        )
+        .await,
+    );
+    assert_eq!(app_version["value"], "1.1.0");
+
+    let rolled = readyd(
+        &server,
+        token,
+        &[
+            "deploy",
+            "rollback",
+            "--environment",
+            "test",
+            "--by",
+            "alice",
+        ],
+    )
+    .await;
+    assert!(
+        stdout(&rolled).starts_with("rolled test back from 1.1.0 to 1.0.0"),
+        "{}",
+        stderr(&rolled)
+    );
+    let list = json(
+        &readyd(
+            &server,
+            None,
+            &[
+                "deploy",
+                "list",
+                "--environment",
+                "test",
+                "--output",
+                "json",
+            ],
+        )
+        .await,
+    );
+    let rows: Vec<(String, String)> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|d| {
+            (
+                d["version"].as_str().unwrap_or("").to_owned(),
+                d["status"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("1.0.0".to_owned(), "success".to_owned()),
+            ("1.1.0".to_owned(), "rolled_back".to_owned()),
+            ("1.0.0".to_owned(), "success".to_owned()),
+        ]
+    );
+    let nothing_left = readyd(
+        &server,
+        token,
+        &[
+            "deploy",
+            "rollback",
+            "--environment",
+            "test",
+            "--by",
+            "alice",
+        ],
+    )
+    .await;
+    assert!(
+        stderr(&nothing_left).starts_with("error: FAILED_PRECONDITION: "),
+        "{}",
+        stderr(&nothing_left)
+    );
+    server.stop().await;
+}

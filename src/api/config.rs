@@ -74,13 +74,6 @@ pub fn entry(row: &ConfigRow, is_admin: bool) -> pb::ConfigEntry {
     }
 }
 
-fn field_error(err: crate::flags::ValidationError) -> ApiError {
-    ApiError::InvalidArgument {
-        field: err.field,
-        message: err.to_string(),
-    }
-}
-
 /// The maintenance mode of `environment` in `snapshot`.
 fn maintenance(snapshot: &Snapshot, environment: &str) -> pb::MaintenanceMode {
     let mode = resolve(&snapshot.configs, "maintenance_mode", environment);
@@ -130,7 +123,7 @@ impl ConfigService for ConfigApi {
     ) -> Result<Response<pb::GetConfigResponse>, Status> {
         let caller = Caller::of(&request);
         let key = &request.get_ref().key;
-        check_key(key).map_err(field_error)?;
+        check_key(key).map_err(ApiError::from)?;
         let snapshot = self.state.snapshot();
         let Some(row) = resolve(&snapshot.configs, key, &self.environment) else {
             return Err(ApiError::NotFound(format!(
@@ -168,7 +161,7 @@ impl ConfigService for ConfigApi {
             let environment = if request.environment.is_empty() {
                 self.environment.to_string()
             } else {
-                environment_of(&request.environment).map_err(field_error)?
+                environment_of(&request.environment).map_err(ApiError::from)?
             };
             resolve_all(&snapshot.configs, &request.prefix, &environment)
                 .into_iter()
@@ -201,10 +194,7 @@ impl ConfigService for ConfigApi {
             is_sensitive: request.is_sensitive,
         }
         .validate()
-        .map_err(|errors| ApiError::InvalidArgument {
-            field: errors.fields().next().unwrap_or("config"),
-            message: errors.to_string(),
-        })?;
+        .map_err(ApiError::from)?;
         let row = self
             .store
             .set_config(&draft, request.expected_version, &actor)
@@ -223,8 +213,8 @@ impl ConfigService for ConfigApi {
     ) -> Result<Response<pb::DeleteConfigResponse>, Status> {
         let actor = crate::api::actor(&request)?;
         let request = request.into_inner();
-        check_key(&request.key).map_err(field_error)?;
-        let environment = environment_of(&request.environment).map_err(field_error)?;
+        check_key(&request.key).map_err(ApiError::from)?;
+        let environment = environment_of(&request.environment).map_err(ApiError::from)?;
         checked_version("expected_version", request.expected_version)?;
         let version = self
             .store
@@ -255,7 +245,7 @@ impl ConfigService for ConfigApi {
             return Err(invalid("message", "is longer than 64 KiB").into());
         }
         if request.message.contains('\0') {
-            return Err(field_error(crate::flags::nul_error("message")).into());
+            return Err(ApiError::from(crate::flags::nul_error("message")).into());
         }
         let (mode, message) = self
             .store
@@ -277,7 +267,7 @@ impl ConfigService for ConfigApi {
         let key = if request.key.is_empty() {
             None
         } else {
-            check_key(&request.key).map_err(field_error)?;
+            check_key(&request.key).map_err(ApiError::from)?;
             Some(request.key)
         };
         let time = |field: &'static str, t: Option<prost_types::Timestamp>| {
@@ -342,7 +332,7 @@ impl ConfigService for ConfigApi {
         let caller = Caller::of(&request);
         let request = request.into_inner();
         for key in &request.keys {
-            check_key(key).map_err(field_error)?;
+            check_key(key).map_err(ApiError::from)?;
         }
         checked_version("since_version", request.since_version)?;
         let kind = ConfigStream {

@@ -2,6 +2,7 @@
 
 use tonic::Status;
 
+use crate::flags::{ValidationError, ValidationErrors};
 use crate::store::StoreError;
 
 /// An error of any API handler.
@@ -29,6 +30,39 @@ pub enum ApiError {
     Store(#[from] StoreError),
 }
 
+impl From<ValidationError> for ApiError {
+    fn from(err: ValidationError) -> Self {
+        ApiError::InvalidArgument {
+            field: err.field,
+            message: err.message,
+        }
+    }
+}
+
+impl From<ValidationErrors> for ApiError {
+    /// Every broken rule in one INVALID_ARGUMENT, reading
+    /// `field: what; field: what` (the first error's field leads).
+    fn from(errors: ValidationErrors) -> Self {
+        let mut errors = errors.into_vec().into_iter();
+        let Some(first) = errors.next() else {
+            // ValidationErrors is never empty; stay sensible if it were.
+            return ApiError::InvalidArgument {
+                field: "request",
+                message: "is invalid".to_owned(),
+            };
+        };
+        let mut message = first.message;
+        for other in errors {
+            message.push_str("; ");
+            message.push_str(&other.to_string());
+        }
+        ApiError::InvalidArgument {
+            field: first.field,
+            message,
+        }
+    }
+}
+
 impl From<ApiError> for Status {
     fn from(err: ApiError) -> Self {
         match err {
@@ -37,6 +71,9 @@ impl From<ApiError> for Status {
             ApiError::Aborted(message) => Status::aborted(message),
             ApiError::FailedPrecondition(message) => Status::failed_precondition(message),
             ApiError::Store(StoreError::NotFound(message)) => Status::not_found(message),
+            ApiError::Store(StoreError::FailedPrecondition(message)) => {
+                Status::failed_precondition(message)
+            }
             ApiError::Store(err @ StoreError::VersionConflict { .. }) => {
                 Status::aborted(err.to_string())
             }

@@ -241,13 +241,9 @@ impl FlagService for FlagApi {
         let request = request.into_inner();
         let expected_version = request.expected_version;
         checked_version("expected_version", expected_version)?;
-        let draft = FlagDraft::try_from(request)?.validate().map_err(|errors| {
-            let field = errors.fields().next().unwrap_or("flag");
-            ApiError::InvalidArgument {
-                field,
-                message: errors.to_string(),
-            }
-        })?;
+        let draft = FlagDraft::try_from(request)?
+            .validate()
+            .map_err(ApiError::from)?;
         let upserted = self
             .store
             .upsert_flag(&draft, expected_version, &actor)

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod config;
 pub mod convert;
+pub mod deployments;
 pub mod error;
 pub mod flags;
 pub mod grpc_health;

@@ -3,6 +3,7 @@
 //! table.
 
 pub mod config;
+pub mod deployments;
 pub mod flags;
 pub mod listener;
 pub mod system_health;
@@ -105,6 +106,10 @@ pub enum StoreError {
         /// The version stored (0: absent).
         current: i64,
     },
+    /// The request is valid, but the rows as they are do not allow it
+    /// (e.g. a rollback with nothing to roll back to); nothing was changed.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The database answered with something readyd cannot use.
     #[error("unexpected data from the database: {0}")]
     Decode(String),
