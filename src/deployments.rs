@@ -543,40 +543,20 @@ pub fn rollback_anchor(current: &Deployment) -> i64 {
     }
 }
 
-/// The page size a ListDeployments request asks for: 0 means the default;
-/// more than the maximum is refused, like ListConfigAudit does.
+/// The page size of a ListDeployments request (see [`crate::paging`]).
 pub fn page_size(requested: u32) -> Result<u32, ValidationError> {
-    match requested {
-        0 => Ok(DEFAULT_PAGE_SIZE),
-        n if n <= MAX_PAGE_SIZE => Ok(n),
-        n => Err(ValidationError::new(
-            "page_size",
-            format!("{n} is over the limit of {MAX_PAGE_SIZE}"),
-        )),
-    }
+    crate::paging::page_size(
+        requested,
+        crate::paging::PageLimits {
+            default: DEFAULT_PAGE_SIZE,
+            max: MAX_PAGE_SIZE,
+        },
+    )
 }
 
-/// The row id a page token stands for (rows with a smaller id follow);
-/// `None` for the first page (empty token).
-///
-/// A token is the decimal id of the last row of the previous page. Only
-/// the canonical spelling is accepted (no sign, no leading zero, no space),
-/// so one page has one token.
+/// The row id a ListDeployments page token stands for (see [`crate::paging`]).
 pub fn page_token(token: &str) -> Result<Option<i64>, ValidationError> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let canonical = token.bytes().all(|b| b.is_ascii_digit()) && !token.starts_with('0');
-    match token.parse::<i64>() {
-        Ok(id) if canonical && id > 0 => Ok(Some(id)),
-        _ => Err(ValidationError::new(
-            "page_token",
-            format!(
-                "{:?} is not a token returned by ListDeployments",
-                truncate(token)
-            ),
-        )),
-    }
+    crate::paging::page_token(token, "ListDeployments")
 }
 
 /// The environment filter of ListDeployments: empty means every

@@ -14,5 +14,6 @@ pub mod client;
 pub mod config;
 pub mod deployments;
 pub mod flags;
+pub mod paging;
 pub mod signals;
 pub mod state;

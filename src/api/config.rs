@@ -19,6 +19,7 @@ use crate::api::{checked_version, invalid, read_your_write};
 use crate::config::{
     ConfigDraft, ConfigRow, check_key, environment_of, resolve, resolve_all, visible,
 };
+use crate::paging::{PageLimits, next_page_token, page_size, page_token};
 use crate::state::{Event, Snapshot, State};
 use crate::store::Store;
 use crate::store::config::{AuditQuery, AuditRow};
@@ -276,31 +277,16 @@ impl ConfigService for ConfigApi {
         };
         let since = time("since", request.since)?;
         let until = time("until", request.until)?;
-        let page_size = match request.page_size {
-            0 => DEFAULT_AUDIT_PAGE,
-            n if n <= MAX_AUDIT_PAGE => n,
-            n => {
-                return Err(invalid(
-                    "page_size",
-                    format!("{n} is over the limit of {MAX_AUDIT_PAGE}"),
-                )
-                .into());
-            }
-        };
-        let before_id = if request.page_token.is_empty() {
-            None
-        } else {
-            Some(
-                request
-                    .page_token
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|id| *id > 0)
-                    .ok_or_else(|| {
-                        invalid("page_token", "is not a token returned by ListConfigAudit")
-                    })?,
-            )
-        };
+        let page_size = page_size(
+            request.page_size,
+            PageLimits {
+                default: DEFAULT_AUDIT_PAGE,
+                max: MAX_AUDIT_PAGE,
+            },
+        )
+        .map_err(ApiError::from)?;
+        let before_id =
+            page_token(&request.page_token, "ListConfigAudit").map_err(ApiError::from)?;
         let mut rows = self
             .store
             .audit_rows(&AuditQuery {
@@ -312,13 +298,7 @@ impl ConfigService for ConfigApi {
             })
             .await
             .map_err(ApiError::from)?;
-        // One row more than the page tells whether another page follows.
-        let next_page_token = if rows.len() > page_size as usize {
-            rows.truncate(page_size as usize);
-            rows.last().map(|r| r.id.to_string()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = next_page_token(&mut rows, page_size, |row| row.id);
         Ok(Response::new(pb::ListConfigAuditResponse {
             entries: rows.into_iter().map(Into::into).collect(),
             next_page_token,

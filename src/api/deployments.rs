@@ -6,6 +6,7 @@
 //! only, and history is not on any hot path.
 
 use crate::api::read_your_write;
+use crate::paging::next_page_token;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -174,14 +175,7 @@ impl DeploymentService for DeploymentApi {
             })
             .await
             .map_err(ApiError::from)?;
-        // One row more than the page tells whether another page follows, so
-        // the last page never ends with a token that leads to nothing.
-        let next_page_token = if rows.len() > page_size as usize {
-            rows.truncate(page_size as usize);
-            rows.last().map(|r| r.id.to_string()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = next_page_token(&mut rows, page_size, |row| row.id);
         Ok(Response::new(pb::ListDeploymentsResponse {
             deployments: rows.into_iter().map(Into::into).collect(),
             next_page_token,

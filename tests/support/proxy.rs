@@ -23,12 +23,10 @@ impl Target {
     /// `host=/socket/dir` query parameter).
     pub fn of_url(url: &str) -> Target {
         let options: sqlx::postgres::PgConnectOptions = url.parse().expect("database url");
-        let host = options.get_host().to_owned();
         let port = options.get_port();
-        if host.starts_with('/') {
-            Target::Unix(PathBuf::from(host).join(format!(".s.PGSQL.{port}")))
-        } else {
-            Target::Tcp(format!("{host}:{port}"))
+        match options.get_socket() {
+            Some(dir) => Target::Unix(dir.join(format!(".s.PGSQL.{port}"))),
+            None => Target::Tcp(format!("{}:{port}", options.get_host())),
         }
     }
 }
