@@ -117,14 +117,33 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
-        match err {
-            sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err),
-            other => StoreError::Query(other),
+        if is_unavailable(&err) {
+            StoreError::Unavailable(err)
+        } else {
+            StoreError::Query(err)
         }
+    }
+}
+
+/// Whether `err` means the database cannot be reached or talked to (as
+/// opposed to a query it refused): worth retrying, and UNAVAILABLE to a
+/// caller.
+fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        // A conversation that broke off: a cut connection can surface as a
+        // protocol error (e.g. an empty answer to the TLS request).
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // Connection exceptions (class 08) and a server shutting down or
+        // starting up (57P01..57P03).
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
     }
 }
 
@@ -312,5 +331,28 @@ impl Store {
     pub async fn close(&self) {
         self.listener_pool.close().await;
         self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broken_conversations_are_unavailable_and_refused_queries_are_not() {
+        let cut = StoreError::from(sqlx::Error::Protocol(
+            "unexpected response from SSLRequest".into(),
+        ));
+        assert!(matches!(cut, StoreError::Unavailable(_)));
+        let io = StoreError::from(sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into()));
+        assert!(matches!(io, StoreError::Unavailable(_)));
+        assert!(matches!(
+            StoreError::from(sqlx::Error::PoolTimedOut),
+            StoreError::Unavailable(_)
+        ));
+        assert!(matches!(
+            StoreError::from(sqlx::Error::RowNotFound),
+            StoreError::Query(_)
+        ));
     }
 }
