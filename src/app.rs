@@ -19,8 +19,9 @@ use crate::api::flags::FlagApi;
 use crate::api::grpc_health::GrpcHealth;
 use crate::api::health::HealthApi;
 use crate::api::pb;
-use crate::health::probes::{READINESS, STARTUP};
-use crate::health::{Probes, ServingStatus};
+use crate::health::Probes;
+use crate::health::history::{self, HistorySettings};
+use crate::health::monitor::HealthMonitor;
 use crate::startup::Started;
 
 /// Largest message readyd accepts or sends. gRPC's usual 4 MiB, stated
@@ -56,10 +57,30 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         listener,
         state,
         changes,
+        database_check,
+        checks,
     } = started;
     let local_addr: Option<SocketAddr> = listener.local_addr().ok();
     let probes = Arc::new(Probes::new());
     let streams_end = CancellationToken::new();
+
+    // Checks start before the server, so their first round overlaps its
+    // start; `startup` turns SERVING when that round has finished.
+    let monitor = HealthMonitor::new(database_check, checks, Arc::clone(&probes));
+    monitor.snapshot_loaded();
+    let checks_end = CancellationToken::new();
+    let mut check_tasks = monitor.start(checks_end.clone());
+    let history_task = tokio::spawn(history::record(
+        Arc::clone(&monitor),
+        store.clone(),
+        HistorySettings {
+            instance: settings.instance.clone(),
+            environment: settings.environment.clone(),
+            interval: settings.history_interval,
+            retention: settings.history_retention,
+        },
+        checks_end.clone(),
+    ));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -75,8 +96,11 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let health = pb::readyd::v1::health_service_server::HealthServiceServer::new(HealthApi::new(
         store.clone(),
+        Arc::clone(&monitor),
+        Arc::clone(&state),
         settings.instance.clone(),
         settings.environment.clone(),
+        streams_end.clone(),
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -131,14 +155,12 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         let _ = stop_accepting_rx.await;
     }));
 
-    // Start-up checks have passed: started and ready.
-    probes.set(STARTUP, ServingStatus::Serving);
-    probes.set(READINESS, ServingStatus::Serving);
     tracing::info!(
         listen = %local_addr.map_or_else(|| "?".to_owned(), |addr| addr.to_string()),
         environment = %settings.environment,
         instance = %settings.instance,
         private_database = private_pg.is_some(),
+        checks = monitor.checks().len(),
         "readyd is serving"
     );
 
@@ -164,6 +186,9 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         }
     };
 
+    checks_end.cancel();
+    let _ = history_task.await;
+    while check_tasks.join_next().await.is_some() {}
     listener_end.cancel();
     let _ = listener_task.await;
     store.close().await;

@@ -54,10 +54,30 @@ pub enum Command {
     Deploy(crate::client::deploy::DeployArgs),
 }
 
+/// Drivers that log every connection of every check run at INFO (or a
+/// dropped one at ERROR); readyd reports the check's outcome itself.
+const QUIET_DRIVERS: &[&str] = &["async_nats", "lapin", "amq_protocol"];
+
+/// `filter` with the check drivers turned down to `warn`, unless the filter
+/// names them itself.
+fn with_quiet_drivers(filter: &str) -> String {
+    let mut full = filter.to_owned();
+    for driver in QUIET_DRIVERS {
+        if !filter.contains(driver) {
+            if !full.trim().is_empty() {
+                full.push(',');
+            }
+            full.push_str(driver);
+            full.push_str("=warn");
+        }
+    }
+    full
+}
+
 /// Sets up logging to stderr. A bad filter falls back to `info` with a
 /// warning rather than refusing to start.
 pub fn init_logging(log: &LogArgs) {
-    let (filter, bad_filter) = match EnvFilter::try_new(&log.filter) {
+    let (filter, bad_filter) = match EnvFilter::try_new(with_quiet_drivers(&log.filter)) {
         Ok(filter) => (filter, None),
         Err(err) => (EnvFilter::new("info"), Some(err)),
     };

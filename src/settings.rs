@@ -11,6 +11,8 @@ use std::time::Duration;
 use sqlx::postgres::PgConnectOptions;
 
 use crate::flags::is_valid_environment;
+use crate::health::redact::redact_url;
+use crate::health::spec::{CheckSpec, database_check, parse_checks};
 
 /// The flags shared by `serve` and `check`: everything a running readyd needs.
 ///
@@ -52,6 +54,31 @@ pub struct ServeArgs {
     /// the host name; in Kubernetes, the pod name).
     #[arg(long, env = "READYD_INSTANCE")]
     pub instance: Option<String>,
+
+    /// A dependency check, NAME=URL (repeatable). The scheme picks the
+    /// runner: postgres, redis, amqp, nats, http(s), grpc, tcp, file. Query
+    /// parameters: critical (true), interval (10s), timeout (2s), failures
+    /// (3), min_free (file only). READYD_CHECKS takes the same pairs
+    /// separated by commas or newlines.
+    #[arg(long = "check", env = "READYD_CHECKS", hide_env_values = true)]
+    pub checks: Vec<String>,
+
+    /// Tuning of the built-in `database` check, as URL query parameters.
+    #[arg(
+        long,
+        env = "READYD_DATABASE_CHECK",
+        default_value = "interval=10s&timeout=2s&failures=3"
+    )]
+    pub database_check: String,
+
+    /// Time between two recorded health history rows (a row is also
+    /// recorded on every change of the overall status).
+    #[arg(long, env = "READYD_HISTORY_INTERVAL", default_value = "60s")]
+    pub history_interval: String,
+
+    /// How long health history rows are kept.
+    #[arg(long, env = "READYD_HISTORY_RETENTION", default_value = "7d")]
+    pub history_retention: String,
 
     #[command(flatten)]
     pub log: LogArgs,
@@ -168,6 +195,14 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// Instance name.
     pub instance: String,
+    /// Declared dependency checks.
+    pub checks: Vec<CheckSpec>,
+    /// readyd's own database check.
+    pub database_check: CheckSpec,
+    /// Time between two regular health history rows.
+    pub history_interval: Duration,
+    /// How long health history rows are kept.
+    pub history_retention: Duration,
 }
 
 /// One invalid setting.
@@ -284,24 +319,81 @@ impl Settings {
             &args.shutdown_timeout,
             &mut errors,
         );
+        let checks = match parse_checks(args.checks.iter().map(String::as_str)) {
+            Ok(checks) => Some(checks),
+            Err(check_errors) => {
+                errors.extend(
+                    check_errors
+                        .into_iter()
+                        .map(|err| SettingsError::new("--check (READYD_CHECKS)", err.0)),
+                );
+                None
+            }
+        };
+        let database_display = match args.database.database_url.as_deref().map(str::trim) {
+            None | Some("") => "private PostgreSQL".to_owned(),
+            Some(url) => redact_url(url),
+        };
+        let database_check = database_check(&args.database_check, &database_display)
+            .map_err(|err| {
+                errors.push(SettingsError::new(
+                    "--database-check (READYD_DATABASE_CHECK)",
+                    err.0,
+                ));
+            })
+            .ok();
+        let history_interval = parse_duration(
+            "--history-interval (READYD_HISTORY_INTERVAL)",
+            &args.history_interval,
+            &mut errors,
+        );
+        if history_interval.is_some_and(|interval| interval < Duration::from_secs(1)) {
+            errors.push(SettingsError::new(
+                "--history-interval (READYD_HISTORY_INTERVAL)",
+                "is too short; at least 1s",
+            ));
+        }
+        let history_retention = parse_duration(
+            "--history-retention (READYD_HISTORY_RETENTION)",
+            &args.history_retention,
+            &mut errors,
+        );
         let instance = args
             .instance
             .clone()
             .filter(|name| !name.trim().is_empty())
             .unwrap_or_else(default_instance_name);
 
-        match (listen, database, shutdown_timeout) {
-            (Some(listen), Some(database), Some(shutdown_timeout)) if errors.is_empty() => {
-                Ok(Self {
-                    listen,
-                    database,
-                    environment: args.environment.clone(),
-                    admin_token,
-                    read_token,
-                    shutdown_timeout,
-                    instance,
-                })
-            }
+        match (
+            listen,
+            database,
+            shutdown_timeout,
+            checks,
+            database_check,
+            history_interval,
+            history_retention,
+        ) {
+            (
+                Some(listen),
+                Some(database),
+                Some(shutdown_timeout),
+                Some(checks),
+                Some(database_check),
+                Some(history_interval),
+                Some(history_retention),
+            ) if errors.is_empty() => Ok(Self {
+                listen,
+                database,
+                environment: args.environment.clone(),
+                admin_token,
+                read_token,
+                shutdown_timeout,
+                instance,
+                checks,
+                database_check,
+                history_interval,
+                history_retention,
+            }),
             _ => Err(errors),
         }
     }

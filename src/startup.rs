@@ -10,6 +10,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::embedded_pg::EmbeddedPostgres;
+use crate::health::RunnableCheck;
+use crate::health::runners::Runner;
+use crate::health::spec::CheckSpec;
 use crate::settings::{DatabaseSettings, DatabaseSource, ServeArgs, Settings};
 use crate::state::State;
 use crate::store::listener::ChangeListener;
@@ -70,6 +73,10 @@ pub struct Started {
     pub state: Arc<State>,
     /// The change listener that keeps `state` current (not yet running).
     pub changes: ChangeListener,
+    /// readyd's own database check and its runner.
+    pub database_check: RunnableCheck,
+    /// The declared dependency checks and their runners.
+    pub checks: Vec<RunnableCheck>,
 }
 
 /// `readyd check`: runs every check without changing anything (no
@@ -109,8 +116,14 @@ pub async fn prepare(args: &ServeArgs) -> Result<Started, StartupReport> {
         },
         None => None,
     };
-    match (settings, database, listener) {
-        (Some(settings), Some(database), Some(listener)) if report.problems.is_empty() => {
+    let runners = match (&settings, &database) {
+        (Some(settings), Some(database)) => build_runners(settings, &database.store, &mut report),
+        _ => None,
+    };
+    match (settings, database, listener, runners) {
+        (Some(settings), Some(database), Some(listener), Some((database_check, checks)))
+            if report.problems.is_empty() =>
+        {
             // LISTEN before loading, so no change falls between the two.
             let loaded = match ChangeListener::connect(&database.store, &settings.environment).await
             {
@@ -129,6 +142,8 @@ pub async fn prepare(args: &ServeArgs) -> Result<Started, StartupReport> {
                     listener,
                     state: Arc::new(State::new(snapshot)),
                     changes,
+                    database_check,
+                    checks,
                 }),
                 Err(err) => {
                     report.push(
@@ -140,13 +155,36 @@ pub async fn prepare(args: &ServeArgs) -> Result<Started, StartupReport> {
                 }
             }
         }
-        (_, database, _) => {
+        (_, database, _, _) => {
             if let Some(database) = database {
                 database.release().await;
             }
             Err(report)
         }
     }
+}
+
+/// The runner of every check; a check whose runner cannot be built is a
+/// start-up problem.
+fn build_runners(
+    settings: &Settings,
+    store: &Store,
+    report: &mut StartupReport,
+) -> Option<(RunnableCheck, Vec<RunnableCheck>)> {
+    let mut build = |spec: &CheckSpec| match Runner::new(&spec.target, store.pool()) {
+        Ok(runner) => Some((spec.clone(), runner)),
+        Err(message) => {
+            report.push(
+                "--check (READYD_CHECKS)",
+                format!("check {:?}: {}", spec.name, spec.redactor.scrub(&message)),
+            );
+            None
+        }
+    };
+    let database = build(&settings.database_check);
+    let declared: Vec<_> = settings.checks.iter().map(&mut build).collect();
+    let declared: Option<Vec<_>> = declared.into_iter().collect();
+    Some((database?, declared?))
 }
 
 /// A database reached during the checks.

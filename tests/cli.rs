@@ -5,7 +5,8 @@ mod support;
 
 use std::process::Output;
 
-use support::{ADMIN_TOKEN, TestDb, TestServer, admin_serve_args};
+use readyd::api::pb::grpc_health_v1::health_check_response::ServingStatus::Serving;
+use support::{ADMIN_TOKEN, TestDb, TestServer, admin_serve_args, wait_for_probe};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_readyd");
 
@@ -40,9 +41,37 @@ fn json(output: &Output) -> serde_json::Value {
 }
 
 #[tokio::test]
+async fn health_report_shows_every_check() {
+    let db = TestDb::new().await;
+    let mut args = admin_serve_args(&db.url);
+    // Nothing listens on port 1: a failing non-critical check.
+    args.checks = vec!["nowhere=tcp://127.0.0.1:1?critical=false&failures=1".into()];
+    let server = TestServer::start(args).await;
+    wait_for_probe(server.channel().await, "startup", Serving).await;
+    let report = json(&readyd(&server, None, &["health", "--report", "--output", "json"]).await);
+    assert_eq!(report["status"], "DEGRADED", "{report}");
+    assert_eq!(report["instance"], "test-instance");
+    assert_eq!(report["checks"][0]["name"], "database");
+    assert_eq!(report["checks"][0]["state"], "PASSING");
+    assert_eq!(report["checks"][1]["name"], "nowhere");
+    assert_eq!(report["checks"][1]["state"], "FAILING");
+    assert_eq!(report["checks"][1]["critical"], false);
+    let table = readyd(&server, None, &["health", "--report"]).await;
+    assert!(table.status.success(), "{}", stderr(&table));
+    let text = stdout(&table);
+    assert!(text.starts_with("status"), "{text}");
+    assert!(
+        text.contains("nowhere") && text.contains("FAILING"),
+        "{text}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn health_exits_zero_only_when_serving() {
     let db = TestDb::new().await;
     let server = TestServer::start(admin_serve_args(&db.url)).await;
+    wait_for_probe(server.channel().await, "readiness", Serving).await;
     let ok = readyd(&server, None, &["health", "--service", "readiness"]).await;
     assert!(ok.status.success(), "{}", stderr(&ok));
     assert_eq!(stdout(&ok), "SERVING\n");

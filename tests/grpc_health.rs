@@ -12,7 +12,7 @@ use readyd::api::pb::grpc_health_v1::health_client::HealthClient;
 use readyd::api::pb::grpc_health_v1::health_server::HealthServer;
 use readyd::api::pb::grpc_health_v1::{HealthCheckRequest, HealthListRequest};
 use readyd::health::{Probes, ServingStatus as Probe};
-use support::{TestDb, TestServer, next, serve_args};
+use support::{TestDb, TestServer, next, serve_args, wait_for_probe};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -65,8 +65,9 @@ async fn bare_health() -> BareHealth {
 async fn a_started_readyd_serves_every_standard_name() {
     let db = TestDb::new().await;
     let server = TestServer::start(serve_args(&db.url)).await;
+    wait_for_probe(server.channel().await, "startup", ServingStatus::Serving).await;
     let mut client = HealthClient::new(server.channel().await);
-    for name in ["", "liveness", "startup", "readiness"] {
+    for name in ["", "liveness", "startup", "readiness", "dep.database"] {
         assert_eq!(
             status(&mut client, name).await.expect("check"),
             ServingStatus::Serving,
@@ -81,7 +82,10 @@ async fn a_started_readyd_serves_every_standard_name() {
         .statuses;
     let mut names: Vec<_> = listed.keys().cloned().collect();
     names.sort();
-    assert_eq!(names, ["", "liveness", "readiness", "startup"]);
+    assert_eq!(
+        names,
+        ["", "dep.database", "liveness", "readiness", "startup"]
+    );
     assert!(
         listed
             .values()

@@ -15,7 +15,7 @@ use readyd::api::pb::grpc_health_v1::health_check_response::ServingStatus;
 use readyd::api::pb::grpc_health_v1::health_client::HealthClient;
 use readyd::api::pb::readyd::v1::CheckDatabaseRequest;
 use readyd::api::pb::readyd::v1::health_service_client::HealthServiceClient;
-use support::next;
+use support::{next, wait_for_probe};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -99,6 +99,12 @@ async fn zero_setup_serves_then_drains_on_sigterm_and_reuses_its_data_dir() {
     let readiness = HealthCheckRequest {
         service: "readiness".into(),
     };
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", daemon.addr))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    wait_for_probe(channel, "readiness", ServingStatus::Serving).await;
     assert_eq!(
         health
             .check(readiness.clone())

@@ -17,7 +17,7 @@ use crate::api::pb::readyd::v1::config_service_server::ConfigService;
 use crate::api::watch::{WatchKind, snapshot_parts, watch};
 use crate::api::{checked_version, invalid, read_your_write};
 use crate::config::{
-    ConfigDraft, ConfigRow, check_key, environment_of, resolve, resolve_all, visible,
+    self, ConfigDraft, ConfigRow, check_key, environment_of, resolve, resolve_all, visible,
 };
 use crate::paging::{PageLimits, next_page_token, page_size, page_token};
 use crate::state::{Event, Snapshot, State};
@@ -77,17 +77,11 @@ pub fn entry(row: &ConfigRow, is_admin: bool) -> pb::ConfigEntry {
 
 /// The maintenance mode of `environment` in `snapshot`.
 fn maintenance(snapshot: &Snapshot, environment: &str) -> pb::MaintenanceMode {
-    let mode = resolve(&snapshot.configs, "maintenance_mode", environment);
-    let message = resolve(&snapshot.configs, "maintenance_message", environment);
+    let mode = config::maintenance(&snapshot.configs, environment);
     pb::MaintenanceMode {
-        enabled: mode.is_some_and(|row| row.value == serde_json::Value::Bool(true)),
-        message: message
-            .and_then(|row| row.value.as_str().map(str::to_owned))
-            .unwrap_or_default(),
-        version: mode
-            .map(|r| r.version)
-            .max(message.map(|r| r.version))
-            .unwrap_or(0),
+        enabled: mode.enabled,
+        message: mode.message,
+        version: mode.version,
     }
 }
 

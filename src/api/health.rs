@@ -1,35 +1,159 @@
-//! readyd.v1.HealthService: the health report, its history, and a direct
-//! database check.
+//! readyd.v1.HealthService: the health report (built from memory, so it
+//! never fails), its stream, the recorded history, and a direct database
+//! check.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
+use prost_types::Timestamp;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
+use crate::api::convert::{from_timestamp, to_pb_struct, to_timestamp};
 use crate::api::error::ApiError;
+use crate::api::invalid;
 use crate::api::pb::readyd::v1::health_service_server::HealthService;
-use crate::api::pb::readyd::v1::{CheckDatabaseRequest, CheckDatabaseResponse, HealthStatus};
-use crate::api::to_timestamp;
+use crate::api::pb::readyd::v1::{
+    CheckDatabaseRequest, CheckDatabaseResponse, CheckResult, CheckState as PbCheckState,
+    GetHealthRequest, HealthRecord, HealthReport, HealthStatus, ListHealthHistoryRequest,
+    ListHealthHistoryResponse, WatchHealthRequest,
+};
+use crate::config;
+use crate::health::monitor::{CheckView, HealthMonitor};
+use crate::health::rules::{CheckState, OverallStatus};
+use crate::state::State;
 use crate::store::Store;
+use crate::store::system_health::HealthRow;
+
+/// ListHealthHistory's row count when the request names none.
+pub const DEFAULT_HISTORY_LIMIT: u32 = 100;
+/// ListHealthHistory's largest row count.
+pub const MAX_HISTORY_LIMIT: u32 = 1000;
 
 /// The HealthService handlers.
 #[derive(Debug, Clone)]
 pub struct HealthApi {
-    /// readyd's database.
+    /// readyd's database (history and CheckDatabase only).
     store: Store,
-    /// This instance's name, recorded with history rows.
+    /// The checks.
+    monitor: Arc<HealthMonitor>,
+    /// Flags and configuration (app version, maintenance mode).
+    state: Arc<State>,
+    /// This instance's name.
     instance: String,
-    /// This instance's environment, to pick the recorded app version.
+    /// This instance's environment.
     environment: String,
+    /// Fires at shutdown: ends WatchHealth streams.
+    streams_end: CancellationToken,
 }
 
 impl HealthApi {
-    /// Handlers over `store`, for this instance.
-    pub fn new(store: Store, instance: String, environment: String) -> Self {
+    /// Handlers over `monitor`, `state` and `store`, for this instance.
+    pub fn new(
+        store: Store,
+        monitor: Arc<HealthMonitor>,
+        state: Arc<State>,
+        instance: String,
+        environment: String,
+        streams_end: CancellationToken,
+    ) -> Self {
         Self {
             store,
+            monitor,
+            state,
             instance,
             environment,
+            streams_end,
         }
+    }
+
+    /// The report as of now, from memory only.
+    fn report(&self) -> HealthReport {
+        let checks = self.monitor.checks();
+        let overall = self.monitor.overall_of(&checks);
+        let snapshot = self.state.snapshot();
+        let maintenance = config::maintenance(&snapshot.configs, &self.environment);
+        HealthReport {
+            status: pb_status(overall).into(),
+            readyd_version: env!("CARGO_PKG_VERSION").to_owned(),
+            app_version: config::app_version(&snapshot.configs, &self.environment),
+            environment: self.environment.clone(),
+            instance: self.instance.clone(),
+            timestamp: Some(Timestamp::from(SystemTime::now())),
+            uptime: Some(pb_duration(self.monitor.uptime())),
+            maintenance_mode: maintenance.enabled,
+            maintenance_message: maintenance.message,
+            checks: checks.iter().map(check_result).collect(),
+            stale_for: self.monitor.stale_for().map(pb_duration),
+        }
+    }
+}
+
+fn pb_status(status: OverallStatus) -> HealthStatus {
+    match status {
+        OverallStatus::Healthy => HealthStatus::Healthy,
+        OverallStatus::Degraded => HealthStatus::Degraded,
+        OverallStatus::Unhealthy => HealthStatus::Unhealthy,
+    }
+}
+
+fn pb_duration(duration: Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(duration).unwrap_or(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 0,
+    })
+}
+
+fn check_result(check: &CheckView) -> CheckResult {
+    CheckResult {
+        name: check.name.clone(),
+        target: check.target.clone(),
+        critical: check.critical,
+        state: match check.state {
+            CheckState::Pending => PbCheckState::Pending,
+            CheckState::Passing => PbCheckState::Passing,
+            CheckState::Warning => PbCheckState::Warning,
+            CheckState::Failing => PbCheckState::Failing,
+        }
+        .into(),
+        latency: check.record.latency.map(pb_duration),
+        last_error: check.record.last_error.clone().unwrap_or_default(),
+        consecutive_failures: check.record.consecutive_failures,
+        last_success: check.record.last_success.map(Timestamp::from),
+        last_checked: check.record.last_checked.map(Timestamp::from),
+    }
+}
+
+/// What WatchHealth compares to decide whether the report changed: the
+/// report without the fields that change on every run (time, uptime,
+/// latencies, times of the last run, the failure count of a check that has
+/// already failed).
+fn watched_part(report: &HealthReport) -> HealthReport {
+    HealthReport {
+        timestamp: None,
+        uptime: None,
+        stale_for: report.stale_for.map(|_| prost_types::Duration::default()),
+        checks: report
+            .checks
+            .iter()
+            .map(|check| CheckResult {
+                latency: None,
+                last_checked: None,
+                last_success: None,
+                // A failed check that keeps failing is no news; a warning
+                // that counts up towards failing is.
+                consecutive_failures: if check.state() == PbCheckState::Failing {
+                    0
+                } else {
+                    check.consecutive_failures
+                },
+                ..check.clone()
+            })
+            .collect(),
+        ..report.clone()
     }
 }
 
@@ -42,8 +166,112 @@ fn health_status(raw: &str) -> HealthStatus {
     }
 }
 
+fn health_record(row: HealthRow) -> HealthRecord {
+    HealthRecord {
+        id: row.id,
+        recorded_at: Some(to_timestamp(row.recorded_at)),
+        instance: row.instance.unwrap_or_default(),
+        status: health_status(&row.status).into(),
+        database_size_bytes: row.database_size_bytes,
+        active_connections: row.active_connections,
+        max_connections: row.max_connections,
+        error_count: row.error_count,
+        response_time_ms: row.response_time_ms,
+        checks: match &row.checks {
+            serde_json::Value::Object(map) => Some(to_pb_struct(map)),
+            _ => None,
+        },
+        version: row.version.unwrap_or_default(),
+    }
+}
+
+/// Reports a stream buffers for a slow client; past them it waits.
+const STREAM_BUFFER: usize = 8;
+
 #[tonic::async_trait]
 impl HealthService for HealthApi {
+    async fn get_health(
+        &self,
+        _request: Request<GetHealthRequest>,
+    ) -> Result<Response<HealthReport>, Status> {
+        Ok(Response::new(self.report()))
+    }
+
+    async fn watch_health(
+        &self,
+        _request: Request<WatchHealthRequest>,
+    ) -> Result<Response<BoxStream<HealthReport>>, Status> {
+        // Subscribe before the first report, so no change slips between.
+        let mut summary = self.monitor.subscribe();
+        let mut versions = self.state.watch_version();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let api = self.clone();
+        tokio::spawn(async move {
+            let mut last: Option<HealthReport> = None;
+            loop {
+                let report = api.report();
+                let watched = watched_part(&report);
+                if last.as_ref() != Some(&watched) {
+                    last = Some(watched);
+                    tokio::select! {
+                        () = api.streams_end.cancelled() => return,
+                        sent = tx.send(Ok(report)) => if sent.is_err() { return },
+                    }
+                }
+                tokio::select! {
+                    () = api.streams_end.cancelled() => return,
+                    () = tx.closed() => return,
+                    changed = summary.changed() => if changed.is_err() { return },
+                    changed = versions.changed() => if changed.is_err() { return },
+                }
+                summary.borrow_and_update();
+                versions.borrow_and_update();
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_health_history(
+        &self,
+        request: Request<ListHealthHistoryRequest>,
+    ) -> Result<Response<ListHealthHistoryResponse>, Status> {
+        let request = request.into_inner();
+        let limit = match request.limit {
+            0 => DEFAULT_HISTORY_LIMIT,
+            n if n <= MAX_HISTORY_LIMIT => n,
+            n => {
+                return Err(invalid(
+                    "limit",
+                    format!("{n} is over the limit of {MAX_HISTORY_LIMIT}"),
+                )
+                .into());
+            }
+        };
+        let since = request
+            .since
+            .as_ref()
+            .map(|time| from_timestamp(time).ok_or_else(|| invalid("since", "not a valid time")))
+            .transpose()?;
+        let until = request
+            .until
+            .as_ref()
+            .map(|time| from_timestamp(time).ok_or_else(|| invalid("until", "not a valid time")))
+            .transpose()?;
+        if let (Some(since), Some(until)) = (since, until)
+            && since > until
+        {
+            return Err(invalid("until", "is before since").into());
+        }
+        let rows = self
+            .store
+            .health_history(since, until, limit)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(ListHealthHistoryResponse {
+            records: rows.into_iter().map(health_record).collect(),
+        }))
+    }
+
     async fn check_database(
         &self,
         _request: Request<CheckDatabaseRequest>,

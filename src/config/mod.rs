@@ -65,6 +65,44 @@ pub fn resolve<'a>(
         .or_else(|| rows.get(&(key.to_owned(), ANY_ENVIRONMENT.to_owned())))
 }
 
+/// Maintenance mode of one environment, from the `maintenance_mode` (JSON
+/// `true` turns it on) and `maintenance_message` keys.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    /// Whether maintenance mode is on.
+    pub enabled: bool,
+    /// The message for users (empty when none is set).
+    pub message: String,
+    /// The larger version of the two rows (0 when neither exists).
+    pub version: i64,
+}
+
+/// The maintenance mode of `environment`.
+pub fn maintenance(rows: &ConfigRows, environment: &str) -> Maintenance {
+    let mode = resolve(rows, "maintenance_mode", environment);
+    let message = resolve(rows, "maintenance_message", environment);
+    Maintenance {
+        enabled: mode.is_some_and(|row| row.value == Value::Bool(true)),
+        message: message
+            .and_then(|row| row.value.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        version: mode
+            .map(|row| row.version)
+            .max(message.map(|row| row.version))
+            .unwrap_or(0),
+    }
+}
+
+/// The application's version in `environment`: the `app_version` key, a
+/// string shown as is, any other JSON value as JSON text; empty when unset.
+pub fn app_version(rows: &ConfigRows, environment: &str) -> String {
+    match resolve(rows, "app_version", environment).map(|row| &row.value) {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(version)) => version.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
 /// The resolved row of every key starting with `prefix`, ordered by key.
 pub fn resolve_all<'a>(
     rows: &'a ConfigRows,

@@ -139,6 +139,12 @@ impl State {
         }
     }
 
+    /// A receiver that wakes whenever the version changes (any change or
+    /// reload), for readers that only need to know "something changed".
+    pub fn watch_version(&self) -> watch::Receiver<i64> {
+        self.version.subscribe()
+    }
+
     /// Stores `snapshot`, records `event` and tells subscribers: the only
     /// way the state changes.
     pub fn publish(&self, snapshot: Snapshot, event: Event) {

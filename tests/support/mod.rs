@@ -211,6 +211,10 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
         read_token: None,
         shutdown_timeout: "5s".into(),
         instance: Some("test-instance".into()),
+        checks: Vec::new(),
+        database_check: "interval=10s&timeout=2s&failures=3".into(),
+        history_interval: "60s".into(),
+        history_retention: "7d".into(),
         log: LogArgs {
             filter: "info".into(),
             log_format: LogFormat::Text,
@@ -287,4 +291,39 @@ where
         Ok(None) => None,
         Err(_) => panic!("no message within 10 s"),
     }
+}
+
+/// Waits (through a grpc.health.v1 Watch) until `name` reports `want`,
+/// failing the test after 20 s with the last status seen.
+pub async fn wait_for_probe(
+    channel: tonic::transport::Channel,
+    name: &str,
+    want: readyd::api::pb::grpc_health_v1::health_check_response::ServingStatus,
+) {
+    use readyd::api::pb::grpc_health_v1::HealthCheckRequest;
+    use readyd::api::pb::grpc_health_v1::health_client::HealthClient;
+    use tokio_stream::StreamExt;
+    let mut stream = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: name.to_owned(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut last = None;
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while let Some(message) = stream.next().await {
+            let status = message.expect("watch message").status();
+            last = Some(status);
+            if status == want {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        waited == Ok(true),
+        "{name:?} did not turn {want:?}; last seen {last:?}"
+    );
 }

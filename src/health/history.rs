@@ -1,0 +1,119 @@
+//! The health history: one `system_health` row every history interval and
+//! on every change of the overall status, recorded through
+//! `check_system_health()`; rows older than the retention are pruned.
+//!
+//! A row's `checks` holds `{"overall": "<status>", "checks": {name:
+//! {state, critical, target, latency_ms, consecutive_failures, last_error}}}`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::monitor::{CheckView, HealthMonitor};
+use super::rules::{CheckState, OverallStatus};
+use crate::store::Store;
+
+/// How the recorder runs.
+#[derive(Debug, Clone)]
+pub struct HistorySettings {
+    /// This instance's name, recorded with each row.
+    pub instance: String,
+    /// This instance's environment (picks the recorded app version).
+    pub environment: String,
+    /// Time between two regular rows.
+    pub interval: Duration,
+    /// How long rows are kept.
+    pub retention: Duration,
+}
+
+/// The lower-case name of a check state, as recorded.
+pub fn state_name(state: CheckState) -> &'static str {
+    match state {
+        CheckState::Pending => "pending",
+        CheckState::Passing => "passing",
+        CheckState::Warning => "warning",
+        CheckState::Failing => "failing",
+    }
+}
+
+/// The `checks` value of a history row.
+pub fn checks_json(overall: OverallStatus, checks: &[CheckView]) -> serde_json::Value {
+    let checks: serde_json::Map<String, serde_json::Value> = checks
+        .iter()
+        .map(|check| {
+            (
+                check.name.clone(),
+                serde_json::json!({
+                    "state": state_name(check.state),
+                    "critical": check.critical,
+                    "target": check.target,
+                    "latency_ms": check.record.latency.map(|latency| latency.as_secs_f64() * 1000.0),
+                    "consecutive_failures": check.record.consecutive_failures,
+                    "last_error": check.record.last_error,
+                }),
+            )
+        })
+        .collect();
+    serde_json::json!({ "overall": overall.as_str(), "checks": checks })
+}
+
+/// Records history until `stop` fires. The first row is written once the
+/// first round of checks has finished (the first change of status).
+pub async fn record(
+    monitor: Arc<HealthMonitor>,
+    store: Store,
+    settings: HistorySettings,
+    stop: CancellationToken,
+) {
+    let mut summary = monitor.subscribe();
+    let mut last_overall: Option<OverallStatus> = None;
+    let mut ticks = tokio::time::interval(settings.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate; the first row waits for a real status.
+    ticks.tick().await;
+    loop {
+        let due = tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => monitor.startup_finished(),
+            changed = summary.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let overall = summary.borrow_and_update().overall;
+                let due = monitor.startup_finished() && overall != last_overall;
+                if due {
+                    last_overall = overall;
+                }
+                due
+            }
+        };
+        if !due {
+            continue;
+        }
+        let checks = monitor.checks();
+        let overall = monitor.overall_of(&checks);
+        last_overall = Some(overall);
+        let row = checks_json(overall, &checks);
+        // Bounded, so a hung database cannot pile up recordings.
+        let recording =
+            tokio::time::timeout(settings.interval.max(Duration::from_secs(5)), async {
+                store
+                    .check_system_health(&settings.instance, &row, &settings.environment)
+                    .await?;
+                store.prune_health_history(settings.retention).await
+            });
+        let attempt = tokio::select! {
+            () = stop.cancelled() => return,
+            attempt = recording => attempt,
+        };
+        match attempt {
+            Ok(Ok(pruned)) if pruned > 0 => {
+                tracing::debug!(pruned, "pruned old health history rows");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "could not record health history"),
+            Err(_) => tracing::warn!("recording health history timed out"),
+        }
+    }
+}
