@@ -66,10 +66,11 @@ USER 10001:10001
 # Listen on every interface: other containers, the published port and the
 # kubelet's gRPC probes (which connect to the pod IP) must reach readyd.
 ENV READYD_LISTEN=0.0.0.0:50051 \
+    READYD_METRICS_LISTEN=0.0.0.0:9464 \
     READYD_DATA_DIR=/var/lib/readyd
 
-# gRPC: grpc.health.v1, readyd.v1.*, reflection.
-EXPOSE 50051
+# 50051 gRPC: grpc.health.v1, readyd.v1.*, reflection. 9464 Prometheus /metrics.
+EXPOSE 50051 9464
 
 # `readyd health` exits 0 iff the name is SERVING. It connects to
 # 127.0.0.1:50051 (READYD_ADDR); change both if READYD_LISTEN uses another port.

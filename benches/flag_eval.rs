@@ -15,6 +15,7 @@ use std::hint::black_box;
 use chrono::DateTime;
 use criterion::{Criterion, criterion_group, criterion_main};
 use readyd::flags::{CompiledFlag, EvaluationContext, Flag, ValueType, bucket, evaluate};
+use readyd::telemetry::EvaluationCounters;
 use serde_json::json;
 
 fn flag() -> CompiledFlag {
@@ -74,6 +75,21 @@ fn bench(c: &mut Criterion) {
             let ctx = &users[next % users.len()];
             next = next.wrapping_add(1);
             black_box(evaluate(black_box(&flag), black_box("prod"), ctx).variant)
+        })
+    });
+
+    // The same evaluation counted by reason into a real Prometheus
+    // recorder, as the API does: the cost of the metric is the difference.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let _ = metrics::set_global_recorder(recorder);
+    let counters = EvaluationCounters::new();
+    c.bench_function("evaluate/rollout_non_targeted_user_with_metric", |b| {
+        b.iter(|| {
+            let ctx = &users[next % users.len()];
+            next = next.wrapping_add(1);
+            let evaluation = evaluate(black_box(&flag), black_box("prod"), ctx);
+            counters.record(evaluation.reason);
+            black_box(evaluation.variant)
         })
     });
 

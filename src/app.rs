@@ -18,11 +18,13 @@ use crate::api::deployments::DeploymentApi;
 use crate::api::flags::FlagApi;
 use crate::api::grpc_health::GrpcHealth;
 use crate::api::health::HealthApi;
+use crate::api::observe::{KnownMethods, ObserveLayer};
 use crate::api::pb;
 use crate::health::Probes;
 use crate::health::history::{self, HistorySettings};
 use crate::health::monitor::HealthMonitor;
 use crate::startup::Started;
+use crate::telemetry;
 
 /// Largest message readyd accepts or sends. gRPC's usual 4 MiB, stated
 /// explicitly: most clients refuse larger messages by default, so large
@@ -133,9 +135,20 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
     let listener_end = CancellationToken::new();
     let listener_task = tokio::spawn(changes.run(Arc::clone(&state), listener_end.clone()));
 
+    let sampler = tokio::spawn(telemetry::sample(
+        store.clone(),
+        settings.database.pool_size,
+        checks_end.clone(),
+    ));
+    let known = KnownMethods::from_descriptors(&[
+        pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ]);
     let router = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .layer(ObserveLayer::new(known))
         .layer(AuthLayer::new(Tokens {
             admin: settings.admin_token.clone(),
             read: settings.read_token.clone(),
@@ -188,6 +201,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
 
     checks_end.cancel();
     let _ = history_task.await;
+    let _ = sampler.await;
     while check_tasks.join_next().await.is_some() {}
     listener_end.cancel();
     let _ = listener_task.await;

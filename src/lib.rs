@@ -7,6 +7,7 @@ pub mod health;
 pub mod settings;
 pub mod startup;
 pub mod store;
+pub mod telemetry;
 
 pub use app::serve;
 pub mod cli;

@@ -80,6 +80,10 @@ pub struct ServeArgs {
     #[arg(long, env = "READYD_HISTORY_RETENTION", default_value = "7d")]
     pub history_retention: String,
 
+    /// Address of the Prometheus endpoint (`/metrics`), or `off`.
+    #[arg(long, env = "READYD_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    pub metrics_listen: String,
+
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -203,6 +207,8 @@ pub struct Settings {
     pub history_interval: Duration,
     /// How long health history rows are kept.
     pub history_retention: Duration,
+    /// Where `/metrics` is served; None when off.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// One invalid setting.
@@ -358,6 +364,21 @@ impl Settings {
             &args.history_retention,
             &mut errors,
         );
+        let metrics_listen = match args.metrics_listen.trim() {
+            "off" | "" => Some(None),
+            raw => match raw.parse::<SocketAddr>() {
+                Ok(addr) => Some(Some(addr)),
+                Err(_) => {
+                    errors.push(SettingsError::new(
+                        "--metrics-listen (READYD_METRICS_LISTEN)",
+                        format!(
+                            "{raw:?} is not an address; expected IP:PORT, e.g. 127.0.0.1:9464, or off"
+                        ),
+                    ));
+                    None
+                }
+            },
+        };
         let instance = args
             .instance
             .clone()
@@ -372,6 +393,7 @@ impl Settings {
             database_check,
             history_interval,
             history_retention,
+            metrics_listen,
         ) {
             (
                 Some(listen),
@@ -381,6 +403,7 @@ impl Settings {
                 Some(database_check),
                 Some(history_interval),
                 Some(history_retention),
+                Some(metrics_listen),
             ) if errors.is_empty() => Ok(Self {
                 listen,
                 database,
@@ -393,6 +416,7 @@ impl Settings {
                 database_check,
                 history_interval,
                 history_retention,
+                metrics_listen,
             }),
             _ => Err(errors),
         }

@@ -17,6 +17,7 @@ use crate::settings::{DatabaseSettings, DatabaseSource, ServeArgs, Settings};
 use crate::state::State;
 use crate::store::listener::ChangeListener;
 use crate::store::{SchemaProblem, Store};
+use crate::telemetry;
 
 /// One thing that stops readyd from starting.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +117,15 @@ pub async fn prepare(args: &ServeArgs) -> Result<Started, StartupReport> {
         },
         None => None,
     };
+    // The exporter binds now, so a taken port is a start-up problem.
+    if let Some(addr) = settings
+        .as_ref()
+        .and_then(|settings| settings.metrics_listen)
+        && report.problems.is_empty()
+        && let Err(message) = telemetry::install(addr)
+    {
+        report.push("--metrics-listen (READYD_METRICS_LISTEN)", message);
+    }
     let runners = match (&settings, &database) {
         (Some(settings), Some(database)) => build_runners(settings, &database.store, &mut report),
         _ => None,

@@ -225,6 +225,7 @@ async fn list_refuses_more_than_one_hundred_names() {
 async fn shutdown_turns_a_watched_readiness_not_serving_before_the_stream_ends() {
     let db = TestDb::new().await;
     let mut server = TestServer::start(serve_args(&db.url)).await;
+    wait_for_probe(server.channel().await, "readiness", ServingStatus::Serving).await;
     let mut client = HealthClient::new(server.channel().await);
     let mut stream = client
         .watch(request("readiness"))

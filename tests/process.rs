@@ -46,6 +46,7 @@ async fn start_daemon(data_dir: &Path) -> Daemon {
         .env_remove("READYD_ADMIN_TOKEN")
         .env_remove("READYD_READ_TOKEN")
         .env("READYD_LOG", "info")
+        .env("READYD_METRICS_LISTEN", "off")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)

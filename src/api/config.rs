@@ -342,6 +342,7 @@ impl ConfigStream {
 
 impl WatchKind for ConfigStream {
     type Message = pb::WatchConfigsResponse;
+    const METRIC_KIND: &'static str = "configs";
 
     fn snapshot(&self, snapshot: &Snapshot) -> Vec<pb::WatchConfigsResponse> {
         let entries: Vec<pb::ConfigEntry> = resolve_all(&snapshot.configs, "", &self.environment)

@@ -21,6 +21,7 @@ use crate::flags::{
 };
 use crate::state::{Event, Snapshot, State};
 use crate::store::Store;
+use crate::telemetry::{EvaluationCounters, Tally};
 
 /// The FlagService handlers.
 #[derive(Debug, Clone)]
@@ -33,6 +34,8 @@ pub struct FlagApi {
     environment: Arc<str>,
     /// Ends WatchFlags streams at shutdown.
     streams_end: CancellationToken,
+    /// Evaluations by reason.
+    evaluations: EvaluationCounters,
 }
 
 impl FlagApi {
@@ -48,6 +51,7 @@ impl FlagApi {
             store,
             environment: environment.into(),
             streams_end,
+            evaluations: EvaluationCounters::new(),
         }
     }
 }
@@ -191,12 +195,16 @@ fn evaluation_response(key: &str, evaluation: &Evaluation<'_>) -> pb::EvaluateFl
 }
 
 impl FlagApi {
+    /// Evaluates `flag`, counting the answer's reason in `tally`.
     fn evaluate(
         &self,
         flag: &CompiledFlag,
         context: &EvaluationContext,
+        tally: &mut Tally,
     ) -> pb::EvaluateFlagResponse {
-        evaluation_response(flag.key(), &flag.evaluate(&self.environment, context))
+        let evaluation = flag.evaluate(&self.environment, context);
+        tally.add(evaluation.reason);
+        evaluation_response(flag.key(), &evaluation)
     }
 }
 
@@ -284,7 +292,10 @@ impl FlagService for FlagApi {
         let Some(flag) = snapshot.flag(&request.key) else {
             return Err(unknown(&request.key).into());
         };
-        Ok(Response::new(self.evaluate(flag, &context)))
+        let mut tally = Tally::default();
+        let answer = self.evaluate(flag, &context, &mut tally);
+        self.evaluations.record_tally(&tally);
+        Ok(Response::new(answer))
     }
 
     async fn evaluate_flags(
@@ -294,6 +305,7 @@ impl FlagService for FlagApi {
         let request = request.into_inner();
         let context = EvaluationContext::try_from(request.context)?;
         let snapshot = self.state.snapshot();
+        let mut tally = Tally::default();
         let results = if request.keys.is_empty() {
             snapshot
                 .flags_with_prefix("")
@@ -301,7 +313,7 @@ impl FlagService for FlagApi {
                 .map(|flag| pb::FlagEvaluationResult {
                     key: flag.key().to_owned(),
                     outcome: Some(pb::flag_evaluation_result::Outcome::Evaluation(
-                        self.evaluate(flag, &context),
+                        self.evaluate(flag, &context, &mut tally),
                     )),
                 })
                 .collect()
@@ -312,7 +324,7 @@ impl FlagService for FlagApi {
                 .map(|key| {
                     let outcome = match snapshot.flag(&key) {
                         Some(flag) => pb::flag_evaluation_result::Outcome::Evaluation(
-                            self.evaluate(flag, &context),
+                            self.evaluate(flag, &context, &mut tally),
                         ),
                         None => pb::flag_evaluation_result::Outcome::Error(pb::EvaluationError {
                             code: "FLAG_NOT_FOUND".to_owned(),
@@ -326,6 +338,7 @@ impl FlagService for FlagApi {
                 })
                 .collect()
         };
+        self.evaluations.record_tally(&tally);
         Ok(Response::new(pb::EvaluateFlagsResponse {
             results,
             version: snapshot.version,
@@ -375,6 +388,7 @@ fn flag_change(version: i64, change: pb::flag_change::Change) -> pb::WatchFlagsR
 
 impl WatchKind for FlagStream {
     type Message = pb::WatchFlagsResponse;
+    const METRIC_KIND: &'static str = "flags";
 
     fn snapshot(&self, snapshot: &Snapshot) -> Vec<pb::WatchFlagsResponse> {
         let flags: Vec<pb::Flag> = snapshot

@@ -17,6 +17,7 @@ use crate::api::pb::grpc_health_v1::{
     HealthCheckRequest, HealthCheckResponse, HealthListRequest, HealthListResponse,
 };
 use crate::health::{Probes, ServingStatus};
+use crate::telemetry::OpenStream;
 
 /// List answers RESOURCE_EXHAUSTED past this many names (gRFC A90).
 pub const LIST_LIMIT: usize = 100;
@@ -97,6 +98,7 @@ impl Health for GrpcHealth {
         // does not read blocks only its own task.
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
+            let _open = OpenStream::open("probes");
             let mut last_sent = None;
             loop {
                 let current = statuses

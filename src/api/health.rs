@@ -27,6 +27,7 @@ use crate::health::rules::{CheckState, OverallStatus};
 use crate::state::State;
 use crate::store::Store;
 use crate::store::system_health::HealthRow;
+use crate::telemetry::OpenStream;
 
 /// ListHealthHistory's row count when the request names none.
 pub const DEFAULT_HISTORY_LIMIT: u32 = 100;
@@ -207,6 +208,7 @@ impl HealthService for HealthApi {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let api = self.clone();
         tokio::spawn(async move {
+            let _open = OpenStream::open("health");
             let mut last: Option<HealthReport> = None;
             loop {
                 let report = api.report();

@@ -9,6 +9,7 @@ pub mod error;
 pub mod flags;
 pub mod grpc_health;
 pub mod health;
+pub mod observe;
 pub mod pb;
 pub mod watch;
 

@@ -13,6 +13,7 @@ use tonic::Status;
 use tonic::codegen::BoxStream;
 
 use crate::state::{Event, Snapshot, State};
+use crate::telemetry::OpenStream;
 
 /// Messages a stream buffers for a slow client; past them the stream waits,
 /// falls behind the broadcast and catches up with a fresh snapshot.
@@ -26,6 +27,9 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 pub trait WatchKind: Send + Sync + 'static {
     /// The stream's message type.
     type Message: Send + 'static;
+
+    /// The kind's label in the open-streams metric.
+    const METRIC_KIND: &'static str;
 
     /// The messages of a full snapshot, in parts, first to last.
     fn snapshot(&self, snapshot: &Snapshot) -> Vec<Self::Message>;
@@ -46,6 +50,7 @@ pub fn watch<K: WatchKind>(
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     let watcher = Watcher {
         kind,
+        _open: OpenStream::open(K::METRIC_KIND),
         tx,
         state,
         last_version: 0,
@@ -64,6 +69,8 @@ pub fn watch<K: WatchKind>(
 struct Watcher<K: WatchKind> {
     /// What to send.
     kind: K,
+    /// Counts the stream as open while the watcher lives.
+    _open: OpenStream,
     /// To the client.
     tx: mpsc::Sender<Result<K::Message, Status>>,
     /// For fresh snapshots after falling behind.

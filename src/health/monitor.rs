@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use metrics::gauge;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +19,7 @@ use super::rules::{self, CheckRecord, CheckState, Outcome, OverallStatus};
 use super::runners::Runner;
 use super::spec::{CheckSpec, Target};
 use super::{Probes, ServingStatus};
+use crate::telemetry::{CHECK_FAILURES, CHECK_LATENCY, CHECK_UP, HEALTH_STATUS};
 
 /// How often staleness is re-evaluated between results.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
@@ -263,7 +265,7 @@ impl HealthMonitor {
     /// Records one result, logs a change of state, and refreshes the
     /// probes.
     fn apply(&self, check: &Check, outcome: Outcome, latency: Duration) {
-        let (before, after, error) = {
+        let (before, after, error, failures) = {
             let mut record = check.record();
             let before = record.state;
             record.record(
@@ -273,8 +275,16 @@ impl HealthMonitor {
                 Instant::now(),
                 SystemTime::now(),
             );
-            (before, record.state, record.last_error.clone())
+            (
+                before,
+                record.state,
+                record.last_error.clone(),
+                record.consecutive_failures,
+            )
         };
+        let name = check.spec.name.clone();
+        gauge!(CHECK_LATENCY, "check" => name.clone()).set(latency.as_secs_f64());
+        gauge!(CHECK_FAILURES, "check" => name).set(f64::from(failures));
         if before != after {
             match after {
                 CheckState::Passing => tracing::info!(
@@ -320,8 +330,13 @@ impl HealthMonitor {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let checks = self.checks();
         for (check, view) in self.checks.iter().zip(&checks) {
-            self.probes
-                .set(&check.probe_name, serving(rules::serves(view.state)));
+            let serves = rules::serves(view.state);
+            self.probes.set(&check.probe_name, serving(serves));
+            gauge!(CHECK_UP, "check" => check.spec.name.clone()).set(if serves {
+                1.0
+            } else {
+                0.0
+            });
         }
         let startup_finished = self.startup_finished();
         if startup_finished {
@@ -347,9 +362,18 @@ impl HealthMonitor {
                 })
                 .collect(),
         };
+        let overall = summary.overall;
         self.summary.send_if_modified(|current| {
             if *current == summary {
                 return false;
+            }
+            for status in [
+                OverallStatus::Healthy,
+                OverallStatus::Degraded,
+                OverallStatus::Unhealthy,
+            ] {
+                gauge!(HEALTH_STATUS, "status" => status.as_str())
+                    .set(if overall == Some(status) { 1.0 } else { 0.0 });
             }
             *current = summary;
             true

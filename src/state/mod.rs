@@ -13,10 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use metrics::gauge;
 use tokio::sync::{broadcast, watch};
 
 use crate::config::ConfigRow;
 use crate::flags::CompiledFlag;
+use crate::telemetry::{SNAPSHOT_CONFIGS, SNAPSHOT_FLAGS, SNAPSHOT_LAST_CHANGE, SNAPSHOT_VERSION};
 pub use snapshot::Snapshot;
 
 /// Changes kept for subscribers that resume with `since_version`.
@@ -114,7 +116,7 @@ impl State {
     pub fn new(snapshot: Snapshot) -> Self {
         let version = snapshot.version;
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
-        Self {
+        let state = Self {
             current: ArcSwap::from_pointee(snapshot),
             events,
             history: Mutex::new(History {
@@ -122,7 +124,9 @@ impl State {
                 floor: version,
             }),
             version: watch::Sender::new(version),
-        }
+        };
+        record_snapshot(&state.current.load());
+        state
     }
 
     /// The current snapshot.
@@ -172,6 +176,7 @@ impl State {
             let _ = self.events.send(event);
         }
         self.version.send_replace(version);
+        record_snapshot(&self.current.load());
     }
 
     /// Moves the version forward without a change anyone subscribes to (a
@@ -221,6 +226,17 @@ impl State {
             .await
             .is_ok_and(|r| r.is_ok())
     }
+}
+
+/// The snapshot's metrics: version, sizes and when it last changed.
+fn record_snapshot(snapshot: &Snapshot) {
+    gauge!(SNAPSHOT_VERSION).set(snapshot.version as f64);
+    gauge!(SNAPSHOT_FLAGS).set(snapshot.flags.len() as f64);
+    gauge!(SNAPSHOT_CONFIGS).set(snapshot.configs.len() as f64);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64());
+    gauge!(SNAPSHOT_LAST_CHANGE).set(now);
 }
 
 #[cfg(test)]

@@ -9,6 +9,9 @@
 //! change is ever lost. It LISTENs before it loads, so a change between the
 //! load and the LISTEN cannot slip through.
 
+use metrics::counter;
+
+use crate::telemetry::{LISTENER_RECONNECTS, LISTENER_RELOADS};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,6 +116,7 @@ impl ChangeListener {
                             // Reconnected already (eagerly), and LISTENing again:
                             // what was sent meanwhile is lost.
                             tracing::warn!("change listener connection lost; reloading everything");
+                            counter!(LISTENER_RECONNECTS).increment(1);
                             Next::Reload
                         }
                         Err(err) => {
@@ -123,6 +127,7 @@ impl ChangeListener {
                 }
                 Next::Reload => match self.store.load_snapshot().await {
                     Ok(snapshot) => {
+                        counter!(LISTENER_RELOADS).increment(1);
                         backoff = Duration::from_millis(100);
                         let version = snapshot.version;
                         tracing::info!(
@@ -146,6 +151,7 @@ impl ChangeListener {
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     match Self::connect(&self.store, &self.environment).await {
                         Ok(fresh) => {
+                            counter!(LISTENER_RECONNECTS).increment(1);
                             self.listener = fresh.listener;
                             Next::Reload
                         }

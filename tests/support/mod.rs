@@ -215,6 +215,8 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
         database_check: "interval=10s&timeout=2s&failures=3".into(),
         history_interval: "60s".into(),
         history_retention: "7d".into(),
+        // One exporter per process; the metrics tests run the binary.
+        metrics_listen: "off".into(),
         log: LogArgs {
             filter: "info".into(),
             log_format: LogFormat::Text,

@@ -4,10 +4,14 @@
 //! connection would not.
 
 use std::fmt;
+use std::time::Instant;
+
+use metrics::histogram;
 
 use sqlx::PgPool;
 
 use super::postgres::describe_sqlx;
+use crate::telemetry::DB_POOL_WAIT;
 
 /// Runs `SELECT 1` through readyd's pool.
 pub struct DatabaseRunner {
@@ -28,10 +32,19 @@ impl DatabaseRunner {
     }
 
     /// One `SELECT 1`. Dropping it midway is safe: the pool discards or
-    /// checks a connection whose query was abandoned.
+    /// checks a connection whose query was abandoned. The time spent
+    /// waiting for a pooled connection is recorded: a sample of what every
+    /// query waits.
     pub async fn run(&self) -> Result<(), String> {
+        let started = Instant::now();
+        let mut connection = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|err| describe_sqlx(&err))?;
+        histogram!(DB_POOL_WAIT).record(started.elapsed().as_secs_f64());
         sqlx::query("SELECT 1")
-            .execute(&self.pool)
+            .execute(&mut *connection)
             .await
             .map(drop)
             .map_err(|err| describe_sqlx(&err))

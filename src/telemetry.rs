@@ -1,0 +1,250 @@
+//! Prometheus metrics: every metric's name in one place, the exporter on
+//! `--metrics-listen`, and the sampler of values nobody pushes (database
+//! pool, process memory and CPU).
+//!
+//! Code records through the `metrics` facade; without an installed exporter
+//! (`--metrics-listen off`, or tests) every recording is a no-op. Hot paths
+//! keep handles ([`metrics::Counter`]) made once, so recording is one atomic
+//! add with no look-up.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use metrics::{
+    Counter, Gauge, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use tokio_util::sync::CancellationToken;
+
+use crate::flags::Reason;
+use crate::store::Store;
+
+/// Calls by service, method and gRPC code.
+pub const RPC_REQUESTS: &str = "readyd_rpc_requests_total";
+/// Call latency by service and method, until the response headers.
+pub const RPC_DURATION: &str = "readyd_rpc_duration_seconds";
+/// Flag evaluations by reason.
+pub const FLAG_EVALUATIONS: &str = "readyd_flag_evaluations_total";
+/// 1 when a check serves (passing or warning), 0 otherwise, by check.
+pub const CHECK_UP: &str = "readyd_check_up";
+/// Duration of a check's last run, by check.
+pub const CHECK_LATENCY: &str = "readyd_check_latency_seconds";
+/// A check's failures in a row, by check.
+pub const CHECK_FAILURES: &str = "readyd_check_consecutive_failures";
+/// 1 for the current overall status, 0 for the others, by status.
+pub const HEALTH_STATUS: &str = "readyd_health_status";
+/// Version of the in-memory snapshot.
+pub const SNAPSHOT_VERSION: &str = "readyd_snapshot_version";
+/// Unix time of the last change applied to the snapshot.
+pub const SNAPSHOT_LAST_CHANGE: &str = "readyd_snapshot_last_change_timestamp_seconds";
+/// Flags in the snapshot.
+pub const SNAPSHOT_FLAGS: &str = "readyd_snapshot_flags";
+/// Configuration rows in the snapshot.
+pub const SNAPSHOT_CONFIGS: &str = "readyd_snapshot_configs";
+/// Reconnections of the change listener.
+pub const LISTENER_RECONNECTS: &str = "readyd_listener_reconnects_total";
+/// Full reloads of the snapshot by the change listener.
+pub const LISTENER_RELOADS: &str = "readyd_listener_reloads_total";
+/// Open Watch streams by kind (flags, configs, health, probes).
+pub const WATCH_STREAMS: &str = "readyd_watch_streams";
+/// Database pool connections by state (idle, in_use).
+pub const DB_POOL_CONNECTIONS: &str = "readyd_db_pool_connections";
+/// The database pool's largest size.
+pub const DB_POOL_MAX: &str = "readyd_db_pool_max_connections";
+/// Time the database check waited for a pool connection: a sample of what
+/// every query waits.
+pub const DB_POOL_WAIT: &str = "readyd_db_pool_acquire_wait_seconds";
+
+/// How often the sampler reads the pool and the process.
+const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Histogram buckets of call latency: sub-millisecond up to the shutdown
+/// timeout.
+const RPC_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Histogram buckets of pool waits.
+const WAIT_BUCKETS: &[f64] = &[
+    0.00001, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+];
+
+/// Starts the exporter on `listen` and installs it as the process's
+/// recorder. Must run inside the tokio runtime. An address that cannot be
+/// bound is an error; a recorder installed before (a second server in one
+/// process) is kept, with a warning.
+pub fn install(listen: SocketAddr) -> Result<(), String> {
+    let builder = PrometheusBuilder::new()
+        .with_http_listener(listen)
+        .set_buckets_for_metric(Matcher::Full(RPC_DURATION.to_owned()), RPC_BUCKETS)
+        .and_then(|builder| {
+            builder.set_buckets_for_metric(Matcher::Full(DB_POOL_WAIT.to_owned()), WAIT_BUCKETS)
+        })
+        .map_err(|err| err.to_string())?;
+    let (recorder, exporter) = builder
+        .build()
+        .map_err(|err| format!("cannot serve metrics on {listen}: {err}"))?;
+    if metrics::set_global_recorder(recorder).is_err() {
+        tracing::warn!("a metrics recorder is already installed in this process; keeping it");
+        return Ok(());
+    }
+    tokio::spawn(async move {
+        if let Err(err) = exporter.await {
+            tracing::warn!(error = ?err, "metrics endpoint stopped");
+        }
+    });
+    describe();
+    Ok(())
+}
+
+fn describe() {
+    describe_counter!(RPC_REQUESTS, "gRPC calls by service, method and code.");
+    describe_histogram!(
+        RPC_DURATION,
+        Unit::Seconds,
+        "gRPC call latency until the response starts, by service and method."
+    );
+    describe_counter!(FLAG_EVALUATIONS, "Flag evaluations by reason.");
+    describe_gauge!(CHECK_UP, "1 when the dependency check serves, else 0.");
+    describe_gauge!(
+        CHECK_LATENCY,
+        Unit::Seconds,
+        "Duration of the check's last run."
+    );
+    describe_gauge!(CHECK_FAILURES, "Failures of the check in a row.");
+    describe_gauge!(
+        HEALTH_STATUS,
+        "1 for the current overall status (healthy, degraded, unhealthy)."
+    );
+    describe_gauge!(SNAPSHOT_VERSION, "Version of the in-memory snapshot.");
+    describe_gauge!(
+        SNAPSHOT_LAST_CHANGE,
+        Unit::Seconds,
+        "Unix time of the last change applied to the snapshot."
+    );
+    describe_gauge!(SNAPSHOT_FLAGS, "Flags in the snapshot.");
+    describe_gauge!(SNAPSHOT_CONFIGS, "Configuration rows in the snapshot.");
+    describe_counter!(LISTENER_RECONNECTS, "Reconnections of the change listener.");
+    describe_counter!(LISTENER_RELOADS, "Full reloads of the snapshot.");
+    // Shown at 0 from the start, so a rate() has a first sample.
+    counter!(LISTENER_RECONNECTS).increment(0);
+    counter!(LISTENER_RELOADS).increment(0);
+    describe_gauge!(WATCH_STREAMS, "Open Watch streams by kind.");
+    describe_gauge!(DB_POOL_CONNECTIONS, "Database pool connections by state.");
+    describe_gauge!(DB_POOL_MAX, "Largest size of the database pool.");
+    describe_histogram!(
+        DB_POOL_WAIT,
+        Unit::Seconds,
+        "Time a query waited for a pool connection."
+    );
+}
+
+/// One open Watch stream, counted in [`WATCH_STREAMS`] until dropped.
+#[derive(Debug)]
+pub struct OpenStream(Gauge);
+
+impl OpenStream {
+    /// Counts a new stream of `kind`.
+    pub fn open(kind: &'static str) -> Self {
+        let gauge = gauge!(WATCH_STREAMS, "kind" => kind);
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// Samples the pool and the process every few seconds until `stop` fires.
+pub async fn sample(store: Store, max_connections: u32, stop: CancellationToken) {
+    let process = metrics_process::Collector::default();
+    process.describe();
+    let idle = gauge!(DB_POOL_CONNECTIONS, "state" => "idle");
+    let in_use = gauge!(DB_POOL_CONNECTIONS, "state" => "in_use");
+    gauge!(DB_POOL_MAX).set(f64::from(max_connections));
+    let mut ticks = tokio::time::interval(SAMPLE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let pool = store.pool();
+        let size = pool.size();
+        let idle_now = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX).min(size);
+        idle.set(f64::from(idle_now));
+        in_use.set(f64::from(size - idle_now));
+        process.collect();
+    }
+}
+
+/// Flag evaluation counters, one handle per reason, made once: counting an
+/// evaluation is one atomic add.
+#[derive(Debug, Clone)]
+pub struct EvaluationCounters {
+    by_reason: [Counter; 6],
+}
+
+impl Default for EvaluationCounters {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EvaluationCounters {
+    /// Handles for every reason (no-ops when no exporter is installed).
+    pub fn new() -> Self {
+        let counter = |reason: &'static str| counter!(FLAG_EVALUATIONS, "reason" => reason);
+        Self {
+            by_reason: [
+                counter("STATIC"),
+                counter("TARGETING_MATCH"),
+                counter("SPLIT"),
+                counter("DEFAULT"),
+                counter("DISABLED"),
+                counter("STALE"),
+            ],
+        }
+    }
+
+    /// Counts one evaluation answered with `reason`.
+    pub fn record(&self, reason: Reason) {
+        self.by_reason[reason_index(reason)].increment(1);
+    }
+
+    /// Counts a batch's evaluations: one atomic add per reason seen rather
+    /// than one per evaluation.
+    pub fn record_tally(&self, tally: &Tally) {
+        for (counter, &count) in self.by_reason.iter().zip(&tally.0) {
+            if count > 0 {
+                counter.increment(count);
+            }
+        }
+    }
+}
+
+/// Evaluations of one batch by reason, counted locally (no atomics).
+#[derive(Debug, Default, Clone)]
+pub struct Tally([u64; 6]);
+
+impl Tally {
+    /// Counts one evaluation answered with `reason`.
+    pub fn add(&mut self, reason: Reason) {
+        self.0[reason_index(reason)] += 1;
+    }
+}
+
+fn reason_index(reason: Reason) -> usize {
+    match reason {
+        Reason::Static => 0,
+        Reason::TargetingMatch => 1,
+        Reason::Split => 2,
+        Reason::Default => 3,
+        Reason::Disabled => 4,
+        Reason::Stale => 5,
+    }
+}
