@@ -17,6 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/readyd/v1/flags.proto",
         "proto/readyd/v1/deployments.proto",
         "proto/grpc/health/v1/health.proto",
+        "proto/flagd/evaluation/v1/evaluation.proto",
+        "proto/flagd/evaluation/v2/evaluation.proto",
     ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("readyd_descriptor.bin"))

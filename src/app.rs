@@ -15,6 +15,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::api::auth::{AuthLayer, Tokens};
 use crate::api::config::ConfigApi;
 use crate::api::deployments::DeploymentApi;
+use crate::api::flagd::{FlagdCore, FlagdV1, FlagdV2};
 use crate::api::flags::FlagApi;
 use crate::api::grpc_health::GrpcHealth;
 use crate::api::health::HealthApi;
@@ -57,6 +58,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         store,
         private_pg,
         listener,
+        flagd_listener,
         state,
         changes,
         database_check,
@@ -145,14 +147,54 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
     ]);
+    let known = Arc::new(known);
+    let tokens = Tokens {
+        admin: settings.admin_token.clone(),
+        read: settings.read_token.clone(),
+    };
+    let flagd = FlagdCore::new(
+        Arc::clone(&state),
+        &settings.environment,
+        streams_end.clone(),
+    );
+    let flagd_v1 = || {
+        pb::flagd::evaluation_v1::service_server::ServiceServer::new(FlagdV1(flagd.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    };
+    let flagd_v2 = || {
+        pb::flagd::evaluation_v2::service_server::ServiceServer::new(FlagdV2(flagd.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    };
+
+    // The flagd-only port, for providers that expect flagd's own: the same
+    // layers, only the flagd services; it stops accepting with the main one.
+    let flagd_stop = CancellationToken::new();
+    let flagd_server = flagd_listener.map(|listener| {
+        let addr = listener.local_addr().ok();
+        let router = Server::builder()
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .layer(ObserveLayer::shared(Arc::clone(&known)))
+            .layer(AuthLayer::new(tokens.clone()))
+            .add_service(flagd_v1())
+            .add_service(flagd_v2());
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let stop = flagd_stop.clone();
+        tracing::info!(listen = ?addr, "serving the flagd evaluation protocol");
+        tokio::spawn(
+            router.serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await }),
+        )
+    });
+
     let router = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .layer(ObserveLayer::new(known))
-        .layer(AuthLayer::new(Tokens {
-            admin: settings.admin_token.clone(),
-            read: settings.read_token.clone(),
-        }))
+        .layer(ObserveLayer::shared(known))
+        .layer(AuthLayer::new(tokens))
+        .add_service(flagd_v1())
+        .add_service(flagd_v2())
         .add_service(grpc_health)
         .add_service(health)
         .add_service(flags)
@@ -188,6 +230,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
             probes.drain();
             streams_end.cancel();
             let _ = stop_accepting.send(());
+            flagd_stop.cancel();
             match tokio::time::timeout(settings.shutdown_timeout, &mut server).await {
                 Ok(result) => flatten(result),
                 Err(_) => {
@@ -199,6 +242,17 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         }
     };
 
+    flagd_stop.cancel();
+    if let Some(mut flagd_server) = flagd_server {
+        // The main server's drain has had the shutdown timeout: whatever
+        // the flagd port still holds is cut short.
+        if tokio::time::timeout(Duration::from_secs(1), &mut flagd_server)
+            .await
+            .is_err()
+        {
+            flagd_server.abort();
+        }
+    }
     checks_end.cancel();
     let _ = history_task.await;
     let _ = sampler.await;

@@ -80,6 +80,12 @@ pub struct ServeArgs {
     #[arg(long, env = "READYD_HISTORY_RETENTION", default_value = "7d")]
     pub history_retention: String,
 
+    /// An extra address serving only the flagd evaluation protocol, for
+    /// OpenFeature flagd providers that expect flagd's port (usually
+    /// 0.0.0.0:8013), or `off`. readyd's own port serves it too.
+    #[arg(long, env = "READYD_FLAGD_LISTEN", default_value = "off")]
+    pub flagd_listen: String,
+
     /// Address of the Prometheus endpoint (`/metrics`), or `off`.
     #[arg(long, env = "READYD_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
     pub metrics_listen: String,
@@ -209,6 +215,8 @@ pub struct Settings {
     pub history_retention: Duration,
     /// Where `/metrics` is served; None when off.
     pub metrics_listen: Option<SocketAddr>,
+    /// The extra flagd-only address; None when off.
+    pub flagd_listen: Option<SocketAddr>,
 }
 
 /// One invalid setting.
@@ -364,21 +372,18 @@ impl Settings {
             &args.history_retention,
             &mut errors,
         );
-        let metrics_listen = match args.metrics_listen.trim() {
-            "off" | "" => Some(None),
-            raw => match raw.parse::<SocketAddr>() {
-                Ok(addr) => Some(Some(addr)),
-                Err(_) => {
-                    errors.push(SettingsError::new(
-                        "--metrics-listen (READYD_METRICS_LISTEN)",
-                        format!(
-                            "{raw:?} is not an address; expected IP:PORT, e.g. 127.0.0.1:9464, or off"
-                        ),
-                    ));
-                    None
-                }
-            },
-        };
+        let metrics_listen = optional_address(
+            "--metrics-listen (READYD_METRICS_LISTEN)",
+            &args.metrics_listen,
+            "127.0.0.1:9464",
+            &mut errors,
+        );
+        let flagd_listen = optional_address(
+            "--flagd-listen (READYD_FLAGD_LISTEN)",
+            &args.flagd_listen,
+            "0.0.0.0:8013",
+            &mut errors,
+        );
         let instance = args
             .instance
             .clone()
@@ -394,6 +399,7 @@ impl Settings {
             history_interval,
             history_retention,
             metrics_listen,
+            flagd_listen,
         ) {
             (
                 Some(listen),
@@ -404,6 +410,7 @@ impl Settings {
                 Some(history_interval),
                 Some(history_retention),
                 Some(metrics_listen),
+                Some(flagd_listen),
             ) if errors.is_empty() => Ok(Self {
                 listen,
                 database,
@@ -417,9 +424,32 @@ impl Settings {
                 history_interval,
                 history_retention,
                 metrics_listen,
+                flagd_listen,
             }),
             _ => Err(errors),
         }
+    }
+}
+
+/// An address, or None for `off`; `example` shows the expected form.
+fn optional_address(
+    setting: &'static str,
+    raw: &str,
+    example: &str,
+    errors: &mut Vec<SettingsError>,
+) -> Option<Option<SocketAddr>> {
+    match raw.trim() {
+        "off" | "" => Some(None),
+        raw => match raw.parse::<SocketAddr>() {
+            Ok(addr) => Some(Some(addr)),
+            Err(_) => {
+                errors.push(SettingsError::new(
+                    setting,
+                    format!("{raw:?} is not an address; expected IP:PORT, e.g. {example}, or off"),
+                ));
+                None
+            }
+        },
     }
 }
 

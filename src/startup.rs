@@ -70,6 +70,8 @@ pub struct Started {
     pub private_pg: Option<EmbeddedPostgres>,
     /// The bound gRPC listener.
     pub listener: TcpListener,
+    /// The bound flagd-only listener, when `--flagd-listen` is set.
+    pub flagd_listener: Option<TcpListener>,
     /// The in-memory state, loaded.
     pub state: Arc<State>,
     /// The change listener that keeps `state` current (not yet running).
@@ -117,6 +119,19 @@ pub async fn prepare(args: &ServeArgs) -> Result<Started, StartupReport> {
         },
         None => None,
     };
+    let flagd_listener = match settings.as_ref().and_then(|settings| settings.flagd_listen) {
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(err) => {
+                report.push(
+                    "--flagd-listen (READYD_FLAGD_LISTEN)",
+                    format!("cannot listen on {addr}: {err}"),
+                );
+                None
+            }
+        },
+        None => None,
+    };
     // The exporter binds now, so a taken port is a start-up problem.
     if let Some(addr) = settings
         .as_ref()
@@ -150,6 +165,7 @@ pub async fn prepare(args: &ServeArgs) -> Result<Started, StartupReport> {
                     store: database.store,
                     private_pg: database.private_pg,
                     listener,
+                    flagd_listener,
                     state: Arc::new(State::new(snapshot)),
                     changes,
                     database_check,

@@ -411,10 +411,12 @@ impl WatchKind for FlagStream {
 
     fn change(&self, event: &Event) -> Option<pb::WatchFlagsResponse> {
         match event {
-            Event::FlagUpserted { version, flag } if self.wanted(flag.key()) => Some(flag_change(
-                *version,
-                pb::flag_change::Change::Upserted(flag.flag().into()),
-            )),
+            Event::FlagUpserted { version, flag, .. } if self.wanted(flag.key()) => {
+                Some(flag_change(
+                    *version,
+                    pb::flag_change::Change::Upserted(flag.flag().into()),
+                ))
+            }
             Event::FlagDeleted { version, key } if self.wanted(key) => Some(flag_change(
                 *version,
                 pb::flag_change::Change::DeletedKey(key.clone()),

@@ -6,6 +6,7 @@ pub mod config;
 pub mod convert;
 pub mod deployments;
 pub mod error;
+pub mod flagd;
 pub mod flags;
 pub mod grpc_health;
 pub mod health;

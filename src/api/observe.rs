@@ -75,9 +75,12 @@ pub struct ObserveLayer {
 impl ObserveLayer {
     /// Observes calls, labelling those to `known` paths by name.
     pub fn new(known: KnownMethods) -> Self {
-        Self {
-            known: Arc::new(known),
-        }
+        Self::shared(Arc::new(known))
+    }
+
+    /// Like [`ObserveLayer::new`], for paths shared by several servers.
+    pub fn shared(known: Arc<KnownMethods>) -> Self {
+        Self { known }
     }
 }
 

@@ -15,5 +15,17 @@ pub mod grpc_health_v1 {
     tonic::include_proto!("grpc.health.v1");
 }
 
+/// The flagd evaluation protocol, for OpenFeature's flagd providers.
+pub mod flagd {
+    /// Evaluation API, version 1 (deprecated by flagd, still used).
+    pub mod evaluation_v1 {
+        tonic::include_proto!("flagd.evaluation.v1");
+    }
+    /// Evaluation API, version 2.
+    pub mod evaluation_v2 {
+        tonic::include_proto!("flagd.evaluation.v2");
+    }
+}
+
 /// Encoded descriptors of every service, for the reflection service.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("readyd_descriptor");

@@ -37,6 +37,8 @@ pub enum Event {
         version: i64,
         /// The flag as it is now.
         flag: Arc<CompiledFlag>,
+        /// Whether the key is new (it was not in the previous snapshot).
+        created: bool,
     },
     /// A flag was deleted.
     FlagDeleted {
@@ -272,6 +274,7 @@ mod tests {
             Event::FlagUpserted {
                 version,
                 flag: compiled,
+                created: true,
             },
         );
     }

@@ -311,7 +311,17 @@ impl ChangeListener {
 /// Publishes `snapshot`, in which flag `key` changed at `version`.
 fn publish_flag(state: &State, snapshot: Snapshot, version: i64, key: String) {
     match snapshot.flag(&key).cloned() {
-        Some(flag) => state.publish(snapshot, Event::FlagUpserted { version, flag }),
+        Some(flag) => {
+            let created = state.snapshot().flag(&key).is_none();
+            state.publish(
+                snapshot,
+                Event::FlagUpserted {
+                    version,
+                    flag,
+                    created,
+                },
+            );
+        }
         // The row was invalid and is left out: to a reader it is gone.
         None => state.publish(snapshot, Event::FlagDeleted { version, key }),
     }

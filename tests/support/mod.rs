@@ -217,6 +217,7 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
         history_retention: "7d".into(),
         // One exporter per process; the metrics tests run the binary.
         metrics_listen: "off".into(),
+        flagd_listen: "off".into(),
         log: LogArgs {
             filter: "info".into(),
             log_format: LogFormat::Text,
@@ -328,4 +329,24 @@ pub async fn wait_for_probe(
         waited == Ok(true),
         "{name:?} did not turn {want:?}; last seen {last:?}"
     );
+}
+
+/// Flags of every type for the flagd protocol tests: `beta` (bool, user
+/// `vip` and role `staff` targeted, 30 % rollout), `banner` (string),
+/// `limits` (object), `retries` (whole number), `ratio` (fraction) and
+/// `off_switch` (disabled).
+pub async fn insert_typed_flags(db: &TestDb) {
+    sqlx::query(
+        "INSERT INTO feature_flags (key, enabled, value_type, on_value, off_value, target_users, \
+           target_roles, rollout_percentage) VALUES \
+           ('beta', true, 'bool', 'true', 'false', '{vip}', '{staff}', 30), \
+           ('banner', true, 'string', '\"summer\"', '\"plain\"', '{}', '{}', 100), \
+           ('limits', true, 'object', '{\"max\": 5, \"tier\": \"gold\"}', '{\"max\": 1}', '{}', '{}', 100), \
+           ('retries', true, 'number', '3', '1', '{}', '{}', 100), \
+           ('ratio', true, 'number', '0.25', '0', '{}', '{}', 100), \
+           ('off_switch', false, 'bool', 'true', 'false', '{}', '{}', 100)",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("typed flags");
 }

@@ -1,0 +1,695 @@
+//! The flagd evaluation protocol (`flagd.evaluation.v1` and `.v2`), so
+//! OpenFeature's flagd providers evaluate readyd's flags unchanged.
+//!
+//! One core ([`FlagdCore`]) maps the OpenFeature context to readyd's,
+//! evaluates from the in-memory snapshot exactly as `EvaluateFlag` does,
+//! checks the type asked for, and feeds EventStream from the same change
+//! broadcast as WatchFlags. The two versions differ only in their messages:
+//! v2 leaves value and variant unset for a disabled flag, as flagd does.
+//!
+//! Errors as flagd's clients expect them: NOT_FOUND (FLAG_NOT_FOUND),
+//! INVALID_ARGUMENT (TYPE_MISMATCH, a bad context), INTERNAL for anything
+//! else, never UNAVAILABLE or UNKNOWN, which clients retry until their
+//! deadline.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost_types::value::Kind;
+use prost_types::{Struct, Value};
+use serde_json::Map;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::codegen::BoxStream;
+use tonic::{Request, Response, Status};
+
+use crate::api::convert::{from_pb_value, to_pb_struct};
+use crate::api::pb::flagd::{evaluation_v1 as v1, evaluation_v2 as v2};
+use crate::flags::{CompiledFlag, EvaluationContext, Reason, ValueType, Variant};
+use crate::state::{Event, State};
+use crate::telemetry::{EvaluationCounters, OpenStream, Tally};
+
+/// How often EventStream sends `keep_alive`.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+
+/// The type a Resolve call asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wanted {
+    /// ResolveBoolean.
+    Bool,
+    /// ResolveString.
+    String,
+    /// ResolveFloat: any number.
+    Float,
+    /// ResolveInt: a whole number.
+    Int,
+    /// ResolveObject.
+    Object,
+}
+
+/// One flag's answer in flagd's terms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    /// The value (the flag's on or off value).
+    pub value: serde_json::Value,
+    /// `on` or `off`.
+    pub variant: &'static str,
+    /// flagd's reason name.
+    pub reason: &'static str,
+    /// Whether the flag is disabled (v2 then leaves value and variant unset).
+    pub disabled: bool,
+    /// `{"flag_version": …, "provider": "readyd"}`.
+    pub metadata: Struct,
+}
+
+/// flagd's name of a reason.
+pub fn reason_name(reason: Reason) -> &'static str {
+    match reason {
+        Reason::Static => "STATIC",
+        Reason::TargetingMatch => "TARGETING_MATCH",
+        Reason::Split => "SPLIT",
+        Reason::Default => "DEFAULT",
+        Reason::Disabled => "DISABLED",
+        Reason::Stale => "STALE",
+    }
+}
+
+fn string_value(text: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(text.to_owned())),
+    }
+}
+
+fn metadata(version: i64) -> Struct {
+    Struct {
+        fields: BTreeMap::from([
+            (
+                "flag_version".to_owned(),
+                Value {
+                    kind: Some(Kind::NumberValue(version as f64)),
+                },
+            ),
+            ("provider".to_owned(), string_value("readyd")),
+        ]),
+    }
+}
+
+/// The OpenFeature evaluation context as readyd's: `targetingKey` is the
+/// user id, `roles` (a list of strings) or `role` (a string) the roles, every
+/// other field an attribute.
+pub fn context_of(context: Option<Struct>) -> Result<EvaluationContext, Status> {
+    let Some(context) = context else {
+        return Ok(EvaluationContext::default());
+    };
+    let mut user_id = None;
+    let mut roles = Vec::new();
+    let mut attributes = Map::new();
+    for (name, value) in context.fields {
+        match (name.as_str(), value.kind) {
+            ("targetingKey", Some(Kind::StringValue(id))) => user_id = Some(id),
+            ("targetingKey", Some(Kind::NullValue(_)) | None) => {}
+            ("targetingKey", _) => {
+                return Err(Status::invalid_argument(
+                    "context.targetingKey: must be a string",
+                ));
+            }
+            ("role", Some(Kind::StringValue(role))) => roles.push(role),
+            ("role", _) => return Err(Status::invalid_argument("context.role: must be a string")),
+            ("roles", Some(Kind::ListValue(list))) => {
+                for item in list.values {
+                    match item.kind {
+                        Some(Kind::StringValue(role)) => roles.push(role),
+                        _ => {
+                            return Err(Status::invalid_argument(
+                                "context.roles: must be a list of strings",
+                            ));
+                        }
+                    }
+                }
+            }
+            ("roles", _) => {
+                return Err(Status::invalid_argument(
+                    "context.roles: must be a list of strings",
+                ));
+            }
+            (_, kind) => {
+                let value = from_pb_value(Value { kind }).map_err(|message| {
+                    Status::invalid_argument(format!("context.{name}: {message}"))
+                })?;
+                attributes.insert(name, value);
+            }
+        }
+    }
+    Ok(EvaluationContext {
+        user_id: user_id.filter(|id| !id.is_empty()),
+        roles,
+        attributes,
+    })
+}
+
+/// Whether `value`, of a flag of `value_type`, can answer a call for
+/// `wanted`.
+fn type_matches(wanted: Wanted, value_type: ValueType, value: &serde_json::Value) -> bool {
+    match (wanted, value_type) {
+        (Wanted::Bool, ValueType::Bool)
+        | (Wanted::String, ValueType::String)
+        | (Wanted::Float, ValueType::Number)
+        | (Wanted::Object, ValueType::Object) => true,
+        (Wanted::Int, ValueType::Number) => {
+            value.is_i64()
+                || value
+                    .as_f64()
+                    .is_some_and(|n| n.fract() == 0.0 && n.abs() < 9.0e15)
+        }
+        _ => false,
+    }
+}
+
+fn type_name(value_type: ValueType) -> &'static str {
+    match value_type {
+        ValueType::Bool => "boolean",
+        ValueType::String => "string",
+        ValueType::Number => "number",
+        ValueType::Object => "object",
+    }
+}
+
+/// What both protocol versions share.
+#[derive(Debug, Clone)]
+pub struct FlagdCore {
+    state: Arc<State>,
+    environment: Arc<str>,
+    evaluations: EvaluationCounters,
+    streams_end: CancellationToken,
+}
+
+impl FlagdCore {
+    /// Evaluations of `environment` over `state`; streams end when
+    /// `streams_end` fires.
+    pub fn new(state: Arc<State>, environment: &str, streams_end: CancellationToken) -> Self {
+        Self {
+            state,
+            environment: environment.into(),
+            evaluations: EvaluationCounters::new(),
+            streams_end,
+        }
+    }
+
+    fn answer(
+        &self,
+        flag: &CompiledFlag,
+        context: &EvaluationContext,
+        tally: &mut Tally,
+    ) -> Resolved {
+        let evaluation = flag.evaluate(&self.environment, context);
+        tally.add(evaluation.reason);
+        Resolved {
+            value: evaluation.value.clone(),
+            variant: match evaluation.variant {
+                Variant::On => "on",
+                Variant::Off => "off",
+            },
+            reason: reason_name(evaluation.reason),
+            disabled: evaluation.reason == Reason::Disabled,
+            metadata: metadata(evaluation.flag_version),
+        }
+    }
+
+    /// Evaluates `key` for `context`, which must be a flag of the `wanted`
+    /// type.
+    pub fn resolve(
+        &self,
+        key: &str,
+        context: Option<Struct>,
+        wanted: Wanted,
+    ) -> Result<Resolved, Status> {
+        let context = context_of(context)?;
+        let snapshot = self.state.snapshot();
+        let Some(flag) = snapshot.flag(key) else {
+            return Err(Status::not_found(format!("flag {key:?} does not exist")));
+        };
+        let value_type = flag.flag().value_type;
+        let mut tally = Tally::default();
+        let resolved = self.answer(flag, &context, &mut tally);
+        self.evaluations.record_tally(&tally);
+        if !type_matches(wanted, value_type, &resolved.value) {
+            return Err(Status::invalid_argument(format!(
+                "flag {key:?} is a {} flag{}",
+                type_name(value_type),
+                if wanted == Wanted::Int && value_type == ValueType::Number {
+                    " whose value is not a whole number"
+                } else {
+                    ""
+                }
+            )));
+        }
+        Ok(resolved)
+    }
+
+    /// Evaluates every flag for `context`, with the snapshot's version.
+    pub fn resolve_all(
+        &self,
+        context: Option<Struct>,
+    ) -> Result<(Vec<(String, Resolved)>, i64), Status> {
+        let context = context_of(context)?;
+        let snapshot = self.state.snapshot();
+        let mut tally = Tally::default();
+        let answers = snapshot
+            .flags_with_prefix("")
+            .into_iter()
+            .map(|flag| {
+                (
+                    flag.key().to_owned(),
+                    self.answer(flag, &context, &mut tally),
+                )
+            })
+            .collect();
+        self.evaluations.record_tally(&tally);
+        Ok((answers, snapshot.version))
+    }
+
+    /// EventStream: `provider_ready` at once, `configuration_change` on
+    /// every flag change, `keep_alive` every 20 s, `provider_shutdown` when
+    /// readyd drains. `event` builds the version's message.
+    pub fn events<M: Send + 'static>(&self, event: fn(&str, Option<Struct>) -> M) -> BoxStream<M> {
+        // Subscribe first, so no change falls before provider_ready.
+        let subscription = self.state.subscribe();
+        let mut events = subscription.events;
+        // The snapshot last compared whole, and the version told so far.
+        // A full reload is compared with `known`: flags changed since then
+        // may be named again, which is harmless; none is missed.
+        let mut known = subscription.snapshot;
+        let mut told = known.version;
+        let state = Arc::clone(&self.state);
+        let streams_end = self.streams_end.clone();
+        let (tx, rx) = mpsc::channel::<Result<M, Status>>(16);
+        tokio::spawn(async move {
+            let _open = OpenStream::open("flagd");
+            if tx.send(Ok(event("provider_ready", None))).await.is_err() {
+                return;
+            }
+            let mut keep_alive = tokio::time::interval(KEEP_ALIVE_INTERVAL);
+            keep_alive.reset();
+            loop {
+                let changed: Vec<(String, &'static str)> = tokio::select! {
+                    () = streams_end.cancelled() => {
+                        let _ = tx.send(Ok(event("provider_shutdown", None))).await;
+                        return;
+                    }
+                    () = tx.closed() => return,
+                    _ = keep_alive.tick() => {
+                        if tx.send(Ok(event("keep_alive", None))).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    received = events.recv() => match received {
+                        Ok(change) if change.version() <= told => Vec::new(),
+                        Ok(change) => {
+                            told = change.version();
+                            match &*change {
+                                Event::FlagUpserted { flag, created, .. } => {
+                                    let kind = if *created { "write" } else { "update" };
+                                    vec![(flag.key().to_owned(), kind)]
+                                }
+                                Event::FlagDeleted { key, .. } => vec![(key.clone(), "delete")],
+                                Event::Resync { .. } => resync(&state, &mut known, &mut told),
+                                Event::ConfigChanged { .. } => Vec::new(),
+                            }
+                        }
+                        // Fell behind: tell what may differ.
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            resync(&state, &mut known, &mut told)
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                };
+                if changed.is_empty() {
+                    continue;
+                }
+                let flags: BTreeMap<String, Value> = changed
+                    .into_iter()
+                    .map(|(key, kind)| {
+                        let detail = Struct {
+                            fields: BTreeMap::from([("type".to_owned(), string_value(kind))]),
+                        };
+                        (
+                            key,
+                            Value {
+                                kind: Some(Kind::StructValue(detail)),
+                            },
+                        )
+                    })
+                    .collect();
+                let data = Struct {
+                    fields: BTreeMap::from([(
+                        "flags".to_owned(),
+                        Value {
+                            kind: Some(Kind::StructValue(Struct { fields: flags })),
+                        },
+                    )]),
+                };
+                if tx
+                    .send(Ok(event("configuration_change", Some(data))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Box::pin(ReceiverStream::new(rx))
+    }
+}
+
+/// After a reload or falling behind: the flags that may have changed since
+/// `known`, which becomes the current snapshot.
+fn resync(
+    state: &State,
+    known: &mut Arc<crate::state::Snapshot>,
+    told: &mut i64,
+) -> Vec<(String, &'static str)> {
+    let current = state.snapshot();
+    let changed = difference(known, &current);
+    *told = (*told).max(current.version);
+    *known = current;
+    changed
+}
+
+/// Which flags differ between two snapshots, and how.
+fn difference(
+    before: &crate::state::Snapshot,
+    after: &crate::state::Snapshot,
+) -> Vec<(String, &'static str)> {
+    let mut changed = Vec::new();
+    for flag in after.flags_with_prefix("") {
+        match before.flag(flag.key()) {
+            None => changed.push((flag.key().to_owned(), "write")),
+            Some(old) if old.version() != flag.version() => {
+                changed.push((flag.key().to_owned(), "update"));
+            }
+            Some(_) => {}
+        }
+    }
+    for flag in before.flags_with_prefix("") {
+        if after.flag(flag.key()).is_none() {
+            changed.push((flag.key().to_owned(), "delete"));
+        }
+    }
+    changed
+}
+
+fn json_struct(value: &serde_json::Value) -> Struct {
+    match value {
+        serde_json::Value::Object(map) => to_pb_struct(map),
+        _ => Struct::default(),
+    }
+}
+
+fn as_i64(value: &serde_json::Value) -> i64 {
+    value
+        .as_i64()
+        .or_else(|| value.as_f64().map(|n| n as i64))
+        .unwrap_or_default()
+}
+
+/// `flagd.evaluation.v1.Service`.
+#[derive(Debug, Clone)]
+pub struct FlagdV1(pub FlagdCore);
+
+/// `flagd.evaluation.v2.Service`.
+#[derive(Debug, Clone)]
+pub struct FlagdV2(pub FlagdCore);
+
+fn v1_any(resolved: Resolved) -> v1::AnyFlag {
+    use v1::any_flag::Value as V;
+    let value = match &resolved.value {
+        serde_json::Value::Bool(b) => Some(V::BoolValue(*b)),
+        serde_json::Value::String(s) => Some(V::StringValue(s.clone())),
+        serde_json::Value::Number(n) => n.as_f64().map(V::DoubleValue),
+        serde_json::Value::Object(map) => Some(V::ObjectValue(to_pb_struct(map))),
+        _ => None,
+    };
+    v1::AnyFlag {
+        reason: resolved.reason.to_owned(),
+        variant: resolved.variant.to_owned(),
+        value,
+        metadata: Some(resolved.metadata),
+    }
+}
+
+fn v2_any(resolved: Resolved) -> v2::AnyFlag {
+    use v2::any_flag::Value as V;
+    let value = match &resolved.value {
+        _ if resolved.disabled => None,
+        serde_json::Value::Bool(b) => Some(V::BoolValue(*b)),
+        serde_json::Value::String(s) => Some(V::StringValue(s.clone())),
+        serde_json::Value::Number(n) => n.as_f64().map(V::DoubleValue),
+        serde_json::Value::Object(map) => Some(V::ObjectValue(to_pb_struct(map))),
+        _ => None,
+    };
+    v2::AnyFlag {
+        reason: resolved.reason.to_owned(),
+        variant: (!resolved.disabled).then(|| resolved.variant.to_owned()),
+        value,
+        metadata: Some(resolved.metadata),
+    }
+}
+
+fn metadata_of_all(version: i64) -> Struct {
+    Struct {
+        fields: BTreeMap::from([(
+            "snapshot_version".to_owned(),
+            Value {
+                kind: Some(Kind::NumberValue(version as f64)),
+            },
+        )]),
+    }
+}
+
+#[tonic::async_trait]
+impl v1::service_server::Service for FlagdV1 {
+    async fn resolve_all(
+        &self,
+        request: Request<v1::ResolveAllRequest>,
+    ) -> Result<Response<v1::ResolveAllResponse>, Status> {
+        let (answers, version) = self.0.resolve_all(request.into_inner().context)?;
+        Ok(Response::new(v1::ResolveAllResponse {
+            flags: answers
+                .into_iter()
+                .map(|(key, answer)| (key, v1_any(answer)))
+                .collect(),
+            metadata: Some(metadata_of_all(version)),
+        }))
+    }
+
+    async fn resolve_boolean(
+        &self,
+        request: Request<v1::ResolveBooleanRequest>,
+    ) -> Result<Response<v1::ResolveBooleanResponse>, Status> {
+        let request = request.into_inner();
+        let resolved = self
+            .0
+            .resolve(&request.flag_key, request.context, Wanted::Bool)?;
+        Ok(Response::new(v1::ResolveBooleanResponse {
+            value: resolved.value.as_bool().unwrap_or_default(),
+            reason: resolved.reason.to_owned(),
+            variant: resolved.variant.to_owned(),
+            metadata: Some(resolved.metadata),
+        }))
+    }
+
+    async fn resolve_string(
+        &self,
+        request: Request<v1::ResolveStringRequest>,
+    ) -> Result<Response<v1::ResolveStringResponse>, Status> {
+        let request = request.into_inner();
+        let resolved = self
+            .0
+            .resolve(&request.flag_key, request.context, Wanted::String)?;
+        Ok(Response::new(v1::ResolveStringResponse {
+            value: resolved.value.as_str().unwrap_or_default().to_owned(),
+            reason: resolved.reason.to_owned(),
+            variant: resolved.variant.to_owned(),
+            metadata: Some(resolved.metadata),
+        }))
+    }
+
+    async fn resolve_float(
+        &self,
+        request: Request<v1::ResolveFloatRequest>,
+    ) -> Result<Response<v1::ResolveFloatResponse>, Status> {
+        let request = request.into_inner();
+        let resolved = self
+            .0
+            .resolve(&request.flag_key, request.context, Wanted::Float)?;
+        Ok(Response::new(v1::ResolveFloatResponse {
+            value: resolved.value.as_f64().unwrap_or_default(),
+            reason: resolved.reason.to_owned(),
+            variant: resolved.variant.to_owned(),
+            metadata: Some(resolved.metadata),
+        }))
+    }
+
+    async fn resolve_int(
+        &self,
+        request: Request<v1::ResolveIntRequest>,
+    ) -> Result<Response<v1::ResolveIntResponse>, Status> {
+        let request = request.into_inner();
+        let resolved = self
+            .0
+            .resolve(&request.flag_key, request.context, Wanted::Int)?;
+        Ok(Response::new(v1::ResolveIntResponse {
+            value: as_i64(&resolved.value),
+            reason: resolved.reason.to_owned(),
+            variant: resolved.variant.to_owned(),
+            metadata: Some(resolved.metadata),
+        }))
+    }
+
+    async fn resolve_object(
+        &self,
+        request: Request<v1::ResolveObjectRequest>,
+    ) -> Result<Response<v1::ResolveObjectResponse>, Status> {
+        let request = request.into_inner();
+        let resolved = self
+            .0
+            .resolve(&request.flag_key, request.context, Wanted::Object)?;
+        Ok(Response::new(v1::ResolveObjectResponse {
+            value: Some(json_struct(&resolved.value)),
+            reason: resolved.reason.to_owned(),
+            variant: resolved.variant.to_owned(),
+            metadata: Some(resolved.metadata),
+        }))
+    }
+
+    async fn event_stream(
+        &self,
+        _request: Request<v1::EventStreamRequest>,
+    ) -> Result<Response<BoxStream<v1::EventStreamResponse>>, Status> {
+        Ok(Response::new(self.0.events(|kind, data| {
+            v1::EventStreamResponse {
+                r#type: kind.to_owned(),
+                data,
+            }
+        })))
+    }
+}
+
+#[tonic::async_trait]
+impl v2::service_server::Service for FlagdV2 {
+    async fn resolve_all(
+        &self,
+        request: Request<v2::ResolveAllRequest>,
+    ) -> Result<Response<v2::ResolveAllResponse>, Status> {
+        let (answers, version) = self.0.resolve_all(request.into_inner().context)?;
+        Ok(Response::new(v2::ResolveAllResponse {
+            flags: answers
+                .into_iter()
+                .map(|(key, answer)| (key, v2_any(answer)))
+                .collect(),
+            metadata: Some(metadata_of_all(version)),
+        }))
+    }
+
+    async fn resolve_boolean(
+        &self,
+        request: Request<v2::ResolveBooleanRequest>,
+    ) -> Result<Response<v2::ResolveBooleanResponse>, Status> {
+        let request = request.into_inner();
+        let resolved = self
+            .0
+            .resolve(&request.flag_key, request.context, Wanted::Bool)?;
+        let on = !resolved.disabled;
+        Ok(Response::new(v2::ResolveBooleanResponse {
+            value: on.then(|| resolved.value.as_bool()).flatten(),
+            reason: resolved.reason.to_owned(),
+            variant: on.then(|| resolved.variant.to_owned()),
+            metadata: Some(resolved.metadata),
+        }))
+    }
+
+    async fn resolve_string(
+        &self,
+        request: Request<v2::ResolveStringRequest>,
+    ) -> Result<Response<v2::ResolveStringResponse>, Status> {
+        let request = request.into_inner();
+        let resolved = self
+            .0
+            .resolve(&request.flag_key, request.context, Wanted::String)?;
+        let on = !resolved.disabled;
+        Ok(Response::new(v2::ResolveStringResponse {
+            value: on
+                .then(|| resolved.value.as_str().map(str::to_owned))
+                .flatten(),
+            reason: resolved.reason.to_owned(),
+            variant: on.then(|| resolved.variant.to_owned()),
+            metadata: Some(resolved.metadata),
+        }))
+    }
+
+    async fn resolve_float(
+        &self,
+        request: Request<v2::ResolveFloatRequest>,
+    ) -> Result<Response<v2::ResolveFloatResponse>, Status> {
+        let request = request.into_inner();
+        let resolved = self
+            .0
+            .resolve(&request.flag_key, request.context, Wanted::Float)?;
+        let on = !resolved.disabled;
+        Ok(Response::new(v2::ResolveFloatResponse {
+            value: on.then(|| resolved.value.as_f64()).flatten(),
+            reason: resolved.reason.to_owned(),
+            variant: on.then(|| resolved.variant.to_owned()),
+            metadata: Some(resolved.metadata),
+        }))
+    }
+
+    async fn resolve_int(
+        &self,
+        request: Request<v2::ResolveIntRequest>,
+    ) -> Result<Response<v2::ResolveIntResponse>, Status> {
+        let request = request.into_inner();
+        let resolved = self
+            .0
+            .resolve(&request.flag_key, request.context, Wanted::Int)?;
+        let on = !resolved.disabled;
+        Ok(Response::new(v2::ResolveIntResponse {
+            value: on.then(|| as_i64(&resolved.value)),
+            reason: resolved.reason.to_owned(),
+            variant: on.then(|| resolved.variant.to_owned()),
+            metadata: Some(resolved.metadata),
+        }))
+    }
+
+    async fn resolve_object(
+        &self,
+        request: Request<v2::ResolveObjectRequest>,
+    ) -> Result<Response<v2::ResolveObjectResponse>, Status> {
+        let request = request.into_inner();
+        let resolved = self
+            .0
+            .resolve(&request.flag_key, request.context, Wanted::Object)?;
+        let on = !resolved.disabled;
+        Ok(Response::new(v2::ResolveObjectResponse {
+            value: on.then(|| json_struct(&resolved.value)),
+            reason: resolved.reason.to_owned(),
+            variant: on.then(|| resolved.variant.to_owned()),
+            metadata: Some(resolved.metadata),
+        }))
+    }
+
+    async fn event_stream(
+        &self,
+        _request: Request<v2::EventStreamRequest>,
+    ) -> Result<Response<BoxStream<v2::EventStreamResponse>>, Status> {
+        Ok(Response::new(self.0.events(|kind, data| {
+            v2::EventStreamResponse {
+                r#type: kind.to_owned(),
+                data,
+            }
+        })))
+    }
+}

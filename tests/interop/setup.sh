@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the OpenFeature SDKs used by tests/openfeature_interop.rs, pinned,
+# under target/interop (kept between runs; reinstalled when a pin changes).
+#   - Python: openfeature-sdk with openfeature-provider-flagd (gRPC resolver)
+#   - Node.js: @openfeature/server-sdk with @openfeature/flagd-provider
+# Prints nothing on success but the tools' own errors.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+dir="$root/target/interop"
+here="$root/tests/interop"
+mkdir -p "$dir"
+
+python_pins="openfeature-sdk==0.10.0 openfeature-provider-flagd==0.6.1"
+if [ "$(cat "$dir/python.pins" 2>/dev/null)" != "$python_pins" ]; then
+    rm -rf "$dir/venv"
+    python3 -m venv "$dir/venv"
+    # shellcheck disable=SC2086
+    "$dir/venv/bin/pip" install --quiet --disable-pip-version-check $python_pins
+    echo "$python_pins" > "$dir/python.pins"
+fi
+
+if ! cmp -s "$here/package.json" "$dir/node/package.json" 2>/dev/null \
+    || [ ! -d "$dir/node/node_modules/@openfeature/flagd-provider" ]; then
+    rm -rf "$dir/node"
+    mkdir -p "$dir/node"
+    cp "$here/package.json" "$dir/node/package.json"
+    (cd "$dir/node" && npm install --silent --no-audit --no-fund >/dev/null)
+fi
