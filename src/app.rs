@@ -24,6 +24,7 @@ use crate::api::pb;
 use crate::health::Probes;
 use crate::health::history::{self, HistorySettings};
 use crate::health::monitor::HealthMonitor;
+use crate::snapshot_file;
 use crate::startup::Started;
 use crate::telemetry;
 
@@ -132,6 +133,16 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+    // The last-known-good snapshot on disk, for a start with the database
+    // down; saved a last time after the drain.
+    let snapshot_end = CancellationToken::new();
+    let snapshot_saver = tokio::spawn(snapshot_file::keep_saved(
+        Arc::clone(&state),
+        snapshot_file::path_for(&settings.database.data_dir, &settings.environment),
+        settings.environment.clone(),
+        snapshot_end.clone(),
+    ));
 
     // The listener outlives the drain: writes still in flight wait for it.
     let listener_end = CancellationToken::new();
@@ -259,6 +270,8 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
     while check_tasks.join_next().await.is_some() {}
     listener_end.cancel();
     let _ = listener_task.await;
+    snapshot_end.cancel();
+    let _ = snapshot_saver.await;
     store.close().await;
     if let Some(pg) = private_pg {
         pg.stop_or_warn().await;

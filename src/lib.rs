@@ -17,4 +17,5 @@ pub mod deployments;
 pub mod flags;
 pub mod paging;
 pub mod signals;
+pub mod snapshot_file;
 pub mod state;

@@ -10,7 +10,6 @@
 pub mod proxy;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -201,7 +200,9 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
         listen: "127.0.0.1:0".into(),
         database: DatabaseArgs {
             database_url: Some(database_url.into()),
-            data_dir: PathBuf::from("./.readyd-test-unused"),
+            // Where the server saves its snapshot: one directory per test
+            // process under the system temp directory.
+            data_dir: std::env::temp_dir().join(format!("readyd-test-data-{}", std::process::id())),
             db_pool_size: 4,
             db_wait: "2s".into(),
             no_migrate: false,
