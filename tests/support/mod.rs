@@ -200,9 +200,10 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
         listen: "127.0.0.1:0".into(),
         database: DatabaseArgs {
             database_url: Some(database_url.into()),
-            // Where the server saves its snapshot: one directory per test
-            // process under the system temp directory.
-            data_dir: std::env::temp_dir().join(format!("readyd-test-data-{}", std::process::id())),
+            // Where test servers save their snapshots: one shared directory
+            // under the system temp directory (writes are atomic renames, so
+            // concurrent servers only replace each other's file).
+            data_dir: std::env::temp_dir().join("readyd-test-data"),
             db_pool_size: 4,
             db_wait: "2s".into(),
             no_migrate: false,
