@@ -198,16 +198,9 @@ impl Default for EvaluationCounters {
 impl EvaluationCounters {
     /// Handles for every reason (no-ops when no exporter is installed).
     pub fn new() -> Self {
-        let counter = |reason: &'static str| counter!(FLAG_EVALUATIONS, "reason" => reason);
         Self {
-            by_reason: [
-                counter("STATIC"),
-                counter("TARGETING_MATCH"),
-                counter("SPLIT"),
-                counter("DEFAULT"),
-                counter("DISABLED"),
-                counter("STALE"),
-            ],
+            by_reason: REASONS
+                .map(|reason| counter!(FLAG_EVALUATIONS, "reason" => reason.as_str())),
         }
     }
 
@@ -237,6 +230,16 @@ impl Tally {
         self.0[reason_index(reason)] += 1;
     }
 }
+
+/// Every reason, in the order of the counters.
+const REASONS: [Reason; 6] = [
+    Reason::Static,
+    Reason::TargetingMatch,
+    Reason::Split,
+    Reason::Default,
+    Reason::Disabled,
+    Reason::Stale,
+];
 
 fn reason_index(reason: Reason) -> usize {
     match reason {

@@ -353,17 +353,11 @@ fn flagd_answers_equal_evaluate_flag() {
                         .map_err(|err| TestCaseError::fail(err.to_string()))?
                         .into_inner();
                     prop_assert_eq!(theirs.variant.as_deref(), Some(ours.variant.as_str()));
-                    let reason =
-                        format!("{:?}", ours.reason())
-                            .chars()
-                            .fold(String::new(), |mut out, c| {
-                                if c.is_uppercase() && !out.is_empty() {
-                                    out.push('_');
-                                }
-                                out.push(c.to_ascii_uppercase());
-                                out
-                            });
-                    prop_assert_eq!(&theirs.reason, &reason);
+                    let reason = ours
+                        .reason()
+                        .as_str_name()
+                        .trim_start_matches("EVALUATION_REASON_");
+                    prop_assert_eq!(theirs.reason.as_str(), reason);
                     let value =
                         matches!(ours.value.and_then(|v| v.kind), Some(Kind::BoolValue(true)));
                     prop_assert_eq!(theirs.value, Some(value));

@@ -75,18 +75,6 @@ fn numbers_as_f64(value: &Value) -> Value {
     }
 }
 
-fn reason_name(reason: pb::EvaluationReason) -> &'static str {
-    match reason {
-        pb::EvaluationReason::Static => "STATIC",
-        pb::EvaluationReason::TargetingMatch => "TARGETING_MATCH",
-        pb::EvaluationReason::Split => "SPLIT",
-        pb::EvaluationReason::Default => "DEFAULT",
-        pb::EvaluationReason::Disabled => "DISABLED",
-        pb::EvaluationReason::Stale => "STALE",
-        pb::EvaluationReason::Unspecified => "UNSPECIFIED",
-    }
-}
-
 /// What an SDK must answer for `case`: readyd's own EvaluateFlag, or the
 /// default value with the error code flagd's clients give.
 async fn expected(server: &TestServer, case: &Value) -> Value {
@@ -134,7 +122,7 @@ async fn expected(server: &TestServer, case: &Value) -> Value {
             json!({
                 "value": numbers_as_f64(&value),
                 "variant": answer.variant,
-                "reason": reason_name(answer.reason()),
+                "reason": answer.reason().as_str_name().trim_start_matches("EVALUATION_REASON_"),
                 "error_code": null,
             })
         }

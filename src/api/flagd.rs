@@ -56,24 +56,12 @@ pub struct Resolved {
     pub value: serde_json::Value,
     /// `on` or `off`.
     pub variant: &'static str,
-    /// flagd's reason name.
+    /// The reason's name, as flagd spells it.
     pub reason: &'static str,
     /// Whether the flag is disabled (v2 then leaves value and variant unset).
     pub disabled: bool,
     /// `{"flag_version": …, "provider": "readyd"}`.
     pub metadata: Struct,
-}
-
-/// flagd's name of a reason.
-pub fn reason_name(reason: Reason) -> &'static str {
-    match reason {
-        Reason::Static => "STATIC",
-        Reason::TargetingMatch => "TARGETING_MATCH",
-        Reason::Split => "SPLIT",
-        Reason::Default => "DEFAULT",
-        Reason::Disabled => "DISABLED",
-        Reason::Stale => "STALE",
-    }
 }
 
 fn string_value(text: &str) -> Value {
@@ -211,7 +199,7 @@ impl FlagdCore {
                 Variant::On => "on",
                 Variant::Off => "off",
             },
-            reason: reason_name(evaluation.reason),
+            reason: evaluation.reason.as_str(),
             disabled: evaluation.reason == Reason::Disabled,
             metadata: metadata(evaluation.flag_version),
         }
