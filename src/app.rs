@@ -71,7 +71,12 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
 
     // Checks start before the server, so their first round overlaps its
     // start; `startup` turns SERVING when that round has finished.
-    let monitor = HealthMonitor::new(database_check, checks, Arc::clone(&probes));
+    let monitor = HealthMonitor::new(
+        database_check,
+        checks,
+        Arc::clone(&probes),
+        Arc::clone(state.freshness()),
+    );
     monitor.snapshot_loaded();
     let checks_end = CancellationToken::new();
     let mut check_tasks = monitor.start(checks_end.clone());
@@ -226,6 +231,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         environment = %settings.environment,
         instance = %settings.instance,
         private_database = private_pg.is_some(),
+        stale = state.freshness().is_stale(),
         checks = monitor.checks().len(),
         "readyd is serving"
     );

@@ -80,6 +80,12 @@ pub struct ServeArgs {
     #[arg(long, env = "READYD_HISTORY_RETENTION", default_value = "7d")]
     pub history_retention: String,
 
+    /// How long the change listener may be cut off from the database before
+    /// answers carry reason STALE (a start from the saved snapshot is STALE
+    /// at once).
+    #[arg(long, env = "READYD_STALE_AFTER", default_value = "10s")]
+    pub stale_after: String,
+
     /// An extra address serving only the flagd evaluation protocol, for
     /// OpenFeature flagd providers that expect flagd's port (usually
     /// 0.0.0.0:8013), or `off`. readyd's own port serves it too.
@@ -213,6 +219,8 @@ pub struct Settings {
     pub history_interval: Duration,
     /// How long health history rows are kept.
     pub history_retention: Duration,
+    /// How long the listener may be down before answers are STALE.
+    pub stale_after: Duration,
     /// Where `/metrics` is served; None when off.
     pub metrics_listen: Option<SocketAddr>,
     /// The extra flagd-only address; None when off.
@@ -372,6 +380,11 @@ impl Settings {
             &args.history_retention,
             &mut errors,
         );
+        let stale_after = parse_duration(
+            "--stale-after (READYD_STALE_AFTER)",
+            &args.stale_after,
+            &mut errors,
+        );
         let metrics_listen = optional_address(
             "--metrics-listen (READYD_METRICS_LISTEN)",
             &args.metrics_listen,
@@ -398,6 +411,7 @@ impl Settings {
             database_check,
             history_interval,
             history_retention,
+            stale_after,
             metrics_listen,
             flagd_listen,
         ) {
@@ -409,6 +423,7 @@ impl Settings {
                 Some(database_check),
                 Some(history_interval),
                 Some(history_retention),
+                Some(stale_after),
                 Some(metrics_listen),
                 Some(flagd_listen),
             ) if errors.is_empty() => Ok(Self {
@@ -423,6 +438,7 @@ impl Settings {
                 database_check,
                 history_interval,
                 history_retention,
+                stale_after,
                 metrics_listen,
                 flagd_listen,
             }),

@@ -235,8 +235,12 @@ pub async fn keep_saved(
     stop: CancellationToken,
 ) {
     let mut versions = state.watch_version();
-    save(&state, &path, &environment).await;
     let mut saved = *versions.borrow_and_update();
+    // A snapshot read back from disk is there already, with its own age:
+    // rewriting it would make it look newer than it is.
+    if !state.freshness().is_behind() {
+        save(&state, &path, &environment).await;
+    }
     loop {
         tokio::select! {
             () = stop.cancelled() => break,

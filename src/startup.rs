@@ -6,7 +6,9 @@
 use std::fmt;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use sqlx::postgres::PgConnectOptions;
 use tokio::net::TcpListener;
 
 use crate::embedded_pg::EmbeddedPostgres;
@@ -14,9 +16,10 @@ use crate::health::RunnableCheck;
 use crate::health::runners::Runner;
 use crate::health::spec::CheckSpec;
 use crate::settings::{DatabaseSettings, DatabaseSource, ServeArgs, Settings};
-use crate::state::State;
+use crate::snapshot_file::{self, SavedSnapshot, SnapshotFileError};
+use crate::state::{Freshness, Snapshot, State};
 use crate::store::listener::ChangeListener;
-use crate::store::{SchemaProblem, Store};
+use crate::store::{SchemaProblem, Store, StoreError};
 use crate::telemetry;
 
 /// One thing that stops readyd from starting.
@@ -85,8 +88,8 @@ pub struct Started {
 /// `readyd check`: runs every check without changing anything (no
 /// migrations, no listening).
 pub async fn check(args: &ServeArgs) -> StartupReport {
-    let (report, _settings, database) = run_checks(args, false).await;
-    if let Some(mut database) = database {
+    let (report, _settings, reached) = run_checks(args, false).await;
+    if let Reached::Yes(mut database) = reached {
         // A private PostgreSQL that was already running belongs to a
         // running readyd: leave it be.
         if database
@@ -104,8 +107,36 @@ pub async fn check(args: &ServeArgs) -> StartupReport {
 /// `readyd serve`'s first step: migrates (unless `--no-migrate`), runs every
 /// check, binds the listener. On any problem, releases what it started and
 /// returns the whole report.
+///
+/// An external database that cannot be reached within `--db-wait` is no
+/// problem when a valid snapshot of this environment was saved on disk:
+/// readyd starts from it, STALE, and connects when the database answers.
 pub async fn prepare(args: &ServeArgs) -> Result<Started, StartupReport> {
-    let (mut report, settings, database) = run_checks(args, true).await;
+    let (mut report, settings, reached) = run_checks(args, true).await;
+    let (database, saved) = match (reached, &settings) {
+        (Reached::Yes(database), _) => (Some(database), None),
+        (Reached::Unreachable(options), Some(settings)) if report.problems.len() == 1 => {
+            match saved_snapshot(settings) {
+                Some(saved) => {
+                    let unreachable = report.problems.remove(0);
+                    tracing::warn!(
+                        problem = %unreachable,
+                        snapshot_version = saved.snapshot.version,
+                        saved_at = %saved.written_at,
+                        "starting from the snapshot saved on disk: answers carry reason STALE until the database answers"
+                    );
+                    let store = Store::lazy(*options, settings.database.pool_size);
+                    let database = Database {
+                        store,
+                        private_pg: None,
+                    };
+                    (Some(database), Some(saved))
+                }
+                None => (None, None),
+            }
+        }
+        _ => (None, None),
+    };
     let listener = match &settings {
         Some(settings) => match TcpListener::bind(settings.listen).await {
             Ok(listener) => Some(listener),
@@ -149,24 +180,18 @@ pub async fn prepare(args: &ServeArgs) -> Result<Started, StartupReport> {
         (Some(settings), Some(database), Some(listener), Some((database_check, checks)))
             if report.problems.is_empty() =>
         {
-            // LISTEN before loading, so no change falls between the two.
-            let loaded = match ChangeListener::connect(&database.store, &settings.environment).await
-            {
-                Ok(changes) => database
-                    .store
-                    .load_snapshot()
-                    .await
-                    .map(|snapshot| (changes, snapshot)),
-                Err(err) => Err(err),
+            let loaded = match saved {
+                Some(saved) => Ok(from_disk(&database.store, &settings, saved)),
+                None => from_database(&database.store, &settings).await,
             };
             match loaded {
-                Ok((changes, snapshot)) => Ok(Started {
+                Ok((changes, snapshot, freshness)) => Ok(Started {
                     settings,
                     store: database.store,
                     private_pg: database.private_pg,
                     listener,
                     flagd_listener,
-                    state: Arc::new(State::new(snapshot)),
+                    state: Arc::new(State::with_freshness(snapshot, freshness)),
                     changes,
                     database_check,
                     checks,
@@ -186,6 +211,53 @@ pub async fn prepare(args: &ServeArgs) -> Result<Started, StartupReport> {
                 database.release().await;
             }
             Err(report)
+        }
+    }
+}
+
+/// The change listener and the snapshot, from the database: LISTEN before
+/// loading, so no change falls between the two.
+async fn from_database(
+    store: &Store,
+    settings: &Settings,
+) -> Result<(ChangeListener, Snapshot, Freshness), StoreError> {
+    let changes = ChangeListener::connect(store, &settings.environment).await?;
+    let snapshot = store.load_snapshot().await?;
+    Ok((changes, snapshot, Freshness::new(settings.stale_after)))
+}
+
+/// The snapshot saved on disk, stale from the start, and a listener that
+/// connects (and migrates) once the database answers.
+fn from_disk(
+    store: &Store,
+    settings: &Settings,
+    saved: SavedSnapshot,
+) -> (ChangeListener, Snapshot, Freshness) {
+    let changes =
+        ChangeListener::disconnected(store, &settings.environment, settings.database.migrate);
+    let freshness = Freshness::new(settings.stale_after);
+    let age = (chrono::Utc::now() - saved.written_at)
+        .to_std()
+        .unwrap_or(Duration::ZERO);
+    freshness.loaded_from_disk(age);
+    (changes, saved.snapshot, freshness)
+}
+
+/// This environment's snapshot saved on disk, when there is a valid one. A
+/// damaged or foreign file is ignored with a warning.
+fn saved_snapshot(settings: &Settings) -> Option<SavedSnapshot> {
+    let path = snapshot_file::path_for(&settings.database.data_dir, &settings.environment);
+    match snapshot_file::read(&path, &settings.environment) {
+        Ok(saved) => Some(saved),
+        Err(SnapshotFileError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            tracing::info!(path = %path.display(), "no snapshot saved on disk to start from");
+            None
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "the snapshot saved on disk is ignored");
+            None
         }
     }
 }
@@ -213,6 +285,17 @@ fn build_runners(
     Some((database?, declared?))
 }
 
+/// What became of the database during the checks.
+enum Reached {
+    /// Connected (and migrated, when asked).
+    Yes(Database),
+    /// An external database that did not answer within `--db-wait`: readyd
+    /// may still start from the snapshot saved on disk.
+    Unreachable(Box<PgConnectOptions>),
+    /// Not reached for another reason, or not tried.
+    No,
+}
+
 /// A database reached during the checks.
 struct Database {
     store: Store,
@@ -228,10 +311,7 @@ impl Database {
     }
 }
 
-async fn run_checks(
-    args: &ServeArgs,
-    migrate: bool,
-) -> (StartupReport, Option<Settings>, Option<Database>) {
+async fn run_checks(args: &ServeArgs, migrate: bool) -> (StartupReport, Option<Settings>, Reached) {
     let mut report = StartupReport::default();
     let settings = match Settings::from_args(args) {
         Ok(settings) => Some(settings),
@@ -245,7 +325,7 @@ async fn run_checks(
     // The database is checked even when other settings are wrong, so that
     // one run reports everything.
     let Ok(db_settings) = DatabaseSettings::from_args(&args.database) else {
-        return (report, settings, None);
+        return (report, settings, Reached::No);
     };
     let (options, private_pg) = match &db_settings.source {
         DatabaseSource::External(options) => ((**options).clone(), None),
@@ -254,13 +334,15 @@ async fn run_checks(
             Ok(pg) => (pg.connect_options(), Some(pg)),
             Err(err) => {
                 report.push("private PostgreSQL", err.to_string());
-                return (report, settings, None);
+                return (report, settings, Reached::No);
             }
         },
     };
-    let store = match Store::connect(options, db_settings.pool_size, db_settings.wait).await {
+    let store = match Store::connect(options.clone(), db_settings.pool_size, db_settings.wait).await
+    {
         Ok(store) => store,
         Err(err) => {
+            let unreachable = matches!(err, StoreError::Unavailable(_)) && private_pg.is_none();
             report.push(
                 "database",
                 format!(
@@ -271,7 +353,12 @@ async fn run_checks(
             if let Some(pg) = private_pg.filter(|pg| !pg.adopted()) {
                 pg.stop_or_warn().await;
             }
-            return (report, settings, None);
+            let reached = if unreachable {
+                Reached::Unreachable(Box::new(options))
+            } else {
+                Reached::No
+            };
+            return (report, settings, reached);
         }
     };
     let database = Database { store, private_pg };
@@ -297,5 +384,5 @@ async fn run_checks(
         }
         Err(err) => report.push("database", format!("cannot inspect the schema: {err}")),
     }
-    (report, settings, Some(database))
+    (report, settings, Reached::Yes(database))
 }

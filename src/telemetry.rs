@@ -37,6 +37,8 @@ pub const HEALTH_STATUS: &str = "readyd_health_status";
 pub const SNAPSHOT_VERSION: &str = "readyd_snapshot_version";
 /// Unix time of the last change applied to the snapshot.
 pub const SNAPSHOT_LAST_CHANGE: &str = "readyd_snapshot_last_change_timestamp_seconds";
+/// How long the served data has been stale (0 while current).
+pub const SNAPSHOT_STALE: &str = "readyd_snapshot_stale_seconds";
 /// Flags in the snapshot.
 pub const SNAPSHOT_FLAGS: &str = "readyd_snapshot_flags";
 /// Configuration rows in the snapshot.
@@ -118,6 +120,11 @@ fn describe() {
         "1 for the current overall status (healthy, degraded, unhealthy)."
     );
     describe_gauge!(SNAPSHOT_VERSION, "Version of the in-memory snapshot.");
+    describe_gauge!(
+        SNAPSHOT_STALE,
+        Unit::Seconds,
+        "How long the served data has been stale, i.e. answers carry reason STALE (0 while current)."
+    );
     describe_gauge!(
         SNAPSHOT_LAST_CHANGE,
         Unit::Seconds,

@@ -7,11 +7,8 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use readyd::api::pb::grpc_health_v1::HealthCheckRequest;
 use readyd::api::pb::grpc_health_v1::health_check_response::ServingStatus;
 use readyd::api::pb::grpc_health_v1::health_client::HealthClient;
@@ -19,14 +16,11 @@ use readyd::api::pb::readyd::v1 as pb;
 use readyd::api::pb::readyd::v1::config_service_client::ConfigServiceClient;
 use readyd::api::pb::readyd::v1::flag_service_client::FlagServiceClient;
 use readyd::api::pb::readyd::v1::health_service_client::HealthServiceClient;
+use support::daemon::{BINARY, Daemon, DaemonCommand};
 use support::{TestDb, wait_for_probe};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
-
-const BINARY: &str = env!("CARGO_BIN_EXE_readyd");
+use tokio::process::Command;
 
 const ADMIN_TOKEN: &str = "adm-TOKEN-7f3k2q9";
 const READ_TOKEN: &str = "rd-TOKEN-p0x8v1";
@@ -55,119 +49,18 @@ fn with_password(url: &str) -> String {
     }
 }
 
-struct Daemon {
-    child: Child,
-    addr: SocketAddr,
-    /// Every log line, as it arrives.
-    lines: mpsc::UnboundedReceiver<String>,
-}
-
-impl Daemon {
-    /// Starts `readyd serve` and waits for its "serving" line.
-    async fn start(database_url: &str, extra: &[&str], json: bool) -> Daemon {
-        let mut child = Command::new(BINARY)
-            .args(["serve", "--listen", "127.0.0.1:0", "--environment", "test"])
-            .args(["--log-format", if json { "json" } else { "text" }])
-            .args(extra)
-            .env("DATABASE_URL", database_url)
-            .env("READYD_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("READYD_READ_TOKEN", READ_TOKEN)
-            .env("READYD_LOG", "readyd=debug,info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn readyd");
-        let (tx, mut lines) = mpsc::unbounded_channel();
-        for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut reader = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = reader.next_line().await {
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        let mut seen = Vec::new();
-        let addr = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.recv().await {
-                seen.push(line.clone());
-                if !line.contains("readyd is serving") {
-                    continue;
-                }
-                let addr = if json {
-                    let event: serde_json::Value = serde_json::from_str(&line).expect("json line");
-                    event["listen"].as_str().expect("listen").to_owned()
-                } else {
-                    line.split("listen=")
-                        .nth(1)
-                        .and_then(|rest| rest.split_whitespace().next())
-                        .expect("listen=")
-                        .to_owned()
-                };
-                return addr.parse::<SocketAddr>().expect("address");
-            }
-            panic!("readyd exited before serving:\n{}", seen.join("\n"));
-        })
+/// Starts readyd on `database_url` with the test tokens and debug logs.
+async fn start_daemon(database_url: &str, extra: &[&str], json: bool) -> Daemon {
+    let command = DaemonCommand::serve()
+        .args(["--environment", "test"])
+        .args(extra)
+        .env("DATABASE_URL", database_url)
+        .env("READYD_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("READYD_READ_TOKEN", READ_TOKEN)
+        .env("READYD_LOG", "readyd=debug,info");
+    if json { command } else { command.text_logs() }
+        .start()
         .await
-        .expect("readyd serves within 30 s");
-        // Lines read while waiting are part of the log too.
-        let (replay_tx, replay) = mpsc::unbounded_channel();
-        for line in seen {
-            let _ = replay_tx.send(line);
-        }
-        tokio::spawn(async move {
-            while let Some(line) = lines.recv().await {
-                if replay_tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Daemon {
-            child,
-            addr,
-            lines: replay,
-        }
-    }
-
-    async fn channel(&self) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.addr))
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("connect")
-    }
-
-    /// SIGTERM, wait for exit 0, and return every log line.
-    async fn stop(mut self) -> Vec<String> {
-        let pid = self.child.id().expect("running") as i32;
-        kill(Pid::from_raw(pid), Signal::SIGTERM).expect("SIGTERM");
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("exits in time")
-            .expect("wait");
-        assert!(status.success(), "exit status {status:?}");
-        let mut all = Vec::new();
-        while let Ok(Some(line)) =
-            tokio::time::timeout(Duration::from_millis(500), self.lines.recv()).await
-        {
-            all.push(line);
-        }
-        all
-    }
 }
 
 fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
@@ -240,7 +133,7 @@ async fn metrics_hold_the_named_series_after_traffic() {
         .await
         .expect("flag");
     let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let daemon = Daemon::start(
+    let daemon = start_daemon(
         &db.url,
         &[
             "--metrics-listen",
@@ -572,7 +465,7 @@ async fn no_secret_reaches_text_or_json_logs() {
         "cache=redis://:{REDIS_PASSWORD}@127.0.0.1:6379?failures=1&interval=200ms&critical=false"
     );
     for json in [false, true] {
-        let daemon = Daemon::start(
+        let daemon = start_daemon(
             &with_password(&db.url),
             &["--check", &check, "--metrics-listen", "off"],
             json,

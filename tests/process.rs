@@ -5,107 +5,37 @@
 mod support;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use readyd::api::pb::grpc_health_v1::HealthCheckRequest;
 use readyd::api::pb::grpc_health_v1::health_check_response::ServingStatus;
 use readyd::api::pb::grpc_health_v1::health_client::HealthClient;
 use readyd::api::pb::readyd::v1::CheckDatabaseRequest;
 use readyd::api::pb::readyd::v1::health_service_client::HealthServiceClient;
+use support::daemon::{BINARY, Daemon, DaemonCommand};
 use support::{next, wait_for_probe};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_readyd");
-
-/// A readyd child process and the address it reported.
-struct Daemon {
-    child: Child,
-    addr: String,
-}
-
-/// Starts `readyd serve` with no DATABASE_URL on an ephemeral port and
-/// waits for its "serving" log line (JSON logs on stderr).
+/// Starts `readyd serve` with no DATABASE_URL (a private PostgreSQL in
+/// `data_dir`).
 async fn start_daemon(data_dir: &Path) -> Daemon {
-    let mut child = Command::new(BINARY)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--shutdown-timeout",
-            "10s",
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("READYD_ADMIN_TOKEN")
-        .env_remove("READYD_READ_TOKEN")
-        .env("READYD_LOG", "info")
-        .env("READYD_METRICS_LISTEN", "off")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn readyd");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.expect("read stderr") {
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if event["message"] == "readyd is serving" {
-                return event["listen"].as_str().expect("listen field").to_owned();
-            }
-        }
-        panic!("readyd exited before serving");
-    })
-    .await
-    .expect("readyd serves within 60 s");
-    // Keep draining stderr so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Daemon { child, addr }
-}
-
-impl Daemon {
-    async fn health(&self) -> HealthClient<tonic::transport::Channel> {
-        HealthClient::connect(format!("http://{}", self.addr))
-            .await
-            .expect("connect")
-    }
-
-    fn signal(&self, signal: Signal) {
-        let pid = self.child.id().expect("running") as i32;
-        kill(Pid::from_raw(pid), signal).expect("send signal");
-    }
-
-    async fn wait(mut self, within: Duration) -> std::process::ExitStatus {
-        tokio::time::timeout(within, self.child.wait())
-            .await
-            .expect("exits in time")
-            .expect("wait")
-    }
+    DaemonCommand::serve()
+        .args(["--shutdown-timeout", "10s"])
+        .arg_path("--data-dir", data_dir)
+        .start()
+        .await
 }
 
 #[tokio::test]
 async fn zero_setup_serves_then_drains_on_sigterm_and_reuses_its_data_dir() {
     let data_dir = tempfile::tempdir().expect("temp dir");
-    let daemon = start_daemon(data_dir.path()).await;
-    let mut health = daemon.health().await;
+    let mut daemon = start_daemon(data_dir.path()).await;
+    let mut health = HealthClient::new(daemon.channel().await);
     let readiness = HealthCheckRequest {
         service: "readiness".into(),
     };
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", daemon.addr))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
-    wait_for_probe(channel, "readiness", ServingStatus::Serving).await;
+    wait_for_probe(daemon.channel().await, "readiness", ServingStatus::Serving).await;
     assert_eq!(
         health
             .check(readiness.clone())
@@ -115,9 +45,7 @@ async fn zero_setup_serves_then_drains_on_sigterm_and_reuses_its_data_dir() {
             .status(),
         ServingStatus::Serving
     );
-    let mut db = HealthServiceClient::connect(format!("http://{}", daemon.addr))
-        .await
-        .expect("connect");
+    let mut db = HealthServiceClient::new(daemon.channel().await);
     let first = db
         .check_database(CheckDatabaseRequest {})
         .await
@@ -143,10 +71,8 @@ async fn zero_setup_serves_then_drains_on_sigterm_and_reuses_its_data_dir() {
     );
 
     // Same data dir: the cluster and its rows are still there.
-    let daemon = start_daemon(data_dir.path()).await;
-    let mut db = HealthServiceClient::connect(format!("http://{}", daemon.addr))
-        .await
-        .expect("connect");
+    let mut daemon = start_daemon(data_dir.path()).await;
+    let mut db = HealthServiceClient::new(daemon.channel().await);
     let second = db
         .check_database(CheckDatabaseRequest {})
         .await

@@ -75,13 +75,14 @@ pub fn entry(row: &ConfigRow, is_admin: bool) -> pb::ConfigEntry {
     }
 }
 
-/// The maintenance mode of `environment` in `snapshot`.
-fn maintenance(snapshot: &Snapshot, environment: &str) -> pb::MaintenanceMode {
-    let mode = config::maintenance(&snapshot.configs, environment);
+/// The maintenance mode of `environment` in the current snapshot.
+fn maintenance(state: &State, environment: &str) -> pb::MaintenanceMode {
+    let mode = config::maintenance(&state.snapshot().configs, environment);
     pb::MaintenanceMode {
         enabled: mode.enabled,
         message: mode.message,
         version: mode.version,
+        stale: state.freshness().is_stale(),
     }
 }
 
@@ -129,6 +130,7 @@ impl ConfigService for ConfigApi {
         };
         Ok(Response::new(pb::GetConfigResponse {
             entry: Some(entry(row, caller.is_admin)),
+            stale: self.state.freshness().is_stale(),
         }))
     }
 
@@ -166,6 +168,7 @@ impl ConfigService for ConfigApi {
         Ok(Response::new(pb::ListConfigsResponse {
             entries,
             version: snapshot.version,
+            stale: self.state.freshness().is_stale(),
         }))
     }
 
@@ -224,10 +227,7 @@ impl ConfigService for ConfigApi {
         &self,
         _request: Request<pb::GetMaintenanceModeRequest>,
     ) -> Result<Response<pb::MaintenanceMode>, Status> {
-        Ok(Response::new(maintenance(
-            &self.state.snapshot(),
-            &self.environment,
-        )))
+        Ok(Response::new(maintenance(&self.state, &self.environment)))
     }
 
     async fn set_maintenance_mode(
@@ -248,10 +248,7 @@ impl ConfigService for ConfigApi {
             .await
             .map_err(ApiError::from)?;
         read_your_write(&self.state, mode.version.max(message.version)).await;
-        Ok(Response::new(maintenance(
-            &self.state.snapshot(),
-            &self.environment,
-        )))
+        Ok(Response::new(maintenance(&self.state, &self.environment)))
     }
 
     async fn list_config_audit(

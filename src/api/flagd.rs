@@ -185,13 +185,18 @@ impl FlagdCore {
         }
     }
 
+    /// Evaluates `flag`; `stale`: the snapshot is not known to be current.
     fn answer(
         &self,
         flag: &CompiledFlag,
         context: &EvaluationContext,
+        stale: bool,
         tally: &mut Tally,
     ) -> Resolved {
         let evaluation = flag.evaluate(&self.environment, context);
+        // Disabled stays disabled (no value in v2) even when stale.
+        let disabled = evaluation.reason == Reason::Disabled;
+        let evaluation = evaluation.stale_if(stale);
         tally.add(evaluation.reason);
         Resolved {
             value: evaluation.value.clone(),
@@ -200,7 +205,7 @@ impl FlagdCore {
                 Variant::Off => "off",
             },
             reason: evaluation.reason.as_str(),
-            disabled: evaluation.reason == Reason::Disabled,
+            disabled,
             metadata: metadata(evaluation.flag_version),
         }
     }
@@ -220,7 +225,8 @@ impl FlagdCore {
         };
         let value_type = flag.flag().value_type;
         let mut tally = Tally::default();
-        let resolved = self.answer(flag, &context, &mut tally);
+        let stale = self.state.freshness().is_stale();
+        let resolved = self.answer(flag, &context, stale, &mut tally);
         self.evaluations.record_tally(&tally);
         if !type_matches(wanted, value_type, &resolved.value) {
             return Err(Status::invalid_argument(format!(
@@ -243,6 +249,7 @@ impl FlagdCore {
     ) -> Result<(Vec<(String, Resolved)>, i64), Status> {
         let context = context_of(context)?;
         let snapshot = self.state.snapshot();
+        let stale = self.state.freshness().is_stale();
         let mut tally = Tally::default();
         let answers = snapshot
             .flags_with_prefix("")
@@ -250,7 +257,7 @@ impl FlagdCore {
             .map(|flag| {
                 (
                     flag.key().to_owned(),
-                    self.answer(flag, &context, &mut tally),
+                    self.answer(flag, &context, stale, &mut tally),
                 )
             })
             .collect();

@@ -195,14 +195,16 @@ fn evaluation_response(key: &str, evaluation: &Evaluation<'_>) -> pb::EvaluateFl
 }
 
 impl FlagApi {
-    /// Evaluates `flag`, counting the answer's reason in `tally`.
+    /// Evaluates `flag`, counting the answer's reason in `tally`; `stale`:
+    /// the snapshot is not known to be current.
     fn evaluate(
         &self,
         flag: &CompiledFlag,
         context: &EvaluationContext,
+        stale: bool,
         tally: &mut Tally,
     ) -> pb::EvaluateFlagResponse {
-        let evaluation = flag.evaluate(&self.environment, context);
+        let evaluation = flag.evaluate(&self.environment, context).stale_if(stale);
         tally.add(evaluation.reason);
         evaluation_response(flag.key(), &evaluation)
     }
@@ -293,7 +295,8 @@ impl FlagService for FlagApi {
             return Err(unknown(&request.key).into());
         };
         let mut tally = Tally::default();
-        let answer = self.evaluate(flag, &context, &mut tally);
+        let stale = self.state.freshness().is_stale();
+        let answer = self.evaluate(flag, &context, stale, &mut tally);
         self.evaluations.record_tally(&tally);
         Ok(Response::new(answer))
     }
@@ -305,6 +308,7 @@ impl FlagService for FlagApi {
         let request = request.into_inner();
         let context = EvaluationContext::try_from(request.context)?;
         let snapshot = self.state.snapshot();
+        let stale = self.state.freshness().is_stale();
         let mut tally = Tally::default();
         let results = if request.keys.is_empty() {
             snapshot
@@ -313,7 +317,7 @@ impl FlagService for FlagApi {
                 .map(|flag| pb::FlagEvaluationResult {
                     key: flag.key().to_owned(),
                     outcome: Some(pb::flag_evaluation_result::Outcome::Evaluation(
-                        self.evaluate(flag, &context, &mut tally),
+                        self.evaluate(flag, &context, stale, &mut tally),
                     )),
                 })
                 .collect()
@@ -324,7 +328,7 @@ impl FlagService for FlagApi {
                 .map(|key| {
                     let outcome = match snapshot.flag(&key) {
                         Some(flag) => pb::flag_evaluation_result::Outcome::Evaluation(
-                            self.evaluate(flag, &context, &mut tally),
+                            self.evaluate(flag, &context, stale, &mut tally),
                         ),
                         None => pb::flag_evaluation_result::Outcome::Error(pb::EvaluationError {
                             code: "FLAG_NOT_FOUND".to_owned(),

@@ -258,6 +258,22 @@ pub struct Evaluation<'a> {
     pub flag_version: i64,
 }
 
+impl Evaluation<'_> {
+    /// The same answer, given from data that may be out of date: the value
+    /// stands (it is the last known one), the reason becomes `STALE`.
+    #[must_use]
+    pub fn stale_if(self, stale: bool) -> Self {
+        if stale {
+            Evaluation {
+                reason: Reason::Stale,
+                ..self
+            }
+        } else {
+            self
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,8 @@ use super::rules::{self, CheckRecord, CheckState, Outcome, OverallStatus};
 use super::runners::Runner;
 use super::spec::{CheckSpec, Target};
 use super::{Probes, ServingStatus};
-use crate::telemetry::{CHECK_FAILURES, CHECK_LATENCY, CHECK_UP, HEALTH_STATUS};
+use crate::state::Freshness;
+use crate::telemetry::{CHECK_FAILURES, CHECK_LATENCY, CHECK_UP, HEALTH_STATUS, SNAPSHOT_STALE};
 
 /// How often staleness is re-evaluated between results.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
@@ -87,9 +88,8 @@ pub struct HealthMonitor {
     first_round_left: AtomicUsize,
     /// Set once every check has a first result.
     startup_finished: AtomicBool,
-    /// Since when the served data is stale (listener down too long, or
-    /// served from disk); None when fresh.
-    stale_since: Mutex<Option<Instant>>,
+    /// Whether the served data is current (stale data degrades health).
+    freshness: Arc<Freshness>,
     /// Changes of the summary, for WatchHealth and the history recorder.
     summary: watch::Sender<Summary>,
     /// When readyd started.
@@ -106,6 +106,7 @@ impl HealthMonitor {
         database: (CheckSpec, Runner),
         declared: Vec<(CheckSpec, Runner)>,
         probes: Arc<Probes>,
+        freshness: Arc<Freshness>,
     ) -> Arc<Self> {
         let now = Instant::now();
         let checks: Vec<Check> = std::iter::once(database)
@@ -126,7 +127,7 @@ impl HealthMonitor {
             probes,
             database_critical: AtomicBool::new(true),
             startup_finished: AtomicBool::new(false),
-            stale_since: Mutex::new(None),
+            freshness,
             summary: watch::Sender::new(Summary::default()),
             started: now,
             refreshing: Mutex::new(()),
@@ -152,28 +153,9 @@ impl HealthMonitor {
         self.refresh();
     }
 
-    /// Marks the served data stale since `since`, or fresh again (None).
-    pub fn set_stale(&self, since: Option<Instant>) {
-        let changed = {
-            let mut stale_since = self
-                .stale_since
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let changed = stale_since.is_some() != since.is_some();
-            *stale_since = since;
-            changed
-        };
-        if changed {
-            self.refresh();
-        }
-    }
-
-    /// How long the served data has been stale; None when fresh.
+    /// How long the served data has been stale; None when current.
     pub fn stale_for(&self) -> Option<Duration> {
-        self.stale_since
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .map(|since| since.elapsed())
+        self.freshness.stale_for()
     }
 
     /// Whether every check has a first result.
@@ -348,6 +330,7 @@ impl HealthMonitor {
             checks.iter().map(|check| (check.state, check.critical)),
         );
         self.probes.set(READINESS, serving(ready));
+        gauge!(SNAPSHOT_STALE).set(self.stale_for().map_or(0.0, |age| age.as_secs_f64()));
         let summary = Summary {
             overall: Some(self.overall_of(&checks)),
             checks: checks

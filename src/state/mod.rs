@@ -6,6 +6,7 @@
 //! stores it, records the change in a short history (for resuming streams)
 //! and notifies subscribers, so those three never disagree.
 
+pub mod freshness;
 pub mod snapshot;
 
 use std::collections::VecDeque;
@@ -19,6 +20,7 @@ use tokio::sync::{broadcast, watch};
 use crate::config::ConfigRow;
 use crate::flags::CompiledFlag;
 use crate::telemetry::{SNAPSHOT_CONFIGS, SNAPSHOT_FLAGS, SNAPSHOT_LAST_CHANGE, SNAPSHOT_VERSION};
+pub use freshness::Freshness;
 pub use snapshot::Snapshot;
 
 /// Changes kept for subscribers that resume with `since_version`.
@@ -111,11 +113,18 @@ pub struct State {
     history: Mutex<History>,
     /// The current version, for writers waiting to read their own write.
     version: watch::Sender<i64>,
+    /// Whether the snapshot is known to be current.
+    freshness: Arc<Freshness>,
 }
 
 impl State {
-    /// State starting from `snapshot`.
+    /// State starting from `snapshot`, known to be current.
     pub fn new(snapshot: Snapshot) -> Self {
+        Self::with_freshness(snapshot, Freshness::default())
+    }
+
+    /// State starting from `snapshot`, as current as `freshness` says.
+    pub fn with_freshness(snapshot: Snapshot, freshness: Freshness) -> Self {
         let version = snapshot.version;
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
         let state = Self {
@@ -126,6 +135,7 @@ impl State {
                 floor: version,
             }),
             version: watch::Sender::new(version),
+            freshness: Arc::new(freshness),
         };
         record_snapshot(&state.current.load());
         state
@@ -134,6 +144,11 @@ impl State {
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// Whether the snapshot is current; answers say `STALE` when not.
+    pub fn freshness(&self) -> &Arc<Freshness> {
+        &self.freshness
     }
 
     /// Subscribes to changes, then reads the snapshot.

@@ -42,8 +42,9 @@ struct Announcement {
     row: Option<serde_json::Value>,
 }
 
-/// Longest wait between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest wait between reconnection attempts: short, so that data is
+/// current again within seconds of the database coming back.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 impl Store {
     /// Everything, consistently: holds the change lock in shared mode so no
@@ -71,10 +72,14 @@ impl Store {
 pub struct ChangeListener {
     /// The database.
     store: Store,
-    /// The LISTEN connection.
-    listener: PgListener,
+    /// The LISTEN connection; None until the first connection of a start
+    /// with the database down.
+    listener: Option<PgListener>,
     /// This instance's environment, to resolve configuration for subscribers.
     environment: String,
+    /// Set when readyd started without the database: the schema is
+    /// checked (and migrated, when true) before the first load.
+    unchecked_schema: Option<bool>,
 }
 
 /// What the listener must do next.
@@ -94,20 +99,68 @@ impl ChangeListener {
         listener.listen(CHANGE_CHANNEL).await?;
         Ok(Self {
             store: store.clone(),
-            listener,
+            listener: Some(listener),
             environment: environment.to_owned(),
+            unchecked_schema: None,
         })
     }
 
+    /// A listener for a start with the database down: it connects, checks
+    /// the schema (migrating first when `migrate`), and reloads everything
+    /// as soon as the database answers.
+    pub fn disconnected(store: &Store, environment: &str, migrate: bool) -> Self {
+        Self {
+            store: store.clone(),
+            listener: None,
+            environment: environment.to_owned(),
+            unchecked_schema: Some(migrate),
+        }
+    }
+
+    /// Migrates (when asked) and checks the schema of a database first met
+    /// after start-up; an error says why it cannot be used yet.
+    async fn check_schema(&self, migrate: bool) -> Result<(), String> {
+        if migrate {
+            self.store.migrate().await.map_err(|err| err.to_string())?;
+        }
+        let problems = self
+            .store
+            .schema_problems()
+            .await
+            .map_err(|err| err.to_string())?;
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            Err(problems.join("; "))
+        }
+    }
+
     /// Keeps `state` equal to the tables until `shutdown` fires.
+    ///
+    /// Whenever it may be missing changes (connection lost, reload failed),
+    /// it tells the state's [`Freshness`](crate::state::Freshness); a
+    /// successful full reload makes the data current again.
     pub async fn run(mut self, state: Arc<State>, shutdown: CancellationToken) {
-        let mut next = Next::Listen;
+        let freshness = Arc::clone(state.freshness());
+        let mut next = if self.listener.is_some() {
+            Next::Listen
+        } else {
+            Next::Reconnect
+        };
         let mut backoff = Duration::from_millis(100);
         loop {
+            if !matches!(next, Next::Listen) {
+                freshness.listener_lost();
+            }
             next = match next {
                 Next::Listen => {
+                    let Some(listener) = self.listener.as_mut() else {
+                        next = Next::Reconnect;
+                        continue;
+                    };
                     let received = tokio::select! {
-                        received = self.listener.try_recv() => received,
+                        received = listener.try_recv() => received,
                         () = shutdown.cancelled() => return,
                     };
                     match received {
@@ -136,6 +189,9 @@ impl ChangeListener {
                             "reloaded everything"
                         );
                         state.publish(snapshot, Event::Resync { version });
+                        if freshness.current() {
+                            tracing::info!(version, "the data is current again (no longer STALE)");
+                        }
                         Next::Listen
                     }
                     Err(err) => {
@@ -149,6 +205,16 @@ impl ChangeListener {
                         () = shutdown.cancelled() => return,
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
+                    if let Some(migrate) = self.unchecked_schema {
+                        match self.check_schema(migrate).await {
+                            Ok(()) => self.unchecked_schema = None,
+                            Err(problem) => {
+                                tracing::warn!(%problem, "the database is not usable yet; still serving the saved snapshot");
+                                next = Next::Reconnect;
+                                continue;
+                            }
+                        }
+                    }
                     match Self::connect(&self.store, &self.environment).await {
                         Ok(fresh) => {
                             counter!(LISTENER_RECONNECTS).increment(1);

@@ -226,16 +226,23 @@ impl Store {
             tokio::time::sleep(backoff.min(deadline - now)).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
+        Ok(Self::lazy(options, pool_size))
+    }
+
+    /// A handle that connects only when first used: for a start with the
+    /// database down, whose queries fail as UNAVAILABLE until it is back.
+    pub fn lazy(options: PgConnectOptions, pool_size: u32) -> Self {
+        let options = options.application_name("readyd");
         let pool = PgPoolOptions::new()
             .max_connections(pool_size)
             .min_connections(0)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options.clone());
         let listener_pool = listener_pool(options);
-        Ok(Self {
+        Self {
             pool,
             listener_pool,
-        })
+        }
     }
 
     /// Wraps an existing pool (tests, tools).

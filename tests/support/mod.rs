@@ -7,6 +7,7 @@
 //! system temp directory and later test binaries and runs reuse.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod proxy;
 
 use std::net::SocketAddr;
@@ -217,6 +218,7 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
         database_check: "interval=10s&timeout=2s&failures=3".into(),
         history_interval: "60s".into(),
         history_retention: "7d".into(),
+        stale_after: "10s".into(),
         // One exporter per process; the metrics tests run the binary.
         metrics_listen: "off".into(),
         flagd_listen: "off".into(),
