@@ -114,7 +114,7 @@ pub async fn check(args: &ServeArgs) -> StartupReport {
 pub async fn prepare(args: &ServeArgs) -> Result<Started, StartupReport> {
     let (mut report, settings, reached) = run_checks(args, true).await;
     let (database, saved) = match (reached, &settings) {
-        (Reached::Yes(database), _) => (Some(database), None),
+        (Reached::Yes(database), _) => (Some(*database), None),
         (Reached::Unreachable(options), Some(settings)) if report.problems.len() == 1 => {
             match saved_snapshot(settings) {
                 Some(saved) => {
@@ -288,7 +288,7 @@ fn build_runners(
 /// What became of the database during the checks.
 enum Reached {
     /// Connected (and migrated, when asked).
-    Yes(Database),
+    Yes(Box<Database>),
     /// An external database that did not answer within `--db-wait`: readyd
     /// may still start from the snapshot saved on disk.
     Unreachable(Box<PgConnectOptions>),
@@ -384,5 +384,5 @@ async fn run_checks(args: &ServeArgs, migrate: bool) -> (StartupReport, Option<S
         }
         Err(err) => report.push("database", format!("cannot inspect the schema: {err}")),
     }
-    (report, settings, Reached::Yes(database))
+    (report, settings, Reached::Yes(Box::new(database)))
 }

@@ -107,7 +107,7 @@ fn report_json(report: &pb::HealthReport) -> Value {
 }
 
 fn report_table(report: &pb::HealthReport) -> String {
-    let mut out = output::fields(vec![
+    let mut pairs = vec![
         ("status", status_name(report.status()).to_owned()),
         ("instance", report.instance.clone()),
         ("environment", report.environment.clone()),
@@ -121,7 +121,18 @@ fn report_table(report: &pb::HealthReport) -> String {
                 "off".to_owned()
             },
         ),
-    ]);
+    ];
+    if let Some(age) = &report.stale_for {
+        let age = std::time::Duration::from_secs(u64::try_from(age.seconds).unwrap_or(0));
+        pairs.push((
+            "stale for",
+            format!(
+                "{} (answers say STALE: the database cannot be reached)",
+                humantime::format_duration(age)
+            ),
+        ));
+    }
+    let mut out = output::fields(pairs);
     out.push('\n');
     let rows = report
         .checks

@@ -7,6 +7,7 @@
 //! system temp directory and later test binaries and runs reuse.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod daemon;
 pub mod proxy;
 
