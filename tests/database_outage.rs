@@ -136,6 +136,33 @@ async fn assert_serving_stale(daemon: &Daemon, min_age: Duration) {
     );
 }
 
+/// A loopback address with a free port (closed again; a tiny race is
+/// acceptable here).
+fn free_loopback_address() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("free port")
+        .to_string()
+}
+
+/// `readyd_snapshot_stale_seconds` from the metrics endpoint at `addr`.
+async fn stale_seconds(addr: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("metrics port");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("request");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.expect("response");
+    body.lines()
+        .find_map(|line| line.strip_prefix("readyd_snapshot_stale_seconds "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// A flag and a config row, written by plain SQL.
 async fn seed(cluster: &Cluster) {
     let mut db = cluster.connect().await;
@@ -170,8 +197,9 @@ async fn wait_for_saved(data_dir: &Path, version: i64) -> snapshot_file::SavedSn
 async fn killed_while_the_database_is_down_it_restarts_stale_then_catches_up() {
     let mut cluster = Cluster::start().await;
     let data_dir = tempfile::tempdir().expect("temp dir");
+    let metrics = free_loopback_address();
     let daemon = readyd(cluster.url(), data_dir.path())
-        .args(["--stale-after", "1s"])
+        .args(["--stale-after", "1s", "--metrics-listen", &metrics])
         .start()
         .await;
     seed(&cluster).await;
@@ -187,6 +215,11 @@ async fn killed_while_the_database_is_down_it_restarts_stale_then_catches_up() {
     cluster.stop().await;
     let stale = evaluate_until(&channel, "checkout", Duration::from_secs(15), is_stale).await;
     assert_eq!(stale.variant, "on", "the last known value stands");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stale_seconds(&metrics).await < 1.0 {
+        assert!(Instant::now() < deadline, "the staleness metric stays 0");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let refused = FlagServiceClient::new(channel.clone())
         .upsert_flag(admin(pb::UpsertFlagRequest {
             key: "checkout".into(),
