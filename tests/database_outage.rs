@@ -22,7 +22,8 @@ use readyd::snapshot_file;
 use readyd::state::Snapshot;
 use support::cluster::Cluster;
 use support::daemon::{BINARY, Daemon, DaemonCommand};
-use support::{ADMIN_TOKEN, admin, wait_for_probe};
+use support::proxy::{Target, TcpProxy};
+use support::{ADMIN_TOKEN, TestDb, admin, wait_for_probe};
 use tonic::transport::Channel;
 
 const ENVIRONMENT: &str = "test";
@@ -471,4 +472,42 @@ async fn without_a_database_only_a_valid_snapshot_of_this_environment_starts_rea
     assert!(!lines.iter().any(|line| line.contains("panicked")));
     let kept = std::fs::read(snapshot_file::path_for(data_dir.path(), ENVIRONMENT)).expect("read");
     assert_eq!(kept, own, "the snapshot read back is left as it was");
+}
+
+#[tokio::test]
+async fn a_silent_partition_is_noticed_and_answers_turn_stale_until_it_heals() {
+    let db = TestDb::new().await;
+    sqlx::query("INSERT INTO feature_flags (key, enabled, rollout_percentage) VALUES ('checkout', true, 100)")
+        .execute(&db.pool)
+        .await
+        .expect("flag");
+    let proxy = TcpProxy::start(Target::of_url(&db.url)).await;
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let daemon = readyd(&db.proxied_url(&proxy), data_dir.path())
+        .args(["--stale-after", "1s"])
+        .start()
+        .await;
+    let channel = daemon.channel().await;
+    evaluate_until(&channel, "checkout", Duration::from_secs(10), |answer| {
+        answer.variant == "on" && !is_stale(answer)
+    })
+    .await;
+
+    // Nothing is closed, nothing arrives: the listener alone would wait
+    // forever; the failing database check makes it reconnect, and answers
+    // turn STALE while it cannot.
+    proxy.stall();
+    sqlx::query("UPDATE feature_flags SET enabled = false WHERE key = 'checkout'")
+        .execute(&db.pool)
+        .await
+        .expect("update");
+    let stale = evaluate_until(&channel, "checkout", Duration::from_secs(20), is_stale).await;
+    assert_eq!(stale.variant, "on", "the change made meanwhile is not seen");
+
+    proxy.heal();
+    evaluate_until(&channel, "checkout", Duration::from_secs(20), |answer| {
+        answer.variant == "off" && !is_stale(answer)
+    })
+    .await;
+    daemon.stop().await;
 }

@@ -267,6 +267,12 @@ impl HealthMonitor {
         let name = check.spec.name.clone();
         gauge!(CHECK_LATENCY, "check" => name.clone()).set(latency.as_secs_f64());
         gauge!(CHECK_FAILURES, "check" => name).set(f64::from(failures));
+        if before != after
+            && after == CheckState::Failing
+            && matches!(check.spec.target, Target::Database)
+        {
+            self.freshness.doubt_listener();
+        }
         if before != after {
             match after {
                 CheckState::Passing => tracing::info!(

@@ -8,12 +8,19 @@
 //! anyone). A full reload after the database answers again makes the data
 //! current.
 //!
+//! A connection that is cut without a word (a network partition, a
+//! half-open TCP connection) leaves the listener waiting forever, so the
+//! database check's failure also counts: it [`doubts`](Freshness::doubt_listener)
+//! the listener, which then reconnects.
+//!
 //! Every evaluation asks [`Freshness::is_stale`], so the current case is one
 //! relaxed atomic load.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 /// Default of `--stale-after`.
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(10);
@@ -37,6 +44,9 @@ pub struct Freshness {
     behind: Mutex<Option<Behind>>,
     /// How long the listener may be down before answers turn stale.
     stale_after: Duration,
+    /// Counts the times the database check turned failing: the listener
+    /// reconnects when it moves.
+    doubts: watch::Sender<u64>,
 }
 
 impl Freshness {
@@ -47,6 +57,7 @@ impl Freshness {
             stale_from: AtomicU64::new(0),
             behind: Mutex::new(None),
             stale_after,
+            doubts: watch::Sender::new(0),
         }
     }
 
@@ -103,6 +114,17 @@ impl Freshness {
         *behind = None;
         self.stale_from.store(0, Ordering::Relaxed);
         was_stale
+    }
+
+    /// The database check turned failing: the listener's connection may be
+    /// dead without it knowing.
+    pub fn doubt_listener(&self) {
+        self.doubts.send_modify(|doubts| *doubts += 1);
+    }
+
+    /// A receiver that wakes on every [`Self::doubt_listener`].
+    pub fn listener_doubts(&self) -> watch::Receiver<u64> {
+        self.doubts.subscribe()
     }
 
     /// Whether the data may be behind (stale, or about to be).

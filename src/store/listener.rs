@@ -143,6 +143,7 @@ impl ChangeListener {
     /// successful full reload makes the data current again.
     pub async fn run(mut self, state: Arc<State>, shutdown: CancellationToken) {
         let freshness = Arc::clone(state.freshness());
+        let mut doubts = freshness.listener_doubts();
         let mut next = if self.listener.is_some() {
             Next::Listen
         } else {
@@ -159,9 +160,18 @@ impl ChangeListener {
                         next = Next::Reconnect;
                         continue;
                     };
+                    doubts.borrow_and_update();
                     let received = tokio::select! {
                         received = listener.try_recv() => received,
                         () = shutdown.cancelled() => return,
+                        _ = doubts.changed() => {
+                            // The read was cut mid-way: this connection is
+                            // done with either way.
+                            tracing::warn!("the database check is failing; reconnecting the change listener in case its connection is dead");
+                            self.listener = None;
+                            next = Next::Reconnect;
+                            continue;
+                        }
                     };
                     match received {
                         Ok(Some(notification)) => self.apply(notification.payload(), &state).await,
@@ -215,6 +225,10 @@ impl ChangeListener {
                             }
                         }
                     }
+                    // The old listener holds the listener pool's only
+                    // connection until dropped: connecting while it lives
+                    // would wait for that slot forever.
+                    self.listener = None;
                     match Self::connect(&self.store, &self.environment).await {
                         Ok(fresh) => {
                             counter!(LISTENER_RECONNECTS).increment(1);

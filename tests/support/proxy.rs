@@ -1,6 +1,8 @@
-//! A TCP proxy between readyd and PostgreSQL that a test can cut and heal,
-//! to take the database away from a running readyd without stopping the
-//! shared server.
+//! A TCP proxy between readyd and PostgreSQL that a test can cut, stall and
+//! heal, to take the database away from a running readyd without stopping
+//! the shared server: cut closes every connection (the server went away);
+//! stall forwards nothing and closes nothing (a network partition, where
+//! nobody is told).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,6 +39,8 @@ pub struct TcpProxy {
     pub addr: SocketAddr,
     /// true while cut.
     cut: watch::Sender<bool>,
+    /// true while stalled.
+    stalled: watch::Sender<bool>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -47,6 +51,8 @@ impl TcpProxy {
         let addr = listener.local_addr().expect("proxy addr");
         let (cut, _) = watch::channel(false);
         let cut_rx = cut.subscribe();
+        let (stalled, _) = watch::channel(false);
+        let stalled_rx = stalled.subscribe();
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -58,23 +64,35 @@ impl TcpProxy {
                 }
                 let target = target.clone();
                 let mut cut_rx = cut_rx.clone();
+                let mut stalled_rx = stalled_rx.clone();
                 tokio::spawn(async move {
+                    let stalled_now = *stalled_rx.borrow();
+                    if stalled_now {
+                        // Accepted, never answered; closed when healed.
+                        let _ = stalled_rx.wait_for(|stalled| !*stalled).await;
+                        return;
+                    }
                     match target {
                         Target::Tcp(addr) => {
                             if let Ok(server) = TcpStream::connect(addr).await {
-                                pipe(client, server, &mut cut_rx).await;
+                                pipe(client, server, &mut cut_rx, &mut stalled_rx).await;
                             }
                         }
                         Target::Unix(path) => {
                             if let Ok(server) = UnixStream::connect(path).await {
-                                pipe(client, server, &mut cut_rx).await;
+                                pipe(client, server, &mut cut_rx, &mut stalled_rx).await;
                             }
                         }
                     }
                 });
             }
         });
-        TcpProxy { addr, cut, accept }
+        TcpProxy {
+            addr,
+            cut,
+            stalled,
+            accept,
+        }
     }
 
     /// Drops every connection and refuses new ones.
@@ -82,9 +100,16 @@ impl TcpProxy {
         self.cut.send_replace(true);
     }
 
-    /// Accepts connections again.
+    /// Forwards nothing, closes nothing, and accepts connections without
+    /// answering them; heal closes what the stall held.
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    /// Accepts and forwards connections again.
     pub fn heal(&self) {
         self.cut.send_replace(false);
+        self.stalled.send_replace(false);
     }
 
     /// `url` rewritten to go through this proxy.
@@ -100,12 +125,21 @@ impl Drop for TcpProxy {
     }
 }
 
-async fn pipe<S>(mut client: TcpStream, mut server: S, cut: &mut watch::Receiver<bool>)
-where
+async fn pipe<S>(
+    mut client: TcpStream,
+    mut server: S,
+    cut: &mut watch::Receiver<bool>,
+    stalled: &mut watch::Receiver<bool>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-        _ = cut.wait_for(|cut| *cut) => {}
+    let stall_began = tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+        _ = cut.wait_for(|cut| *cut) => false,
+        _ = stalled.wait_for(|stalled| *stalled) => true,
+    };
+    if stall_began {
+        // Bytes in flight are lost: the connection is closed at heal.
+        let _ = stalled.wait_for(|stalled| !*stalled).await;
     }
 }
