@@ -1077,14 +1077,17 @@ fn build_call(index: u64) -> Call {
         98 => MetadataKind::HugeHeader,
         _ => MetadataKind::ThousandsOfHeaders,
     };
-    // Plain calls carry the admin token half the time: most mutations then
-    // reach validation instead of stopping at the token check.
-    let mut auth = Vec::new();
-    match metadata_kind {
-        MetadataKind::JunkAuthorization => auth = authorization(rng),
-        _ if rng.percent(50) => auth = vec![format!("Bearer {ADMIN_TOKEN}").into_bytes()],
-        _ => {}
-    }
+    // Other calls carry the admin token half the time and the read token a
+    // quarter, so most reach validation instead of stopping at the token
+    // check (reads need a token: the daemon has a read token set).
+    let auth = match metadata_kind {
+        MetadataKind::JunkAuthorization => authorization(rng),
+        _ => match rng.below(4) {
+            0 | 1 => vec![format!("Bearer {ADMIN_TOKEN}").into_bytes()],
+            2 => vec![format!("Bearer {READ_TOKEN}").into_bytes()],
+            _ => Vec::new(),
+        },
+    };
     let admin_possible = auth.iter().any(|value| {
         value
             .windows(ADMIN_TOKEN.len())
@@ -1555,6 +1558,9 @@ async fn start(db: &TestDb) -> Daemon {
         .env("DATABASE_URL", &db.url)
         .env("READYD_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("READYD_READ_TOKEN", READ_TOKEN)
+        // No span per call (in a debug build it costs about as much as the
+        // call); the per-call warnings and every other line stay.
+        .env("READYD_LOG", "info,readyd::api::observe=warn")
         .args(["--environment", "test", "--shutdown-timeout", "5s"])
         .start()
         .await
