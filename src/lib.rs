@@ -15,6 +15,7 @@ pub mod client;
 pub mod config;
 pub mod deployments;
 pub mod flags;
+pub mod memory;
 pub mod paging;
 pub mod signals;
 pub mod snapshot_file;

@@ -81,6 +81,14 @@ struct Watcher<K: WatchKind> {
     started: bool,
 }
 
+impl<K: WatchKind> Drop for Watcher<K> {
+    fn drop(&mut self) {
+        // A stream's buffers are freed now; after a burst of closing
+        // streams that is worth giving back to the system.
+        crate::memory::released();
+    }
+}
+
 /// The client went away.
 struct Gone;
 
