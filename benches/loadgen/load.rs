@@ -45,11 +45,6 @@ impl LoadReport {
     pub fn per_second(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
-
-    /// Latency at `quantile`, in milliseconds.
-    pub fn ms(&self, quantile: f64) -> f64 {
-        self.latency_us.value_at_quantile(quantile) as f64 / 1000.0
-    }
 }
 
 /// A new histogram for latencies in microseconds, up to a minute.
