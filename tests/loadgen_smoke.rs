@@ -72,6 +72,11 @@ async fn every_scenario_runs_and_reads_never_touch_the_database() {
     );
 
     assert_eq!(results.starts.len(), bench.plan.starts, "every start timed");
+    assert_eq!(
+        results.starts_plain.len(),
+        bench.plan.starts,
+        "every start timed"
+    );
 
     let queries = results.queries.expect("queries");
     assert_eq!(queries.evaluations, bench.plan.evaluations);

@@ -65,6 +65,9 @@ struct Args {
     /// Config rows seeded.
     #[arg(long, default_value_t = 1_000)]
     configs: usize,
+    /// readyd's `--log` filter; readyd must still log "readyd is serving".
+    #[arg(long, default_value = "info")]
+    readyd_log: String,
     /// Tiny counts for every scenario: checks the harness, measures nothing.
     #[arg(long)]
     smoke: bool,
@@ -97,6 +100,7 @@ impl Args {
             starts: self.starts,
             flags: self.flags,
             configs: self.configs,
+            readyd_log: self.readyd_log.clone(),
         }
     }
 }

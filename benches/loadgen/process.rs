@@ -148,17 +148,22 @@ impl Server {
         }
         drop(tx);
         let mut seen = Vec::new();
-        let addr = tokio::time::timeout(Duration::from_secs(60), async {
+        let found = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = lines.recv().await {
                 if let Some(addr) = address_of(&line) {
-                    return addr;
+                    return Some(addr);
                 }
                 seen.push(line);
             }
-            panic!("the server exited before serving:\n{}", seen.join("\n"));
+            None
         })
-        .await
-        .expect("the server serves within 60 s");
+        .await;
+        let Ok(Some(addr)) = found else {
+            panic!(
+                "the server did not say where it serves within 60 s:\n{}",
+                seen.join("\n")
+            );
+        };
         let elapsed = started.elapsed();
         let server = Server {
             addr,

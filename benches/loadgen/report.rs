@@ -8,18 +8,23 @@ use crate::scenarios::{BATCH, Bench, Results, Throughput};
 
 /// Prints what the figures were measured on.
 pub fn machine(bench: &Bench) {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|line| line.starts_with("model name"))
-                .and_then(|line| line.split_once(':'))
-                .map(|(_, model)| model.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".to_owned());
+    // From /proc/cpuinfo: this process may already be pinned to one core.
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cores = cpuinfo
+        .lines()
+        .filter(|line| line.starts_with("processor"))
+        .count();
+    let model = cpuinfo
+        .lines()
+        .find(|line| line.starts_with("model name"))
+        .and_then(|line| line.split_once(':'))
+        .map_or("unknown", |(_, model)| model.trim());
     println!("Machine: {cores} cores, {model:?}; {}", bench.pinning.note);
-    println!("readyd: {}", bench.readyd.display());
+    println!(
+        "readyd: {} --log {}",
+        bench.readyd.display(),
+        bench.plan.readyd_log
+    );
     let shape = bench.plan.shape;
     println!(
         "Load: {} connections, {} in flight, {:?} measured after {:?} of warm-up",
@@ -210,24 +215,32 @@ pub fn print(bench: &Bench, results: &Results) {
         }
     }
     if !results.starts.is_empty() {
-        let mut starts = results.starts.clone();
-        starts.sort();
-        let median = starts[starts.len() / 2];
         println!("## Start to SERVING (readiness), external PostgreSQL, migrations applied");
         println!();
-        println!("| Starts | median ms | min ms | max ms |");
-        println!("|---:|---:|---:|---:|");
-        println!(
-            "| {} | {:.1} | {:.1} | {:.1} |",
-            starts.len(),
-            median.as_secs_f64() * 1000.0,
-            starts[0].as_secs_f64() * 1000.0,
-            starts[starts.len() - 1].as_secs_f64() * 1000.0,
-        );
+        println!("| Database URL | starts | median ms | min ms | max ms |");
+        println!("|---|---:|---:|---:|---:|");
+        let mut worst_plain = Duration::MAX;
+        for (name, starts) in [
+            ("as given (TLS if offered)", &results.starts),
+            ("`sslmode=disable`", &results.starts_plain),
+        ] {
+            let mut starts = starts.clone();
+            starts.sort();
+            let Some(&max) = starts.last() else { continue };
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            println!(
+                "| {name} | {} | {:.1} | {:.1} | {:.1} |",
+                starts.len(),
+                ms(starts[starts.len() / 2]),
+                ms(starts[0]),
+                ms(max),
+            );
+            worst_plain = max;
+        }
         println!();
         println!(
-            "Goal < 300 ms: {}",
-            goal(starts[starts.len() - 1] < Duration::from_millis(300))
+            "Goal < 300 ms (without TLS to a local database): {}",
+            goal(worst_plain < Duration::from_millis(300))
         );
         println!();
     }

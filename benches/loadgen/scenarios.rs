@@ -71,6 +71,8 @@ pub struct Plan {
     pub flags: usize,
     /// Filler config rows seeded.
     pub configs: usize,
+    /// readyd's `--log` filter.
+    pub readyd_log: String,
 }
 
 impl Plan {
@@ -89,6 +91,7 @@ impl Plan {
             starts: 2,
             flags: 100,
             configs: 100,
+            readyd_log: "info".to_owned(),
         }
     }
 }
@@ -189,19 +192,26 @@ pub struct Results {
     pub propagation: Option<Propagation>,
     /// Resident memory.
     pub memory: Option<Memory>,
-    /// Start to SERVING, one per start.
+    /// Start to SERVING, one per start, with the database URL as given
+    /// (TLS when the server offers it: sqlx's default `sslmode=prefer`).
     pub starts: Vec<Duration>,
+    /// The same with `sslmode=disable`.
+    pub starts_plain: Vec<Duration>,
     /// Database work per read.
     pub queries: Option<Queries>,
 }
 
-/// The "readyd is serving" line's address.
+/// The address in readyd's "readyd is serving" line (text logs).
 fn readyd_address(line: &str) -> Option<std::net::SocketAddr> {
     if !line.contains("readyd is serving") {
         return None;
     }
-    let event: serde_json::Value = serde_json::from_str(line).ok()?;
-    event["listen"].as_str()?.parse().ok()
+    line.split("listen=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Loads the database: `plan.flags` filler flags (a target user, a target
@@ -363,12 +373,13 @@ async fn busy_connections(
 }
 
 impl Bench {
-    /// `readyd serve` on `db`, pinned like the baseline, with periodic
+    /// `readyd serve` on `database_url` with its default (text) logs, pinned like the
+    /// baseline, with periodic
     /// database work (the database check, history rows) pushed an hour out
     /// so a run sees only what requests cause; `extra` adds arguments.
     async fn start_readyd(
         &self,
-        db: &TestDb,
+        database_url: &str,
         data_dir: &std::path::Path,
         extra: &[String],
     ) -> (Server, Duration) {
@@ -377,16 +388,10 @@ impl Bench {
             .args(["serve", "--listen", "127.0.0.1:0", "--environment", "bench"])
             .args(["--instance", "loadgen", "--metrics-listen", "127.0.0.1:0"])
             .args(["--database-check", "interval=1h&timeout=2s&failures=3"])
-            .args([
-                "--history-interval",
-                "1h",
-                "--log-format",
-                "json",
-                "--log",
-                "info",
-            ])
+            .args(["--history-interval", "1h", "--log-format", "text", "--log"])
+            .arg(&self.plan.readyd_log)
             .arg("--database-url")
-            .arg(&db.url)
+            .arg(database_url)
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
@@ -428,14 +433,21 @@ impl Bench {
         let mut results = Results::default();
 
         if wants(Scenario::Start) {
+            let separator = if db.url.contains('?') { '&' } else { '?' };
+            let plain = format!("{}{separator}sslmode=disable", db.url);
             for _ in 0..plan.starts {
-                let (server, took) = self.start_readyd(&db, data_dir.path(), &[]).await;
-                results.starts.push(took);
-                server.stop().await;
+                for (url, starts) in [
+                    (&db.url, &mut results.starts),
+                    (&plain, &mut results.starts_plain),
+                ] {
+                    let (server, took) = self.start_readyd(url, data_dir.path(), &[]).await;
+                    starts.push(took);
+                    server.stop().await;
+                }
             }
         }
 
-        let (readyd, _) = self.start_readyd(&db, data_dir.path(), &[]).await;
+        let (readyd, _) = self.start_readyd(&db.url, data_dir.path(), &[]).await;
         let idle_bytes = if wants(Scenario::Memory) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             readyd.rss_bytes()
@@ -528,7 +540,7 @@ impl Bench {
         let check =
             format!("hung=http://{hung_addr}/healthz?timeout=2s&interval=100ms&critical=false");
         let (server, _) = self
-            .start_readyd(db, data_dir, &["--check".to_owned(), check])
+            .start_readyd(&db.url, data_dir, &["--check".to_owned(), check])
             .await;
         // Let the check start its first (hung) attempt.
         tokio::time::sleep(Duration::from_millis(300)).await;
