@@ -208,6 +208,10 @@ pub fn print(bench: &Bench, results: &Results) {
             m.streams,
             mib(m.watching_bytes)
         );
+        println!(
+            "| the baseline server, 1 s after start | {} |",
+            mib(m.baseline_bytes)
+        );
         println!();
         if let Some(idle) = m.idle_bytes {
             println!("Goal idle < 15 MB: {}", goal(idle < 15_000_000));

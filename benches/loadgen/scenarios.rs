@@ -157,6 +157,9 @@ pub struct Memory {
     pub idle_bytes: Option<u64>,
     /// RSS with the propagation scenario's streams open.
     pub watching_bytes: Option<u64>,
+    /// The baseline server's RSS a second after start, when it ran as a
+    /// child: what any tonic server on this machine starts with.
+    pub baseline_bytes: Option<u64>,
     /// Streams open for the second figure.
     pub streams: usize,
 }
@@ -448,6 +451,7 @@ impl Bench {
         }
 
         let (readyd, _) = self.start_readyd(&db.url, data_dir.path(), &[]).await;
+        let mut baseline_bytes = None;
         let idle_bytes = if wants(Scenario::Memory) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             readyd.rss_bytes()
@@ -457,6 +461,10 @@ impl Bench {
 
         if wants(Scenario::Evaluate) || wants(Scenario::Batch) || wants(Scenario::Probe) {
             let baseline = self.start_baseline().await;
+            if wants(Scenario::Memory) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                baseline_bytes = baseline.rss_bytes();
+            }
             let check = |channel: Channel, _: &mut Dice| check_once(channel, "");
             results.baseline = Some(throughput(&baseline, plan.shape, check).await);
             if wants(Scenario::Evaluate) {
@@ -513,6 +521,7 @@ impl Bench {
                 results.memory = Some(Memory {
                     idle_bytes,
                     watching_bytes,
+                    baseline_bytes,
                     streams: plan.subscribers,
                 });
             }
