@@ -19,8 +19,8 @@ pub struct LoadShape {
     pub connections: usize,
     /// Requests in flight at once (one caller each).
     pub concurrency: usize,
-    /// Unrecorded run before the measured one (connections, caches, JIT-free
-    /// but allocator and TCP windows warm up too).
+    /// Unrecorded run before the measured one, so connections, HTTP/2
+    /// windows, caches and the allocator are warm when measuring starts.
     pub warmup: Duration,
     /// Length of the measured run.
     pub duration: Duration,
