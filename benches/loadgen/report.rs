@@ -1,0 +1,268 @@
+//! The load generator's output: the machine, then one Markdown table per
+//! scenario with absolute figures, ratios to the in-run baseline, and the
+//! goal of the scenario.
+
+use std::time::Duration;
+
+use crate::scenarios::{BATCH, Bench, Results, Throughput};
+
+/// Prints what the figures were measured on.
+pub fn machine(bench: &Bench) {
+    // From /proc/cpuinfo: this process may already be pinned to one core.
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cores = cpuinfo
+        .lines()
+        .filter(|line| line.starts_with("processor"))
+        .count();
+    let model = cpuinfo
+        .lines()
+        .find(|line| line.starts_with("model name"))
+        .and_then(|line| line.split_once(':'))
+        .map_or("unknown", |(_, model)| model.trim());
+    println!("Machine: {cores} cores, {model:?}; {}", bench.pinning.note);
+    println!(
+        "readyd: {} --log {}",
+        bench.readyd.display(),
+        bench.plan.readyd_log
+    );
+    let shape = bench.plan.shape;
+    println!(
+        "Load: {} connections, {} in flight, {:?} measured after {:?} of warm-up",
+        shape.connections, shape.concurrency, shape.duration, shape.warmup
+    );
+    println!();
+}
+
+fn ms(micros: u64) -> String {
+    format!("{:.3}", micros as f64 / 1000.0)
+}
+
+fn ratio(value: f64, baseline: f64) -> String {
+    if baseline > 0.0 {
+        format!("{:.2}", value / baseline)
+    } else {
+        "-".to_owned()
+    }
+}
+
+fn goal(met: bool) -> &'static str {
+    if met { "met" } else { "NOT met" }
+}
+
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map_or("-".to_owned(), |b| {
+        format!("{:.1}", b as f64 / 1024.0 / 1024.0)
+    })
+}
+
+/// The baseline's throughput: the mean of the runs before and after.
+fn baseline_rates(results: &Results) -> (f64, Option<f64>) {
+    let runs: Vec<&Throughput> = [&results.baseline, &results.baseline_after]
+        .into_iter()
+        .flatten()
+        .collect();
+    if runs.is_empty() {
+        return (0.0, None);
+    }
+    let n = runs.len() as f64;
+    let rate = runs.iter().map(|t| t.load.per_second()).sum::<f64>() / n;
+    let per_core: Option<Vec<f64>> = runs.iter().map(|t| t.per_server_core()).collect();
+    (rate, per_core.map(|v| v.iter().sum::<f64>() / n))
+}
+
+fn throughput_row(name: &str, run: &Throughput, unit: f64, base: (f64, Option<f64>)) {
+    let (base_rate, base_core) = base;
+    let rate = run.load.per_second() * unit;
+    let per_core = run.per_server_core().map(|r| r * unit);
+    println!(
+        "| {name} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+        rate,
+        ratio(run.load.per_second(), base_rate),
+        per_core.map_or("-".to_owned(), |r| format!("{r:.0}")),
+        match (run.per_server_core(), base_core) {
+            (Some(r), Some(b)) => ratio(r, b),
+            _ => "-".to_owned(),
+        },
+        run.server_busy()
+            .map_or("-".to_owned(), |b| format!("{:.0} %", b * 100.0)),
+        ms(run.load.latency_us.value_at_quantile(0.50)),
+        ms(run.load.latency_us.value_at_quantile(0.99)),
+        run.load.errors,
+    );
+}
+
+/// Prints every scenario that ran.
+pub fn print(bench: &Bench, results: &Results) {
+    let base = baseline_rates(results);
+    if results.baseline.is_some() {
+        println!("## Throughput (ratios to the baseline's mean of its runs before and after)");
+        println!();
+        println!(
+            "| Run | per s | ratio | per server CPU-second | ratio | server core busy | p50 ms | p99 ms | errors |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (name, run) in [
+            ("baseline (empty Check), before", &results.baseline),
+            ("baseline (empty Check), after", &results.baseline_after),
+        ] {
+            if let Some(run) = run {
+                throughput_row(name, run, 1.0, base);
+            }
+        }
+        if let Some(run) = &results.evaluate {
+            throughput_row("EvaluateFlag (100 targets, 50 % rollout)", run, 1.0, base);
+        }
+        if let Some(run) = &results.batch {
+            throughput_row("EvaluateFlags, 50 flags: calls", run, 1.0, base);
+            throughput_row(
+                "EvaluateFlags, 50 flags: evaluations",
+                run,
+                BATCH as f64,
+                base,
+            );
+        }
+        println!();
+        if let (Some(run), Some(base_core)) = (&results.evaluate, base.1) {
+            let share = run.per_server_core().unwrap_or(0.0) / base_core;
+            println!(
+                "Goal EvaluateFlag >= 85 % of the baseline per server core: {:.0} %, {}",
+                share * 100.0,
+                goal(share >= 0.85)
+            );
+            println!();
+        }
+    }
+    if let (Some(probe), Some(base)) = (&results.probe, &results.baseline_sequential) {
+        println!("## Probe: grpc.health.v1 Check on readiness, one at a time, a dependency hung");
+        println!();
+        println!("| Run | probes | p50 ms | p99 ms | max ms | p50 ratio | p99 ratio | errors |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        for (name, run) in [
+            ("baseline (empty Check)", base),
+            ("readyd readiness, hung check", probe),
+        ] {
+            let h = &run.latency_us;
+            println!(
+                "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+                run.requests,
+                ms(h.value_at_quantile(0.5)),
+                ms(h.value_at_quantile(0.99)),
+                ms(h.max()),
+                ratio(
+                    h.value_at_quantile(0.5) as f64,
+                    base.latency_us.value_at_quantile(0.5) as f64
+                ),
+                ratio(
+                    h.value_at_quantile(0.99) as f64,
+                    base.latency_us.value_at_quantile(0.99) as f64
+                ),
+                run.errors,
+            );
+        }
+        println!();
+        let p99 = Duration::from_micros(probe.latency_us.value_at_quantile(0.99));
+        println!(
+            "Goal p99 < 5 ms: {p99:?}, {}",
+            goal(p99 < Duration::from_millis(5))
+        );
+        println!();
+    }
+    if let Some(p) = &results.propagation {
+        let h = &p.latency_us;
+        let expected = (p.subscribers * p.updates) as u64;
+        println!("## Propagation: a flag updated by plain SQL, to every WatchFlags subscriber");
+        println!();
+        println!("| Subscribers | updates | deliveries | p50 ms | p99 ms | max ms |");
+        println!("|---:|---:|---:|---:|---:|---:|");
+        println!(
+            "| {} | {} | {} of {expected} | {} | {} | {} |",
+            p.subscribers,
+            p.updates,
+            p.received,
+            ms(h.value_at_quantile(0.5)),
+            ms(h.value_at_quantile(0.99)),
+            ms(h.max()),
+        );
+        println!();
+        let p99 = Duration::from_micros(h.value_at_quantile(0.99));
+        println!(
+            "Goal p99 < 50 ms: {p99:?}, {}",
+            goal(p99 < Duration::from_millis(50) && p.received == expected)
+        );
+        println!();
+    }
+    if let Some(m) = &results.memory {
+        println!("## Memory: readyd's resident set");
+        println!();
+        println!("| State | RSS MiB |");
+        println!("|---|---:|");
+        // The scenarios' two flags and the migrations' defaults come on top.
+        println!(
+            "| idle, 1 s after start, {} flags and {} config rows | {} |",
+            bench.plan.flags + 7,
+            bench.plan.configs + 7,
+            mib(m.idle_bytes)
+        );
+        println!(
+            "| {} WatchFlags streams open | {} |",
+            m.streams,
+            mib(m.watching_bytes)
+        );
+        println!(
+            "| the baseline server, 1 s after start | {} |",
+            mib(m.baseline_bytes)
+        );
+        println!();
+        if let Some(idle) = m.idle_bytes {
+            println!("Goal idle < 15 MB: {}", goal(idle < 15_000_000));
+            println!();
+        }
+    }
+    if !results.starts.is_empty() {
+        println!("## Start to SERVING (readiness), external PostgreSQL, migrations applied");
+        println!();
+        println!("| Database URL | starts | median ms | min ms | max ms |");
+        println!("|---|---:|---:|---:|---:|");
+        let mut worst_plain = Duration::MAX;
+        for (name, starts) in [
+            ("as given (TLS if offered)", &results.starts),
+            ("`sslmode=disable`", &results.starts_plain),
+        ] {
+            let mut starts = starts.clone();
+            starts.sort();
+            let Some(&max) = starts.last() else { continue };
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            println!(
+                "| {name} | {} | {:.1} | {:.1} | {:.1} |",
+                starts.len(),
+                ms(starts[starts.len() / 2]),
+                ms(starts[0]),
+                ms(max),
+            );
+            worst_plain = max;
+        }
+        println!();
+        println!(
+            "Goal < 300 ms (without TLS to a local database): {}",
+            goal(worst_plain < Duration::from_millis(300))
+        );
+        println!();
+    }
+    if let Some(q) = &results.queries {
+        println!("## Database statements during reads (pg_stat_activity of the bench database)");
+        println!();
+        println!("| Reads | count | readyd connections that ran a statement meanwhile |");
+        println!("|---|---:|---:|");
+        println!(
+            "| EvaluateFlag | {} | {} |",
+            q.evaluations, q.during_evaluations
+        );
+        println!("| Check readiness | {} | {} |", q.probes, q.during_probes);
+        println!();
+        println!(
+            "Goal 0: {}",
+            goal(q.during_evaluations == 0 && q.during_probes == 0)
+        );
+        println!();
+    }
+}

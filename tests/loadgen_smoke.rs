@@ -1,0 +1,89 @@
+//! The load generator's smoke run: every scenario of `benches/loadgen` with
+//! tiny counts against the debug binary, so the harness cannot rot. Figures
+//! are not judged here, only that each scenario produced sane ones, and one
+//! real property: reads never touch the database.
+
+mod support;
+
+#[allow(dead_code)]
+#[path = "../benches/loadgen/baseline.rs"]
+mod baseline;
+#[allow(dead_code)]
+#[path = "../benches/loadgen/load.rs"]
+mod load;
+#[allow(dead_code)]
+#[path = "../benches/loadgen/process.rs"]
+mod process;
+#[allow(dead_code)]
+#[path = "../benches/loadgen/report.rs"]
+mod report;
+#[allow(dead_code)]
+#[path = "../benches/loadgen/scenarios.rs"]
+mod scenarios;
+
+use process::Pinning;
+use scenarios::{BaselineMode, Bench, Plan, Scenario};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_runs_and_reads_never_touch_the_database() {
+    let bench = Bench {
+        readyd: env!("CARGO_BIN_EXE_readyd").into(),
+        // Pinning would move the whole test binary onto one core.
+        pinning: Pinning::detect(false),
+        baseline: BaselineMode::InProcess,
+        plan: Plan::smoke(),
+    };
+    let all = <Scenario as clap::ValueEnum>::value_variants();
+    let results = bench.run(all).await;
+    report::machine(&bench);
+    report::print(&bench, &results);
+
+    for (name, run) in [
+        ("baseline", &results.baseline),
+        ("baseline after", &results.baseline_after),
+        ("EvaluateFlag", &results.evaluate),
+        ("EvaluateFlags", &results.batch),
+    ] {
+        let run = &run.as_ref().expect(name).load;
+        assert!(run.requests > 0, "{name}: no request answered");
+        assert_eq!(run.errors, 0, "{name}: {:?}", run.first_error);
+    }
+    for (name, run) in [
+        ("baseline probes", &results.baseline_sequential),
+        ("readiness probes", &results.probe),
+    ] {
+        let run = run.as_ref().expect(name);
+        assert!(run.requests > 0, "{name}: no probe answered");
+        assert_eq!(run.errors, 0, "{name}: {:?}", run.first_error);
+    }
+
+    let propagation = results.propagation.expect("propagation");
+    assert_eq!(
+        propagation.received,
+        (propagation.subscribers * propagation.updates) as u64,
+        "every subscriber receives every update"
+    );
+
+    let memory = results.memory.expect("memory");
+    assert!(memory.idle_bytes.is_some_and(|b| b > 0), "idle RSS read");
+    assert!(
+        memory.watching_bytes.is_some_and(|b| b > 0),
+        "RSS with streams read"
+    );
+
+    assert_eq!(results.starts.len(), bench.plan.starts, "every start timed");
+    assert_eq!(
+        results.starts_plain.len(),
+        bench.plan.starts,
+        "every start timed"
+    );
+
+    let queries = results.queries.expect("queries");
+    assert_eq!(queries.evaluations, bench.plan.evaluations);
+    assert_eq!(queries.probes, bench.plan.evaluations);
+    assert_eq!(
+        (queries.during_evaluations, queries.during_probes),
+        (0, 0),
+        "evaluations and probes answer from memory, without a transaction"
+    );
+}
