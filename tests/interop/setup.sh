@@ -9,6 +9,10 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 dir="$root/target/interop"
 here="$root/tests/interop"
 mkdir -p "$dir"
+# Test runners that start each test as its own process may run this twice
+# at once: one installs, the other waits for it.
+exec 9>"$dir/.lock"
+flock 9
 
 python_pins="openfeature-sdk==0.10.0 openfeature-provider-flagd==0.6.1"
 if [ "$(cat "$dir/python.pins" 2>/dev/null)" != "$python_pins" ]; then
