@@ -586,6 +586,23 @@ mod tests {
     }
 
     #[test]
+    fn stale_after_defaults_to_ten_seconds_and_refuses_nonsense() {
+        let mut raw = args(&[]);
+        raw.database.database_url = None;
+        raw.admin_token = None;
+        raw.read_token = None;
+        let settings = Settings::from_args(&raw).expect("defaults are valid");
+        assert_eq!(settings.stale_after, Duration::from_secs(10));
+        raw.stale_after = "2m".into();
+        let settings = Settings::from_args(&raw).expect("valid");
+        assert_eq!(settings.stale_after, Duration::from_secs(120));
+        raw.stale_after = "soon".into();
+        let errors = Settings::from_args(&raw).expect_err("invalid");
+        let settings: Vec<_> = errors.iter().map(|e| e.setting).collect();
+        assert_eq!(settings, ["--stale-after (READYD_STALE_AFTER)"]);
+    }
+
+    #[test]
     fn a_bad_database_url_is_never_echoed() {
         let mut raw = args(&[]);
         raw.database.database_url = Some("postgres://u:hunter2@[bad".into());
