@@ -8,10 +8,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,11 +18,10 @@ use readyd::api::pb::readyd::v1::watch_flags_response::Event;
 use readyd::api::pb::readyd::v1::{
     Flag, ListFlagsRequest, WatchFlagsRequest, WatchFlagsResponse, flag_change,
 };
-use readyd::embedded_pg::{EmbeddedPostgres, find_binaries};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
+use support::cluster::Cluster;
 use support::daemon::{Daemon, DaemonCommand};
-use tempfile::TempDir;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
@@ -80,39 +76,6 @@ impl Rng {
 // ---------------------------------------------------------------------------
 // The private cluster
 // ---------------------------------------------------------------------------
-
-/// A temporary directory under /tmp that the PostgreSQL user can enter
-/// (tempfile's default 0700 would stop it when the test runs as root), with a
-/// short path so the socket path stays under its length limit.
-fn cluster_dir() -> TempDir {
-    tempfile::Builder::new()
-        .prefix("rdcf")
-        .permissions(fs::Permissions::from_mode(0o755))
-        .tempdir_in("/tmp")
-        .expect("create temp dir")
-}
-
-/// Stops whatever server runs from `<data_dir>/pg` when dropped, so a failed
-/// assertion leaves no PostgreSQL behind. Declared after the `TempDir`, so
-/// it drops first.
-struct StopOnDrop(PathBuf);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        let cluster = self.0.join("pg");
-        let (Ok(bins), Ok(meta)) = (find_binaries(), fs::metadata(&cluster)) else {
-            return;
-        };
-        // As the cluster's owner (pg_ctl refuses root); "not running" is fine.
-        let _ = std::process::Command::new(&bins.pg_ctl)
-            .args(["stop", "-w", "-m", "immediate", "-D"])
-            .arg(&cluster)
-            .current_dir("/")
-            .uid(meta.uid())
-            .gid(meta.gid())
-            .output();
-    }
-}
 
 /// A connection of the test's own, named so that it is never mistaken for readyd's.
 async fn connect(url: &str, application_name: &str) -> Result<PgConnection, sqlx::Error> {
@@ -467,11 +430,10 @@ async fn kill_listeners(url: &str) -> Option<u64> {
 /// Runs `schedule` (sorted by write count) against the cluster as the
 /// writer progresses; returns the running cluster's handle at the end.
 async fn inflict(
-    mut pg: EmbeddedPostgres,
-    data_dir: PathBuf,
+    mut cluster: Cluster,
     schedule: Vec<(u64, Fault)>,
     progress: Arc<AtomicU64>,
-) -> (EmbeddedPostgres, FaultReport) {
+) -> (Cluster, FaultReport) {
     let mut report = FaultReport::default();
     for (at, fault) in schedule {
         while progress.load(Ordering::SeqCst) < at {
@@ -479,11 +441,9 @@ async fn inflict(
         }
         match fault {
             Fault::Restart => {
-                pg.stop().await.expect("stop the database");
+                cluster.stop().await;
                 tokio::time::sleep(DOWN_FOR).await;
-                pg = EmbeddedPostgres::start(&data_dir, false)
-                    .await
-                    .expect("start the database again");
+                cluster.restart().await;
                 report.restarts += 1;
             }
             Fault::KillListeners => {
@@ -491,7 +451,7 @@ async fn inflict(
                 // reconnection backoff: try again briefly until one is there.
                 let until = Instant::now() + KILL_PATIENCE;
                 loop {
-                    match kill_listeners(&pg.url()).await {
+                    match kill_listeners(cluster.url()).await {
                         Some(0) if Instant::now() < until => {}
                         Some(0) => {
                             report.kills_without_victim += 1;
@@ -512,7 +472,7 @@ async fn inflict(
             }
         }
     }
-    (pg, report)
+    (cluster, report)
 }
 
 // ---------------------------------------------------------------------------
@@ -585,12 +545,8 @@ async fn every_subscriber_ends_with_the_table_through_restarts_and_killed_listen
     println!("seed {seed} (repeat with CONSISTENCY_SEED={seed})");
     let mut rng = Rng(seed);
 
-    let data = cluster_dir();
-    let _stop = StopOnDrop(data.path().to_path_buf());
-    let pg = EmbeddedPostgres::start(data.path(), false)
-        .await
-        .expect("start the private PostgreSQL");
-    let url = pg.url();
+    let cluster = Cluster::start().await;
+    let url = cluster.url().to_owned();
 
     // Both servers at once: each migrates at start, so this also runs two
     // migrations concurrently on an empty database.
@@ -666,12 +622,7 @@ async fn every_subscriber_ends_with_the_table_through_restarts_and_killed_listen
     let progress = Arc::new(AtomicU64::new(0));
     let writes_started = Instant::now();
     let writer = tokio::spawn(write(url.clone(), rng.next() | 1, Arc::clone(&progress)));
-    let faults = tokio::spawn(inflict(
-        pg,
-        data.path().to_path_buf(),
-        schedule,
-        Arc::clone(&progress),
-    ));
+    let faults = tokio::spawn(inflict(cluster, schedule, Arc::clone(&progress)));
 
     // More subscribers in the middle: a fresh one at a third, and at two
     // thirds one resuming after the first stream's version.
@@ -688,7 +639,7 @@ async fn every_subscriber_ends_with_the_table_through_restarts_and_killed_listen
     }
 
     let writer = writer.await.expect("writer");
-    let (pg, faults) = faults.await.expect("faults");
+    let (mut cluster, faults) = faults.await.expect("faults");
     let finished = writer.finished.unwrap_or_else(Instant::now);
     let writing = finished - writes_started;
     println!(
@@ -801,7 +752,7 @@ async fn every_subscriber_ends_with_the_table_through_restarts_and_killed_listen
     }
     println!("full reloads per server: {reloads:?}");
     let _ = writer_conn.close().await;
-    pg.stop().await.expect("stop the database");
+    cluster.stop().await;
 
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(
