@@ -128,11 +128,12 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
+    let mut signals = crate::signals::Signals::listen();
     // A signal during start-up (e.g. while waiting for the database) ends
     // the process at once: there is nothing to drain yet.
     let started = tokio::select! {
         started = crate::startup::prepare(&args) => started,
-        () = crate::signals::first() => return ExitCode::SUCCESS,
+        () = signals.next() => return ExitCode::SUCCESS,
     };
     let started = match started {
         Ok(started) => started,
@@ -142,11 +143,11 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let shutdown = async {
-        crate::signals::first().await;
+    let shutdown = async move {
+        signals.next().await;
         // A second signal means "now": exit without waiting for the drain.
-        tokio::spawn(async {
-            crate::signals::first().await;
+        tokio::spawn(async move {
+            signals.next().await;
             tracing::warn!("second signal: exiting at once");
             std::process::exit(130);
         });

@@ -131,3 +131,19 @@ async fn check_passes_on_a_migrated_database() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[tokio::test]
+async fn sigterm_the_moment_it_says_serving_is_not_lost() {
+    let db = support::TestDb::new().await;
+    // The window between start-up and the server's wait for a signal is
+    // short: a few tries, each signalled as soon as the line is read.
+    for _ in 0..3 {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let daemon = DaemonCommand::serve()
+            .env("DATABASE_URL", &db.url)
+            .arg_path("--data-dir", data_dir.path())
+            .start()
+            .await;
+        daemon.stop().await;
+    }
+}
