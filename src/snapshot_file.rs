@@ -214,8 +214,12 @@ async fn save(state: &State, path: &Path, environment: &str) {
     let snapshot = state.snapshot();
     let (path, environment) = (path.to_owned(), environment.to_owned());
     let version = snapshot.version;
+    // Stamped with when the data was last known current, so that saving
+    // during an outage does not make old data look new.
+    let behind = chrono::Duration::from_std(state.freshness().behind_for()).unwrap_or_default();
+    let known_current_at = Utc::now() - behind;
     let written = tokio::task::spawn_blocking(move || {
-        let bytes = encode(&snapshot, &environment, Utc::now())?;
+        let bytes = encode(&snapshot, &environment, known_current_at)?;
         write_atomically(&path, &bytes)
     })
     .await;
@@ -226,8 +230,10 @@ async fn save(state: &State, path: &Path, environment: &str) {
     }
 }
 
-/// Keeps `path` holding the current snapshot: once at start, after changes
-/// (at most about once per [`DEBOUNCE`]), and a last time when `stop` fires.
+/// Keeps `path` holding the current snapshot: once at start (unless it was
+/// read from there), after changes and when data that was behind is current
+/// again (at most about once per [`DEBOUNCE`]), and a last time when `stop`
+/// fires. Each file carries the time its data was last known current.
 pub async fn keep_saved(
     state: Arc<State>,
     path: PathBuf,
@@ -235,6 +241,7 @@ pub async fn keep_saved(
     stop: CancellationToken,
 ) {
     let mut versions = state.watch_version();
+    let mut catch_ups = state.freshness().catch_ups();
     let mut saved = *versions.borrow_and_update();
     // A snapshot read back from disk is there already, with its own age:
     // rewriting it would make it look newer than it is.
@@ -242,17 +249,20 @@ pub async fn keep_saved(
         save(&state, &path, &environment).await;
     }
     loop {
-        tokio::select! {
+        // Data confirmed current again is worth saving even unchanged: the
+        // file's time is what a start from disk reports as its age.
+        let caught_up = tokio::select! {
             () = stop.cancelled() => break,
-            changed = versions.changed() => if changed.is_err() { break },
-        }
+            changed = versions.changed() => if changed.is_err() { break } else { false },
+            changed = catch_ups.changed() => if changed.is_err() { break } else { true },
+        };
         // Let a burst of changes settle into one write.
         tokio::select! {
             () = stop.cancelled() => break,
             () = tokio::time::sleep(DEBOUNCE) => {}
         }
         let current = *versions.borrow_and_update();
-        if current != saved {
+        if current != saved || caught_up {
             save(&state, &path, &environment).await;
             saved = current;
         }

@@ -241,14 +241,31 @@ async fn killed_while_the_database_is_down_it_restarts_stale_then_catches_up() {
         "a snapshot read back is not saved again as if it were new"
     );
 
-    // The database returns with a change made meanwhile: fresh answers,
-    // without a restart.
+    // The database returns: current again without a restart, and saved
+    // again though nothing changed (the file's time is the data's age).
     cluster.restart().await;
+    let channel = daemon.channel().await;
+    evaluate_until(&channel, "checkout", Duration::from_secs(15), |answer| {
+        !is_stale(answer)
+    })
+    .await;
+    let path = snapshot_file::path_for(data_dir.path(), ENVIRONMENT);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let resaved = snapshot_file::read(&path, ENVIRONMENT).expect("snapshot");
+        if resaved.written_at > saved.written_at {
+            assert_eq!(resaved.snapshot.version, saved.snapshot.version);
+            break;
+        }
+        assert!(Instant::now() < deadline, "not saved again once current");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A change made by plain SQL arrives as usual.
     sqlx::query("UPDATE feature_flags SET enabled = false WHERE key = 'checkout'")
         .execute(&mut cluster.connect().await)
         .await
         .expect("update");
-    let channel = daemon.channel().await;
     let current = evaluate_until(&channel, "checkout", Duration::from_secs(15), |answer| {
         !is_stale(answer) && answer.variant == "off"
     })

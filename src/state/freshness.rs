@@ -47,6 +47,8 @@ pub struct Freshness {
     /// Counts the times the database check turned failing: the listener
     /// reconnects when it moves.
     doubts: watch::Sender<u64>,
+    /// Counts the times data that was behind became current again.
+    caught_up: watch::Sender<u64>,
 }
 
 impl Freshness {
@@ -58,6 +60,7 @@ impl Freshness {
             behind: Mutex::new(None),
             stale_after,
             doubts: watch::Sender::new(0),
+            caught_up: watch::Sender::new(0),
         }
     }
 
@@ -110,10 +113,21 @@ impl Freshness {
     /// Returns whether answers were stale until now.
     pub fn current(&self) -> bool {
         let was_stale = self.is_stale();
-        let mut behind = self.lock();
-        *behind = None;
-        self.stale_from.store(0, Ordering::Relaxed);
+        let was_behind = {
+            let mut behind = self.lock();
+            self.stale_from.store(0, Ordering::Relaxed);
+            behind.take().is_some()
+        };
+        if was_behind {
+            self.caught_up.send_modify(|times| *times += 1);
+        }
         was_stale
+    }
+
+    /// A receiver that wakes each time data that was behind is current
+    /// again (even if nothing had changed meanwhile).
+    pub fn catch_ups(&self) -> watch::Receiver<u64> {
+        self.caught_up.subscribe()
     }
 
     /// The database check turned failing: the listener's connection may be
@@ -125,6 +139,14 @@ impl Freshness {
     /// A receiver that wakes on every [`Self::doubt_listener`].
     pub fn listener_doubts(&self) -> watch::Receiver<u64> {
         self.doubts.subscribe()
+    }
+
+    /// How long the data may have been behind (zero while current), stale
+    /// or not yet: how old it may be.
+    pub fn behind_for(&self) -> Duration {
+        self.behind().map_or(Duration::ZERO, |behind| {
+            behind.age_then + behind.since.elapsed()
+        })
     }
 
     /// Whether the data may be behind (stale, or about to be).
@@ -182,6 +204,20 @@ mod tests {
         assert!(freshness.current(), "was stale");
         assert!(!freshness.is_stale());
         assert_eq!(freshness.stale_for(), None);
+    }
+
+    #[test]
+    fn catching_up_is_counted_and_ends_the_age() {
+        let freshness = Freshness::new(Duration::from_secs(3600));
+        let catch_ups = freshness.catch_ups();
+        assert_eq!(freshness.behind_for(), Duration::ZERO);
+        freshness.loaded_from_disk(Duration::from_secs(60));
+        assert!(freshness.behind_for() >= Duration::from_secs(60));
+        freshness.current();
+        assert_eq!(*catch_ups.borrow(), 1);
+        assert_eq!(freshness.behind_for(), Duration::ZERO);
+        freshness.current();
+        assert_eq!(*catch_ups.borrow(), 1, "already current: nothing caught up");
     }
 
     #[test]
