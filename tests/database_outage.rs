@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,6 +23,7 @@ use readyd::snapshot_file;
 use readyd::state::Snapshot;
 use support::cluster::Cluster;
 use support::daemon::{BINARY, Daemon, DaemonCommand};
+use support::metrics::{free_loopback_address, scrape};
 use support::proxy::{Target, TcpProxy};
 use support::{ADMIN_TOKEN, TestDb, admin, wait_for_probe};
 use tonic::transport::Channel;
@@ -137,28 +139,11 @@ async fn assert_serving_stale(daemon: &Daemon, min_age: Duration) {
     );
 }
 
-/// A loopback address with a free port (closed again; a tiny race is
-/// acceptable here).
-fn free_loopback_address() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("free port")
-        .to_string()
-}
-
 /// `readyd_snapshot_stale_seconds` from the metrics endpoint at `addr`.
-async fn stale_seconds(addr: &str) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr)
+async fn stale_seconds(addr: SocketAddr) -> f64 {
+    scrape(addr)
         .await
-        .expect("metrics port");
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .await
-        .expect("request");
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.expect("response");
-    body.lines()
+        .lines()
         .find_map(|line| line.strip_prefix("readyd_snapshot_stale_seconds "))
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or(0.0)
@@ -200,7 +185,12 @@ async fn killed_while_the_database_is_down_it_restarts_stale_then_catches_up() {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let metrics = free_loopback_address();
     let daemon = readyd(cluster.url(), data_dir.path())
-        .args(["--stale-after", "1s", "--metrics-listen", &metrics])
+        .args([
+            "--stale-after",
+            "1s",
+            "--metrics-listen",
+            &metrics.to_string(),
+        ])
         .start()
         .await;
     seed(&cluster).await;
@@ -217,7 +207,7 @@ async fn killed_while_the_database_is_down_it_restarts_stale_then_catches_up() {
     let stale = evaluate_until(&channel, "checkout", Duration::from_secs(15), is_stale).await;
     assert_eq!(stale.variant, "on", "the last known value stands");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while stale_seconds(&metrics).await < 1.0 {
+    while stale_seconds(metrics).await < 1.0 {
         assert!(Instant::now() < deadline, "the staleness metric stays 0");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

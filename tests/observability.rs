@@ -6,7 +6,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use readyd::api::pb::grpc_health_v1::HealthCheckRequest;
@@ -17,9 +16,8 @@ use readyd::api::pb::readyd::v1::config_service_client::ConfigServiceClient;
 use readyd::api::pb::readyd::v1::flag_service_client::FlagServiceClient;
 use readyd::api::pb::readyd::v1::health_service_client::HealthServiceClient;
 use support::daemon::{BINARY, Daemon, DaemonCommand};
+use support::metrics::{free_loopback_address, scrape};
 use support::{TestDb, wait_for_probe};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::process::Command;
 
 const ADMIN_TOKEN: &str = "adm-TOKEN-7f3k2q9";
@@ -28,14 +26,6 @@ const WRONG_TOKEN: &str = "guess-TOKEN-z9y8";
 const SENSITIVE_VALUE: &str = "cfg-SENSITIVE-4m2n";
 const REDIS_PASSWORD: &str = "rds-PASSWORD-8h6j";
 const DB_PASSWORD: &str = "pg-PASSWORD-3c5v";
-
-/// A free loopback port (closed again; a tiny race is acceptable here).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("free port")
-}
 
 /// The database URL with a password added where the URL form allows one
 /// (trust authentication ignores it): a secret that must not be logged.
@@ -70,22 +60,6 @@ fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
         format!("Bearer {token}").parse().expect("header"),
     );
     request
-}
-
-/// GET `/metrics` with a bare HTTP/1.1 request.
-async fn scrape(addr: SocketAddr) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect to metrics");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: readyd\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("send");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("read metrics");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
 }
 
 /// Every sample `name{labels} value` of the exposition, by name and labels.
@@ -132,7 +106,7 @@ async fn metrics_hold_the_named_series_after_traffic() {
         .execute(&db.pool)
         .await
         .expect("flag");
-    let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let metrics_addr = free_loopback_address();
     let daemon = start_daemon(
         &db.url,
         &[

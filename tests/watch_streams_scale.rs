@@ -16,8 +16,7 @@ use readyd::api::pb::readyd::v1::flag_service_client::FlagServiceClient;
 use readyd::api::pb::readyd::v1::watch_flags_response::Event;
 use support::TestDb;
 use support::daemon::{Daemon, DaemonCommand};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use support::metrics::{free_loopback_address, scrape};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
@@ -49,29 +48,6 @@ const RSS_GROWTH_LIMIT_MIB: f64 = 16.0;
 /// How long readyd may take to give the memory back (it waits for the
 /// burst of closing streams to settle first).
 const RSS_DEADLINE: Duration = Duration::from_secs(20);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("free port")
-}
-
-/// GET `/metrics` with a bare HTTP/1.1 request.
-async fn scrape(addr: SocketAddr) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect to metrics");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: readyd\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("send");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("read metrics");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
-}
 
 /// `readyd_watch_streams{kind="flags"}`; 0 before the first stream.
 async fn open_flag_streams(metrics: SocketAddr) -> f64 {
@@ -181,7 +157,7 @@ async fn start(db: &TestDb, metrics: SocketAddr) -> Daemon {
 async fn ten_thousand_streams_get_a_change_and_leave_nothing_behind_when_clients_vanish() {
     let test_started = Instant::now();
     let db = TestDb::new().await;
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let metrics = free_loopback_address();
     let daemon = start(&db, metrics).await;
     let pid = daemon.pid();
 

@@ -9,6 +9,7 @@
 
 pub mod cluster;
 pub mod daemon;
+pub mod metrics;
 pub mod proxy;
 
 use std::net::SocketAddr;

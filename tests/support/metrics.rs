@@ -1,0 +1,30 @@
+//! readyd's Prometheus endpoint, as the tests read it: a free port to put
+//! it on, and one scrape.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A free loopback address (closed again; a tiny race is acceptable here).
+pub fn free_loopback_address() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("free port")
+}
+
+/// GET `/metrics` with a bare HTTP/1.1 request; the whole response.
+pub async fn scrape(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect to metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: readyd\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("read metrics");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
