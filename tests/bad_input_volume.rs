@@ -29,6 +29,7 @@ use readyd::api::pb::flagd::{evaluation_v1 as fv1, evaluation_v2 as fv2};
 use readyd::api::pb::grpc_health_v1 as gh;
 use readyd::api::pb::readyd::v1 as pb;
 use support::daemon::{Daemon, DaemonCommand};
+use support::rng::Rng;
 use support::{ADMIN_TOKEN, TestDb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -69,9 +70,7 @@ const SEEDED_CONFIGS: &[&str] = &[
     "session_timeout_minutes",
 ];
 
-/// xorshift64*: small, deterministic, and enough to pick inputs.
-struct Rng(u64);
-
+/// Input picking on top of the shared generator.
 impl Rng {
     /// The generator of call number `index`.
     fn for_call(index: u64) -> Rng {
@@ -80,17 +79,6 @@ impl Rng {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         Rng((z ^ (z >> 31)) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 
     fn upto(&mut self, n: usize) -> usize {

@@ -22,6 +22,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 use support::cluster::Cluster;
 use support::daemon::{Daemon, DaemonCommand};
+use support::rng::Rng;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
@@ -52,22 +53,7 @@ fn flag_state(flag: &Flag) -> FlagState {
     (flag.enabled, flag.rollout_percentage, flag.version)
 }
 
-/// A small deterministic generator (xorshift64*), so a failing run can be
-/// repeated from its printed seed.
-struct Rng(u64);
-
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
     fn between(&mut self, low: u64, high: u64) -> u64 {
         low + self.below(high - low)
     }

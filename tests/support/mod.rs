@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod daemon;
 pub mod metrics;
 pub mod proxy;
+pub mod rng;
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
