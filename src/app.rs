@@ -1,7 +1,9 @@
 //! Wiring: the started database and settings in, a running gRPC server out,
-//! and an orderly shutdown: probes NOT_SERVING first, then streams end, then
-//! the server drains within the shutdown timeout, then the private
-//! PostgreSQL stops.
+//! and an orderly shutdown: readiness NOT_SERVING while calls are still
+//! served for the drain delay, then every probe NOT_SERVING, streams end,
+//! the server stops accepting (HTTP/2 GOAWAY, in two steps, so calls already
+//! sent are still taken) and drains within the shutdown timeout, then the
+//! private PostgreSQL stops.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -60,6 +62,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         private_pg,
         listener,
         flagd_listener,
+        metrics_addr,
         state,
         changes,
         database_check,
@@ -228,6 +231,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
 
     tracing::info!(
         listen = %local_addr.map_or_else(|| "?".to_owned(), |addr| addr.to_string()),
+        metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |addr| addr.to_string()),
         environment = %settings.environment,
         instance = %settings.instance,
         private_database = private_pg.is_some(),
@@ -236,10 +240,20 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         "readyd is serving"
     );
 
-    let early_exit = tokio::select! {
+    let mut early_exit = tokio::select! {
         result = &mut server => Some(result),
         () = shutdown => None,
     };
+    if early_exit.is_none() && !settings.drain_delay.is_zero() {
+        // Load balancers and kube-proxy take a while to stop routing here:
+        // until then, calls are served as usual.
+        tracing::info!(delay = ?settings.drain_delay, "leaving: readiness NOT_SERVING, still serving for the drain delay");
+        probes.leave();
+        early_exit = tokio::select! {
+            result = &mut server => Some(result),
+            () = tokio::time::sleep(settings.drain_delay) => None,
+        };
+    }
     let result = match early_exit {
         Some(result) => flatten(result),
         None => {

@@ -50,6 +50,14 @@ pub struct ServeArgs {
     #[arg(long, env = "READYD_SHUTDOWN_TIMEOUT", default_value = "20s")]
     pub shutdown_timeout: String,
 
+    /// How long readyd keeps serving after SIGTERM with `readiness`
+    /// NOT_SERVING (liveness still SERVING) before it stops accepting calls,
+    /// so that load balancers and kube-proxy stop routing to it first (the
+    /// usual preStop pause). 0 for a sidecar, whose callers have already
+    /// exited; e.g. 5s for a central readyd behind a Service.
+    #[arg(long, env = "READYD_DRAIN_DELAY", default_value = "0s")]
+    pub drain_delay: String,
+
     /// Name of this instance in reports and history (default: $HOSTNAME or
     /// the host name; in Kubernetes, the pod name).
     #[arg(long, env = "READYD_INSTANCE")]
@@ -209,6 +217,8 @@ pub struct Settings {
     pub read_token: Option<Secret>,
     /// Grace period after SIGTERM.
     pub shutdown_timeout: Duration,
+    /// Time between SIGTERM and the drain, serving with readiness NOT_SERVING.
+    pub drain_delay: Duration,
     /// Instance name.
     pub instance: String,
     /// Declared dependency checks.
@@ -341,6 +351,11 @@ impl Settings {
             &args.shutdown_timeout,
             &mut errors,
         );
+        let drain_delay = parse_duration(
+            "--drain-delay (READYD_DRAIN_DELAY)",
+            &args.drain_delay,
+            &mut errors,
+        );
         let checks = match parse_checks(args.checks.iter().map(String::as_str)) {
             Ok(checks) => Some(checks),
             Err(check_errors) => {
@@ -433,6 +448,8 @@ impl Settings {
                 admin_token,
                 read_token,
                 shutdown_timeout,
+                // Parsed above; an unparsable value is among `errors`.
+                drain_delay: drain_delay.unwrap_or_default(),
                 instance,
                 checks,
                 database_check,
@@ -583,6 +600,27 @@ mod tests {
                 "--shutdown-timeout (READYD_SHUTDOWN_TIMEOUT)",
             ]
         );
+    }
+
+    #[test]
+    fn drain_delay_defaults_to_none_and_refuses_nonsense() {
+        let mut raw = args(&[]);
+        raw.database.database_url = None;
+        raw.admin_token = None;
+        raw.read_token = None;
+        let settings = Settings::from_args(&raw).expect("defaults are valid");
+        assert_eq!(
+            settings.drain_delay,
+            Duration::ZERO,
+            "a sidecar's callers are gone"
+        );
+        raw.drain_delay = "5s".into();
+        let settings = Settings::from_args(&raw).expect("valid");
+        assert_eq!(settings.drain_delay, Duration::from_secs(5));
+        raw.drain_delay = "a moment".into();
+        let errors = Settings::from_args(&raw).expect_err("invalid");
+        let settings: Vec<_> = errors.iter().map(|e| e.setting).collect();
+        assert_eq!(settings, ["--drain-delay (READYD_DRAIN_DELAY)"]);
     }
 
     #[test]

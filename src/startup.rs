@@ -75,6 +75,8 @@ pub struct Started {
     pub listener: TcpListener,
     /// The bound flagd-only listener, when `--flagd-listen` is set.
     pub flagd_listener: Option<TcpListener>,
+    /// Where `/metrics` is served, when it is.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// The in-memory state, loaded.
     pub state: Arc<State>,
     /// The change listener that keeps `state` current (not yet running).
@@ -164,13 +166,16 @@ pub async fn prepare(args: &ServeArgs) -> Result<Started, StartupReport> {
         None => None,
     };
     // The exporter binds now, so a taken port is a start-up problem.
+    let mut metrics_addr = None;
     if let Some(addr) = settings
         .as_ref()
         .and_then(|settings| settings.metrics_listen)
         && report.problems.is_empty()
-        && let Err(message) = telemetry::install(addr)
     {
-        report.push("--metrics-listen (READYD_METRICS_LISTEN)", message);
+        match telemetry::install(addr) {
+            Ok(bound) => metrics_addr = bound,
+            Err(message) => report.push("--metrics-listen (READYD_METRICS_LISTEN)", message),
+        }
     }
     let runners = match (&settings, &database) {
         (Some(settings), Some(database)) => build_runners(settings, &database.store, &mut report),
@@ -191,6 +196,7 @@ pub async fn prepare(args: &ServeArgs) -> Result<Started, StartupReport> {
                     private_pg: database.private_pg,
                     listener,
                     flagd_listener,
+                    metrics_addr,
                     state: Arc::new(State::with_freshness(snapshot, freshness)),
                     changes,
                     database_check,

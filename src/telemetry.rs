@@ -10,10 +10,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
 use metrics::{
     Counter, Gauge, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
 };
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::flags::Reason;
@@ -57,6 +59,9 @@ pub const DB_POOL_MAX: &str = "readyd_db_pool_max_connections";
 /// every query waits.
 pub const DB_POOL_WAIT: &str = "readyd_db_pool_acquire_wait_seconds";
 
+/// How often the recorder's histograms are maintained.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
 /// How often the sampler reads the pool and the process.
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -72,32 +77,85 @@ const WAIT_BUCKETS: &[f64] = &[
     0.00001, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
 ];
 
-/// Starts the exporter on `listen` and installs it as the process's
-/// recorder. Must run inside the tokio runtime. An address that cannot be
-/// bound is an error; a recorder installed before (a second server in one
-/// process) is kept, with a warning.
-pub fn install(listen: SocketAddr) -> Result<(), String> {
-    let builder = PrometheusBuilder::new()
-        .with_http_listener(listen)
+/// Serves `/metrics` on `listen` (port 0: any free port) and installs the
+/// recorder as the process's. Must run inside the tokio runtime. Returns
+/// the address bound, for the log; an address that cannot be bound is an
+/// error; a recorder installed before (a second server in one process) is
+/// kept, with a warning, and nothing is served.
+pub fn install(listen: SocketAddr) -> Result<Option<SocketAddr>, String> {
+    let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(RPC_DURATION.to_owned()), RPC_BUCKETS)
         .and_then(|builder| {
             builder.set_buckets_for_metric(Matcher::Full(DB_POOL_WAIT.to_owned()), WAIT_BUCKETS)
         })
-        .map_err(|err| err.to_string())?;
-    let (recorder, exporter) = builder
-        .build()
+        .map_err(|err| err.to_string())?
+        .build_recorder();
+    // Bound here rather than by the exporter, so that port 0 works and the
+    // address actually bound can be reported.
+    let listener = std::net::TcpListener::bind(listen)
+        .and_then(|listener| {
+            listener.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(listener)
+        })
         .map_err(|err| format!("cannot serve metrics on {listen}: {err}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|err| format!("cannot serve metrics on {listen}: {err}"))?;
+    let handle = recorder.handle();
     if metrics::set_global_recorder(recorder).is_err() {
         tracing::warn!("a metrics recorder is already installed in this process; keeping it");
-        return Ok(());
+        return Ok(None);
     }
-    tokio::spawn(async move {
-        if let Err(err) = exporter.await {
-            tracing::warn!(error = ?err, "metrics endpoint stopped");
-        }
-    });
     describe();
-    Ok(())
+    tokio::spawn(upkeep(handle.clone()));
+    tokio::spawn(serve_metrics(listener, handle));
+    Ok(Some(bound))
+}
+
+/// The recorder's periodic maintenance (draining histogram buffers), which
+/// its own exporter would otherwise run.
+async fn upkeep(handle: PrometheusHandle) {
+    let mut every = tokio::time::interval(UPKEEP_INTERVAL);
+    loop {
+        every.tick().await;
+        handle.run_upkeep();
+    }
+}
+
+/// Answers every HTTP/1.1 request on `listener` with the metrics in
+/// Prometheus' text format.
+async fn serve_metrics(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                // e.g. out of file descriptors: do not spin.
+                tracing::warn!(error = %err, "metrics endpoint cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |_request| {
+                let body = handle.render();
+                async move {
+                    let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
+                    response.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                    );
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            if let Err(err) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %err, "metrics connection ended with an error");
+            }
+        });
+    }
 }
 
 fn describe() {

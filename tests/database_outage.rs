@@ -23,7 +23,7 @@ use readyd::snapshot_file;
 use readyd::state::Snapshot;
 use support::cluster::Cluster;
 use support::daemon::{BINARY, Daemon, DaemonCommand};
-use support::metrics::{free_loopback_address, scrape};
+use support::metrics::scrape;
 use support::proxy::{Target, TcpProxy};
 use support::{ADMIN_TOKEN, TestDb, admin, wait_for_probe};
 use tonic::transport::Channel;
@@ -37,7 +37,9 @@ fn readyd(database_url: &str, data_dir: &Path) -> DaemonCommand {
         .env("DATABASE_URL", database_url)
         .env("READYD_ADMIN_TOKEN", ADMIN_TOKEN)
         .arg_path("--data-dir", data_dir)
-        .args(["--environment", ENVIRONMENT, "--db-wait", "1s"])
+        // Long enough that a busy machine never makes a running database
+        // look unreachable; a start with the database down waits it out.
+        .args(["--environment", ENVIRONMENT, "--db-wait", "5s"])
         .args([
             "--database-check",
             "interval=200ms&timeout=500ms&failures=1",
@@ -183,16 +185,11 @@ async fn wait_for_saved(data_dir: &Path, version: i64) -> snapshot_file::SavedSn
 async fn killed_while_the_database_is_down_it_restarts_stale_then_catches_up() {
     let mut cluster = Cluster::start().await;
     let data_dir = tempfile::tempdir().expect("temp dir");
-    let metrics = free_loopback_address();
     let daemon = readyd(cluster.url(), data_dir.path())
-        .args([
-            "--stale-after",
-            "1s",
-            "--metrics-listen",
-            &metrics.to_string(),
-        ])
+        .args(["--stale-after", "1s", "--metrics-listen", "127.0.0.1:0"])
         .start()
         .await;
+    let metrics = daemon.metrics_addr();
     seed(&cluster).await;
     let channel = daemon.channel().await;
     let fresh = evaluate_until(&channel, "checkout", Duration::from_secs(10), |answer| {

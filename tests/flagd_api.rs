@@ -462,14 +462,12 @@ async fn event_stream_announces_ready_changes_and_shutdown() {
 #[tokio::test]
 async fn the_flagd_port_serves_only_the_flagd_protocol() {
     let db = TestDb::new().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("free port");
     let mut args = serve_args(&db.url);
-    args.flagd_listen = format!("127.0.0.1:{port}");
+    args.flagd_listen = "127.0.0.1:0".into();
     let server = TestServer::start(args).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+    let flagd_addr = server.flagd_addr.expect("a flagd port");
+    assert_ne!(flagd_addr, server.addr);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{flagd_addr}"))
         .expect("endpoint")
         .connect()
         .await

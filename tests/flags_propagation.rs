@@ -241,10 +241,22 @@ async fn a_killed_listener_connection_is_replaced_and_nothing_is_missed() {
     let server = TestServer::start(admin_serve_args(&db.url)).await;
     let (mut stream, mut watched) = watch(server.channel().await).await;
 
+    // A third of the writes, the kill, then the rest: the kill always lands
+    // between writes, whatever the machine's speed.
+    let (halfway_tx, halfway) = tokio::sync::oneshot::channel::<()>();
+    let (killed_tx, killed_rx) = tokio::sync::oneshot::channel::<()>();
     let writer = {
         let pool = db.pool.clone();
         tokio::spawn(async move {
+            let mut halfway_tx = Some(halfway_tx);
+            let mut killed_rx = Some(killed_rx);
             for i in 0..300 {
+                if i == 100
+                    && let (Some(tx), Some(rx)) = (halfway_tx.take(), killed_rx.take())
+                {
+                    let _ = tx.send(());
+                    let _ = rx.await;
+                }
                 sqlx::query("UPDATE feature_flags SET rollout_percentage = $1 WHERE key = $2")
                     .bind(i % 101)
                     .bind(if i % 2 == 0 {
@@ -255,14 +267,11 @@ async fn a_killed_listener_connection_is_replaced_and_nothing_is_missed() {
                     .execute(&pool)
                     .await
                     .expect("update");
-                if i % 50 == 0 {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
             }
         })
     };
     // Kill readyd's LISTEN connection while the writes go on.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    halfway.await.expect("the writer reached a third");
     let killed: Vec<bool> = sqlx::query_scalar(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
          WHERE datname = current_database() AND query LIKE 'LISTEN%'",
@@ -271,6 +280,7 @@ async fn a_killed_listener_connection_is_replaced_and_nothing_is_missed() {
     .await
     .expect("terminate");
     assert_eq!(killed, [true], "exactly one listener connection");
+    let _ = killed_tx.send(());
     writer.await.expect("writer");
 
     let end = max_version(&db).await;

@@ -54,18 +54,31 @@ impl Drop for HungPeer {
     }
 }
 
-/// A TCP port that can be opened and closed under a check.
+/// A TCP port that can be opened and closed under a check. The port stays
+/// reserved while closed (a bound socket that never listens, sharing it
+/// through SO_REUSEPORT), so reopening cannot find it taken by another
+/// process.
 struct Gate {
     addr: SocketAddr,
+    /// Holds the port; it never listens, so while nothing else does,
+    /// connections are refused.
+    _reserved: tokio::net::TcpSocket,
     task: Option<JoinHandle<()>>,
 }
 
 impl Gate {
     async fn open() -> Gate {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let mut gate = Gate { addr, task: None };
-        gate.serve(listener);
+        let reserved = reusable_socket();
+        reserved
+            .bind("127.0.0.1:0".parse().expect("address"))
+            .expect("bind");
+        let addr = reserved.local_addr().expect("addr");
+        let mut gate = Gate {
+            addr,
+            _reserved: reserved,
+            task: None,
+        };
+        gate.reopen().await;
         gate
     }
 
@@ -87,9 +100,17 @@ impl Gate {
 
     /// Listens again on the same port.
     async fn reopen(&mut self) {
-        let listener = TcpListener::bind(self.addr).await.expect("rebind");
-        self.serve(listener);
+        let socket = reusable_socket();
+        socket.bind(self.addr).expect("bind the reserved port");
+        self.serve(socket.listen(64).expect("listen"));
     }
+}
+
+/// A TCP socket that may share its port with the gate's other sockets.
+fn reusable_socket() -> tokio::net::TcpSocket {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_reuseport(true).expect("SO_REUSEPORT");
+    socket
 }
 
 impl Drop for Gate {
@@ -715,9 +736,26 @@ fn history_reads_back_exactly_what_was_recorded() {
         let store = Store::connect(options, 2, Duration::from_secs(5))
             .await
             .expect("store");
-        // Only this test's rows: the server's recorder writes every 60 s,
-        // after its first round; wait for that row, then clear the table.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Only this test's rows: the server's recorder writes its first row
+        // after its first round of checks, then every 60 s; wait for that
+        // row, then each case clears the table.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let rows: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM system_health WHERE instance = 'test-instance'",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .expect("count history rows");
+            if rows > 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the server recorded no first history row"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         (db, server, store)
     });
     let mut runner = TestRunner::new(Config {

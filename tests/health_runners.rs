@@ -86,10 +86,25 @@ fn with_timeout(url: &str, timeout: &str) -> String {
     format!("{url}{separator}timeout={timeout}")
 }
 
-/// A loopback port nothing listens on (bound, then freed).
-async fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    listener.local_addr().expect("addr").port()
+/// A loopback port that refuses connections for as long as this lives: a
+/// socket bound to it that never listens, so no other process can take the
+/// port meanwhile (a port bound and freed again could be).
+struct ClosedPort {
+    socket: tokio::net::TcpSocket,
+}
+
+impl ClosedPort {
+    fn new() -> ClosedPort {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("address"))
+            .expect("bind");
+        ClosedPort { socket }
+    }
+
+    fn port(&self) -> u16 {
+        self.socket.local_addr().expect("addr").port()
+    }
 }
 
 /// A pool that is never used (every target but Database ignores it).
@@ -145,7 +160,8 @@ async fn fails(url: &str) -> String {
 
 /// Fails with "connection refused" on a freed port of `url`.
 async fn refused(url: &str) {
-    let url = with_port(url, free_port().await);
+    let closed = ClosedPort::new();
+    let url = with_port(url, closed.port());
     let message = fails(&url).await;
     assert!(
         message.contains("connection refused"),
@@ -361,7 +377,8 @@ async fn database_selects_through_the_pool() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn database_fails_when_the_pool_cannot_connect() {
-    let port = free_port().await;
+    let closed = ClosedPort::new();
+    let port = closed.port();
     let pool = PgPoolOptions::new()
         .acquire_timeout(Duration::from_millis(300))
         .connect_lazy(&format!("postgres://postgres@127.0.0.1:{port}/postgres"))

@@ -16,7 +16,7 @@ use readyd::api::pb::readyd::v1::config_service_client::ConfigServiceClient;
 use readyd::api::pb::readyd::v1::flag_service_client::FlagServiceClient;
 use readyd::api::pb::readyd::v1::health_service_client::HealthServiceClient;
 use support::daemon::{BINARY, Daemon, DaemonCommand};
-use support::metrics::{free_loopback_address, scrape};
+use support::metrics::scrape;
 use support::{TestDb, wait_for_probe};
 use tokio::process::Command;
 
@@ -106,18 +106,18 @@ async fn metrics_hold_the_named_series_after_traffic() {
         .execute(&db.pool)
         .await
         .expect("flag");
-    let metrics_addr = free_loopback_address();
     let daemon = start_daemon(
         &db.url,
         &[
             "--metrics-listen",
-            &metrics_addr.to_string(),
+            "127.0.0.1:0",
             "--database-check",
             "interval=200ms",
         ],
         true,
     )
     .await;
+    let metrics_addr = daemon.metrics_addr();
     let channel = daemon.channel().await;
     wait_for_probe(channel.clone(), "startup", ServingStatus::Serving).await;
 

@@ -3,15 +3,18 @@
 //! open WatchFlags and grpc.health.v1 Watch streams.
 //!
 //! What is acceptable, exactly:
-//! - a call started before the signal was sent ends OK: HTTP/2's graceful
-//!   shutdown (GOAWAY with the highest stream id, then a ping, then the
-//!   final GOAWAY) accepts every call the client sent before it heard of
-//!   the shutdown, and the drain lets accepted calls finish;
-//! - a call started after the signal ends OK (accepted before the drain
-//!   began), UNAVAILABLE (refused stream, or connection refused once readyd
-//!   stopped accepting), or CANCELLED with hyper's "operation was canceled":
-//!   the client queued it on a connection that closed before it was sent
-//!   (tonic maps that to CANCELLED); nothing else;
+//! - a call readyd took ends OK: HTTP/2's graceful shutdown (GOAWAY with the
+//!   highest stream id, then a ping, then the final GOAWAY) accepts every
+//!   call the client sent before it heard of the shutdown, and the drain
+//!   lets accepted calls finish (`graceful_shutdown.rs` proves it for one
+//!   call without any timing);
+//! - a call readyd did not take (sent after the client heard of the
+//!   shutdown, whenever the caller started it) ends UNAVAILABLE: the client
+//!   sends it again on a new connection, which readyd, no longer accepting,
+//!   refuses. The clients are readyd's own (`readyd::client::channel`): a
+//!   call that races the GOAWAY and is refused by it unprocessed (which
+//!   tonic alone reports as INTERNAL, or CANCELLED when it was still
+//!   queued) is sent again. Nothing else is acceptable;
 //! - a health Watch reports NOT_SERVING, then ends; a WatchFlags stream
 //!   ends; both cleanly (end of stream, or a gRPC status), long before the
 //!   shutdown timeout;
@@ -30,12 +33,12 @@ use readyd::api::pb::grpc_health_v1::health_client::HealthClient;
 use readyd::api::pb::readyd::v1 as pb;
 use readyd::api::pb::readyd::v1::config_service_client::ConfigServiceClient;
 use readyd::api::pb::readyd::v1::flag_service_client::FlagServiceClient;
+use readyd::client::channel::RetryingChannel;
 use support::daemon::DaemonCommand;
 use support::{ADMIN_TOKEN, TestDb, admin, wait_for_probe};
 use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
 use tonic::Code;
-use tonic::transport::Channel;
 
 /// The daemon's `--shutdown-timeout`.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,7 +83,7 @@ impl std::fmt::Debug for Finished {
     }
 }
 
-async fn call(channel: &Channel, rpc: Rpc) -> Result<(), tonic::Status> {
+async fn call(channel: &RetryingChannel, rpc: Rpc) -> Result<(), tonic::Status> {
     match rpc {
         Rpc::EvaluateFlag => FlagServiceClient::new(channel.clone())
             .evaluate_flag(pb::EvaluateFlagRequest {
@@ -111,7 +114,7 @@ async fn call(channel: &Channel, rpc: Rpc) -> Result<(), tonic::Status> {
 }
 
 /// Calls in a loop until `stop`, recording every call.
-async fn caller(channel: Channel, first: usize, stop: Arc<AtomicBool>) -> Vec<Finished> {
+async fn caller(channel: RetryingChannel, first: usize, stop: Arc<AtomicBool>) -> Vec<Finished> {
     const ROTATION: [Rpc; 3] = [Rpc::EvaluateFlag, Rpc::GetConfig, Rpc::ListConfigAudit];
     let mut finished = Vec::new();
     let mut i = first;
@@ -140,12 +143,15 @@ async fn caller(channel: Channel, first: usize, stop: Arc<AtomicBool>) -> Vec<Fi
     finished
 }
 
-/// Whether a call made after the signal ended in an acceptable way: OK,
-/// UNAVAILABLE, or never sent because its connection closed first.
-fn refused_cleanly(call: &Finished) -> bool {
+/// Whether a call ended in an acceptable way: OK, or UNAVAILABLE because
+/// nothing accepted it any more (readyd had stopped accepting connections
+/// when the call, refused unprocessed by the GOAWAY, was sent again). An
+/// UNAVAILABLE from readyd itself (e.g. its database pool closed under a
+/// call it had taken) is not acceptable.
+fn ended_cleanly(call: &Finished) -> bool {
     match call.code {
-        Code::Ok | Code::Unavailable => true,
-        Code::Cancelled => call.message.contains("operation was canceled"),
+        Code::Ok => true,
+        Code::Unavailable => call.message.contains("connect"),
         _ => false,
     }
 }
@@ -161,7 +167,10 @@ struct StreamEnd {
     last_serving: Option<ServingStatus>,
 }
 
-async fn flags_stream(channel: Channel, opened: tokio::sync::mpsc::Sender<()>) -> StreamEnd {
+async fn flags_stream(
+    channel: RetryingChannel,
+    opened: tokio::sync::mpsc::Sender<()>,
+) -> StreamEnd {
     let mut stream = FlagServiceClient::new(channel)
         .watch_flags(pb::WatchFlagsRequest::default())
         .await
@@ -186,7 +195,10 @@ async fn flags_stream(channel: Channel, opened: tokio::sync::mpsc::Sender<()>) -
     }
 }
 
-async fn health_stream(channel: Channel, opened: tokio::sync::mpsc::Sender<()>) -> StreamEnd {
+async fn health_stream(
+    channel: RetryingChannel,
+    opened: tokio::sync::mpsc::Sender<()>,
+) -> StreamEnd {
     let mut stream = HealthClient::new(channel)
         .watch(HealthCheckRequest {
             service: "readiness".into(),
@@ -236,10 +248,10 @@ async fn sigterm_under_load_finishes_accepted_calls_ends_streams_and_exits_zero(
     wait_for_probe(daemon.channel().await, "readiness", ServingStatus::Serving).await;
 
     let channels = [
-        daemon.channel().await,
-        daemon.channel().await,
-        daemon.channel().await,
-        daemon.channel().await,
+        daemon.retrying_channel().await,
+        daemon.retrying_channel().await,
+        daemon.retrying_channel().await,
+        daemon.retrying_channel().await,
     ];
     let (opened_tx, mut opened) = tokio::sync::mpsc::channel(2 * STREAMS);
     let mut streams = JoinSet::new();
@@ -288,20 +300,24 @@ async fn sigterm_under_load_finishes_accepted_calls_ends_streams_and_exits_zero(
     let before: Vec<&Finished> = calls.iter().filter(|c| c.started < signalled).collect();
     let after: Vec<&Finished> = calls.iter().filter(|c| c.started >= signalled).collect();
     let in_flight = before.iter().filter(|c| c.ended > signalled).count();
+    let finished_in_drain = before
+        .iter()
+        .filter(|c| c.ended > signalled && c.code == Code::Ok)
+        .count();
     let ok_after = after.iter().filter(|c| c.code == Code::Ok).count();
-    let unsent_after = after.iter().filter(|c| c.code == Code::Cancelled).count();
+
     let last_stream_end = ends
         .iter()
         .map(|end| end.ended - signalled)
         .max()
         .unwrap_or_default();
     println!(
-        "{} calls before SIGTERM (all must be OK; {in_flight} in flight at the signal), \
-         {} after ({ok_after} OK, {} UNAVAILABLE, {unsent_after} unsent); {} streams ended, the last {last_stream_end:?} \
+        "{} calls before SIGTERM ({in_flight} in flight at the signal, {finished_in_drain} of them OK), \
+         {} after ({ok_after} OK, {} UNAVAILABLE); {} streams ended, the last {last_stream_end:?} \
          after the signal; readyd exited {:?} after the signal with {status:?}",
         before.len(),
         after.len(),
-        after.len() - ok_after - unsent_after,
+        after.len() - ok_after,
         ends.len(),
         exited - signalled,
     );
@@ -329,18 +345,13 @@ async fn sigterm_under_load_finishes_accepted_calls_ends_streams_and_exits_zero(
         lines.join("\n")
     );
     assert!(
-        in_flight > 0,
-        "no call was in flight at the signal: the test did not test the drain"
+        finished_in_drain > 0,
+        "no call in flight at the signal finished OK: the test did not test the drain"
     );
-    let failed_before: Vec<&&Finished> = before.iter().filter(|c| c.code != Code::Ok).collect();
+    let wrong: Vec<&Finished> = calls.iter().filter(|c| !ended_cleanly(c)).collect();
     assert!(
-        failed_before.is_empty(),
-        "calls sent before SIGTERM must finish OK: {failed_before:#?}"
-    );
-    let wrong_after: Vec<&&Finished> = after.iter().filter(|c| !refused_cleanly(c)).collect();
-    assert!(
-        wrong_after.is_empty(),
-        "calls sent after SIGTERM must end OK, UNAVAILABLE, or unsent: {wrong_after:#?}"
+        wrong.is_empty(),
+        "every call must end OK, or UNAVAILABLE because it could no longer connect: {wrong:#?}"
     );
     assert_eq!(ends.len(), 2 * STREAMS, "every stream ended");
     for end in &ends {

@@ -16,7 +16,7 @@ use readyd::api::pb::readyd::v1::flag_service_client::FlagServiceClient;
 use readyd::api::pb::readyd::v1::watch_flags_response::Event;
 use support::TestDb;
 use support::daemon::{Daemon, DaemonCommand};
-use support::metrics::{free_loopback_address, scrape};
+use support::metrics::scrape;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
@@ -145,10 +145,10 @@ async fn watcher(
     drop(stream);
 }
 
-async fn start(db: &TestDb, metrics: SocketAddr) -> Daemon {
+async fn start(db: &TestDb) -> Daemon {
     DaemonCommand::serve()
         .env("DATABASE_URL", &db.url)
-        .args(["--metrics-listen", &metrics.to_string()])
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .start()
         .await
 }
@@ -157,8 +157,8 @@ async fn start(db: &TestDb, metrics: SocketAddr) -> Daemon {
 async fn ten_thousand_streams_get_a_change_and_leave_nothing_behind_when_clients_vanish() {
     let test_started = Instant::now();
     let db = TestDb::new().await;
-    let metrics = free_loopback_address();
-    let daemon = start(&db, metrics).await;
+    let daemon = start(&db).await;
+    let metrics = daemon.metrics_addr();
     let pid = daemon.pid();
 
     // Idle: serving, no stream open yet.

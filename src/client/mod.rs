@@ -3,6 +3,7 @@
 //! for scripts. Errors print one line (the gRPC status and message) and exit
 //! non-zero.
 
+pub mod channel;
 pub mod config;
 pub mod deploy;
 pub mod flags;
@@ -13,7 +14,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
+
+use channel::RetryingChannel;
 
 pub use output::Output;
 
@@ -96,8 +99,9 @@ pub fn code_name(code: tonic::Code) -> &'static str {
 
 /// A connected client.
 pub struct Client {
-    /// The connection.
-    pub channel: Channel,
+    /// The connection; calls the server never processed (it was shutting
+    /// down) are sent again.
+    pub channel: RetryingChannel,
     /// The flags.
     pub args: ClientArgs,
 }
@@ -112,7 +116,7 @@ impl Client {
         let endpoint = Endpoint::from_shared(args.addr.clone())
             .map_err(|err| connect_error(err.to_string()))?
             .connect_timeout(args.timeout);
-        let channel = endpoint.connect().await.map_err(|err| {
+        let channel = channel::connect(endpoint).await.map_err(|err| {
             // The useful part ("Connection refused") is deep in the chain.
             let mut reasons = vec![err.to_string()];
             let mut source = std::error::Error::source(&err);

@@ -332,7 +332,7 @@ impl HealthMonitor {
         }
         let ready = rules::ready(
             startup_finished,
-            self.probes.is_draining(),
+            self.probes.is_leaving(),
             checks.iter().map(|check| (check.state, check.critical)),
         );
         self.probes.set(READINESS, serving(ready));

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use tokio::sync::watch;
 
@@ -37,9 +37,16 @@ pub type StatusMap = BTreeMap<String, ServingStatus>;
 pub struct Probes {
     /// The current map; replaced whole on every change.
     statuses: watch::Sender<Arc<StatusMap>>,
-    /// Once set (SIGTERM), every name stays NOT_SERVING.
-    draining: AtomicBool,
+    /// How far shutdown has gone: [`RUNNING`], [`LEAVING`] or [`DRAINING`].
+    phase: AtomicU8,
 }
+
+/// Not shutting down.
+const RUNNING: u8 = 0;
+/// Shutting down, still serving: `readiness` stays NOT_SERVING.
+const LEAVING: u8 = 1;
+/// Shutting down, no longer accepting: every name stays NOT_SERVING.
+const DRAINING: u8 = 2;
 
 impl Default for Probes {
     fn default() -> Self {
@@ -59,15 +66,20 @@ impl Probes {
         ]);
         Self {
             statuses: watch::Sender::new(Arc::new(statuses)),
-            draining: AtomicBool::new(false),
+            phase: AtomicU8::new(RUNNING),
         }
     }
 
     /// Sets one name's status, adding the name if it is new. Watchers are
     /// woken only when something actually changed. While draining, every
-    /// name is forced to NOT_SERVING.
+    /// name is forced to NOT_SERVING; while leaving, `readiness` is.
     pub fn set(&self, name: &str, status: ServingStatus) {
-        let status = if self.is_draining() {
+        let held_off = match self.phase.load(Ordering::SeqCst) {
+            RUNNING => false,
+            LEAVING => name == READINESS,
+            _ => true,
+        };
+        let status = if held_off {
             ServingStatus::NotServing
         } else {
             status
@@ -107,11 +119,22 @@ impl Probes {
         self.statuses.subscribe()
     }
 
-    /// Turns every name NOT_SERVING for good: the first step of shutdown,
-    /// so load balancers and kubelets stop sending traffic before the server
-    /// stops accepting it.
+    /// Turns `readiness` NOT_SERVING for good while everything else keeps
+    /// its status: the first step of shutdown, so load balancers and
+    /// kube-proxy stop routing calls here while readyd still serves them
+    /// (the drain delay). Liveness stays SERVING: the kubelet must not kill
+    /// a process that is leaving on purpose.
+    pub fn leave(&self) {
+        let _ = self
+            .phase
+            .compare_exchange(RUNNING, LEAVING, Ordering::SeqCst, Ordering::SeqCst);
+        self.set(READINESS, ServingStatus::NotServing);
+    }
+
+    /// Turns every name NOT_SERVING for good: the server stops accepting
+    /// calls right after, so no probe may say it would take one.
     pub fn drain(&self) {
-        self.draining.store(true, Ordering::SeqCst);
+        self.phase.store(DRAINING, Ordering::SeqCst);
         self.statuses.send_if_modified(|map| {
             let mut changed = false;
             for status in Arc::make_mut(map).values_mut() {
@@ -122,9 +145,9 @@ impl Probes {
         });
     }
 
-    /// Whether shutdown has begun.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
+    /// Whether shutdown has begun (readiness is held NOT_SERVING).
+    pub fn is_leaving(&self) -> bool {
+        self.phase.load(Ordering::SeqCst) != RUNNING
     }
 }
 
@@ -151,6 +174,30 @@ mod tests {
         assert!(!rx.has_changed().unwrap_or(true));
         probes.set(READINESS, ServingStatus::Serving);
         assert!(rx.has_changed().unwrap_or(false));
+    }
+
+    #[test]
+    fn leaving_holds_readiness_off_and_nothing_else() {
+        let probes = Probes::new();
+        probes.set(READINESS, ServingStatus::Serving);
+        probes.set("dep.db", ServingStatus::Serving);
+        probes.leave();
+        assert!(probes.is_leaving());
+        assert_eq!(probes.get(READINESS), Some(ServingStatus::NotServing));
+        assert_eq!(probes.get(LIVENESS), Some(ServingStatus::Serving));
+        assert_eq!(probes.get(SERVER), Some(ServingStatus::Serving));
+        assert_eq!(probes.get("dep.db"), Some(ServingStatus::Serving));
+        probes.set(READINESS, ServingStatus::Serving);
+        assert_eq!(probes.get(READINESS), Some(ServingStatus::NotServing));
+        probes.set("dep.db", ServingStatus::NotServing);
+        assert_eq!(probes.get("dep.db"), Some(ServingStatus::NotServing));
+        probes.drain();
+        probes.leave();
+        assert_eq!(
+            probes.get(LIVENESS),
+            Some(ServingStatus::NotServing),
+            "leaving never undoes a drain"
+        );
     }
 
     #[test]

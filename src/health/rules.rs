@@ -159,14 +159,14 @@ pub fn overall(checks: impl IntoIterator<Item = (CheckState, bool)>, stale: bool
 }
 
 /// Whether `readiness` serves: start-up has finished, readyd is not
-/// draining, and every critical check serves.
+/// shutting down, and every critical check serves.
 pub fn ready(
     startup_finished: bool,
-    draining: bool,
+    shutting_down: bool,
     checks: impl IntoIterator<Item = (CheckState, bool)>,
 ) -> bool {
     startup_finished
-        && !draining
+        && !shutting_down
         && checks
             .into_iter()
             .all(|(state, critical)| !critical || serves(state))
@@ -236,22 +236,22 @@ mod tests {
             prop_assert_eq!(overall(with_failure, stale), OverallStatus::Unhealthy);
         }
 
-        // Readiness: started, not draining, and no critical check failing
+        // Readiness: started, not shutting down, and no critical check failing
         // or pending; non-critical checks never matter.
         #[test]
         fn readiness_depends_only_on_critical_checks(
             checks in prop::collection::vec((any_state(), any::<bool>()), 0..12),
             started in any::<bool>(),
-            draining in any::<bool>(),
+            shutting_down in any::<bool>(),
         ) {
             let expected = started
-                && !draining
+                && !shutting_down
                 && checks.iter().all(|&(state, critical)| {
                     !critical || matches!(state, CheckState::Passing | CheckState::Warning)
                 });
-            prop_assert_eq!(ready(started, draining, checks.iter().copied()), expected);
+            prop_assert_eq!(ready(started, shutting_down, checks.iter().copied()), expected);
             let only_critical = checks.iter().copied().filter(|&(_, critical)| critical);
-            prop_assert_eq!(ready(started, draining, only_critical), expected);
+            prop_assert_eq!(ready(started, shutting_down, only_critical), expected);
         }
 
         // Hysteresis: after any sequence of results the state is what the

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use readyd::client::channel::RetryingChannel;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -108,11 +109,11 @@ impl DaemonCommand {
         drop(tx);
         let json = self.json;
         let mut seen = Vec::new();
-        let addr = tokio::time::timeout(START_TIMEOUT, async {
+        let (addr, metrics) = tokio::time::timeout(START_TIMEOUT, async {
             while let Some(line) = lines.recv().await {
                 seen.push(line.clone());
-                if let Some(addr) = serving_address(&line, json) {
-                    return addr;
+                if let Some(addr) = serving_field(&line, json, "listen") {
+                    return (addr, serving_field(&line, json, "metrics"));
                 }
             }
             panic!("readyd exited before serving:\n{}", seen.join("\n"));
@@ -134,21 +135,23 @@ impl DaemonCommand {
         Daemon {
             child,
             addr,
+            metrics,
             lines: replay,
+            read: Vec::new(),
         }
     }
 }
 
-/// The `listen` address of a "readyd is serving" line.
-fn serving_address(line: &str, json: bool) -> Option<SocketAddr> {
+/// An address of a "readyd is serving" line: `listen` (gRPC) or `metrics`.
+fn serving_field(line: &str, json: bool, field: &str) -> Option<SocketAddr> {
     if !line.contains("readyd is serving") {
         return None;
     }
     let addr = if json {
         let event: serde_json::Value = serde_json::from_str(line).ok()?;
-        event["listen"].as_str()?.to_owned()
+        event[field].as_str()?.to_owned()
     } else {
-        line.split("listen=")
+        line.split(&format!("{field}="))
             .nth(1)?
             .split_whitespace()
             .next()?
@@ -162,7 +165,12 @@ pub struct Daemon {
     child: Child,
     /// The gRPC address it serves on.
     pub addr: SocketAddr,
+    /// Where it serves `/metrics`, when it does (`--metrics-listen
+    /// 127.0.0.1:0` picks a free port, race-free).
+    pub metrics: Option<SocketAddr>,
     lines: mpsc::UnboundedReceiver<String>,
+    /// Lines read by [`Daemon::wait_for_log`], still owed to `log_lines`.
+    read: Vec<String>,
 }
 
 impl Daemon {
@@ -178,6 +186,47 @@ impl Daemon {
             .connect()
             .await
             .expect("connect")
+    }
+
+    /// A new connection as readyd's own clients make them: calls the
+    /// server never processed (it was shutting down) are sent again.
+    pub async fn retrying_channel(&self) -> RetryingChannel {
+        readyd::client::channel::connect(Endpoint::from_shared(self.url()).expect("endpoint"))
+            .await
+            .expect("connect")
+    }
+
+    /// `/metrics`' address; panics when the daemon serves none.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics
+            .expect("the daemon serves metrics (start it with --metrics-listen 127.0.0.1:0)")
+    }
+
+    /// Waits for a log line that contains `text` (the event a test waits
+    /// on, instead of a sleep); the line is returned and kept for
+    /// [`Daemon::log_lines`].
+    pub async fn wait_for_log(&mut self, text: &str, within: Duration) -> String {
+        let found = tokio::time::timeout(within, async {
+            while let Some(line) = self.lines.recv().await {
+                self.read.push(line.clone());
+                if line.contains(text) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!(
+                "readyd exited without logging {text:?}:\n{}",
+                self.read.join("\n")
+            ),
+            Err(_) => panic!(
+                "readyd did not log {text:?} within {within:?}:\n{}",
+                self.read.join("\n")
+            ),
+        }
     }
 
     /// Its process id.
@@ -219,7 +268,7 @@ impl Daemon {
 
     /// Every log line not read yet (waits briefly for lines in flight).
     pub async fn log_lines(&mut self) -> Vec<String> {
-        let mut all = Vec::new();
+        let mut all = std::mem::take(&mut self.read);
         while let Ok(Some(line)) =
             tokio::time::timeout(Duration::from_millis(300), self.lines.recv()).await
         {

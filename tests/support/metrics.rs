@@ -1,17 +1,11 @@
-//! readyd's Prometheus endpoint, as the tests read it: a free port to put
-//! it on, and one scrape.
+//! readyd's Prometheus endpoint, as the tests read it: one scrape. (The
+//! daemon picks its own free port with `--metrics-listen 127.0.0.1:0` and
+//! reports it: see `Daemon::metrics_addr`.)
 
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// A free loopback address (closed again; a tiny race is acceptable here).
-pub fn free_loopback_address() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("free port")
-}
 
 /// GET `/metrics` with a bare HTTP/1.1 request; the whole response.
 pub async fn scrape(addr: SocketAddr) -> String {

@@ -216,6 +216,7 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
         admin_token: None,
         read_token: None,
         shutdown_timeout: "5s".into(),
+        drain_delay: "0s".into(),
         instance: Some("test-instance".into()),
         checks: Vec::new(),
         database_check: "interval=10s&timeout=2s&failures=3".into(),
@@ -236,6 +237,8 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
 pub struct TestServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its flagd-only port listens, when `flagd_listen` is set.
+    pub flagd_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), readyd::app::ServeError>>>,
 }
@@ -248,12 +251,17 @@ impl TestServer {
             Err(report) => panic!("readyd did not start:\n{report}"),
         };
         let addr = started.listener.local_addr().expect("local addr");
+        let flagd_addr = started
+            .flagd_listener
+            .as_ref()
+            .map(|listener| listener.local_addr().expect("flagd local addr"));
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(readyd::serve(started, async move {
             let _ = rx.await;
         }));
         TestServer {
             addr,
+            flagd_addr,
             shutdown: Some(tx),
             handle: Some(handle),
         }

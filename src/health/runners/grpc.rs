@@ -45,9 +45,9 @@ impl GrpcRunner {
     /// One connection and one Check. Dropping the run drops the channel,
     /// which closes its connection.
     pub async fn run(&self) -> Result<(), String> {
-        let channel = self
-            .endpoint
-            .connect()
+        // A dependency shutting down gracefully is reported as what it is
+        // (refused), not as the INTERNAL of a call racing its GOAWAY.
+        let channel = crate::client::channel::connect(self.endpoint.clone())
             .await
             .map_err(|err| describe_error(&err))?;
         let mut client = HealthClient::new(channel);
