@@ -69,9 +69,22 @@ async fn evaluate_until(
 ) -> pb::EvaluateFlagResponse {
     let deadline = Instant::now() + within;
     loop {
-        let answer = evaluate(channel, key, "someone").await;
-        if done(&answer) {
-            return answer;
+        let answer = FlagServiceClient::new(channel.clone())
+            .evaluate_flag(pb::EvaluateFlagRequest {
+                key: key.into(),
+                context: Some(pb::EvaluationContext {
+                    user_id: "someone".into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map(tonic::Response::into_inner);
+        match &answer {
+            Ok(answer) if done(answer) => return answer.clone(),
+            // A flag just written by SQL may not have reached readyd yet.
+            Ok(_) => {}
+            Err(status) if status.code() == tonic::Code::NotFound => {}
+            Err(status) => panic!("evaluation: {status:?}"),
         }
         assert!(
             Instant::now() < deadline,
