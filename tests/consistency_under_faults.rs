@@ -36,8 +36,10 @@ const RESTARTS: usize = 2;
 const DOWN_FOR: Duration = Duration::from_millis(1500);
 /// Times readyd's LISTEN connections are killed during the writes.
 const LISTENER_KILLS: usize = 12;
-/// How long a kill waits for a LISTEN connection to appear.
-const KILL_PATIENCE: Duration = Duration::from_secs(5);
+/// How long a kill waits for a LISTEN connection to appear: after a restart
+/// the listeners reconnect with a backoff of up to 2 s, and a busy machine
+/// (the whole suite on two cores) can take several times that.
+const KILL_PATIENCE: Duration = Duration::from_secs(30);
 /// How long the subscribers may take to agree with the table after the last write.
 const CONVERGE_WITHIN: Duration = Duration::from_secs(30);
 /// How long one write may keep failing (the database down) before the test gives up.
@@ -747,12 +749,12 @@ async fn every_subscriber_ends_with_the_table_through_restarts_and_killed_listen
     );
 }
 
-/// A full reload that fails just after the listener lost its connection
+/// Catching up that fails just after the listener lost its connection
 /// sends the listener back to reconnecting while it still holds its old
 /// connection, the only one of its pool: it must let go of it, or it waits
 /// for that slot forever and never sees another change.
 #[tokio::test]
-async fn a_listener_whose_reload_fails_reconnects_and_catches_up() {
+async fn a_listener_whose_catch_up_fails_reconnects_and_catches_up() {
     let db = support::TestDb::new().await;
     // A child process, so the test can wait for its log line saying the
     // reload failed instead of guessing how long that takes.
@@ -767,11 +769,11 @@ async fn a_listener_whose_reload_fails_reconnects_and_catches_up() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    // Until the sequence has its name back, every full reload fails.
-    sqlx::query("ALTER SEQUENCE readyd_change_version RENAME TO readyd_change_version_away")
+    // Until the log has its name back, every catch-up fails.
+    sqlx::query("ALTER TABLE readyd_change_log RENAME TO readyd_change_log_away")
         .execute(&db.pool)
         .await
-        .expect("rename the sequence");
+        .expect("rename the change log");
     let killed: Vec<bool> = sqlx::query_scalar(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
          WHERE datname = current_database() AND application_name = 'readyd' \
@@ -782,12 +784,12 @@ async fn a_listener_whose_reload_fails_reconnects_and_catches_up() {
     .expect("terminate the listener connection");
     assert_eq!(killed, [true], "exactly one listener connection");
     daemon
-        .wait_for_log("reload failed", Duration::from_secs(30))
+        .wait_for_log("reading the change log failed", Duration::from_secs(30))
         .await;
-    sqlx::query("ALTER SEQUENCE readyd_change_version_away RENAME TO readyd_change_version")
+    sqlx::query("ALTER TABLE readyd_change_log_away RENAME TO readyd_change_log")
         .execute(&db.pool)
         .await
-        .expect("restore the sequence");
+        .expect("restore the change log");
 
     let version: i64 = sqlx::query_scalar(
         "UPDATE feature_flags SET enabled = NOT enabled WHERE key = 'dark_mode' RETURNING version",

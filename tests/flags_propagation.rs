@@ -375,3 +375,81 @@ async fn evaluation_survives_a_database_outage_and_changes_made_during_it_arrive
     );
     server.stop().await;
 }
+
+/// Any role that can connect may NOTIFY: a forged notification (what the
+/// listener once trusted: a payload naming a row and carrying it, with the
+/// version the next real write will take) changes nothing, anywhere, and
+/// the real write that follows still arrives.
+#[tokio::test]
+async fn a_forged_notification_changes_nothing() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(admin_serve_args(&db.url)).await;
+    let channel = server.channel().await;
+    let (mut stream, mut watched) = watch(channel.clone()).await;
+    assert!(!watched.flags["dark_mode"].enabled);
+
+    let next_version: i64 = sqlx::query_scalar("SELECT last_value + 1 FROM readyd_change_version")
+        .fetch_one(&db.pool)
+        .await
+        .expect("next version");
+    for forged in [
+        "SELECT pg_notify('readyd_changes', jsonb_build_object('table', 'feature_flags', \
+           'key', 'dark_mode', 'version', $1::bigint, 'op', 'update', \
+           'row', to_jsonb(f) || jsonb_build_object('enabled', true, 'version', $1::bigint))::text) \
+           FROM feature_flags f WHERE key = 'dark_mode'",
+        "SELECT pg_notify('readyd_changes', jsonb_build_object('table', 'app_config', \
+           'key', 'maintenance_mode', 'environment', '*', 'version', $1::bigint + 1, 'op', 'update', \
+           'row', to_jsonb(c) || jsonb_build_object('value', true, 'version', $1::bigint + 1))::text) \
+           FROM app_config c WHERE key = 'maintenance_mode' AND environment = '*'",
+        "SELECT pg_notify('readyd_changes', 'not json at all') WHERE $1::bigint > 0",
+    ] {
+        sqlx::query(forged)
+            .bind(next_version)
+            .execute(&db.pool)
+            .await
+            .expect("forge a notification");
+    }
+    // A real change after the forgeries, to wait on: it takes the version
+    // the forged flag claimed.
+    let real: i64 = sqlx::query_scalar(
+        "UPDATE feature_flags SET rollout_percentage = 42 WHERE key = 'beta_features' RETURNING version",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("a real write");
+    assert_eq!(
+        real, next_version,
+        "no other write took a version meanwhile"
+    );
+    watched.catch_up(&mut stream, real).await;
+
+    assert_eq!(
+        watched.flags["beta_features"].rollout_percentage, 42,
+        "the real change arrived"
+    );
+    assert!(
+        !watched.flags["dark_mode"].enabled,
+        "the forged flag change did not"
+    );
+    assert_eq!(as_table(&watched), table(&db).await);
+    let answer = FlagServiceClient::new(channel.clone())
+        .evaluate_flag(EvaluateFlagRequest {
+            key: "dark_mode".into(),
+            context: None,
+        })
+        .await
+        .expect("evaluate")
+        .into_inner();
+    assert_eq!(answer.variant, "off");
+    let maintenance =
+        readyd::api::pb::readyd::v1::config_service_client::ConfigServiceClient::new(channel)
+            .get_maintenance_mode(readyd::api::pb::readyd::v1::GetMaintenanceModeRequest {})
+            .await
+            .expect("maintenance")
+            .into_inner();
+    assert!(
+        !maintenance.enabled,
+        "the forged maintenance mode did not arrive"
+    );
+    server.stop().await;
+}

@@ -311,7 +311,7 @@ impl FlagdCore {
                                 }
                                 Event::FlagDeleted { key, .. } => vec![(key.clone(), "delete")],
                                 Event::Resync { .. } => resync(&state, &mut known, &mut told),
-                                Event::ConfigChanged { .. } => Vec::new(),
+                                Event::ConfigChanged { .. } | Event::Progress { .. } => Vec::new(),
                             }
                         }
                         // Fell behind: tell what may differ.

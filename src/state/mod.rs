@@ -68,6 +68,14 @@ pub enum Event {
         /// Version of the new snapshot.
         version: i64,
     },
+    /// The version moved without a change anyone here serves (a change of a
+    /// table this readyd does not serve, or one already superseded). Only
+    /// replication tells it on, so a follower's versions stay those of its
+    /// source.
+    Progress {
+        /// The version reached.
+        version: i64,
+    },
 }
 
 impl Event {
@@ -77,7 +85,8 @@ impl Event {
             Event::FlagUpserted { version, .. }
             | Event::FlagDeleted { version, .. }
             | Event::ConfigChanged { version, .. }
-            | Event::Resync { version } => *version,
+            | Event::Resync { version }
+            | Event::Progress { version } => *version,
         }
     }
 }
@@ -196,22 +205,14 @@ impl State {
         record_snapshot(&self.current.load());
     }
 
-    /// Moves the version forward without a change anyone subscribes to (a
-    /// change of something this instance does not serve).
+    /// Moves the version forward without a change anyone here serves (see
+    /// [`Event::Progress`]); never backwards.
     pub fn advance(&self, version: i64) {
         let current = self.snapshot();
         if version <= current.version {
             return;
         }
-        // The history still covers every change after its floor: this one
-        // concerns no subscriber.
-        let history = self
-            .history
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.current.store(Arc::new(current.at_version(version)));
-        drop(history);
-        self.version.send_replace(version);
+        self.publish(current.at_version(version), Event::Progress { version });
     }
 
     /// Every change after `since`, when the history still holds all of them;
@@ -332,15 +333,27 @@ mod tests {
     }
 
     #[test]
-    fn advancing_moves_the_version_without_an_event() {
+    fn advancing_moves_the_version_with_a_progress_event_only() {
         let state = State::new(Snapshot::from_rows(10, vec![flag("a", 10)], vec![]));
         let mut sub = state.subscribe();
         state.advance(11);
         assert_eq!(state.snapshot().version, 11);
-        assert!(sub.events.try_recv().is_err());
-        assert_eq!(state.events_since(10).map(|e| e.len()), Some(0));
+        assert!(state.snapshot().flag("a").is_some(), "nothing else changes");
+        let event = sub.events.try_recv().expect("a progress event");
+        assert!(
+            matches!(*event, Event::Progress { version: 11 }),
+            "{event:?}"
+        );
+        let since: Vec<i64> = state
+            .events_since(10)
+            .expect("held")
+            .iter()
+            .map(|e| e.version())
+            .collect();
+        assert_eq!(since, [11], "resumes see it too");
         state.advance(5);
         assert_eq!(state.snapshot().version, 11, "never backwards");
+        assert!(sub.events.try_recv().is_err());
     }
 
     #[test]

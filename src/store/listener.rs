@@ -1,13 +1,16 @@
 //! The change listener: LISTEN on the change feed and keep the in-memory
 //! state equal to the tables.
 //!
-//! Each notification names a changed row and its version. Versions are
-//! committed in order (see the first migration), so the listener applies
-//! them one after the other by reading the changed row. Anything that could
-//! mean a missed change (a gap in versions, a lost connection, an error, an
-//! unreadable payload, a TRUNCATE) makes it reload everything instead, so no
-//! change is ever lost. It LISTENs before it loads, so a change between the
-//! load and the LISTEN cannot slip through.
+//! A notification is only a wake-up (any role that can connect may send
+//! one): after each burst the listener reads what changed from
+//! `readyd_change_log`, every change after the version it holds with the
+//! row as written, in one query, and applies them in version order (versions commit
+//! in order, see the first migration). Anything that could mean a missed
+//! change (a lost connection, an error, a TRUNCATE, a log pruned past the
+//! version it holds) makes it catch up from the log again or, when the log
+//! no longer reaches back, reload everything, so no change is ever lost. It
+//! LISTENs before it loads, so a change between the load and the LISTEN
+//! cannot slip through.
 
 use metrics::counter;
 
@@ -15,32 +18,17 @@ use crate::telemetry::{LISTENER_RECONNECTS, LISTENER_RELOADS};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
+use super::change_log::{ChangedRow, LoggedChange};
 use super::flags::decode_rows;
 use super::{CHANGE_CHANNEL, CHANGE_LOCK_KEY, Store, StoreError};
 use crate::config::{ConfigRow, resolve};
-use crate::flags::Flag;
 use crate::state::{Event, Snapshot, State};
 
-/// One notification of the change feed.
-#[derive(Debug, Deserialize)]
-struct Announcement {
-    /// `app_config` or `feature_flags`.
-    table: String,
-    /// The changed key (absent for a TRUNCATE).
-    key: Option<String>,
-    /// The changed row's environment (configuration only).
-    environment: Option<String>,
-    /// Version of the change.
-    version: i64,
-    /// insert, update, delete or truncate.
-    op: String,
-    /// The row as written, when it fit in the notification.
-    row: Option<serde_json::Value>,
-}
+/// Changes read from the log per query; a longer backlog takes several.
+const BATCH: i64 = 1000;
 
 /// Longest wait between reconnection attempts: short, so that data is
 /// current again within seconds of the database coming back.
@@ -86,9 +74,11 @@ pub struct ChangeListener {
 enum Next {
     /// Wait for the next notification.
     Listen,
+    /// Apply every logged change after the state's version.
+    CatchUp,
     /// Reload everything (the listener is connected).
     Reload,
-    /// Reconnect, then reload.
+    /// Reconnect, then catch up.
     Reconnect,
 }
 
@@ -138,12 +128,15 @@ impl ChangeListener {
 
     /// Keeps `state` equal to the tables until `shutdown` fires.
     ///
-    /// Whenever it may be missing changes (connection lost, reload failed),
-    /// it tells the state's [`Freshness`](crate::state::Freshness); a
-    /// successful full reload makes the data current again.
+    /// Whenever it may be missing changes (connection lost, a read failed),
+    /// it tells the state's [`Freshness`](crate::state::Freshness); catching
+    /// up again (from the log, or by a full reload) makes the data current.
     pub async fn run(mut self, state: Arc<State>, shutdown: CancellationToken) {
         let freshness = Arc::clone(state.freshness());
         let mut doubts = freshness.listener_doubts();
+        // A start from the snapshot on disk reloads whole at its first
+        // connection: the database may not be the one the file came from.
+        let mut reload_on_connect = self.listener.is_none();
         let mut next = if self.listener.is_some() {
             Next::Listen
         } else {
@@ -151,7 +144,7 @@ impl ChangeListener {
         };
         let mut backoff = Duration::from_millis(100);
         loop {
-            if !matches!(next, Next::Listen) {
+            if matches!(next, Next::Reload | Next::Reconnect) {
                 freshness.listener_lost();
             }
             next = match next {
@@ -174,13 +167,19 @@ impl ChangeListener {
                         }
                     };
                     match received {
-                        Ok(Some(notification)) => self.apply(notification.payload(), &state).await,
+                        Ok(Some(_wake_up)) => {
+                            // The rest of a burst, already received, is
+                            // covered by the one read that follows.
+                            while listener.next_buffered().is_some() {}
+                            Next::CatchUp
+                        }
                         Ok(None) => {
-                            // Reconnected already (eagerly), and LISTENing again:
-                            // what was sent meanwhile is lost.
-                            tracing::warn!("change listener connection lost; reloading everything");
+                            // Reconnected already (eagerly), and LISTENing
+                            // again: the log has what was sent meanwhile.
+                            tracing::warn!("change listener connection lost; catching up");
                             counter!(LISTENER_RECONNECTS).increment(1);
-                            Next::Reload
+                            freshness.listener_lost();
+                            Next::CatchUp
                         }
                         Err(err) => {
                             tracing::warn!(error = %err, "change listener failed; reconnecting");
@@ -188,6 +187,23 @@ impl ChangeListener {
                         }
                     }
                 }
+                Next::CatchUp => match self.catch_up(&state).await {
+                    Ok(Some(next)) => next,
+                    Ok(None) => {
+                        backoff = Duration::from_millis(100);
+                        if freshness.is_behind() && freshness.current() {
+                            tracing::info!(
+                                version = state.snapshot().version,
+                                "the data is current again (no longer STALE)"
+                            );
+                        }
+                        Next::Listen
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "reading the change log failed; reconnecting");
+                        Next::Reconnect
+                    }
+                },
                 Next::Reload => match self.store.load_snapshot().await {
                     Ok(snapshot) => {
                         counter!(LISTENER_RELOADS).increment(1);
@@ -233,7 +249,11 @@ impl ChangeListener {
                         Ok(fresh) => {
                             counter!(LISTENER_RECONNECTS).increment(1);
                             self.listener = fresh.listener;
-                            Next::Reload
+                            if std::mem::take(&mut reload_on_connect) {
+                                Next::Reload
+                            } else {
+                                Next::CatchUp
+                            }
                         }
                         Err(err) => {
                             tracing::debug!(error = %err, "change listener cannot reconnect yet");
@@ -245,119 +265,104 @@ impl ChangeListener {
         }
     }
 
-    /// Applies one notification; says what to do next.
-    async fn apply(&self, payload: &str, state: &State) -> Next {
-        let Ok(announcement) = serde_json::from_str::<Announcement>(payload) else {
-            tracing::warn!(
-                payload,
-                "unreadable change notification; reloading everything"
-            );
-            return Next::Reload;
-        };
+    /// Applies every logged change after the state's version, in order.
+    /// `Ok(None)`: caught up; `Ok(Some(next))`: the log cannot tell, do
+    /// `next` instead (a reload).
+    async fn catch_up(&self, state: &State) -> Result<Option<Next>, StoreError> {
+        loop {
+            let from = state.snapshot().version;
+            let batch = self.store.changes_since(from, BATCH).await?;
+            if !batch.covers(from) {
+                tracing::info!(
+                    version = from,
+                    log_starts_at = batch.floor,
+                    "the change log no longer reaches back to this version; reloading everything"
+                );
+                return Ok(Some(Next::Reload));
+            }
+            let count = batch.changes.len();
+            for change in batch.changes {
+                if let Some(next) = self.apply(change, state) {
+                    return Ok(Some(next));
+                }
+            }
+            if count < BATCH as usize {
+                if count > 0 && state.snapshot().version - batch.floor > 2 * super::change_log::KEEP
+                {
+                    // Any readyd may prune; a failure only leaves it longer.
+                    if let Err(err) = self.store.prune_change_log().await {
+                        tracing::debug!(error = %err, "pruning the change log failed");
+                    }
+                }
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Applies one logged change; `Some(next)` when it cannot be applied
+    /// change by change.
+    fn apply(&self, change: LoggedChange, state: &State) -> Option<Next> {
         let current = state.snapshot();
-        let version = announcement.version;
+        let version = change.version;
         if version <= current.version {
-            return Next::Listen; // already included (e.g. by a reload)
+            return None; // already included (e.g. by a reload)
         }
-        if version > current.version + 1 {
-            // A rolled-back writer leaves a gap that never fills; a missed
-            // notification leaves one too. Only a reload tells them apart.
-            tracing::debug!(
-                from = current.version,
-                to = version,
-                "version gap; reloading everything"
-            );
-            return Next::Reload;
-        }
-        let (carried, carried_config) = match (announcement.table.as_str(), announcement.row) {
-            ("feature_flags", Some(row)) => (serde_json::from_value::<Flag>(row).ok(), None),
-            ("app_config", Some(row)) => (None, serde_json::from_value::<ConfigRow>(row).ok()),
-            _ => (None, None),
-        };
-        let carried_config = carried_config.filter(|row| row.version == version);
-        if let Some(flag) = carried.filter(|flag| flag.version == version) {
-            let key = flag.key.clone();
-            publish_flag(
-                state,
-                current.with_flag(version, &key, Some(flag)),
-                version,
-                key,
-            );
-            return Next::Listen;
-        }
-        match (
-            announcement.table.as_str(),
-            announcement.op.as_str(),
-            announcement.key,
-        ) {
-            ("feature_flags", "insert" | "update" | "delete", Some(key)) => {
-                match self.store.flag(&key).await {
-                    Ok(Some(flag)) if flag.version == version => {
+        match (change.table.as_str(), change.op.as_str(), change.key) {
+            (_, "truncate", _) => {
+                tracing::info!(table = %change.table, "table truncated; reloading everything");
+                Some(Next::Reload)
+            }
+            ("feature_flags", "insert" | "update", Some(key)) => {
+                match change.row {
+                    Some(ChangedRow::Flag(flag)) if flag.version == version => {
                         publish_flag(
                             state,
                             current.with_flag(version, &key, Some(flag)),
                             version,
                             key,
                         );
-                        Next::Listen
                     }
-                    // Changed again since: its own notification follows.
-                    Ok(Some(flag)) if flag.version > version => {
-                        state.advance(version);
-                        Next::Listen
-                    }
-                    Ok(None) if current.flag(&key).is_some() => {
-                        state.publish(
-                            current.with_flag(version, &key, None),
-                            Event::FlagDeleted { version, key },
-                        );
-                        Next::Listen
-                    }
-                    Ok(None) => {
-                        state.advance(version);
-                        Next::Listen
-                    }
-                    Ok(Some(_)) => Next::Reload,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "reading a changed flag failed; reconnecting");
-                        Next::Reconnect
-                    }
+                    // Unreadable (bad data written by plain SQL): to a
+                    // reader it is gone, as a full load would leave it out.
+                    _ if current.flag(&key).is_some() => state.publish(
+                        current.with_flag(version, &key, None),
+                        Event::FlagDeleted { version, key },
+                    ),
+                    _ => state.advance(version),
                 }
+                None
             }
-            ("feature_flags", _, _) => Next::Reload,
-            ("app_config", "insert" | "update" | "delete", Some(key)) => {
-                let Some(environment) = announcement.environment else {
-                    return Next::Reload;
-                };
-                let row = match carried_config {
-                    Some(row) => Ok(Some(row)),
-                    None => self.store.config_row(&key, &environment).await,
-                };
-                match row {
-                    Ok(Some(row)) if row.version == version => {
-                        self.publish_config(state, &current, version, key, environment, Some(row));
-                        Next::Listen
-                    }
-                    // Changed again since: its own notification follows.
-                    Ok(Some(row)) if row.version > version => {
-                        state.advance(version);
-                        Next::Listen
-                    }
-                    Ok(None) => {
-                        self.publish_config(state, &current, version, key, environment, None);
-                        Next::Listen
-                    }
-                    Ok(Some(_)) => Next::Reload,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "reading a changed config row failed; reconnecting");
-                        Next::Reconnect
-                    }
+            ("feature_flags", "delete", Some(key)) => {
+                if current.flag(&key).is_some() {
+                    state.publish(
+                        current.with_flag(version, &key, None),
+                        Event::FlagDeleted { version, key },
+                    );
+                } else {
+                    state.advance(version);
                 }
+                None
             }
-            ("app_config", _, _) => Next::Reload,
+            ("app_config", op, Some(key)) => {
+                let Some(environment) = change.environment else {
+                    return Some(Next::Reload);
+                };
+                let row = match (op, change.row) {
+                    ("insert" | "update", Some(ChangedRow::Config(row)))
+                        if row.version == version =>
+                    {
+                        Some(row)
+                    }
+                    // A delete, or an unreadable row: gone to a reader.
+                    _ => None,
+                };
+                self.publish_config(state, &current, version, key, environment, row);
+                None
+            }
+            // A table this readyd does not serve (a newer one).
             _ => {
                 state.advance(version);
-                Next::Listen
+                None
             }
         }
     }

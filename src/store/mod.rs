@@ -2,6 +2,7 @@
 //! embedded migrations, the schema checks of start-up, and one module per
 //! table.
 
+pub mod change_log;
 pub mod config;
 pub mod deployments;
 pub mod flags;
