@@ -6,14 +6,13 @@ mod support;
 use std::process::Output;
 
 use readyd::api::pb::grpc_health_v1::health_check_response::ServingStatus::Serving;
+use support::daemon::binary;
 use support::{ADMIN_TOKEN, TestDb, TestServer, admin_serve_args, wait_for_probe};
-
-const BINARY: &str = env!("CARGO_BIN_EXE_readyd");
 
 /// Runs `readyd ARGS --addr <server>` with no token in the environment
 /// unless `token` is given.
 async fn readyd(server: &TestServer, token: Option<&str>, args: &[&str]) -> Output {
-    let mut command = tokio::process::Command::new(BINARY);
+    let mut command = tokio::process::Command::new(binary());
     command
         .args(args)
         .arg("--addr")
@@ -92,7 +91,7 @@ async fn health_exits_zero_only_when_serving() {
 
 #[tokio::test]
 async fn nothing_listening_is_one_clear_line_and_exit_one() {
-    let output = tokio::process::Command::new(BINARY)
+    let output = tokio::process::Command::new(binary())
         .args([
             "flags",
             "list",
@@ -371,7 +370,7 @@ async fn every_command_shows_an_example_in_its_help() {
         &["migrate"],
     ];
     for command in commands {
-        let output = tokio::process::Command::new(BINARY)
+        let output = tokio::process::Command::new(binary())
             .args(*command)
             .arg("--help")
             .output()

@@ -22,7 +22,7 @@ use readyd::flags::{Flag, ValueType};
 use readyd::snapshot_file;
 use readyd::state::Snapshot;
 use support::cluster::Cluster;
-use support::daemon::{BINARY, Daemon, DaemonCommand};
+use support::daemon::{Daemon, DaemonCommand, binary};
 use support::metrics::scrape;
 use support::proxy::{Target, TcpProxy};
 use support::{ADMIN_TOKEN, TestDb, admin, wait_for_probe};
@@ -407,7 +407,7 @@ const NOWHERE: &str = "postgres://postgres@127.0.0.1:1/readyd";
 async fn refused_start(data_dir: &Path) -> String {
     let output = tokio::time::timeout(
         Duration::from_secs(30),
-        tokio::process::Command::new(BINARY)
+        tokio::process::Command::new(binary())
             .args(["serve", "--listen", "127.0.0.1:0", "--db-wait", "200ms"])
             .args(["--environment", ENVIRONMENT, "--metrics-listen", "off"])
             .arg("--data-dir")

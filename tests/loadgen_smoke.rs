@@ -27,7 +27,7 @@ use scenarios::{BaselineMode, Bench, Plan, Scenario};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_runs_and_reads_never_touch_the_database() {
     let bench = Bench {
-        readyd: env!("CARGO_BIN_EXE_readyd").into(),
+        readyd: support::daemon::binary(),
         // Pinning would move the whole test binary onto one core.
         pinning: Pinning::detect(false),
         baseline: BaselineMode::InProcess,

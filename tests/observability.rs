@@ -15,7 +15,7 @@ use readyd::api::pb::readyd::v1 as pb;
 use readyd::api::pb::readyd::v1::config_service_client::ConfigServiceClient;
 use readyd::api::pb::readyd::v1::flag_service_client::FlagServiceClient;
 use readyd::api::pb::readyd::v1::health_service_client::HealthServiceClient;
-use support::daemon::{BINARY, Daemon, DaemonCommand};
+use support::daemon::{Daemon, DaemonCommand, binary};
 use support::metrics::scrape;
 use support::{TestDb, wait_for_probe};
 use tokio::process::Command;
@@ -320,7 +320,7 @@ async fn a_taken_metrics_port_is_a_startup_error() {
     let db = TestDb::new().await;
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr").to_string();
-    let output = Command::new(BINARY)
+    let output = Command::new(binary())
         .args([
             "serve",
             "--listen",
@@ -335,7 +335,7 @@ async fn a_taken_metrics_port_is_a_startup_error() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--metrics-listen"), "{stderr}");
-    let bad = Command::new(BINARY)
+    let bad = Command::new(binary())
         .args(["check", "--metrics-listen", "nowhere"])
         .env("DATABASE_URL", &db.url)
         .output()

@@ -13,7 +13,7 @@ use readyd::api::pb::grpc_health_v1::health_check_response::ServingStatus;
 use readyd::api::pb::grpc_health_v1::health_client::HealthClient;
 use readyd::api::pb::readyd::v1::CheckDatabaseRequest;
 use readyd::api::pb::readyd::v1::health_service_client::HealthServiceClient;
-use support::daemon::{BINARY, Daemon, DaemonCommand};
+use support::daemon::{Daemon, DaemonCommand, binary};
 use support::{next, wait_for_probe};
 use tokio::process::Command;
 
@@ -90,7 +90,7 @@ async fn zero_setup_serves_then_drains_on_sigterm_and_reuses_its_data_dir() {
 
 #[tokio::test]
 async fn check_exits_one_with_a_line_per_problem() {
-    let output = Command::new(BINARY)
+    let output = Command::new(binary())
         .args([
             "check",
             "--listen",
@@ -119,7 +119,7 @@ async fn check_exits_one_with_a_line_per_problem() {
 #[tokio::test]
 async fn check_passes_on_a_migrated_database() {
     let db = support::TestDb::new().await;
-    let output = Command::new(BINARY)
+    let output = Command::new(binary())
         .arg("check")
         .env("DATABASE_URL", &db.url)
         .output()

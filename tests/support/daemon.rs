@@ -14,8 +14,12 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
-/// The binary under test.
-pub const BINARY: &str = env!("CARGO_BIN_EXE_readyd");
+/// The binary under test: where nextest says it is (which follows an
+/// archived run to where the archive was unpacked), else where cargo built it.
+pub fn binary() -> std::path::PathBuf {
+    std::env::var_os("NEXTEST_BIN_EXE_readyd")
+        .map_or_else(|| env!("CARGO_BIN_EXE_readyd").into(), Into::into)
+}
 
 /// How long a daemon may take to say it is serving (a start with the
 /// database down waits `--db-wait` first).
@@ -32,7 +36,7 @@ impl DaemonCommand {
     /// metrics off, and nothing inherited that would change what it does
     /// (DATABASE_URL, tokens, log settings).
     pub fn serve() -> DaemonCommand {
-        let mut command = Command::new(BINARY);
+        let mut command = Command::new(binary());
         command
             .args(["serve", "--listen", "127.0.0.1:0"])
             .env_remove("DATABASE_URL")
