@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let protos = [
+        "proto/readyd/v1/streams.proto",
         "proto/readyd/v1/health.proto",
         "proto/readyd/v1/config.proto",
         "proto/readyd/v1/flags.proto",

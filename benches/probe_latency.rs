@@ -24,6 +24,7 @@ use readyd::api::pb::grpc_health_v1::HealthCheckRequest;
 use readyd::api::pb::grpc_health_v1::health_check_response::ServingStatus;
 use readyd::api::pb::grpc_health_v1::health_client::HealthClient;
 use readyd::api::pb::grpc_health_v1::health_server::HealthServer;
+use readyd::api::streams::StreamGate;
 use readyd::health::probes::READINESS;
 use readyd::health::{Probes, ServingStatus as Probe};
 use support::{TestDb, TestServer, serve_args, wait_for_probe};
@@ -76,7 +77,8 @@ async fn baseline_server() -> (SocketAddr, CancellationToken) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let service = HealthServer::new(GrpcHealth::new(probes, stop.clone()));
+    let gate = StreamGate::new("Watch", "--max-watch-streams", 10_000);
+    let service = HealthServer::new(GrpcHealth::new(probes, Arc::clone(&gate)));
     let until = stop.clone();
     tokio::spawn(
         tonic::transport::Server::builder()

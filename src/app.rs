@@ -23,6 +23,7 @@ use crate::api::grpc_health::GrpcHealth;
 use crate::api::health::HealthApi;
 use crate::api::observe::{KnownMethods, ObserveLayer};
 use crate::api::pb;
+use crate::api::streams::StreamGate;
 use crate::health::Probes;
 use crate::health::history::{self, HistorySettings};
 use crate::health::monitor::HealthMonitor;
@@ -70,7 +71,11 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
     } = started;
     let local_addr: Option<SocketAddr> = listener.local_addr().ok();
     let probes = Arc::new(Probes::new());
-    let streams_end = CancellationToken::new();
+    let streams = StreamGate::new(
+        "Watch",
+        "--max-watch-streams (READYD_MAX_WATCH_STREAMS)",
+        settings.limits.watch,
+    );
 
     // Checks start before the server, so their first round overlaps its
     // start; `startup` turns SERVING when that round has finished.
@@ -103,7 +108,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         .build_v1alpha()?;
     let grpc_health = pb::grpc_health_v1::health_server::HealthServer::new(GrpcHealth::new(
         Arc::clone(&probes),
-        streams_end.clone(),
+        Arc::clone(&streams),
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -113,7 +118,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         Arc::clone(&state),
         settings.instance.clone(),
         settings.environment.clone(),
-        streams_end.clone(),
+        Arc::clone(&streams),
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -122,7 +127,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         Arc::clone(&state),
         store.clone(),
         &settings.environment,
-        streams_end.clone(),
+        Arc::clone(&streams),
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -131,7 +136,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         Arc::clone(&state),
         store.clone(),
         &settings.environment,
-        streams_end.clone(),
+        Arc::clone(&streams),
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -174,7 +179,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
     let flagd = FlagdCore::new(
         Arc::clone(&state),
         &settings.environment,
-        streams_end.clone(),
+        Arc::clone(&streams),
     );
     let flagd_v1 = || {
         pb::flagd::evaluation_v1::service_server::ServiceServer::new(FlagdV1(flagd.clone()))
@@ -193,6 +198,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
     let flagd_server = flagd_listener.map(|listener| {
         let addr = listener.local_addr().ok();
         let router = Server::builder()
+            .max_concurrent_streams(Some(settings.limits.per_connection))
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .layer(ObserveLayer::shared(Arc::clone(&known)))
@@ -208,6 +214,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
     });
 
     let router = Server::builder()
+        .max_concurrent_streams(Some(settings.limits.per_connection))
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .layer(ObserveLayer::shared(known))
@@ -259,7 +266,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         None => {
             tracing::info!(timeout = ?settings.shutdown_timeout, "shutting down: probes NOT_SERVING, draining calls");
             probes.drain();
-            streams_end.cancel();
+            streams.end_all();
             let _ = stop_accepting.send(());
             flagd_stop.cancel();
             match tokio::time::timeout(settings.shutdown_timeout, &mut server).await {

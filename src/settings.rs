@@ -100,6 +100,22 @@ pub struct ServeArgs {
     #[arg(long, env = "READYD_FLAGD_LISTEN", default_value = "off")]
     pub flagd_listen: String,
 
+    /// Concurrent HTTP/2 streams (calls) one connection may have open; a
+    /// client past it waits for one to finish.
+    #[arg(long, env = "READYD_MAX_STREAMS_PER_CONNECTION", default_value_t = DEFAULT_MAX_STREAMS_PER_CONNECTION)]
+    pub max_streams_per_connection: u32,
+
+    /// Watch streams (WatchFlags, WatchConfigs, WatchHealth, grpc.health.v1
+    /// Watch, flagd EventStream) open at once over all connections; past it
+    /// a new one is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "READYD_MAX_WATCH_STREAMS", default_value_t = DEFAULT_MAX_WATCH_STREAMS)]
+    pub max_watch_streams: usize,
+
+    /// Replication (Follow) streams of followers open at once; counted apart
+    /// from Watch streams.
+    #[arg(long, env = "READYD_MAX_FOLLOW_STREAMS", default_value_t = DEFAULT_MAX_FOLLOW_STREAMS)]
+    pub max_follow_streams: usize,
+
     /// Address of the Prometheus endpoint (`/metrics`), or `off`.
     #[arg(long, env = "READYD_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
     pub metrics_listen: String,
@@ -235,6 +251,27 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     /// The extra flagd-only address; None when off.
     pub flagd_listen: Option<SocketAddr>,
+    /// Limits on open streams.
+    pub limits: StreamLimits,
+}
+
+/// Default of `--max-streams-per-connection`: far above what a client
+/// needs, low enough that one connection cannot hold thousands of streams.
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 1000;
+/// Default of `--max-watch-streams`.
+pub const DEFAULT_MAX_WATCH_STREAMS: usize = 20_000;
+/// Default of `--max-follow-streams`.
+pub const DEFAULT_MAX_FOLLOW_STREAMS: usize = 20_000;
+
+/// How many streams readyd keeps open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// HTTP/2 streams per connection.
+    pub per_connection: u32,
+    /// Watch streams over all connections.
+    pub watch: usize,
+    /// Follow streams over all connections.
+    pub follow: usize,
 }
 
 /// One invalid setting.
@@ -412,6 +449,29 @@ impl Settings {
             "0.0.0.0:8013",
             &mut errors,
         );
+        for (setting, value) in [
+            (
+                "--max-streams-per-connection (READYD_MAX_STREAMS_PER_CONNECTION)",
+                args.max_streams_per_connection as usize,
+            ),
+            (
+                "--max-watch-streams (READYD_MAX_WATCH_STREAMS)",
+                args.max_watch_streams,
+            ),
+            (
+                "--max-follow-streams (READYD_MAX_FOLLOW_STREAMS)",
+                args.max_follow_streams,
+            ),
+        ] {
+            if value == 0 {
+                errors.push(SettingsError::new(setting, "must be at least 1".to_owned()));
+            }
+        }
+        let limits = StreamLimits {
+            per_connection: args.max_streams_per_connection,
+            watch: args.max_watch_streams,
+            follow: args.max_follow_streams,
+        };
         let instance = args
             .instance
             .clone()
@@ -458,6 +518,7 @@ impl Settings {
                 stale_after,
                 metrics_listen,
                 flagd_listen,
+                limits,
             }),
             _ => Err(errors),
         }

@@ -49,8 +49,11 @@ pub const SNAPSHOT_CONFIGS: &str = "readyd_snapshot_configs";
 pub const LISTENER_RECONNECTS: &str = "readyd_listener_reconnects_total";
 /// Full reloads of the snapshot by the change listener.
 pub const LISTENER_RELOADS: &str = "readyd_listener_reloads_total";
-/// Open Watch streams by kind (flags, configs, health, probes).
+/// Open Watch streams by kind (flags, configs, health, probes, flagd,
+/// follow).
 pub const WATCH_STREAMS: &str = "readyd_watch_streams";
+/// Streams refused because their limit was reached, by kind.
+pub const STREAMS_REFUSED: &str = "readyd_streams_refused_total";
 /// Database pool connections by state (idle, in_use).
 pub const DB_POOL_CONNECTIONS: &str = "readyd_db_pool_connections";
 /// The database pool's largest size.
@@ -196,6 +199,10 @@ fn describe() {
     counter!(LISTENER_RECONNECTS).increment(0);
     counter!(LISTENER_RELOADS).increment(0);
     describe_gauge!(WATCH_STREAMS, "Open Watch streams by kind.");
+    describe_counter!(
+        STREAMS_REFUSED,
+        "Streams refused with RESOURCE_EXHAUSTED because their limit was reached, by kind."
+    );
     describe_gauge!(DB_POOL_CONNECTIONS, "Database pool connections by state.");
     describe_gauge!(DB_POOL_MAX, "Largest size of the database pool.");
     describe_histogram!(

@@ -506,6 +506,7 @@ const METHODS: &[Method] = &[
                     .map(|_| any_key(rng, SEEDED_FLAGS))
                     .collect(),
                 since_version: rng.percent(50).then(|| i64_field(rng)),
+                with_freshness: rng.percent(50),
             }
             .encode_to_vec()
         },
@@ -624,6 +625,7 @@ const METHODS: &[Method] = &[
                     .map(|_| any_key(rng, SEEDED_CONFIGS))
                     .collect(),
                 since_version: rng.percent(50).then(|| i64_field(rng)),
+                with_freshness: rng.percent(50),
             }
             .encode_to_vec()
         },

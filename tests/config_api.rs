@@ -318,6 +318,9 @@ impl Watched {
                     self.snapshots += 1;
                 }
             }
+            WatchEvent::Freshness(freshness) => {
+                panic!("freshness {freshness:?} though not asked for")
+            }
             WatchEvent::Change(change) => {
                 assert!(
                     change.version > self.version(),
@@ -1161,6 +1164,7 @@ async fn maintenance_mode_round_trip_across_two_servers() {
         Request::new(pb::WatchConfigsRequest {
             keys: vec!["maintenance_mode".into(), "maintenance_message".into()],
             since_version: None,
+            with_freshness: false,
         }),
     )
     .await;
@@ -2024,6 +2028,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing() {
             .watch_configs(pb::WatchConfigsRequest {
                 keys: vec!["Bad Key".into()],
                 since_version: None,
+                with_freshness: false,
             })
             .await,
         "key",
@@ -2033,6 +2038,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing() {
             .watch_configs(pb::WatchConfigsRequest {
                 keys: vec![],
                 since_version: Some(-1),
+                with_freshness: false,
             })
             .await,
         "since_version",

@@ -183,6 +183,9 @@ impl View {
                     None => self.problem(format!("change {version} without a change")),
                 }
             }
+            Some(Event::Freshness(freshness)) => {
+                self.problem(format!("freshness {freshness:?} though not asked for"));
+            }
             None => self.problem("a message without an event".to_owned()),
         }
     }
@@ -223,6 +226,7 @@ async fn subscribe(channel: Channel, name: String, resume_from: Option<&Subscrib
         .watch_flags(WatchFlagsRequest {
             keys: vec![],
             since_version,
+            with_freshness: false,
         })
         .await
         .expect("watch flags")

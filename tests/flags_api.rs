@@ -244,6 +244,7 @@ async fn watch(
         .watch_flags(pb::WatchFlagsRequest {
             keys: strings(keys),
             since_version,
+            with_freshness: false,
         })
         .await
         .expect("watch")
@@ -886,6 +887,7 @@ async fn bad_input_is_refused_with_a_status_naming_the_field_and_changes_nothing
             .watch_flags(pb::WatchFlagsRequest {
                 keys: strings(&[bad]),
                 since_version: None,
+                with_freshness: false,
             })
             .await;
         assert_refused(watched, Code::InvalidArgument, "key");
@@ -894,6 +896,7 @@ async fn bad_input_is_refused_with_a_status_naming_the_field_and_changes_nothing
         .watch_flags(pb::WatchFlagsRequest {
             keys: Vec::new(),
             since_version: Some(-1),
+            with_freshness: false,
         })
         .await;
     assert_refused(watched, Code::InvalidArgument, "since_version");

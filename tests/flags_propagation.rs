@@ -44,6 +44,9 @@ impl Watched {
                     self.snapshots += 1;
                 }
             }
+            Event::Freshness(freshness) => {
+                panic!("freshness {freshness:?} though not asked for")
+            }
             Event::Change(change) => {
                 self.versions.push(change.version);
                 match change.change.expect("a change") {
@@ -451,5 +454,63 @@ async fn a_forged_notification_changes_nothing() {
         !maintenance.enabled,
         "the forged maintenance mode did not arrive"
     );
+    server.stop().await;
+}
+
+/// A stream that asks for it is told when answers turn stale (the database
+/// is cut off for longer than --stale-after) and when they are current
+/// again; one that does not ask never sees such a message.
+#[tokio::test]
+async fn a_watch_stream_that_asks_is_told_when_answers_turn_stale_and_current_again() {
+    let db = TestDb::new().await;
+    let proxy = TcpProxy::start(Target::of_url(&db.url)).await;
+    let mut args = admin_serve_args(&db.proxied_url(&proxy));
+    args.stale_after = "1s".into();
+    let server = TestServer::start(args).await;
+    let channel = server.channel().await;
+    let mut told = FlagServiceClient::new(channel.clone())
+        .watch_flags(WatchFlagsRequest {
+            with_freshness: true,
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let (mut untold, _) = watch(channel).await;
+    assert!(matches!(
+        next(&mut told).await.expect("snapshot").event,
+        Some(Event::Snapshot(_))
+    ));
+
+    proxy.cut();
+    let stale = match next(&mut told).await.expect("open").event {
+        Some(Event::Freshness(freshness)) => freshness,
+        other => panic!("a freshness message, not {other:?}"),
+    };
+    assert!(stale.stale, "{stale:?}");
+    assert!(stale.stale_for.is_some(), "{stale:?}");
+
+    proxy.heal();
+    // Back: current again (a resync may come first).
+    loop {
+        match next(&mut told).await.expect("open").event {
+            Some(Event::Freshness(freshness)) => {
+                assert!(!freshness.stale, "{freshness:?}");
+                assert_eq!(freshness.stale_for, None);
+                break;
+            }
+            Some(Event::Snapshot(_) | Event::Change(_)) => {}
+            None => panic!("a message without an event"),
+        }
+    }
+    // The other stream stayed quiet about it (a snapshot after the resync
+    // at most).
+    let quiet = tokio::time::timeout(Duration::from_millis(300), next(&mut untold)).await;
+    if let Ok(Some(message)) = quiet {
+        assert!(
+            !matches!(message.event, Some(Event::Freshness(_))),
+            "{message:?}"
+        );
+    }
     server.stop().await;
 }

@@ -11,9 +11,9 @@ use readyd::api::pb::grpc_health_v1::health_check_response::ServingStatus;
 use readyd::api::pb::grpc_health_v1::health_client::HealthClient;
 use readyd::api::pb::grpc_health_v1::health_server::HealthServer;
 use readyd::api::pb::grpc_health_v1::{HealthCheckRequest, HealthListRequest};
+use readyd::api::streams::StreamGate;
 use readyd::health::{Probes, ServingStatus as Probe};
 use support::{TestDb, TestServer, next, serve_args, wait_for_probe};
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -34,18 +34,18 @@ async fn status(
 /// The health service alone, on a loopback port, over probes the test sets.
 struct BareHealth {
     probes: Arc<Probes>,
-    streams_end: CancellationToken,
+    streams: Arc<StreamGate>,
     client: HealthClient<Channel>,
 }
 
 async fn bare_health() -> BareHealth {
     let probes = Arc::new(Probes::new());
-    let streams_end = CancellationToken::new();
+    let streams = StreamGate::new("Watch", "--max-watch-streams", 100);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let service = HealthServer::new(GrpcHealth::new(Arc::clone(&probes), streams_end.clone()));
+    let service = HealthServer::new(GrpcHealth::new(Arc::clone(&probes), Arc::clone(&streams)));
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)
@@ -56,7 +56,7 @@ async fn bare_health() -> BareHealth {
         .expect("connect");
     BareHealth {
         probes,
-        streams_end,
+        streams,
         client,
     }
 }
@@ -179,7 +179,7 @@ async fn draining_turns_watchers_not_serving_then_ends_their_streams() {
         ServingStatus::Serving
     );
     health.probes.drain();
-    health.streams_end.cancel();
+    health.streams.end_all();
     assert_eq!(
         next(&mut stream).await.expect("drained").status(),
         ServingStatus::NotServing

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use readyd::api::grpc_health::GrpcHealth;
 use readyd::api::pb::grpc_health_v1::health_server::HealthServer;
+use readyd::api::streams::StreamGate;
 use readyd::health::Probes;
 use readyd::health::runners::Runner;
 use readyd::health::spec::{CheckSpec, Target, parse_entry};
@@ -614,7 +615,7 @@ async fn grpc_server() -> u16 {
     let port = listener.local_addr().expect("addr").port();
     let service = HealthServer::new(GrpcHealth::new(
         Arc::new(Probes::new()),
-        CancellationToken::new(),
+        StreamGate::new("Watch", "--max-watch-streams", 100),
     ));
     tokio::spawn(
         tonic::transport::Server::builder()

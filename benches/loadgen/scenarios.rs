@@ -693,7 +693,7 @@ async fn subscribe(channel: Channel, events: mpsc::UnboundedSender<(Option<usize
                     note(flag, at);
                 }
             }
-            None => {}
+            Some(Event::Freshness(_)) | None => {}
         }
     }
 }

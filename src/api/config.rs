@@ -5,16 +5,17 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
 use crate::api::auth::Caller;
 use crate::api::convert::{from_pb_value, from_timestamp, to_pb_value, to_timestamp};
 use crate::api::error::ApiError;
+use crate::api::flags::freshness;
 use crate::api::pb::readyd::v1 as pb;
 use crate::api::pb::readyd::v1::config_service_server::ConfigService;
-use crate::api::watch::{WatchKind, snapshot_parts, watch};
+use crate::api::streams::StreamGate;
+use crate::api::watch::{WatchKind, watch};
 use crate::api::{checked_version, invalid, read_your_write};
 use crate::config::{
     self, ConfigDraft, ConfigRow, check_key, environment_of, resolve, resolve_all, visible,
@@ -38,8 +39,8 @@ pub struct ConfigApi {
     store: Store,
     /// This instance's environment.
     environment: Arc<str>,
-    /// Ends WatchConfigs streams at shutdown.
-    streams_end: CancellationToken,
+    /// Admits WatchConfigs streams and ends them at shutdown.
+    streams: Arc<StreamGate>,
 }
 
 impl ConfigApi {
@@ -48,13 +49,13 @@ impl ConfigApi {
         state: Arc<State>,
         store: Store,
         environment: &str,
-        streams_end: CancellationToken,
+        streams: Arc<StreamGate>,
     ) -> Self {
         Self {
             state,
             store,
             environment: environment.into(),
-            streams_end,
+            streams,
         }
     }
 }
@@ -306,6 +307,7 @@ impl ConfigService for ConfigApi {
             check_key(key).map_err(ApiError::from)?;
         }
         checked_version("since_version", request.since_version)?;
+        let ticket = self.streams.admit("configs")?;
         let kind = ConfigStream {
             filter: (!request.keys.is_empty()).then(|| request.keys.into_iter().collect()),
             environment: self.environment.to_string(),
@@ -315,7 +317,8 @@ impl ConfigService for ConfigApi {
             kind,
             Arc::clone(&self.state),
             request.since_version,
-            self.streams_end.clone(),
+            request.with_freshness,
+            ticket,
         )))
     }
 }
@@ -339,24 +342,43 @@ impl ConfigStream {
 
 impl WatchKind for ConfigStream {
     type Message = pb::WatchConfigsResponse;
-    const METRIC_KIND: &'static str = "configs";
+    type Item = pb::ConfigEntry;
 
-    fn snapshot(&self, snapshot: &Snapshot) -> Vec<pb::WatchConfigsResponse> {
-        let entries: Vec<pb::ConfigEntry> = resolve_all(&snapshot.configs, "", &self.environment)
+    fn items(&self, snapshot: Arc<Snapshot>) -> Box<dyn Iterator<Item = pb::ConfigEntry> + Send> {
+        let rows: Vec<Arc<ConfigRow>> = resolve_all(&snapshot.configs, "", &self.environment)
             .into_iter()
             .filter(|row| self.wanted(&row.key))
-            .map(|row| entry(row, self.is_admin))
+            .cloned()
             .collect();
-        snapshot_parts(entries, |entries, first, last| pb::WatchConfigsResponse {
+        let is_admin = self.is_admin;
+        Box::new(rows.into_iter().map(move |row| entry(&row, is_admin)))
+    }
+
+    fn part(
+        &self,
+        version: i64,
+        entries: Vec<pb::ConfigEntry>,
+        first: bool,
+        last: bool,
+    ) -> pb::WatchConfigsResponse {
+        pb::WatchConfigsResponse {
             event: Some(pb::watch_configs_response::Event::Snapshot(
                 pb::ConfigSnapshot {
-                    version: snapshot.version,
+                    version,
                     entries,
                     first,
                     last,
                 },
             )),
-        })
+        }
+    }
+
+    fn freshness(&self, stale_for: Option<std::time::Duration>) -> pb::WatchConfigsResponse {
+        pb::WatchConfigsResponse {
+            event: Some(pb::watch_configs_response::Event::Freshness(freshness(
+                stale_for,
+            ))),
+        }
     }
 
     fn change(&self, event: &Event) -> Option<pb::WatchConfigsResponse> {

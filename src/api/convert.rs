@@ -15,6 +15,14 @@ pub fn to_timestamp(time: DateTime<Utc>) -> Timestamp {
     }
 }
 
+/// A duration as protobuf's (saturating at the largest one).
+pub fn to_duration(duration: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(duration).unwrap_or(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 0,
+    })
+}
+
 /// A protobuf time as a UTC time; `None` when out of range.
 pub fn from_timestamp(timestamp: &Timestamp) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(timestamp.seconds, u32::try_from(timestamp.nanos).ok()?)

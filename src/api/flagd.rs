@@ -21,15 +21,15 @@ use prost_types::{Struct, Value};
 use serde_json::Map;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
 use crate::api::convert::{from_pb_value, to_pb_struct};
 use crate::api::pb::flagd::{evaluation_v1 as v1, evaluation_v2 as v2};
+use crate::api::streams::StreamGate;
 use crate::flags::{CompiledFlag, EvaluationContext, Reason, ValueType, Variant};
 use crate::state::{Event, State};
-use crate::telemetry::{EvaluationCounters, OpenStream, Tally};
+use crate::telemetry::{EvaluationCounters, Tally};
 
 /// How often EventStream sends `keep_alive`.
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
@@ -170,18 +170,18 @@ pub struct FlagdCore {
     state: Arc<State>,
     environment: Arc<str>,
     evaluations: EvaluationCounters,
-    streams_end: CancellationToken,
+    streams: Arc<StreamGate>,
 }
 
 impl FlagdCore {
-    /// Evaluations of `environment` over `state`; streams end when
-    /// `streams_end` fires.
-    pub fn new(state: Arc<State>, environment: &str, streams_end: CancellationToken) -> Self {
+    /// Evaluations of `environment` over `state`; `streams` admits event
+    /// streams and ends them.
+    pub fn new(state: Arc<State>, environment: &str, streams: Arc<StreamGate>) -> Self {
         Self {
             state,
             environment: environment.into(),
             evaluations: EvaluationCounters::new(),
-            streams_end,
+            streams,
         }
     }
 
@@ -268,7 +268,11 @@ impl FlagdCore {
     /// EventStream: `provider_ready` at once, `configuration_change` on
     /// every flag change, `keep_alive` every 20 s, `provider_shutdown` when
     /// readyd drains. `event` builds the version's message.
-    pub fn events<M: Send + 'static>(&self, event: fn(&str, Option<Struct>) -> M) -> BoxStream<M> {
+    pub fn events<M: Send + 'static>(
+        &self,
+        event: fn(&str, Option<Struct>) -> M,
+    ) -> Result<BoxStream<M>, Status> {
+        let ticket = self.streams.admit("flagd")?;
         // Subscribe first, so no change falls before provider_ready.
         let subscription = self.state.subscribe();
         let mut events = subscription.events;
@@ -278,10 +282,8 @@ impl FlagdCore {
         let mut known = subscription.snapshot;
         let mut told = known.version;
         let state = Arc::clone(&self.state);
-        let streams_end = self.streams_end.clone();
         let (tx, rx) = mpsc::channel::<Result<M, Status>>(16);
         tokio::spawn(async move {
-            let _open = OpenStream::open("flagd");
             if tx.send(Ok(event("provider_ready", None))).await.is_err() {
                 return;
             }
@@ -289,7 +291,7 @@ impl FlagdCore {
             keep_alive.reset();
             loop {
                 let changed: Vec<(String, &'static str)> = tokio::select! {
-                    () = streams_end.cancelled() => {
+                    () = ticket.ended() => {
                         let _ = tx.send(Ok(event("provider_shutdown", None))).await;
                         return;
                     }
@@ -321,6 +323,12 @@ impl FlagdCore {
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
                 };
+                // Caught up: compare later resyncs with the current snapshot,
+                // shared with every other stream, rather than pin an old one.
+                let current = state.snapshot();
+                if current.version == told {
+                    known = current;
+                }
                 if changed.is_empty() {
                     continue;
                 }
@@ -355,7 +363,7 @@ impl FlagdCore {
                 }
             }
         });
-        Box::pin(ReceiverStream::new(rx))
+        Ok(Box::pin(ReceiverStream::new(rx)))
     }
 }
 
@@ -569,7 +577,7 @@ impl v1::service_server::Service for FlagdV1 {
                 r#type: kind.to_owned(),
                 data,
             }
-        })))
+        })?))
     }
 }
 
@@ -685,6 +693,6 @@ impl v2::service_server::Service for FlagdV2 {
                 r#type: kind.to_owned(),
                 data,
             }
-        })))
+        })?))
     }
 }

@@ -5,7 +5,6 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
@@ -13,7 +12,8 @@ use crate::api::convert::{from_pb_struct, from_pb_value, to_pb_value, to_timesta
 use crate::api::error::ApiError;
 use crate::api::pb::readyd::v1 as pb;
 use crate::api::pb::readyd::v1::flag_service_server::FlagService;
-use crate::api::watch::{WatchKind, snapshot_parts, watch};
+use crate::api::streams::StreamGate;
+use crate::api::watch::{WatchKind, watch};
 use crate::api::{checked_version, invalid, read_your_write};
 use crate::flags::{
     CompiledFlag, Evaluation, EvaluationContext, Flag, FlagDraft, Reason, ValueType, Variant,
@@ -32,8 +32,8 @@ pub struct FlagApi {
     store: Store,
     /// This instance's environment, for evaluation.
     environment: Arc<str>,
-    /// Ends WatchFlags streams at shutdown.
-    streams_end: CancellationToken,
+    /// Admits WatchFlags streams and ends them at shutdown.
+    streams: Arc<StreamGate>,
     /// Evaluations by reason.
     evaluations: EvaluationCounters,
 }
@@ -44,13 +44,13 @@ impl FlagApi {
         state: Arc<State>,
         store: Store,
         environment: &str,
-        streams_end: CancellationToken,
+        streams: Arc<StreamGate>,
     ) -> Self {
         Self {
             state,
             store,
             environment: environment.into(),
-            streams_end,
+            streams,
             evaluations: EvaluationCounters::new(),
         }
     }
@@ -358,27 +358,45 @@ impl FlagService for FlagApi {
             checked_key(key)?;
         }
         checked_version("since_version", request.since_version)?;
-        let filter = (!request.keys.is_empty()).then(|| request.keys.into_iter().collect());
+        let ticket = self.streams.admit(FlagStream::METRIC_KIND)?;
+        let filter =
+            (!request.keys.is_empty()).then(|| Arc::new(request.keys.into_iter().collect()));
         let stream = watch(
             FlagStream { filter },
             Arc::clone(&self.state),
             request.since_version,
-            self.streams_end.clone(),
+            request.with_freshness,
+            ticket,
         );
         Ok(Response::new(stream))
+    }
+}
+
+/// A Freshness message: stale for `stale_for`, or current.
+pub fn freshness(stale_for: Option<std::time::Duration>) -> pb::Freshness {
+    pb::Freshness {
+        stale: stale_for.is_some(),
+        stale_for: stale_for.map(crate::api::convert::to_duration),
     }
 }
 
 /// What a WatchFlags stream sends.
 struct FlagStream {
     /// Only these keys, when set.
-    filter: Option<HashSet<String>>,
+    filter: Option<Arc<HashSet<String>>>,
 }
 
 impl FlagStream {
+    /// The label of the stream in the open-streams metric.
+    const METRIC_KIND: &'static str = "flags";
+
     fn wanted(&self, key: &str) -> bool {
-        self.filter.as_ref().is_none_or(|keys| keys.contains(key))
+        wanted(self.filter.as_deref(), key)
     }
+}
+
+fn wanted(filter: Option<&HashSet<String>>, key: &str) -> bool {
+    filter.is_none_or(|keys| keys.contains(key))
 }
 
 fn flag_change(version: i64, change: pb::flag_change::Change) -> pb::WatchFlagsResponse {
@@ -392,25 +410,44 @@ fn flag_change(version: i64, change: pb::flag_change::Change) -> pb::WatchFlagsR
 
 impl WatchKind for FlagStream {
     type Message = pb::WatchFlagsResponse;
-    const METRIC_KIND: &'static str = "flags";
+    type Item = pb::Flag;
 
-    fn snapshot(&self, snapshot: &Snapshot) -> Vec<pb::WatchFlagsResponse> {
-        let flags: Vec<pb::Flag> = snapshot
-            .flags_with_prefix("")
-            .into_iter()
-            .filter(|f| self.wanted(f.key()))
-            .map(|f| f.flag().into())
-            .collect();
-        snapshot_parts(flags, |flags, first, last| pb::WatchFlagsResponse {
+    fn items(&self, snapshot: Arc<Snapshot>) -> Box<dyn Iterator<Item = pb::Flag> + Send> {
+        let sorted = snapshot.flags_sorted();
+        let filter = self.filter.clone();
+        Box::new(
+            (0..sorted.len())
+                .filter_map(move |i| sorted.get(i).cloned())
+                .filter(move |flag| wanted(filter.as_deref(), flag.key()))
+                .map(|flag| flag.flag().into()),
+        )
+    }
+
+    fn part(
+        &self,
+        version: i64,
+        flags: Vec<pb::Flag>,
+        first: bool,
+        last: bool,
+    ) -> pb::WatchFlagsResponse {
+        pb::WatchFlagsResponse {
             event: Some(pb::watch_flags_response::Event::Snapshot(
                 pb::FlagSnapshot {
-                    version: snapshot.version,
+                    version,
                     flags,
                     first,
                     last,
                 },
             )),
-        })
+        }
+    }
+
+    fn freshness(&self, stale_for: Option<std::time::Duration>) -> pb::WatchFlagsResponse {
+        pb::WatchFlagsResponse {
+            event: Some(pb::watch_flags_response::Event::Freshness(freshness(
+                stale_for,
+            ))),
+        }
     }
 
     fn change(&self, event: &Event) -> Option<pb::WatchFlagsResponse> {

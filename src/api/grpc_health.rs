@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::api::pb::grpc_health_v1::health_check_response::ServingStatus as PbStatus;
@@ -16,8 +15,8 @@ use crate::api::pb::grpc_health_v1::health_server::Health;
 use crate::api::pb::grpc_health_v1::{
     HealthCheckRequest, HealthCheckResponse, HealthListRequest, HealthListResponse,
 };
+use crate::api::streams::StreamGate;
 use crate::health::{Probes, ServingStatus};
-use crate::telemetry::OpenStream;
 
 /// List answers RESOURCE_EXHAUSTED past this many names (gRFC A90).
 pub const LIST_LIMIT: usize = 100;
@@ -42,15 +41,15 @@ fn response(status: PbStatus) -> HealthCheckResponse {
 pub struct GrpcHealth {
     /// Where the statuses live.
     probes: Arc<Probes>,
-    /// Fires at shutdown, after the probes have drained: ends Watch streams
-    /// so the server can finish.
-    shutdown: CancellationToken,
+    /// Admits Watch streams; ends them at shutdown, after the probes have
+    /// drained, so the server can finish.
+    streams: Arc<StreamGate>,
 }
 
 impl GrpcHealth {
-    /// A service over `probes`, whose streams end when `shutdown` fires.
-    pub fn new(probes: Arc<Probes>, shutdown: CancellationToken) -> Self {
-        Self { probes, shutdown }
+    /// A service over `probes`, whose streams `streams` admits and ends.
+    pub fn new(probes: Arc<Probes>, streams: Arc<StreamGate>) -> Self {
+        Self { probes, streams }
     }
 }
 
@@ -92,13 +91,12 @@ impl Health for GrpcHealth {
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<tonic::codegen::BoxStream<HealthCheckResponse>>, Status> {
         let name = request.into_inner().service;
+        let ticket = self.streams.admit("probes")?;
         let mut statuses = self.probes.subscribe();
-        let shutdown = self.shutdown.clone();
         // A small buffer is enough: only changes are sent, and a watcher that
         // does not read blocks only its own task.
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
-            let _open = OpenStream::open("probes");
             let mut last_sent = None;
             loop {
                 let current = statuses
@@ -121,7 +119,7 @@ impl Health for GrpcHealth {
                         }
                     }
                     () = tx.closed() => return,
-                    () = shutdown.cancelled() => {
+                    () = ticket.ended() => {
                         if statuses.has_changed().unwrap_or(false) {
                             continue;
                         }

@@ -3,16 +3,15 @@
 //! check.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use prost_types::Timestamp;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
-use crate::api::convert::{from_timestamp, to_pb_struct, to_timestamp};
+use crate::api::convert::{from_timestamp, to_duration, to_pb_struct, to_timestamp};
 use crate::api::error::ApiError;
 use crate::api::invalid;
 use crate::api::pb::readyd::v1::health_service_server::HealthService;
@@ -21,13 +20,13 @@ use crate::api::pb::readyd::v1::{
     GetHealthRequest, HealthRecord, HealthReport, HealthStatus, ListHealthHistoryRequest,
     ListHealthHistoryResponse, WatchHealthRequest,
 };
+use crate::api::streams::StreamGate;
 use crate::config;
 use crate::health::monitor::{CheckView, HealthMonitor};
 use crate::health::rules::{CheckState, OverallStatus};
 use crate::state::State;
 use crate::store::Store;
 use crate::store::system_health::HealthRow;
-use crate::telemetry::OpenStream;
 
 /// ListHealthHistory's row count when the request names none.
 pub const DEFAULT_HISTORY_LIMIT: u32 = 100;
@@ -47,8 +46,8 @@ pub struct HealthApi {
     instance: String,
     /// This instance's environment.
     environment: String,
-    /// Fires at shutdown: ends WatchHealth streams.
-    streams_end: CancellationToken,
+    /// Admits WatchHealth streams and ends them at shutdown.
+    streams: Arc<StreamGate>,
 }
 
 impl HealthApi {
@@ -59,7 +58,7 @@ impl HealthApi {
         state: Arc<State>,
         instance: String,
         environment: String,
-        streams_end: CancellationToken,
+        streams: Arc<StreamGate>,
     ) -> Self {
         Self {
             store,
@@ -67,7 +66,7 @@ impl HealthApi {
             state,
             instance,
             environment,
-            streams_end,
+            streams,
         }
     }
 
@@ -84,11 +83,11 @@ impl HealthApi {
             environment: self.environment.clone(),
             instance: self.instance.clone(),
             timestamp: Some(Timestamp::from(SystemTime::now())),
-            uptime: Some(pb_duration(self.monitor.uptime())),
+            uptime: Some(to_duration(self.monitor.uptime())),
             maintenance_mode: maintenance.enabled,
             maintenance_message: maintenance.message,
             checks: checks.iter().map(check_result).collect(),
-            stale_for: self.monitor.stale_for().map(pb_duration),
+            stale_for: self.monitor.stale_for().map(to_duration),
         }
     }
 }
@@ -99,13 +98,6 @@ fn pb_status(status: OverallStatus) -> HealthStatus {
         OverallStatus::Degraded => HealthStatus::Degraded,
         OverallStatus::Unhealthy => HealthStatus::Unhealthy,
     }
-}
-
-fn pb_duration(duration: Duration) -> prost_types::Duration {
-    prost_types::Duration::try_from(duration).unwrap_or(prost_types::Duration {
-        seconds: i64::MAX,
-        nanos: 0,
-    })
 }
 
 fn check_result(check: &CheckView) -> CheckResult {
@@ -120,7 +112,7 @@ fn check_result(check: &CheckView) -> CheckResult {
             CheckState::Failing => PbCheckState::Failing,
         }
         .into(),
-        latency: check.record.latency.map(pb_duration),
+        latency: check.record.latency.map(to_duration),
         last_error: check.record.last_error.clone().unwrap_or_default(),
         consecutive_failures: check.record.consecutive_failures,
         last_success: check.record.last_success.map(Timestamp::from),
@@ -205,10 +197,10 @@ impl HealthService for HealthApi {
         // Subscribe before the first report, so no change slips between.
         let mut summary = self.monitor.subscribe();
         let mut versions = self.state.watch_version();
+        let ticket = self.streams.admit("health")?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let api = self.clone();
         tokio::spawn(async move {
-            let _open = OpenStream::open("health");
             let mut last: Option<HealthReport> = None;
             loop {
                 let report = api.report();
@@ -216,12 +208,12 @@ impl HealthService for HealthApi {
                 if last.as_ref() != Some(&watched) {
                     last = Some(watched);
                     tokio::select! {
-                        () = api.streams_end.cancelled() => return,
+                        () = ticket.ended() => return,
                         sent = tx.send(Ok(report)) => if sent.is_err() { return },
                     }
                 }
                 tokio::select! {
-                    () = api.streams_end.cancelled() => return,
+                    () = ticket.ended() => return,
                     () = tx.closed() => return,
                     changed = summary.changed() => if changed.is_err() { return },
                     changed = versions.changed() => if changed.is_err() { return },

@@ -12,6 +12,7 @@ pub mod grpc_health;
 pub mod health;
 pub mod observe;
 pub mod pb;
+pub mod streams;
 pub mod watch;
 
 pub use convert::to_timestamp;

@@ -67,6 +67,9 @@ pub async fn record(
     stop: CancellationToken,
 ) {
     let mut summary = monitor.subscribe();
+    // The first round may have finished before this task subscribed: look
+    // at the summary as it is now first.
+    summary.mark_changed();
     let mut last_overall: Option<OverallStatus> = None;
     let mut ticks = tokio::time::interval(settings.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -80,8 +83,11 @@ pub async fn record(
                 if changed.is_err() {
                     return;
                 }
-                let overall = summary.borrow_and_update().overall;
-                let due = monitor.startup_finished() && overall != last_overall;
+                let (started, overall) = {
+                    let summary = summary.borrow_and_update();
+                    (summary.startup_finished, summary.overall)
+                };
+                let due = started && overall != last_overall;
                 if due {
                     last_overall = overall;
                 }

@@ -68,6 +68,10 @@ pub struct CheckView {
 /// and times change on every run and are left out.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Summary {
+    /// Whether the first round of checks has finished: part of the
+    /// summary so that finishing it wakes subscribers (the history
+    /// recorder writes its first row then), even when no state changed.
+    pub startup_finished: bool,
     /// Overall status (None before the first evaluation).
     pub overall: Option<OverallStatus>,
     /// Per check: state, critical, consecutive failures, last error.
@@ -338,6 +342,7 @@ impl HealthMonitor {
         self.probes.set(READINESS, serving(ready));
         gauge!(SNAPSHOT_STALE).set(self.stale_for().map_or(0.0, |age| age.as_secs_f64()));
         let summary = Summary {
+            startup_finished,
             overall: Some(self.overall_of(&checks)),
             checks: checks
                 .iter()

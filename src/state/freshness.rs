@@ -49,6 +49,9 @@ pub struct Freshness {
     doubts: watch::Sender<u64>,
     /// Counts the times data that was behind became current again.
     caught_up: watch::Sender<u64>,
+    /// Counts every change of state (behind, stale at once, current), for
+    /// streams that push the state to their clients.
+    changes: watch::Sender<u64>,
 }
 
 impl Freshness {
@@ -61,6 +64,7 @@ impl Freshness {
             stale_after,
             doubts: watch::Sender::new(0),
             caught_up: watch::Sender::new(0),
+            changes: watch::Sender::new(0),
         }
     }
 
@@ -83,6 +87,16 @@ impl Freshness {
     /// The data was loaded from a snapshot saved `age` ago, not from the
     /// database: stale at once.
     pub fn loaded_from_disk(&self, age: Duration) {
+        self.stale_now(age);
+    }
+
+    /// The source itself is behind by `age` (a follower's upstream answers
+    /// STALE): stale at once, as old as the source's data.
+    pub fn source_stale(&self, age: Duration) {
+        self.stale_now(age);
+    }
+
+    fn stale_now(&self, age: Duration) {
         let now = Instant::now();
         *self.lock() = Some(Behind {
             since: now,
@@ -90,6 +104,22 @@ impl Freshness {
         });
         self.stale_from
             .store(self.nanos_at(now).max(1), Ordering::Relaxed);
+        self.changes.send_modify(|changes| *changes += 1);
+    }
+
+    /// When answers turn (or turned) stale, while the data is behind.
+    pub fn stale_at(&self) -> Option<Instant> {
+        match self.stale_from.load(Ordering::Relaxed) {
+            0 => None,
+            from => Some(self.origin + Duration::from_nanos(from - 1)),
+        }
+    }
+
+    /// A receiver that wakes on every change of state (fell behind, stale
+    /// at once, current again); the moment a lost listener's grace runs
+    /// out is [`Self::stale_at`].
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// The change listener lost the database: changes may be missed from
@@ -107,10 +137,12 @@ impl Freshness {
         });
         self.stale_from
             .store(self.nanos_at(now + self.stale_after), Ordering::Relaxed);
+        drop(behind);
+        self.changes.send_modify(|changes| *changes += 1);
     }
 
-    /// A full reload from the database finished: the data is current.
-    /// Returns whether answers were stale until now.
+    /// The source caught up (a full reload, or every change read): the data
+    /// is current. Returns whether answers were stale until now.
     pub fn current(&self) -> bool {
         let was_stale = self.is_stale();
         let was_behind = {
@@ -120,6 +152,7 @@ impl Freshness {
         };
         if was_behind {
             self.caught_up.send_modify(|times| *times += 1);
+            self.changes.send_modify(|changes| *changes += 1);
         }
         was_stale
     }
@@ -229,6 +262,31 @@ mod tests {
         assert_eq!(freshness.stale_for(), None);
         assert!(!freshness.current(), "was not stale yet");
         assert!(!freshness.is_behind());
+    }
+
+    #[test]
+    fn every_change_of_state_is_told_and_the_moment_it_turns_stale_is_known() {
+        let freshness = Freshness::new(Duration::from_secs(3600));
+        let mut changes = freshness.changes();
+        assert_eq!(freshness.stale_at(), None);
+        freshness.listener_lost();
+        assert!(changes.has_changed().expect("open"));
+        changes.borrow_and_update();
+        let at = freshness.stale_at().expect("behind");
+        assert!(
+            at > Instant::now() + Duration::from_secs(3500),
+            "after the grace"
+        );
+        freshness.listener_lost();
+        assert!(!changes.has_changed().expect("open"), "already behind");
+        freshness.current();
+        assert!(changes.has_changed().expect("open"));
+        changes.borrow_and_update();
+        assert_eq!(freshness.stale_at(), None);
+        freshness.source_stale(Duration::from_secs(5));
+        assert!(changes.has_changed().expect("open"));
+        assert!(freshness.is_stale());
+        assert!(freshness.stale_for().expect("stale") >= Duration::from_secs(5));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! pure functions from database rows. No I/O, no async.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +26,10 @@ pub struct Snapshot {
     pub flags: Arc<FlagMap>,
     /// Configuration rows of every environment, by (key, environment).
     pub configs: Arc<ConfigRows>,
+    /// The flags ordered by key, made once when first asked for and shared
+    /// by every stream that sends this snapshot.
+    #[serde(skip)]
+    sorted_flags: OnceLock<Arc<[Arc<CompiledFlag>]>>,
 }
 
 impl Snapshot {
@@ -51,7 +55,27 @@ impl Snapshot {
             version,
             flags: Arc::new(flags),
             configs: Arc::new(configs),
+            sorted_flags: OnceLock::new(),
         }
+    }
+
+    /// A snapshot of `flags` and `configs` as they are.
+    pub fn new(version: i64, flags: Arc<FlagMap>, configs: Arc<ConfigRows>) -> Snapshot {
+        Snapshot {
+            version,
+            flags,
+            configs,
+            sorted_flags: OnceLock::new(),
+        }
+    }
+
+    /// Every flag, ordered by key; shared, made once per snapshot.
+    pub fn flags_sorted(&self) -> Arc<[Arc<CompiledFlag>]> {
+        Arc::clone(self.sorted_flags.get_or_init(|| {
+            let mut flags: Vec<Arc<CompiledFlag>> = self.flags.values().cloned().collect();
+            flags.sort_unstable_by(|a, b| a.key().cmp(b.key()));
+            flags.into()
+        }))
     }
 
     /// One flag by key.
@@ -73,9 +97,8 @@ impl Snapshot {
     /// This snapshot at a later version with nothing else changed.
     pub fn at_version(&self, version: i64) -> Snapshot {
         Snapshot {
-            version,
-            flags: Arc::clone(&self.flags),
-            configs: Arc::clone(&self.configs),
+            sorted_flags: self.sorted_flags.clone(),
+            ..Snapshot::new(version, Arc::clone(&self.flags), Arc::clone(&self.configs))
         }
     }
 
@@ -96,11 +119,7 @@ impl Snapshot {
                 flags.remove(key);
             }
         }
-        Snapshot {
-            version,
-            flags: Arc::new(flags),
-            configs: Arc::clone(&self.configs),
-        }
+        Snapshot::new(version, Arc::new(flags), Arc::clone(&self.configs))
     }
 
     /// This snapshot with one configuration row changed: `Some` upserts
@@ -119,9 +138,8 @@ impl Snapshot {
             None => configs.remove(&id),
         };
         Snapshot {
-            version,
-            flags: Arc::clone(&self.flags),
-            configs: Arc::new(configs),
+            sorted_flags: self.sorted_flags.clone(),
+            ..Snapshot::new(version, Arc::clone(&self.flags), Arc::new(configs))
         }
     }
 }
