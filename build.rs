@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/readyd/v1/config.proto",
         "proto/readyd/v1/flags.proto",
         "proto/readyd/v1/deployments.proto",
+        "proto/readyd/v1/replication.proto",
         "proto/grpc/health/v1/health.proto",
         "proto/flagd/evaluation/v1/evaluation.proto",
         "proto/flagd/evaluation/v2/evaluation.proto",

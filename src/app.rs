@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use crate::api::Database;
 use crate::api::auth::{AuthLayer, Tokens};
 use crate::api::config::ConfigApi;
 use crate::api::deployments::DeploymentApi;
@@ -25,9 +26,14 @@ use crate::api::observe::{KnownMethods, ObserveLayer};
 use crate::api::pb;
 use crate::api::streams::StreamGate;
 use crate::health::Probes;
-use crate::health::history::{self, HistorySettings};
+use crate::health::history::{self, HistorySettings, HistorySink, UpstreamHistory};
 use crate::health::monitor::HealthMonitor;
+use crate::health::redact::redact_url;
+use crate::relay::forward::ForwardLayer;
+use crate::relay::upstream::{Replication, ReplicationServer};
+use crate::relay::verifiers;
 use crate::snapshot_file;
+use crate::source::{Parts, Source};
 use crate::startup::Started;
 use crate::telemetry;
 
@@ -59,16 +65,30 @@ pub enum ServeError {
 pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     let Started {
         settings,
-        store,
-        private_pg,
+        source,
         listener,
         flagd_listener,
         metrics_addr,
         state,
-        changes,
-        database_check,
+        source_check,
         checks,
     } = started;
+    let is_follower = matches!(source, Source::Upstream(_));
+    let Parts {
+        store,
+        private_pg,
+        feed,
+        tokens,
+        verifiers,
+        verifiers_source,
+        coverage,
+        upstream,
+    } = source.into_parts(Tokens {
+        admin: settings.admin_token.clone(),
+        read: settings.read_token.clone(),
+        replication: settings.replication_token.clone(),
+    });
+    let database = Database::new(store.clone());
     let local_addr: Option<SocketAddr> = listener.local_addr().ok();
     let probes = Arc::new(Probes::new());
     let streams = StreamGate::new(
@@ -80,7 +100,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
     // Checks start before the server, so their first round overlaps its
     // start; `startup` turns SERVING when that round has finished.
     let monitor = HealthMonitor::new(
-        database_check,
+        source_check,
         checks,
         Arc::clone(&probes),
         Arc::clone(state.freshness()),
@@ -88,17 +108,26 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
     monitor.snapshot_loaded();
     let checks_end = CancellationToken::new();
     let mut check_tasks = monitor.start(checks_end.clone());
-    let history_task = tokio::spawn(history::record(
-        Arc::clone(&monitor),
-        store.clone(),
-        HistorySettings {
-            instance: settings.instance.clone(),
-            environment: settings.environment.clone(),
-            interval: settings.history_interval,
-            retention: settings.history_retention,
-        },
-        checks_end.clone(),
-    ));
+    let history_sink = match (&store, &upstream) {
+        (Some(store), _) => Some(HistorySink::Database(store.clone())),
+        (None, Some((channel, token))) => {
+            UpstreamHistory::new(channel.clone(), token).map(HistorySink::Upstream)
+        }
+        (None, None) => None,
+    };
+    let history_task = history_sink.map(|sink| {
+        tokio::spawn(history::record(
+            Arc::clone(&monitor),
+            sink,
+            HistorySettings {
+                instance: settings.instance.clone(),
+                environment: settings.environment.clone(),
+                interval: settings.history_interval,
+                retention: settings.history_retention,
+            },
+            checks_end.clone(),
+        ))
+    });
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -113,7 +142,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let health = pb::readyd::v1::health_service_server::HealthServiceServer::new(HealthApi::new(
-        store.clone(),
+        database.clone(),
         Arc::clone(&monitor),
         Arc::clone(&state),
         settings.instance.clone(),
@@ -125,7 +154,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
 
     let flags = pb::readyd::v1::flag_service_server::FlagServiceServer::new(FlagApi::new(
         Arc::clone(&state),
-        store.clone(),
+        database.clone(),
         &settings.environment,
         Arc::clone(&streams),
     ))
@@ -134,15 +163,16 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
 
     let config = pb::readyd::v1::config_service_server::ConfigServiceServer::new(ConfigApi::new(
         Arc::clone(&state),
-        store.clone(),
+        database.clone(),
         &settings.environment,
         Arc::clone(&streams),
+        upstream.as_ref().map(|(channel, _)| channel.clone()),
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
     let deployments = pb::readyd::v1::deployment_service_server::DeploymentServiceServer::new(
-        DeploymentApi::new(Arc::clone(&state), store.clone()),
+        DeploymentApi::new(Arc::clone(&state), database.clone()),
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -157,25 +187,49 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         snapshot_end.clone(),
     ));
 
-    // The listener outlives the drain: writes still in flight wait for it.
+    // A follower keeps its upstream's token verifiers beside the snapshot,
+    // for a start from disk.
+    let verifiers_saver = is_follower.then(|| {
+        tokio::spawn(verifiers::keep_saved(
+            verifiers.clone(),
+            verifiers::path_for(&settings.database.data_dir, &settings.environment),
+            snapshot_end.clone(),
+        ))
+    });
+
+    // The source outlives the drain: writes still in flight wait for it.
     let listener_end = CancellationToken::new();
-    let listener_task = tokio::spawn(changes.run(Arc::clone(&state), listener_end.clone()));
+    let listener_task = tokio::spawn(feed.run(Arc::clone(&state), listener_end.clone()));
 
     let sampler = tokio::spawn(telemetry::sample(
         store.clone(),
         settings.database.pool_size,
         checks_end.clone(),
     ));
+    let follows = StreamGate::new(
+        "Follow",
+        "--max-follow-streams (READYD_MAX_FOLLOW_STREAMS)",
+        settings.limits.follow,
+    );
+    let replication = ReplicationServer::new(Replication {
+        state: Arc::clone(&state),
+        follows: Arc::clone(&follows),
+        instance: settings.instance.clone(),
+        coverage,
+        verifiers,
+        encodings: Arc::default(),
+        store: database.clone(),
+    });
+    let forward = match &upstream {
+        Some((channel, _)) => ForwardLayer::to(channel.clone(), Arc::clone(&state)),
+        None => ForwardLayer::none(),
+    };
     let known = KnownMethods::from_descriptors(&[
         pb::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
     ]);
     let known = Arc::new(known);
-    let tokens = Tokens {
-        admin: settings.admin_token.clone(),
-        read: settings.read_token.clone(),
-    };
     let flagd = FlagdCore::new(
         Arc::clone(&state),
         &settings.environment,
@@ -202,7 +256,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .layer(ObserveLayer::shared(Arc::clone(&known)))
-            .layer(AuthLayer::new(tokens.clone()))
+            .layer(AuthLayer::new(Arc::clone(&tokens)))
             .add_service(flagd_v1())
             .add_service(flagd_v2());
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -218,6 +272,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .layer(ObserveLayer::shared(known))
+        .layer(forward)
         .layer(AuthLayer::new(tokens))
         .add_service(flagd_v1())
         .add_service(flagd_v2())
@@ -226,6 +281,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         .add_service(flags)
         .add_service(config)
         .add_service(deployments)
+        .add_service(replication)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
 
@@ -242,6 +298,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         environment = %settings.environment,
         instance = %settings.instance,
         private_database = private_pg.is_some(),
+        upstream = %settings.upstream.as_ref().map_or_else(|| "none".to_owned(), |upstream| redact_url(&upstream.url.to_string())),
         stale = state.freshness().is_stale(),
         checks = monitor.checks().len(),
         "readyd is serving"
@@ -267,6 +324,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
             tracing::info!(timeout = ?settings.shutdown_timeout, "shutting down: probes NOT_SERVING, draining calls");
             probes.drain();
             streams.end_all();
+            follows.end_all();
             let _ = stop_accepting.send(());
             flagd_stop.cancel();
             match tokio::time::timeout(settings.shutdown_timeout, &mut server).await {
@@ -292,14 +350,22 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         }
     }
     checks_end.cancel();
-    let _ = history_task.await;
+    if let Some(history_task) = history_task {
+        let _ = history_task.await;
+    }
     let _ = sampler.await;
     while check_tasks.join_next().await.is_some() {}
     listener_end.cancel();
     let _ = listener_task.await;
     snapshot_end.cancel();
     let _ = snapshot_saver.await;
-    store.close().await;
+    if let Some(verifiers_saver) = verifiers_saver {
+        let _ = verifiers_saver.await;
+    }
+    drop(verifiers_source);
+    if let Some(store) = store {
+        store.close().await;
+    }
     if let Some(pg) = private_pg {
         pg.stop_or_warn().await;
     }

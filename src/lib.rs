@@ -17,6 +17,8 @@ pub mod deployments;
 pub mod flags;
 pub mod memory;
 pub mod paging;
+pub mod relay;
 pub mod signals;
 pub mod snapshot_file;
+pub mod source;
 pub mod state;

@@ -12,7 +12,7 @@ use sqlx::postgres::PgConnectOptions;
 
 use crate::flags::is_valid_environment;
 use crate::health::redact::redact_url;
-use crate::health::spec::{CheckSpec, database_check, parse_checks};
+use crate::health::spec::{CheckSpec, database_check, parse_checks, upstream_check};
 
 /// The flags shared by `serve` and `check`: everything a running readyd needs.
 ///
@@ -44,6 +44,23 @@ pub struct ServeArgs {
     /// grpc.health.v1 probes never need a token.
     #[arg(long, env = "READYD_READ_TOKEN", hide_env_values = true)]
     pub read_token: Option<String>,
+
+    /// Token followers present to follow this readyd (the admin token works
+    /// too); on a follower, the token it presents to its upstream. Prefer
+    /// the environment variable.
+    #[arg(long, env = "READYD_REPLICATION_TOKEN", hide_env_values = true)]
+    pub replication_token: Option<String>,
+
+    /// Follow this readyd (`http://host:port` or `https://…`) instead of a
+    /// database: no database connection, no private PostgreSQL; writes and
+    /// database reads are forwarded there. See README, "Scaling out".
+    #[arg(long, env = "READYD_UPSTREAM")]
+    pub upstream: Option<String>,
+
+    /// CA certificate (PEM) that an `https://` upstream's certificate must
+    /// chain to, instead of the system's roots.
+    #[arg(long, env = "READYD_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
 
     /// How long in-flight calls and streams get to finish after SIGTERM,
     /// e.g. 20s, 1m.
@@ -231,6 +248,10 @@ pub struct Settings {
     pub admin_token: Option<Secret>,
     /// Read token, if reads are guarded.
     pub read_token: Option<Secret>,
+    /// Replication token: accepted from followers; sent to the upstream.
+    pub replication_token: Option<Secret>,
+    /// The readyd this one follows, when it is a follower.
+    pub upstream: Option<Upstream>,
     /// Grace period after SIGTERM.
     pub shutdown_timeout: Duration,
     /// Time between SIGTERM and the drain, serving with readiness NOT_SERVING.
@@ -239,8 +260,8 @@ pub struct Settings {
     pub instance: String,
     /// Declared dependency checks.
     pub checks: Vec<CheckSpec>,
-    /// readyd's own database check.
-    pub database_check: CheckSpec,
+    /// readyd's own check of its source: the database, or the upstream.
+    pub source_check: CheckSpec,
     /// Time between two regular health history rows.
     pub history_interval: Duration,
     /// How long health history rows are kept.
@@ -262,6 +283,23 @@ pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 1000;
 pub const DEFAULT_MAX_WATCH_STREAMS: usize = 20_000;
 /// Default of `--max-follow-streams`.
 pub const DEFAULT_MAX_FOLLOW_STREAMS: usize = 20_000;
+
+/// The readyd a follower follows.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    /// `http://host:port` or `https://host:port`.
+    pub url: http::Uri,
+    /// The CA its certificate must chain to (https), instead of the
+    /// system's roots.
+    pub ca: Option<PathBuf>,
+}
+
+impl Upstream {
+    /// Whether the connection uses TLS.
+    pub fn is_tls(&self) -> bool {
+        self.url.scheme_str() == Some("https")
+    }
+}
 
 /// How many streams readyd keeps open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -383,6 +421,12 @@ impl Settings {
             &mut errors,
         );
         let read_token = parse_token("READYD_READ_TOKEN", args.read_token.as_deref(), &mut errors);
+        let replication_token = parse_token(
+            "READYD_REPLICATION_TOKEN",
+            args.replication_token.as_deref(),
+            &mut errors,
+        );
+        let upstream = parse_upstream(args, &mut errors);
         let shutdown_timeout = parse_duration(
             "--shutdown-timeout (READYD_SHUTDOWN_TIMEOUT)",
             &args.shutdown_timeout,
@@ -408,7 +452,13 @@ impl Settings {
             None | Some("") => "private PostgreSQL".to_owned(),
             Some(url) => redact_url(url),
         };
-        let database_check = database_check(&args.database_check, &database_display)
+        let source_check = match &upstream {
+            Some(upstream) => {
+                upstream_check(&args.database_check, &redact_url(&upstream.url.to_string()))
+            }
+            None => database_check(&args.database_check, &database_display),
+        };
+        let source_check = source_check
             .map_err(|err| {
                 errors.push(SettingsError::new(
                     "--database-check (READYD_DATABASE_CHECK)",
@@ -483,7 +533,7 @@ impl Settings {
             database,
             shutdown_timeout,
             checks,
-            database_check,
+            source_check,
             history_interval,
             history_retention,
             stale_after,
@@ -495,7 +545,7 @@ impl Settings {
                 Some(database),
                 Some(shutdown_timeout),
                 Some(checks),
-                Some(database_check),
+                Some(source_check),
                 Some(history_interval),
                 Some(history_retention),
                 Some(stale_after),
@@ -507,12 +557,14 @@ impl Settings {
                 environment: args.environment.clone(),
                 admin_token,
                 read_token,
+                replication_token,
+                upstream,
                 shutdown_timeout,
                 // Parsed above; an unparsable value is among `errors`.
                 drain_delay: drain_delay.unwrap_or_default(),
                 instance,
                 checks,
-                database_check,
+                source_check,
                 history_interval,
                 history_retention,
                 stale_after,
@@ -545,6 +597,79 @@ fn optional_address(
             }
         },
     }
+}
+
+/// `--upstream` and what goes with it: a follower has no database and
+/// takes its tokens from its upstream.
+fn parse_upstream(args: &ServeArgs, errors: &mut Vec<SettingsError>) -> Option<Upstream> {
+    const SETTING: &str = "--upstream (READYD_UPSTREAM)";
+    let Some(raw) = args
+        .upstream
+        .as_deref()
+        .map(str::trim)
+        .filter(|raw| !raw.is_empty())
+    else {
+        if args.upstream_ca.is_some() {
+            errors.push(SettingsError::new(
+                "--upstream-ca (READYD_UPSTREAM_CA)",
+                "only a follower uses it: set --upstream too, or remove it",
+            ));
+        }
+        return None;
+    };
+    let url = match raw.parse::<http::Uri>() {
+        Ok(url)
+            if matches!(url.scheme_str(), Some("http" | "https"))
+                && url.host().is_some()
+                && url.path_and_query().is_none_or(|path| path.as_str() == "/") =>
+        {
+            url
+        }
+        _ => {
+            errors.push(SettingsError::new(
+                SETTING,
+                format!(
+                    "{:?} is not an upstream address; expected http://HOST:PORT or https://HOST:PORT",
+                    redact_url(raw)
+                ),
+            ));
+            return None;
+        }
+    };
+    let upstream = Upstream {
+        url,
+        ca: args.upstream_ca.clone(),
+    };
+    if upstream.ca.is_some() && !upstream.is_tls() {
+        errors.push(SettingsError::new(
+            "--upstream-ca (READYD_UPSTREAM_CA)",
+            "only an https:// upstream has a certificate to verify",
+        ));
+    }
+    if args
+        .database
+        .database_url
+        .as_deref()
+        .is_some_and(|url| !url.trim().is_empty())
+    {
+        errors.push(SettingsError::new(
+            SETTING,
+            "a follower has no database: unset DATABASE_URL (--database-url), or unset --upstream to use the database",
+        ));
+    }
+    if args.admin_token.is_some() || args.read_token.is_some() {
+        errors.push(SettingsError::new(
+            SETTING,
+            "a follower takes its tokens from its upstream: unset READYD_ADMIN_TOKEN and READYD_READ_TOKEN",
+        ));
+    }
+    if args.replication_token.is_none() {
+        errors.push(SettingsError::new(
+            SETTING,
+            "a follower presents a replication token to its upstream: set READYD_REPLICATION_TOKEN",
+        ));
+    }
+    Some(upstream)
 }
 
 fn parse_duration(

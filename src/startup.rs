@@ -1,7 +1,8 @@
 //! Start-up checks: settings valid, database reachable, migrations current,
-//! every required table and the health function present (seed property 10).
-//! Every problem is collected and reported together, one line each; `serve`
-//! refuses to start on any of them.
+//! every required table and the health function present (seed property 10);
+//! on a follower, the upstream reachable and willing instead. Every problem
+//! is collected and reported together, one line each; `serve` refuses to
+//! start on any of them.
 
 use std::fmt;
 
@@ -10,13 +11,21 @@ use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
+use crate::client::{self, channel::RetryingChannel};
 use crate::embedded_pg::EmbeddedPostgres;
 use crate::health::RunnableCheck;
+use crate::health::redact::redact_url;
 use crate::health::runners::Runner;
 use crate::health::spec::CheckSpec;
-use crate::settings::{DatabaseSettings, DatabaseSource, ServeArgs, Settings};
+use crate::relay::coverage::Coverage;
+use crate::relay::follower::{FollowError, Follower};
+use crate::relay::verifiers;
+use crate::settings::{DatabaseSettings, DatabaseSource, ServeArgs, Settings, Upstream};
 use crate::snapshot_file::{self, SavedSnapshot, SnapshotFileError};
+use crate::source::{self, Source};
 use crate::state::{Freshness, Snapshot, State};
 use crate::store::listener::ChangeListener;
 use crate::store::{SchemaProblem, Store, StoreError};
@@ -67,10 +76,8 @@ impl fmt::Display for StartupReport {
 pub struct Started {
     /// Validated settings.
     pub settings: Settings,
-    /// The connected, migrated database.
-    pub store: Store,
-    /// The private PostgreSQL, when readyd runs its own.
-    pub private_pg: Option<EmbeddedPostgres>,
+    /// Where the data comes from: the database, or an upstream readyd.
+    pub source: Source,
     /// The bound gRPC listener.
     pub listener: TcpListener,
     /// The bound flagd-only listener, when `--flagd-listen` is set.
@@ -79,10 +86,9 @@ pub struct Started {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// The in-memory state, loaded.
     pub state: Arc<State>,
-    /// The change listener that keeps `state` current (not yet running).
-    pub changes: ChangeListener,
-    /// readyd's own database check and its runner.
-    pub database_check: RunnableCheck,
+    /// readyd's own check of its source (database or upstream) and its
+    /// runner.
+    pub source_check: RunnableCheck,
     /// The declared dependency checks and their runners.
     pub checks: Vec<RunnableCheck>,
 }
@@ -90,7 +96,13 @@ pub struct Started {
 /// `readyd check`: runs every check without changing anything (no
 /// migrations, no listening).
 pub async fn check(args: &ServeArgs) -> StartupReport {
-    let (report, _settings, reached) = run_checks(args, false).await;
+    let (mut report, settings, reached) = run_checks(args, false).await;
+    if let (Reached::Follower, Some(settings)) = (&reached, &settings) {
+        // The upstream answers, speaks this protocol and takes the token.
+        if let Err(problem) = try_following(settings).await {
+            report.push("upstream", problem);
+        }
+    }
     if let Reached::Yes(mut database) = reached {
         // A private PostgreSQL that was already running belongs to a
         // running readyd: leave it be.
@@ -115,6 +127,12 @@ pub async fn check(args: &ServeArgs) -> StartupReport {
 /// readyd starts from it, STALE, and connects when the database answers.
 pub async fn prepare(args: &ServeArgs) -> Result<Started, StartupReport> {
     let (mut report, settings, reached) = run_checks(args, true).await;
+    if let Reached::Follower = reached {
+        return match settings {
+            Some(settings) => prepare_follower(settings, report).await,
+            None => Err(report),
+        };
+    }
     let (database, saved) = match (reached, &settings) {
         (Reached::Yes(database), _) => (Some(*database), None),
         (Reached::Unreachable(options), Some(settings)) if report.problems.len() == 1 => {
@@ -139,7 +157,73 @@ pub async fn prepare(args: &ServeArgs) -> Result<Started, StartupReport> {
         }
         _ => (None, None),
     };
-    let listener = match &settings {
+    let Bound {
+        listener,
+        flagd_listener,
+        metrics_addr,
+    } = bind(settings.as_ref(), &mut report).await;
+    let runners = match (&settings, &database) {
+        (Some(settings), Some(database)) => {
+            build_runners(settings, Some(database.store.pool()), None, &mut report)
+        }
+        _ => None,
+    };
+    match (settings, database, listener, runners) {
+        (Some(settings), Some(database), Some(listener), Some((source_check, checks)))
+            if report.problems.is_empty() =>
+        {
+            let loaded = match saved {
+                Some(saved) => Ok(from_disk(&database.store, &settings, saved)),
+                None => from_database(&database.store, &settings).await,
+            };
+            match loaded {
+                Ok((changes, snapshot, freshness)) => Ok(Started {
+                    settings,
+                    source: Source::Database {
+                        store: database.store,
+                        private_pg: database.private_pg,
+                        changes,
+                    },
+                    listener,
+                    flagd_listener,
+                    metrics_addr,
+                    state: Arc::new(State::with_freshness(snapshot, freshness)),
+                    source_check,
+                    checks,
+                }),
+                Err(err) => {
+                    report.push(
+                        "database",
+                        format!("loading flags and configuration failed: {err}"),
+                    );
+                    database.release().await;
+                    Err(report)
+                }
+            }
+        }
+        (_, database, _, _) => {
+            if let Some(database) = database {
+                database.release().await;
+            }
+            Err(report)
+        }
+    }
+}
+
+/// What start-up binds.
+struct Bound {
+    /// The gRPC listener.
+    listener: Option<TcpListener>,
+    /// The flagd-only listener, when asked for.
+    flagd_listener: Option<TcpListener>,
+    /// Where `/metrics` is served, when it is.
+    metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// Binds the listeners and the metrics endpoint; a port that cannot be
+/// bound is a start-up problem.
+async fn bind(settings: Option<&Settings>, report: &mut StartupReport) -> Bound {
+    let listener = match settings {
         Some(settings) => match TcpListener::bind(settings.listen).await {
             Ok(listener) => Some(listener),
             Err(err) => {
@@ -177,48 +261,168 @@ pub async fn prepare(args: &ServeArgs) -> Result<Started, StartupReport> {
             Err(message) => report.push("--metrics-listen (READYD_METRICS_LISTEN)", message),
         }
     }
-    let runners = match (&settings, &database) {
-        (Some(settings), Some(database)) => build_runners(settings, &database.store, &mut report),
-        _ => None,
-    };
-    match (settings, database, listener, runners) {
-        (Some(settings), Some(database), Some(listener), Some((database_check, checks)))
-            if report.problems.is_empty() =>
-        {
-            let loaded = match saved {
-                Some(saved) => Ok(from_disk(&database.store, &settings, saved)),
-                None => from_database(&database.store, &settings).await,
-            };
-            match loaded {
-                Ok((changes, snapshot, freshness)) => Ok(Started {
-                    settings,
-                    store: database.store,
-                    private_pg: database.private_pg,
-                    listener,
-                    flagd_listener,
-                    metrics_addr,
-                    state: Arc::new(State::with_freshness(snapshot, freshness)),
-                    changes,
-                    database_check,
-                    checks,
-                }),
-                Err(err) => {
-                    report.push(
-                        "database",
-                        format!("loading flags and configuration failed: {err}"),
-                    );
-                    database.release().await;
-                    Err(report)
-                }
-            }
-        }
-        (_, database, _, _) => {
-            if let Some(database) = database {
-                database.release().await;
-            }
-            Err(report)
-        }
+    Bound {
+        listener,
+        flagd_listener,
+        metrics_addr,
     }
+}
+
+/// `readyd serve` as a follower: no database; the first snapshot comes from
+/// the upstream within `--db-wait`, or, when the upstream cannot be reached,
+/// from the snapshot saved on disk (STALE until the upstream answers).
+async fn prepare_follower(
+    settings: Settings,
+    mut report: StartupReport,
+) -> Result<Started, StartupReport> {
+    let (Some(upstream), Some(token)) = (
+        settings.upstream.clone(),
+        settings.replication_token.clone(),
+    ) else {
+        return Err(report);
+    };
+    let channel = match upstream_channel(&upstream) {
+        Ok(channel) => channel,
+        Err(message) => {
+            report.push("--upstream (READYD_UPSTREAM)", message);
+            return Err(report);
+        }
+    };
+    let shown = redact_url(&upstream.url.to_string());
+    let verifiers_path = verifiers::path_for(&settings.database.data_dir, &settings.environment);
+    let saved_verifiers = verifiers::read(&verifiers_path);
+    let (verifiers_tx, verifiers_rx) =
+        watch::channel(Arc::new(saved_verifiers.clone().unwrap_or_default()));
+    let coverage = Arc::new(Coverage::new(&settings.environment));
+    let follower = Follower::new(
+        shown.clone(),
+        channel.clone(),
+        token.clone(),
+        settings.instance.clone(),
+        settings.environment.clone(),
+        Arc::clone(&coverage),
+        verifiers_tx,
+    );
+    let freshness = Freshness::new(settings.stale_after);
+    let (first, snapshot) = match follower.first_snapshot(settings.database.wait).await {
+        Ok(followed) => {
+            if let Some(age) = followed.upstream_stale_for {
+                freshness.source_stale(age);
+            }
+            let snapshot = followed.snapshot.clone();
+            (Some(followed), snapshot)
+        }
+        Err(FollowError::Unreachable(reason)) => match (saved_snapshot(&settings), saved_verifiers)
+        {
+            (Some(saved), Some(_)) => {
+                tracing::warn!(
+                    upstream = %shown,
+                    problem = %reason,
+                    snapshot_version = saved.snapshot.version,
+                    saved_at = %saved.written_at,
+                    "starting from the snapshot saved on disk: answers carry reason STALE until the upstream answers"
+                );
+                let age = (chrono::Utc::now() - saved.written_at)
+                    .to_std()
+                    .unwrap_or(Duration::ZERO);
+                freshness.loaded_from_disk(age);
+                (None, saved.snapshot)
+            }
+            _ => {
+                report.push(
+                    "upstream",
+                    format!("{reason} (tried for up to {}), and no snapshot is saved on disk to start from", humantime::format_duration(settings.database.wait)),
+                );
+                return Err(report);
+            }
+        },
+        Err(err) => {
+            report.push("upstream", format!("{shown}: {err}"));
+            return Err(report);
+        }
+    };
+    let Bound {
+        listener,
+        flagd_listener,
+        metrics_addr,
+    } = bind(Some(&settings), &mut report).await;
+    let runners = build_runners(&settings, None, Some(&channel), &mut report);
+    match (listener, runners) {
+        (Some(listener), Some((source_check, checks))) if report.problems.is_empty() => {
+            Ok(Started {
+                source: Source::Upstream(source::Upstream {
+                    follower,
+                    first,
+                    channel,
+                    coverage,
+                    verifiers: verifiers_rx,
+                    token,
+                }),
+                state: Arc::new(State::with_freshness(snapshot, freshness)),
+                settings,
+                listener,
+                flagd_listener,
+                metrics_addr,
+                source_check,
+                checks,
+            })
+        }
+        _ => Err(report),
+    }
+}
+
+/// Follows the upstream of `settings` until its first snapshot, and lets go.
+async fn try_following(settings: &Settings) -> Result<(), String> {
+    let (Some(upstream), Some(token)) = (&settings.upstream, &settings.replication_token) else {
+        return Ok(());
+    };
+    let channel = upstream_channel(upstream)?;
+    let shown = redact_url(&upstream.url.to_string());
+    let (verifiers, _) = watch::channel(Arc::default());
+    let follower = Follower::new(
+        shown.clone(),
+        channel,
+        token.clone(),
+        settings.instance.clone(),
+        settings.environment.clone(),
+        Arc::new(Coverage::new(&settings.environment)),
+        verifiers,
+    );
+    follower
+        .first_snapshot(settings.database.wait)
+        .await
+        .map(drop)
+        .map_err(|err| format!("{shown}: {err}"))
+}
+
+/// The connection to an upstream: HTTP/2 pings find a dead one, TLS for
+/// `https://` against `--upstream-ca` or the system's roots; connected on
+/// first use.
+pub fn upstream_channel(upstream: &Upstream) -> Result<RetryingChannel, String> {
+    let mut endpoint = Endpoint::from(upstream.url.clone())
+        .user_agent(concat!("readyd/", env!("CARGO_PKG_VERSION")))
+        .map_err(|err| format!("cannot set the user agent: {err}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    if upstream.is_tls() {
+        let mut tls = ClientTlsConfig::new();
+        tls = match &upstream.ca {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|err| {
+                    format!("cannot read --upstream-ca {}: {err}", path.display())
+                })?;
+                tls.ca_certificate(Certificate::from_pem(pem))
+            }
+            None => tls.with_native_roots(),
+        };
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|err| format!("cannot set up TLS to the upstream: {err}"))?;
+    }
+    Ok(client::channel::connect_lazy(endpoint))
 }
 
 /// The change listener and the snapshot, from the database: LISTEN before
@@ -272,10 +476,11 @@ fn saved_snapshot(settings: &Settings) -> Option<SavedSnapshot> {
 /// start-up problem.
 fn build_runners(
     settings: &Settings,
-    store: &Store,
+    pool: Option<&sqlx::PgPool>,
+    upstream: Option<&RetryingChannel>,
     report: &mut StartupReport,
 ) -> Option<(RunnableCheck, Vec<RunnableCheck>)> {
-    let mut build = |spec: &CheckSpec| match Runner::new(&spec.target, store.pool()) {
+    let mut build = |spec: &CheckSpec| match Runner::new(&spec.target, pool, upstream) {
         Ok(runner) => Some((spec.clone(), runner)),
         Err(message) => {
             report.push(
@@ -285,10 +490,10 @@ fn build_runners(
             None
         }
     };
-    let database = build(&settings.database_check);
+    let source = build(&settings.source_check);
     let declared: Vec<_> = settings.checks.iter().map(&mut build).collect();
     let declared: Option<Vec<_>> = declared.into_iter().collect();
-    Some((database?, declared?))
+    Some((source?, declared?))
 }
 
 /// What became of the database during the checks.
@@ -300,6 +505,8 @@ enum Reached {
     Unreachable(Box<PgConnectOptions>),
     /// Not reached for another reason, or not tried.
     No,
+    /// Not tried: this readyd follows an upstream.
+    Follower,
 }
 
 /// A database reached during the checks.
@@ -328,6 +535,14 @@ async fn run_checks(args: &ServeArgs, migrate: bool) -> (StartupReport, Option<S
             None
         }
     };
+    // A follower has no database to check.
+    if args
+        .upstream
+        .as_deref()
+        .is_some_and(|upstream| !upstream.trim().is_empty())
+    {
+        return (report, settings, Reached::Follower);
+    }
     // The database is checked even when other settings are wrong, so that
     // one run reports everything.
     let Ok(db_settings) = DatabaseSettings::from_args(&args.database) else {

@@ -231,13 +231,16 @@ impl Drop for OpenStream {
     }
 }
 
-/// Samples the pool and the process every few seconds until `stop` fires.
-pub async fn sample(store: Store, max_connections: u32, stop: CancellationToken) {
+/// Samples the pool (when there is one: a follower has none) and the
+/// process every few seconds until `stop` fires.
+pub async fn sample(store: Option<Store>, max_connections: u32, stop: CancellationToken) {
     let process = metrics_process::Collector::default();
     process.describe();
     let idle = gauge!(DB_POOL_CONNECTIONS, "state" => "idle");
     let in_use = gauge!(DB_POOL_CONNECTIONS, "state" => "in_use");
-    gauge!(DB_POOL_MAX).set(f64::from(max_connections));
+    if store.is_some() {
+        gauge!(DB_POOL_MAX).set(f64::from(max_connections));
+    }
     let mut ticks = tokio::time::interval(SAMPLE_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -245,11 +248,13 @@ pub async fn sample(store: Store, max_connections: u32, stop: CancellationToken)
             () = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let pool = store.pool();
-        let size = pool.size();
-        let idle_now = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX).min(size);
-        idle.set(f64::from(idle_now));
-        in_use.set(f64::from(size - idle_now));
+        if let Some(store) = &store {
+            let pool = store.pool();
+            let size = pool.size();
+            let idle_now = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX).min(size);
+            idle.set(f64::from(idle_now));
+            in_use.set(f64::from(size - idle_now));
+        }
         process.collect();
     }
 }

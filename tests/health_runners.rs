@@ -122,7 +122,7 @@ fn spec(url: &str) -> CheckSpec {
 /// The result of one run of `spec`'s runner under its timeout, scrubbed as
 /// readyd scrubs it.
 async fn check(spec: &CheckSpec, pool: &PgPool) -> Result<(), String> {
-    let runner = Runner::new(&spec.target, pool).expect("runner");
+    let runner = Runner::new(&spec.target, Some(pool), None).expect("runner");
     let debug = format!("{runner:?}");
     assert!(!debug.contains(SECRET), "Debug shows the password: {debug}");
     match tokio::time::timeout(spec.timeout, runner.run()).await {
@@ -351,7 +351,7 @@ async fn hangs(url: &str) {
     let url = with_timeout(&with_port(url, peer.port), HUNG_TIMEOUT);
     let spec = spec(&url);
     assert_eq!(spec.timeout, Duration::from_millis(300));
-    let runner = Runner::new(&spec.target, &unused_pool()).expect("runner");
+    let runner = Runner::new(&spec.target, Some(&unused_pool()), None).expect("runner");
     let started = Instant::now();
     let result = tokio::time::timeout(spec.timeout, runner.run()).await;
     let elapsed = started.elapsed();
@@ -369,7 +369,7 @@ async fn hangs(url: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn database_selects_through_the_pool() {
     let db = TestDb::empty().await;
-    let runner = Runner::new(&Target::Database, &db.pool).expect("runner");
+    let runner = Runner::new(&Target::Database, Some(&db.pool), None).expect("runner");
     tokio::time::timeout(Duration::from_secs(5), runner.run())
         .await
         .expect("in time")
@@ -384,7 +384,7 @@ async fn database_fails_when_the_pool_cannot_connect() {
         .acquire_timeout(Duration::from_millis(300))
         .connect_lazy(&format!("postgres://postgres@127.0.0.1:{port}/postgres"))
         .expect("lazy pool");
-    let runner = Runner::new(&Target::Database, &pool).expect("runner");
+    let runner = Runner::new(&Target::Database, Some(&pool), None).expect("runner");
     let result = tokio::time::timeout(Duration::from_secs(5), runner.run())
         .await
         .expect("the pool gives up by itself");

@@ -24,6 +24,48 @@ pub enum Access {
     Read,
     /// The admin token.
     Admin,
+    /// The replication token, or the admin token (Follow streams carry
+    /// sensitive values).
+    Replication,
+}
+
+/// A kind of token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// READYD_ADMIN_TOKEN: mutations and sensitive values.
+    Admin,
+    /// READYD_READ_TOKEN: reads, when reads are guarded.
+    Read,
+    /// READYD_REPLICATION_TOKEN: following this readyd.
+    Replication,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 3] = [Role::Admin, Role::Read, Role::Replication];
+
+    /// The role's name, as in token verifiers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Read => "read",
+            Role::Replication => "replication",
+        }
+    }
+
+    /// The role named `name`.
+    pub fn from_name(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|role| role.as_str() == name)
+    }
+}
+
+/// What recognises tokens: the tokens themselves ([`Tokens`]), or on a
+/// follower, verifiers of its upstream's tokens.
+pub trait TokenCheck: Send + Sync + std::fmt::Debug {
+    /// Whether a token of `role` exists at all.
+    fn has(&self, role: Role) -> bool;
+    /// Whether `presented` is the token of `role`. Never logs it.
+    fn matches(&self, role: Role, presented: &str) -> bool;
 }
 
 /// Methods that change state (or read admin-only data), by full path.
@@ -36,6 +78,12 @@ const ADMIN_METHODS: &[&str] = &[
     "/readyd.v1.ConfigService/ListConfigAudit",
     "/readyd.v1.DeploymentService/RecordDeployment",
     "/readyd.v1.DeploymentService/RecordRollback",
+];
+
+/// Methods of replication, by full path.
+const REPLICATION_METHODS: &[&str] = &[
+    "/readyd.v1.ReplicationService/Follow",
+    "/readyd.v1.ReplicationService/RecordHealth",
 ];
 
 /// Services that never need a token.
@@ -55,6 +103,8 @@ pub fn access_for(path: &str) -> Access {
         Access::Public
     } else if ADMIN_METHODS.contains(&path) {
         Access::Admin
+    } else if REPLICATION_METHODS.contains(&path) {
+        Access::Replication
     } else {
         Access::Read
     }
@@ -86,6 +136,29 @@ pub struct Tokens {
     pub admin: Option<Secret>,
     /// Guards reads when set.
     pub read: Option<Secret>,
+    /// Lets followers follow.
+    pub replication: Option<Secret>,
+}
+
+impl Tokens {
+    fn secret(&self, role: Role) -> Option<&Secret> {
+        match role {
+            Role::Admin => self.admin.as_ref(),
+            Role::Read => self.read.as_ref(),
+            Role::Replication => self.replication.as_ref(),
+        }
+    }
+}
+
+impl TokenCheck for Tokens {
+    fn has(&self, role: Role) -> bool {
+        self.secret(role).is_some()
+    }
+
+    fn matches(&self, role: Role, presented: &str) -> bool {
+        self.secret(role)
+            .is_some_and(|secret| matches(presented, secret))
+    }
 }
 
 /// Compares in constant time, so the time taken reveals nothing about how
@@ -98,88 +171,103 @@ fn matches(presented: &str, expected: &Secret) -> bool {
 }
 
 impl Tokens {
-    /// Decides a call to `path` with the given `authorization` header value.
-    /// Never logs or echoes the token.
+    /// Decides a call to `path` with the given `authorization` header value
+    /// (see [`authorize`]).
     pub fn authorize(
         &self,
         path: &str,
         authorization: Option<&http::HeaderValue>,
     ) -> Result<Caller, Status> {
-        let access = access_for(path);
-        if access == Access::Public {
-            return Ok(Caller { is_admin: false });
-        }
-        if access == Access::Admin && self.admin.is_none() {
-            return Err(Status::permission_denied(
-                "mutations are disabled on this readyd: set READYD_ADMIN_TOKEN to enable them",
-            ));
-        }
-        let presented = match authorization {
-            None => None,
-            Some(value) => {
-                let token = value
-                    .to_str()
-                    .ok()
-                    .and_then(|v| {
-                        v.strip_prefix("Bearer ")
-                            .or_else(|| v.strip_prefix("bearer "))
-                    })
-                    .map(str::trim)
-                    .filter(|t| !t.is_empty());
-                match token {
-                    Some(token) => Some(token),
-                    None => {
-                        return Err(Status::unauthenticated(
-                            "malformed authorization header; expected `authorization: Bearer <token>`",
-                        ));
-                    }
-                }
-            }
-        };
-        let is_admin = match (presented, &self.admin) {
-            (Some(token), Some(admin)) => matches(token, admin),
-            _ => false,
-        };
-        let is_reader = match (presented, &self.read) {
-            (Some(token), Some(read)) => matches(token, read),
-            _ => false,
-        };
-        if presented.is_some() && !is_admin && !is_reader {
-            return Err(Status::permission_denied(
-                "the presented token is not valid",
-            ));
-        }
-        match access {
-            Access::Public => Ok(Caller { is_admin: false }),
-            Access::Admin if presented.is_none() => Err(Status::unauthenticated(
-                "this call needs the admin token: send `authorization: Bearer <READYD_ADMIN_TOKEN>`",
-            )),
-            Access::Admin if !is_admin => {
-                Err(Status::permission_denied("this call needs the admin token"))
-            }
-            Access::Read if self.read.is_some() && presented.is_none() => {
-                Err(Status::unauthenticated(
-                    "reads need a token: send `authorization: Bearer <READYD_READ_TOKEN>`",
-                ))
-            }
-            Access::Admin | Access::Read => Ok(Caller { is_admin }),
-        }
+        authorize(self, path, authorization)
     }
 }
 
-/// Tower layer applying [`Tokens::authorize`] to every request.
+/// Decides a call to `path` with the given `authorization` header value,
+/// by the tokens `tokens` recognises. Never logs or echoes the token.
+pub fn authorize(
+    tokens: &dyn TokenCheck,
+    path: &str,
+    authorization: Option<&http::HeaderValue>,
+) -> Result<Caller, Status> {
+    let access = access_for(path);
+    if access == Access::Public {
+        return Ok(Caller { is_admin: false });
+    }
+    if access == Access::Admin && !tokens.has(Role::Admin) {
+        return Err(Status::permission_denied(
+            "mutations are disabled on this readyd: set READYD_ADMIN_TOKEN to enable them",
+        ));
+    }
+    if access == Access::Replication && !tokens.has(Role::Replication) && !tokens.has(Role::Admin) {
+        return Err(Status::permission_denied(
+            "replication is disabled on this readyd: set READYD_REPLICATION_TOKEN (or READYD_ADMIN_TOKEN) to let followers follow it",
+        ));
+    }
+    let presented = match authorization {
+        None => None,
+        Some(value) => {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
+                .map(str::trim)
+                .filter(|t| !t.is_empty());
+            match token {
+                Some(token) => Some(token),
+                None => {
+                    return Err(Status::unauthenticated(
+                        "malformed authorization header; expected `authorization: Bearer <token>`",
+                    ));
+                }
+            }
+        }
+    };
+    let is = |role| presented.is_some_and(|token| tokens.matches(role, token));
+    let is_admin = is(Role::Admin);
+    let is_reader = is(Role::Read);
+    let is_replicator = access == Access::Replication && is(Role::Replication);
+    if presented.is_some() && !is_admin && !is_reader && !is_replicator {
+        return Err(Status::permission_denied(
+            "the presented token is not valid",
+        ));
+    }
+    match access {
+        Access::Public => Ok(Caller { is_admin: false }),
+        Access::Admin if presented.is_none() => Err(Status::unauthenticated(
+            "this call needs the admin token: send `authorization: Bearer <READYD_ADMIN_TOKEN>`",
+        )),
+        Access::Admin if !is_admin => {
+            Err(Status::permission_denied("this call needs the admin token"))
+        }
+        Access::Replication if presented.is_none() => Err(Status::unauthenticated(
+            "following needs the replication token: send `authorization: Bearer <READYD_REPLICATION_TOKEN>`",
+        )),
+        Access::Replication if !is_replicator && !is_admin => Err(Status::permission_denied(
+            "following needs the replication token (or the admin token)",
+        )),
+        Access::Read if tokens.has(Role::Read) && presented.is_none() => {
+            Err(Status::unauthenticated(
+                "reads need a token: send `authorization: Bearer <READYD_READ_TOKEN>`",
+            ))
+        }
+        Access::Admin | Access::Read | Access::Replication => Ok(Caller { is_admin }),
+    }
+}
+
+/// Tower layer applying [`authorize`] to every request.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     /// Shared by every connection.
-    tokens: Arc<Tokens>,
+    tokens: Arc<dyn TokenCheck>,
 }
 
 impl AuthLayer {
     /// A layer enforcing `tokens`.
-    pub fn new(tokens: Tokens) -> Self {
-        Self {
-            tokens: Arc::new(tokens),
-        }
+    pub fn new(tokens: Arc<dyn TokenCheck>) -> Self {
+        Self { tokens }
     }
 }
 
@@ -199,8 +287,8 @@ impl<S> Layer<S> for AuthLayer {
 pub struct Auth<S> {
     /// The services behind the check.
     inner: S,
-    /// The configured tokens.
-    tokens: Arc<Tokens>,
+    /// What recognises tokens.
+    tokens: Arc<dyn TokenCheck>,
 }
 
 impl<S, B, ResBody> Service<http::Request<B>> for Auth<S>
@@ -218,10 +306,11 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let path = request.uri().path();
-        match self
-            .tokens
-            .authorize(path, request.headers().get(http::header::AUTHORIZATION))
-        {
+        match authorize(
+            &*self.tokens,
+            path,
+            request.headers().get(http::header::AUTHORIZATION),
+        ) {
             Ok(caller) => {
                 request.extensions_mut().insert(caller);
                 Either::Right(self.inner.call(request))
@@ -252,6 +341,7 @@ mod tests {
         Tokens {
             admin: admin.map(Secret::new),
             read: read.map(Secret::new),
+            replication: None,
         }
     }
 

@@ -8,21 +8,23 @@ use std::sync::Arc;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
+use crate::api::Database;
 use crate::api::auth::Caller;
 use crate::api::convert::{from_pb_value, from_timestamp, to_pb_value, to_timestamp};
 use crate::api::error::ApiError;
 use crate::api::flags::freshness;
 use crate::api::pb::readyd::v1 as pb;
+use crate::api::pb::readyd::v1::config_service_client::ConfigServiceClient;
 use crate::api::pb::readyd::v1::config_service_server::ConfigService;
 use crate::api::streams::StreamGate;
 use crate::api::watch::{WatchKind, watch};
-use crate::api::{checked_version, invalid, read_your_write};
+use crate::api::{checked_version, invalid, read_your_write, written};
+use crate::client::channel::RetryingChannel;
 use crate::config::{
     self, ConfigDraft, ConfigRow, check_key, environment_of, resolve, resolve_all, visible,
 };
 use crate::paging::{PageLimits, next_page_token, page_size, page_token};
 use crate::state::{Event, Snapshot, State};
-use crate::store::Store;
 use crate::store::config::{AuditQuery, AuditRow};
 
 /// Audit page size when the request names none.
@@ -36,26 +38,31 @@ pub struct ConfigApi {
     /// What reads answer from.
     state: Arc<State>,
     /// Where writes go.
-    store: Store,
+    store: Database,
     /// This instance's environment.
     environment: Arc<str>,
     /// Admits WatchConfigs streams and ends them at shutdown.
     streams: Arc<StreamGate>,
+    /// A follower's upstream, which answers for the environments a
+    /// follower does not hold.
+    upstream: Option<RetryingChannel>,
 }
 
 impl ConfigApi {
     /// Handlers over `state` and `store` for `environment`.
     pub fn new(
         state: Arc<State>,
-        store: Store,
+        store: Database,
         environment: &str,
         streams: Arc<StreamGate>,
+        upstream: Option<RetryingChannel>,
     ) -> Self {
         Self {
             state,
             store,
             environment: environment.into(),
             streams,
+            upstream,
         }
     }
 }
@@ -140,12 +147,24 @@ impl ConfigService for ConfigApi {
         request: Request<pb::ListConfigsRequest>,
     ) -> Result<Response<pb::ListConfigsResponse>, Status> {
         let caller = Caller::of(&request);
+        let metadata = request.metadata().clone();
         let request = request.into_inner();
         let wants_other = request.all_environments || !request.environment.is_empty();
         if wants_other && !caller.is_admin {
             return Err(Status::permission_denied(
                 "listing another environment or every row needs the admin token",
             ));
+        }
+        let not_held = request.all_environments
+            || !(request.environment.is_empty() || *request.environment == *self.environment);
+        if not_held && let Some(upstream) = &self.upstream {
+            // A follower holds only its own environment's rows: its
+            // upstream answers, deciding with the caller's own token.
+            let mut forwarded = Request::new(request);
+            *forwarded.metadata_mut() = metadata;
+            return ConfigServiceClient::new(upstream.clone())
+                .list_configs(forwarded)
+                .await;
         }
         let snapshot = self.state.snapshot();
         let entries = if request.all_environments {
@@ -196,14 +215,18 @@ impl ConfigService for ConfigApi {
         .map_err(ApiError::from)?;
         let row = self
             .store
+            .get()?
             .set_config(&draft, request.expected_version, &actor)
             .await
             .map_err(ApiError::from)?;
         read_your_write(&self.state, row.version).await;
         // The caller is admin (the auth layer let the write through).
-        Ok(Response::new(pb::SetConfigResponse {
-            entry: Some(entry(&row, true)),
-        }))
+        Ok(written(
+            row.version,
+            pb::SetConfigResponse {
+                entry: Some(entry(&row, true)),
+            },
+        ))
     }
 
     async fn delete_config(
@@ -217,11 +240,12 @@ impl ConfigService for ConfigApi {
         checked_version("expected_version", request.expected_version)?;
         let version = self
             .store
+            .get()?
             .delete_config(&request.key, &environment, request.expected_version, &actor)
             .await
             .map_err(ApiError::from)?;
         read_your_write(&self.state, version).await;
-        Ok(Response::new(pb::DeleteConfigResponse { version }))
+        Ok(written(version, pb::DeleteConfigResponse { version }))
     }
 
     async fn get_maintenance_mode(
@@ -245,11 +269,16 @@ impl ConfigService for ConfigApi {
         }
         let (mode, message) = self
             .store
+            .get()?
             .set_maintenance(&self.environment, request.enabled, &request.message, &actor)
             .await
             .map_err(ApiError::from)?;
-        read_your_write(&self.state, mode.version.max(message.version)).await;
-        Ok(Response::new(maintenance(&self.state, &self.environment)))
+        let version = mode.version.max(message.version);
+        read_your_write(&self.state, version).await;
+        Ok(written(
+            version,
+            maintenance(&self.state, &self.environment),
+        ))
     }
 
     async fn list_config_audit(
@@ -281,6 +310,7 @@ impl ConfigService for ConfigApi {
             page_token(&request.page_token, "ListConfigAudit").map_err(ApiError::from)?;
         let mut rows = self
             .store
+            .get()?
             .audit_rows(&AuditQuery {
                 key,
                 since,
@@ -387,6 +417,7 @@ impl WatchKind for ConfigStream {
             key,
             resolved,
             resolved_changed: true,
+            ..
         } = event
         else {
             return None;

@@ -5,12 +5,13 @@
 //! database, not the snapshot: the snapshot holds configuration and flags
 //! only, and history is not on any hot path.
 
-use crate::api::read_your_write;
+use crate::api::{read_your_write, written};
 use crate::paging::next_page_token;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::api::Database;
 use crate::api::convert::to_timestamp;
 use crate::api::error::ApiError;
 use crate::api::pb::readyd::v1 as pb;
@@ -20,7 +21,6 @@ use crate::deployments::{
     check_environment, environment_filter, page_size, page_token,
 };
 use crate::state::State;
-use crate::store::Store;
 use crate::store::deployments::DeploymentQuery;
 
 /// The DeploymentService handlers.
@@ -29,12 +29,12 @@ pub struct DeploymentApi {
     /// Waited on for read-your-writes of `app_version`.
     state: Arc<State>,
     /// Where history is written and read.
-    store: Store,
+    store: Database,
 }
 
 impl DeploymentApi {
     /// Handlers over `state` and `store`.
-    pub fn new(state: Arc<State>, store: Store) -> Self {
+    pub fn new(state: Arc<State>, store: Database) -> Self {
         Self { state, store }
     }
 }
@@ -118,15 +118,20 @@ impl DeploymentService for DeploymentApi {
         .map_err(ApiError::from)?;
         let recorded = self
             .store
+            .get()?
             .record_deployment(&deployment)
             .await
             .map_err(ApiError::from)?;
-        if let Some(version) = recorded.config_version {
-            read_your_write(&self.state, version).await;
-        }
-        Ok(Response::new(pb::RecordDeploymentResponse {
+        let message = pb::RecordDeploymentResponse {
             deployment: Some(recorded.deployment.into()),
-        }))
+        };
+        match recorded.config_version {
+            Some(version) => {
+                read_your_write(&self.state, version).await;
+                Ok(written(version, message))
+            }
+            None => Ok(Response::new(message)),
+        }
     }
 
     async fn record_rollback(
@@ -144,14 +149,18 @@ impl DeploymentService for DeploymentApi {
         .map_err(ApiError::from)?;
         let done = self
             .store
+            .get()?
             .record_rollback(&rollback)
             .await
             .map_err(ApiError::from)?;
         read_your_write(&self.state, done.config_version).await;
-        Ok(Response::new(pb::RecordRollbackResponse {
-            rollback: Some(done.rollback.into()),
-            rolled_back: Some(done.rolled_back.into()),
-        }))
+        Ok(written(
+            done.config_version,
+            pb::RecordRollbackResponse {
+                rollback: Some(done.rollback.into()),
+                rolled_back: Some(done.rolled_back.into()),
+            },
+        ))
     }
 
     async fn list_deployments(
@@ -167,6 +176,7 @@ impl DeploymentService for DeploymentApi {
         let before_id = page_token(&request.page_token).map_err(ApiError::from)?;
         let mut rows = self
             .store
+            .get()?
             .deployments(&DeploymentQuery {
                 environment,
                 status,
@@ -190,6 +200,7 @@ impl DeploymentService for DeploymentApi {
         check_environment("environment", environment).map_err(ApiError::from)?;
         let Some(current) = self
             .store
+            .get()?
             .current_deployment(environment)
             .await
             .map_err(ApiError::from)?

@@ -8,19 +8,19 @@ use std::sync::Arc;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
+use crate::api::Database;
 use crate::api::convert::{from_pb_struct, from_pb_value, to_pb_value, to_timestamp};
 use crate::api::error::ApiError;
 use crate::api::pb::readyd::v1 as pb;
 use crate::api::pb::readyd::v1::flag_service_server::FlagService;
 use crate::api::streams::StreamGate;
 use crate::api::watch::{WatchKind, watch};
-use crate::api::{checked_version, invalid, read_your_write};
+use crate::api::{checked_version, invalid, read_your_write, written};
 use crate::flags::{
     CompiledFlag, Evaluation, EvaluationContext, Flag, FlagDraft, Reason, ValueType, Variant,
     is_valid_key,
 };
 use crate::state::{Event, Snapshot, State};
-use crate::store::Store;
 use crate::telemetry::{EvaluationCounters, Tally};
 
 /// The FlagService handlers.
@@ -29,7 +29,7 @@ pub struct FlagApi {
     /// What reads answer from.
     state: Arc<State>,
     /// Where writes go.
-    store: Store,
+    store: Database,
     /// This instance's environment, for evaluation.
     environment: Arc<str>,
     /// Admits WatchFlags streams and ends them at shutdown.
@@ -42,7 +42,7 @@ impl FlagApi {
     /// Handlers over `state` and `store` for `environment`.
     pub fn new(
         state: Arc<State>,
-        store: Store,
+        store: Database,
         environment: &str,
         streams: Arc<StreamGate>,
     ) -> Self {
@@ -256,14 +256,18 @@ impl FlagService for FlagApi {
             .map_err(ApiError::from)?;
         let upserted = self
             .store
+            .get()?
             .upsert_flag(&draft, expected_version, &actor)
             .await
             .map_err(ApiError::from)?;
         read_your_write(&self.state, upserted.flag.version).await;
-        Ok(Response::new(pb::UpsertFlagResponse {
-            flag: Some((&upserted.flag).into()),
-            created: upserted.created,
-        }))
+        Ok(written(
+            upserted.flag.version,
+            pb::UpsertFlagResponse {
+                flag: Some((&upserted.flag).into()),
+                created: upserted.created,
+            },
+        ))
     }
 
     async fn delete_flag(
@@ -276,11 +280,12 @@ impl FlagService for FlagApi {
         checked_version("expected_version", request.expected_version)?;
         let version = self
             .store
+            .get()?
             .delete_flag(&request.key, request.expected_version, &actor)
             .await
             .map_err(ApiError::from)?;
         read_your_write(&self.state, version).await;
-        Ok(Response::new(pb::DeleteFlagResponse { version }))
+        Ok(written(version, pb::DeleteFlagResponse { version }))
     }
 
     async fn evaluate_flag(

@@ -11,6 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
+use crate::api::Database;
 use crate::api::convert::{from_timestamp, to_duration, to_pb_struct, to_timestamp};
 use crate::api::error::ApiError;
 use crate::api::invalid;
@@ -25,7 +26,6 @@ use crate::config;
 use crate::health::monitor::{CheckView, HealthMonitor};
 use crate::health::rules::{CheckState, OverallStatus};
 use crate::state::State;
-use crate::store::Store;
 use crate::store::system_health::HealthRow;
 
 /// ListHealthHistory's row count when the request names none.
@@ -37,7 +37,7 @@ pub const MAX_HISTORY_LIMIT: u32 = 1000;
 #[derive(Debug, Clone)]
 pub struct HealthApi {
     /// readyd's database (history and CheckDatabase only).
-    store: Store,
+    store: Database,
     /// The checks.
     monitor: Arc<HealthMonitor>,
     /// Flags and configuration (app version, maintenance mode).
@@ -53,7 +53,7 @@ pub struct HealthApi {
 impl HealthApi {
     /// Handlers over `monitor`, `state` and `store`, for this instance.
     pub fn new(
-        store: Store,
+        store: Database,
         monitor: Arc<HealthMonitor>,
         state: Arc<State>,
         instance: String,
@@ -258,6 +258,7 @@ impl HealthService for HealthApi {
         }
         let rows = self
             .store
+            .get()?
             .health_history(since, until, limit)
             .await
             .map_err(ApiError::from)?;
@@ -273,6 +274,7 @@ impl HealthService for HealthApi {
         let started = Instant::now();
         let health = self
             .store
+            .get()?
             .check_system_health(&self.instance, &serde_json::json!({}), &self.environment)
             .await
             .map_err(ApiError::from)?;

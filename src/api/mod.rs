@@ -22,6 +22,27 @@ use std::time::Duration;
 use error::ApiError;
 
 use crate::state::State;
+use crate::store::Store;
+
+/// The database behind the API. A follower has none: its forward layer
+/// sends every call that needs one to the upstream, so a handler that
+/// reaches for it there is a mistake, answered UNAVAILABLE.
+#[derive(Debug, Clone)]
+pub struct Database(Option<Store>);
+
+impl Database {
+    /// `store`, or none on a follower.
+    pub fn new(store: Option<Store>) -> Self {
+        Self(store)
+    }
+
+    /// The store, or UNAVAILABLE.
+    pub fn get(&self) -> Result<&Store, tonic::Status> {
+        self.0.as_ref().ok_or_else(|| {
+            tonic::Status::unavailable("this readyd follows an upstream and has no database")
+        })
+    }
+}
 
 /// How long a write waits for the change listener to apply it before
 /// answering anyway.
@@ -37,6 +58,18 @@ pub async fn read_your_write(state: &State, version: i64) {
             "a committed write is not in the snapshot yet; answering anyway"
         );
     }
+}
+
+/// `message` as the answer to a write that produced `version`, which it
+/// names in a header: a follower that forwarded the write waits for that
+/// version too before answering (read-your-writes through every tier).
+pub fn written<T>(version: i64, message: T) -> tonic::Response<T> {
+    let mut response = tonic::Response::new(message);
+    response.metadata_mut().insert(
+        crate::relay::VERSION_HEADER,
+        tonic::metadata::MetadataValue::from(version),
+    );
+    response
 }
 
 /// An INVALID_ARGUMENT naming `field`.

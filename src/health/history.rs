@@ -5,13 +5,22 @@
 //! A row's `checks` holds `{"overall": "<status>", "checks": {name:
 //! {state, critical, target, latency_ms, consecutive_failures, last_error}}}`.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tonic::metadata::{Ascii, MetadataValue};
 
 use tokio_util::sync::CancellationToken;
 
 use super::monitor::{CheckView, HealthMonitor};
 use super::rules::{CheckState, OverallStatus};
+use crate::api::convert::to_pb_struct;
+use crate::api::pb::readyd::v1 as pb;
+use crate::api::pb::readyd::v1::replication_service_client::ReplicationServiceClient;
+use crate::client::channel::RetryingChannel;
+use crate::client::code_name;
+use crate::settings::Secret;
 use crate::store::Store;
 
 /// How the recorder runs.
@@ -58,11 +67,111 @@ pub fn checks_json(overall: OverallStatus, checks: &[CheckView]) -> serde_json::
     serde_json::json!({ "overall": overall.as_str(), "checks": checks })
 }
 
+/// Where history rows go.
+#[derive(Debug)]
+pub enum HistorySink {
+    /// Into `system_health` (and old rows are pruned).
+    Database(Store),
+    /// Up to the upstream, which writes them (a follower has no database).
+    Upstream(UpstreamHistory),
+}
+
+impl HistorySink {
+    /// Records one row; `Ok(pruned)`: rows pruned meanwhile.
+    async fn record(
+        &mut self,
+        settings: &HistorySettings,
+        row: &serde_json::Value,
+    ) -> Result<u64, String> {
+        match self {
+            HistorySink::Database(store) => {
+                store
+                    .check_system_health(&settings.instance, row, &settings.environment)
+                    .await
+                    .map_err(|err| err.to_string())?;
+                store
+                    .prune_health_history(settings.retention)
+                    .await
+                    .map_err(|err| err.to_string())
+            }
+            HistorySink::Upstream(upstream) => upstream.record(settings, row).await.map(|()| 0),
+        }
+    }
+}
+
+/// A follower's history rows on their way to its upstream: sent as they
+/// are made; while the upstream is away they wait, the newest
+/// [`UpstreamHistory::KEPT`] at most, and go up together when it is back.
+#[derive(Debug)]
+pub struct UpstreamHistory {
+    /// The connection to the upstream.
+    channel: RetryingChannel,
+    /// `Bearer <replication token>`.
+    authorization: MetadataValue<Ascii>,
+    /// Rows not yet recorded, oldest first.
+    pending: VecDeque<pb::HealthRecording>,
+}
+
+impl UpstreamHistory {
+    /// Rows kept while the upstream is away; older ones are dropped.
+    pub const KEPT: usize = crate::relay::upstream::MAX_RECORDINGS;
+
+    /// Rows for the upstream behind `channel`, sent with `token`; `None`
+    /// when the token cannot be a header.
+    pub fn new(channel: RetryingChannel, token: &Secret) -> Option<Self> {
+        let authorization = format!("Bearer {}", token.expose()).parse().ok()?;
+        Some(Self {
+            channel,
+            authorization,
+            pending: VecDeque::new(),
+        })
+    }
+
+    async fn record(
+        &mut self,
+        settings: &HistorySettings,
+        row: &serde_json::Value,
+    ) -> Result<(), String> {
+        let Some(object) = row.as_object() else {
+            return Err("a history row that is not an object".to_owned());
+        };
+        if self.pending.len() >= Self::KEPT {
+            self.pending.pop_front();
+            tracing::warn!(
+                "the upstream has been away long: dropped the oldest waiting health history row"
+            );
+        }
+        self.pending.push_back(pb::HealthRecording {
+            instance: settings.instance.clone(),
+            environment: settings.environment.clone(),
+            checks: Some(to_pb_struct(object)),
+        });
+        let mut request = tonic::Request::new(pb::RecordHealthRequest {
+            recordings: self.pending.iter().cloned().collect(),
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", self.authorization.clone());
+        ReplicationServiceClient::new(self.channel.clone())
+            .record_health(request)
+            .await
+            .map_err(|status| {
+                format!(
+                    "the upstream did not take it ({}): {}",
+                    code_name(status.code()),
+                    status.message()
+                )
+            })?;
+        self.pending.clear();
+        Ok(())
+    }
+}
+
 /// Records history until `stop` fires. The first row is written once the
 /// first round of checks has finished (the first change of status).
 pub async fn record(
     monitor: Arc<HealthMonitor>,
-    store: Store,
+    mut sink: HistorySink,
     settings: HistorySettings,
     stop: CancellationToken,
 ) {
@@ -102,13 +211,10 @@ pub async fn record(
         last_overall = Some(overall);
         let row = checks_json(overall, &checks);
         // Bounded, so a hung database cannot pile up recordings.
-        let recording =
-            tokio::time::timeout(settings.interval.max(Duration::from_secs(5)), async {
-                store
-                    .check_system_health(&settings.instance, &row, &settings.environment)
-                    .await?;
-                store.prune_health_history(settings.retention).await
-            });
+        let recording = tokio::time::timeout(
+            settings.interval.max(Duration::from_secs(5)),
+            sink.record(&settings, &row),
+        );
         let attempt = tokio::select! {
             () = stop.cancelled() => return,
             attempt = recording => attempt,

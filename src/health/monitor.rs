@@ -204,7 +204,7 @@ impl HealthMonitor {
     }
 
     fn is_critical(&self, check: &Check) -> bool {
-        if matches!(check.spec.target, Target::Database) {
+        if matches!(check.spec.target, Target::Database | Target::Upstream) {
             check.spec.critical && self.database_critical.load(Ordering::SeqCst)
         } else {
             check.spec.critical
@@ -273,7 +273,7 @@ impl HealthMonitor {
         gauge!(CHECK_FAILURES, "check" => name).set(f64::from(failures));
         if before != after
             && after == CheckState::Failing
-            && matches!(check.spec.target, Target::Database)
+            && matches!(check.spec.target, Target::Database | Target::Upstream)
         {
             self.freshness.doubt_listener();
         }

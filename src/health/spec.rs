@@ -17,6 +17,8 @@ use super::redact::{Redactor, redact_url};
 
 /// The name readyd's own database check always has.
 pub const DATABASE_CHECK: &str = "database";
+/// The name of a follower's own check of its upstream.
+pub const UPSTREAM_CHECK: &str = "upstream";
 
 /// Longest check name (its probe name is `dep.<name>`).
 pub const MAX_CHECK_NAME_LEN: usize = 64;
@@ -40,6 +42,9 @@ pub const MAX_FAILURES: u32 = 1000;
 pub enum Target {
     /// readyd's own database, through its pool.
     Database,
+    /// A follower's upstream readyd: grpc.health.v1 Check of the server,
+    /// over the follower's own connection.
+    Upstream,
     /// `postgres://` or `postgresql://`: connect and `SELECT 1`.
     Postgres(String),
     /// `redis://` or `rediss://`: PING.
@@ -77,6 +82,7 @@ impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Database => f.write_str("Database"),
+            Self::Upstream => f.write_str("Upstream"),
             Self::Postgres(url) => write!(f, "Postgres({})", redact_url(url)),
             Self::Redis(url) => write!(f, "Redis({})", redact_url(url)),
             Self::Amqp(url) => write!(f, "Amqp({})", redact_url(url)),
@@ -188,10 +194,10 @@ pub fn parse_entry(entry: &str) -> Result<CheckSpec, CheckSpecError> {
              '_', '.' and '-', starting with a letter or digit, at most {MAX_CHECK_NAME_LEN} characters"
         )));
     }
-    if name == DATABASE_CHECK {
+    if name == DATABASE_CHECK || name == UPSTREAM_CHECK {
         return Err(CheckSpecError(format!(
-            "check {name:?}: the name is readyd's own database check; choose another name \
-             (tune it with --database-check)"
+            "check {name:?}: the name is readyd's own check of its database or upstream; choose \
+             another name (tune it with --database-check)"
         )));
     }
     parse_url(name, url)
@@ -406,11 +412,25 @@ fn target_of(url: &Url, min_free: Option<&str>) -> Result<Target, String> {
 /// `interval=5s&timeout=1s&failures=2` (`critical` is accepted too).
 /// `display` is how the database is shown (its URL without password).
 pub fn database_check(params: &str, display: &str) -> Result<CheckSpec, CheckSpecError> {
-    let fail = |message: String| {
-        CheckSpecError(format!(
-            "check {DATABASE_CHECK:?} (--database-check): {message}"
-        ))
-    };
+    source_check(DATABASE_CHECK, Target::Database, params, display)
+}
+
+/// The spec of a follower's own check of its upstream, tuned by the same
+/// `--database-check` parameters as a database check.
+pub fn upstream_check(params: &str, display: &str) -> Result<CheckSpec, CheckSpecError> {
+    source_check(UPSTREAM_CHECK, Target::Upstream, params, display)
+}
+
+/// readyd's check of where its data comes from: critical until the first
+/// snapshot has loaded, then not (see the health monitor).
+fn source_check(
+    name: &str,
+    target: Target,
+    params: &str,
+    display: &str,
+) -> Result<CheckSpec, CheckSpecError> {
+    let fail =
+        |message: String| CheckSpecError(format!("check {name:?} (--database-check): {message}"));
     let params = params.trim().trim_start_matches('?');
     let url = Url::parse(&format!("readyd:database?{params}"))
         .map_err(|err| fail(format!("{params:?} is not a query string ({err})")))?;
@@ -425,8 +445,8 @@ pub fn database_check(params: &str, display: &str) -> Result<CheckSpec, CheckSpe
     }
     let (critical, interval, timeout, failures) = common_params(&raw).map_err(fail)?;
     Ok(CheckSpec {
-        name: DATABASE_CHECK.to_owned(),
-        target: Target::Database,
+        name: name.to_owned(),
+        target,
         display: display.to_owned(),
         redactor: Redactor::default(),
         critical,
@@ -523,7 +543,11 @@ mod tests {
         let cases = [
             ("cache", "not NAME=URL"),
             ("Cache=redis://h:1", "not a valid check name"),
-            ("database=redis://h:1", "readyd's own database check"),
+            ("database=redis://h:1", "readyd's own check of its database"),
+            (
+                "upstream=redis://h:1",
+                "readyd's own check of its database or upstream",
+            ),
             ("x=ftp://h", "scheme \"ftp\" is not supported"),
             ("x=redis://u:hunter2@h:1?interval=soon", "interval=\"soon\""),
             ("x=redis://u:hunter2@h:1?interval=1ms", "too short"),

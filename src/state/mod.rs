@@ -17,8 +17,8 @@ use arc_swap::ArcSwap;
 use metrics::gauge;
 use tokio::sync::{broadcast, watch};
 
-use crate::config::ConfigRow;
-use crate::flags::CompiledFlag;
+use crate::config::{ConfigRow, resolve};
+use crate::flags::{CompiledFlag, Flag};
 use crate::telemetry::{SNAPSHOT_CONFIGS, SNAPSHOT_FLAGS, SNAPSHOT_LAST_CHANGE, SNAPSHOT_VERSION};
 pub use freshness::Freshness;
 pub use snapshot::Snapshot;
@@ -55,6 +55,10 @@ pub enum Event {
         version: i64,
         /// The key.
         key: String,
+        /// The row's environment (`*` or a name).
+        environment: String,
+        /// The row as it is now; `None`: deleted.
+        row: Option<Arc<ConfigRow>>,
         /// What the key now resolves to in this instance's environment
         /// (`None`: nothing).
         resolved: Option<Arc<ConfigRow>>,
@@ -203,6 +207,79 @@ impl State {
         }
         self.version.send_replace(version);
         record_snapshot(&self.current.load());
+    }
+
+    /// Flag `key` changed at `version`: `Some` as it is now, `None` deleted.
+    /// A flag that fails validation (bad data written by plain SQL) is left
+    /// out, as a full load would: to a reader it is gone.
+    pub fn flag_changed(&self, version: i64, key: &str, flag: Option<Flag>) {
+        let current = self.snapshot();
+        if version <= current.version {
+            return;
+        }
+        let existed = current.flag(key).is_some();
+        let snapshot = current.with_flag(version, key, flag);
+        match snapshot.flag(key).cloned() {
+            Some(flag) => self.publish(
+                snapshot,
+                Event::FlagUpserted {
+                    version,
+                    flag,
+                    created: !existed,
+                },
+            ),
+            None if existed => self.publish(
+                snapshot,
+                Event::FlagDeleted {
+                    version,
+                    key: key.to_owned(),
+                },
+            ),
+            None => self.advance(version),
+        }
+    }
+
+    /// Configuration row (`key`, `environment`) changed at `version`: `Some`
+    /// as it is now, `None` deleted. `resolving_for` is the environment this
+    /// instance serves, which subscribers see resolved.
+    pub fn config_changed(
+        &self,
+        version: i64,
+        key: String,
+        environment: String,
+        row: Option<ConfigRow>,
+        resolving_for: &str,
+    ) {
+        let current = self.snapshot();
+        if version <= current.version {
+            return;
+        }
+        let before = resolve(&current.configs, &key, resolving_for).cloned();
+        let snapshot = current.with_config(version, &key, &environment, row);
+        let row = snapshot
+            .configs
+            .get(&(key.clone(), environment.clone()))
+            .cloned();
+        let resolved = resolve(&snapshot.configs, &key, resolving_for).cloned();
+        let resolved_changed = before != resolved;
+        self.publish(
+            snapshot,
+            Event::ConfigChanged {
+                version,
+                key,
+                environment,
+                row,
+                resolved,
+                resolved_changed,
+            },
+        );
+    }
+
+    /// Replaces the whole snapshot (a full reload, or a fresh snapshot from
+    /// an upstream).
+    pub fn resync(&self, snapshot: Snapshot) {
+        let version = snapshot.version;
+        self.publish(snapshot, Event::Resync { version });
     }
 
     /// Moves the version forward without a change anyone here serves (see

@@ -24,8 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::change_log::{ChangedRow, LoggedChange};
 use super::flags::decode_rows;
 use super::{CHANGE_CHANNEL, CHANGE_LOCK_KEY, Store, StoreError};
-use crate::config::{ConfigRow, resolve};
-use crate::state::{Event, Snapshot, State};
+use crate::state::{Snapshot, State};
 
 /// Changes read from the log per query; a longer backlog takes several.
 const BATCH: i64 = 1000;
@@ -214,7 +213,7 @@ impl ChangeListener {
                             flags = snapshot.flags.len(),
                             "reloaded everything"
                         );
-                        state.publish(snapshot, Event::Resync { version });
+                        state.resync(snapshot);
                         if freshness.current() {
                             tracing::info!(version, "the data is current again (no longer STALE)");
                         }
@@ -313,34 +312,17 @@ impl ChangeListener {
                 Some(Next::Reload)
             }
             ("feature_flags", "insert" | "update", Some(key)) => {
-                match change.row {
-                    Some(ChangedRow::Flag(flag)) if flag.version == version => {
-                        publish_flag(
-                            state,
-                            current.with_flag(version, &key, Some(flag)),
-                            version,
-                            key,
-                        );
-                    }
-                    // Unreadable (bad data written by plain SQL): to a
-                    // reader it is gone, as a full load would leave it out.
-                    _ if current.flag(&key).is_some() => state.publish(
-                        current.with_flag(version, &key, None),
-                        Event::FlagDeleted { version, key },
-                    ),
-                    _ => state.advance(version),
-                }
+                // An unreadable row is gone to a reader, as a full load
+                // would leave it out.
+                let flag = match change.row {
+                    Some(ChangedRow::Flag(flag)) if flag.version == version => Some(flag),
+                    _ => None,
+                };
+                state.flag_changed(version, &key, flag);
                 None
             }
             ("feature_flags", "delete", Some(key)) => {
-                if current.flag(&key).is_some() {
-                    state.publish(
-                        current.with_flag(version, &key, None),
-                        Event::FlagDeleted { version, key },
-                    );
-                } else {
-                    state.advance(version);
-                }
+                state.flag_changed(version, &key, None);
                 None
             }
             ("app_config", op, Some(key)) => {
@@ -356,7 +338,7 @@ impl ChangeListener {
                     // A delete, or an unreadable row: gone to a reader.
                     _ => None,
                 };
-                self.publish_config(state, &current, version, key, environment, row);
+                state.config_changed(version, key, environment, row, &self.environment);
                 None
             }
             // A table this readyd does not serve (a newer one).
@@ -365,49 +347,5 @@ impl ChangeListener {
                 None
             }
         }
-    }
-
-    /// Publishes a change of configuration row (`key`, `environment`).
-    fn publish_config(
-        &self,
-        state: &State,
-        current: &Snapshot,
-        version: i64,
-        key: String,
-        environment: String,
-        row: Option<ConfigRow>,
-    ) {
-        let before = resolve(&current.configs, &key, &self.environment).cloned();
-        let snapshot = current.with_config(version, &key, &environment, row);
-        let resolved = resolve(&snapshot.configs, &key, &self.environment).cloned();
-        let resolved_changed = before != resolved;
-        state.publish(
-            snapshot,
-            Event::ConfigChanged {
-                version,
-                key,
-                resolved,
-                resolved_changed,
-            },
-        );
-    }
-}
-
-/// Publishes `snapshot`, in which flag `key` changed at `version`.
-fn publish_flag(state: &State, snapshot: Snapshot, version: i64, key: String) {
-    match snapshot.flag(&key).cloned() {
-        Some(flag) => {
-            let created = state.snapshot().flag(&key).is_none();
-            state.publish(
-                snapshot,
-                Event::FlagUpserted {
-                    version,
-                    flag,
-                    created,
-                },
-            );
-        }
-        // The row was invalid and is left out: to a reader it is gone.
-        None => state.publish(snapshot, Event::FlagDeleted { version, key }),
     }
 }

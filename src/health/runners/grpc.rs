@@ -65,7 +65,7 @@ impl GrpcRunner {
 }
 
 /// A failed Check, e.g. `grpc.health.v1 Check: NOT_FOUND: unknown service`.
-fn describe_status(status: &tonic::Status) -> String {
+pub(super) fn describe_status(status: &tonic::Status) -> String {
     let code = code_name(status.code());
     let message = status.message();
     if message.is_empty() {

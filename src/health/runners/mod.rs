@@ -17,6 +17,7 @@ mod nats;
 mod postgres;
 mod redis;
 mod tcp;
+mod upstream;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -52,6 +53,8 @@ pub enum Runner {
     Tcp(tcp::TcpRunner),
     /// A directory: writable, with enough free space.
     File(file::FileRunner),
+    /// A follower's upstream readyd.
+    Upstream(upstream::UpstreamRunner),
 }
 
 impl fmt::Debug for Runner {
@@ -67,17 +70,23 @@ impl fmt::Debug for Runner {
             Self::Grpc(runner) => runner.fmt(f),
             Self::Tcp(runner) => runner.fmt(f),
             Self::File(runner) => runner.fmt(f),
+            Self::Upstream(runner) => runner.fmt(f),
         }
     }
 }
 
 impl Runner {
     /// Builds the runner for `target`. `pool` is readyd's own database pool
-    /// (used by [`Target::Database`]).
+    /// (used by [`Target::Database`]); `upstream` a follower's connection to
+    /// its upstream (used by [`Target::Upstream`]).
     ///
     /// Err(message) for a target that cannot be built (message without
     /// secrets).
-    pub fn new(target: &Target, pool: &sqlx::PgPool) -> Result<Runner, String> {
+    pub fn new(
+        target: &Target,
+        pool: Option<&sqlx::PgPool>,
+        upstream: Option<&crate::client::channel::RetryingChannel>,
+    ) -> Result<Runner, String> {
         if matches!(
             target,
             Target::Redis(_) | Target::Amqp(_) | Target::Nats(_) | Target::Http(_)
@@ -87,7 +96,12 @@ impl Runner {
             install_crypto_provider();
         }
         let runner = match target {
-            Target::Database => Self::Database(database::DatabaseRunner::new(pool)),
+            Target::Database => Self::Database(database::DatabaseRunner::new(
+                pool.ok_or("this readyd has no database to check")?,
+            )),
+            Target::Upstream => Self::Upstream(upstream::UpstreamRunner::new(
+                upstream.ok_or("this readyd follows no upstream")?.clone(),
+            )),
             Target::Postgres(url) => Self::Postgres(Box::new(
                 postgres::PostgresRunner::new(url).map_err(scrub_for(url))?,
             )),
@@ -124,6 +138,7 @@ impl Runner {
             Self::Grpc(runner) => runner.run().await,
             Self::Tcp(runner) => runner.run().await,
             Self::File(runner) => runner.run().await,
+            Self::Upstream(runner) => runner.run().await,
         };
         // The caller scrubs as well; doing it here keeps a secret that a
         // driver echoed out of the message whoever the caller is.
@@ -141,7 +156,11 @@ impl Runner {
             Self::Amqp(runner) => Some(runner.redactor()),
             Self::Nats(runner) => Some(runner.redactor()),
             Self::Http(runner) => Some(runner.redactor()),
-            Self::Database(_) | Self::Grpc(_) | Self::Tcp(_) | Self::File(_) => None,
+            Self::Database(_)
+            | Self::Grpc(_)
+            | Self::Tcp(_)
+            | Self::File(_)
+            | Self::Upstream(_) => None,
         }
     }
 }
