@@ -230,6 +230,17 @@ impl Follower {
                     match opened {
                         Ok((stream, environments)) => {
                             need_snapshot = false;
+                            match since {
+                                Some(since) => tracing::info!(
+                                    upstream = %self.upstream,
+                                    since_version = since,
+                                    "following the upstream again (resumed after the version held)"
+                                ),
+                                None => tracing::info!(
+                                    upstream = %self.upstream,
+                                    "following the upstream (from a snapshot)"
+                                ),
+                            }
                             (stream, environments, Progress::default())
                         }
                         Err(err) => {
