@@ -36,6 +36,7 @@ use crate::snapshot_file;
 use crate::source::{Parts, Source};
 use crate::startup::Started;
 use crate::telemetry;
+use crate::tls;
 
 /// Largest message readyd accepts or sends. gRPC's usual 4 MiB, stated
 /// explicitly: most clients refuse larger messages by default, so large
@@ -68,6 +69,8 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         source,
         listener,
         flagd_listener,
+        probe_listener,
+        tls,
         metrics_addr,
         state,
         source_check,
@@ -135,12 +138,14 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let grpc_health = pb::grpc_health_v1::health_server::HealthServer::new(GrpcHealth::new(
-        Arc::clone(&probes),
-        Arc::clone(&streams),
-    ))
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let grpc_health = || {
+        pb::grpc_health_v1::health_server::HealthServer::new(GrpcHealth::new(
+            Arc::clone(&probes),
+            Arc::clone(&streams),
+        ))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    };
     let health = pb::readyd::v1::health_service_server::HealthServiceServer::new(HealthApi::new(
         database.clone(),
         Arc::clone(&monitor),
@@ -247,7 +252,8 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
     };
 
     // The flagd-only port, for providers that expect flagd's own: the same
-    // layers, only the flagd services; it stops accepting with the main one.
+    // layers, only the flagd services; it stops accepting with the main one,
+    // as does the probe port.
     let flagd_stop = CancellationToken::new();
     let flagd_server = flagd_listener.map(|listener| {
         let addr = listener.local_addr().ok();
@@ -267,6 +273,26 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         )
     });
 
+    // The plaintext probe port, for kubelet gRPC probes when the main port
+    // speaks TLS: grpc.health.v1 only.
+    let probe_addr = probe_listener
+        .as_ref()
+        .and_then(|listener| listener.local_addr().ok());
+    let probe_server = probe_listener.map(|listener| {
+        let router = Server::builder()
+            .max_concurrent_streams(Some(settings.limits.per_connection))
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .layer(ObserveLayer::shared(Arc::clone(&known)))
+            .layer(AuthLayer::new(Arc::clone(&tokens)))
+            .add_service(grpc_health());
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let stop = flagd_stop.clone();
+        tokio::spawn(
+            router.serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await }),
+        )
+    });
+
     let router = Server::builder()
         .max_concurrent_streams(Some(settings.limits.per_connection))
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
@@ -276,7 +302,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         .layer(AuthLayer::new(tokens))
         .add_service(flagd_v1())
         .add_service(flagd_v2())
-        .add_service(grpc_health)
+        .add_service(grpc_health())
         .add_service(health)
         .add_service(flags)
         .add_service(config)
@@ -287,13 +313,27 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
 
     // Stop accepting only after the probes have turned NOT_SERVING.
     let (stop_accepting, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+    let stopped_accepting = async move {
         let _ = stop_accepting_rx.await;
-    }));
+    };
+    let tls_end = CancellationToken::new();
+    let is_tls = tls.is_some();
+    let mut server = match tls {
+        Some(tls) => {
+            tokio::spawn(tls::keep_reloaded(tls.files, tls.served, tls_end.clone()));
+            let incoming = tls::incoming(listener, tls.acceptor, tls_end.clone());
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped_accepting))
+        }
+        None => {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped_accepting))
+        }
+    };
 
     tracing::info!(
         listen = %local_addr.map_or_else(|| "?".to_owned(), |addr| addr.to_string()),
+        tls = is_tls,
+        probe = %probe_addr.map_or_else(|| "off".to_owned(), |addr| addr.to_string()),
         metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |addr| addr.to_string()),
         environment = %settings.environment,
         instance = %settings.instance,
@@ -326,6 +366,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
             streams.end_all();
             follows.end_all();
             let _ = stop_accepting.send(());
+            tls_end.cancel();
             flagd_stop.cancel();
             match tokio::time::timeout(settings.shutdown_timeout, &mut server).await {
                 Ok(result) => flatten(result),
@@ -339,6 +380,14 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
     };
 
     flagd_stop.cancel();
+    tls_end.cancel();
+    if let Some(mut probe_server) = probe_server
+        && tokio::time::timeout(Duration::from_secs(1), &mut probe_server)
+            .await
+            .is_err()
+    {
+        probe_server.abort();
+    }
     if let Some(mut flagd_server) = flagd_server {
         // The main server's drain has had the shutdown timeout: whatever
         // the flagd port still holds is cut short.

@@ -22,3 +22,4 @@ pub mod signals;
 pub mod snapshot_file;
 pub mod source;
 pub mod state;
+pub mod tls;

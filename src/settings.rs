@@ -13,6 +13,7 @@ use sqlx::postgres::PgConnectOptions;
 use crate::flags::is_valid_environment;
 use crate::health::redact::redact_url;
 use crate::health::spec::{CheckSpec, database_check, parse_checks, upstream_check};
+use crate::tls::TlsFiles;
 
 /// The flags shared by `serve` and `check`: everything a running readyd needs.
 ///
@@ -110,6 +111,20 @@ pub struct ServeArgs {
     /// at once).
     #[arg(long, env = "READYD_STALE_AFTER", default_value = "10s")]
     pub stale_after: String,
+
+    /// Certificate chain (PEM) to serve TLS with, together with --tls-key.
+    /// Both files are read again when they change (certificate rotation).
+    #[arg(long, env = "READYD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "READYD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// An extra plaintext address serving only grpc.health.v1, for kubelet
+    /// gRPC probes (which speak no TLS) when --tls-cert is set, or `off`.
+    #[arg(long, env = "READYD_PROBE_LISTEN", default_value = "off")]
+    pub probe_listen: String,
 
     /// An extra address serving only the flagd evaluation protocol, for
     /// OpenFeature flagd providers that expect flagd's port (usually
@@ -272,6 +287,10 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     /// The extra flagd-only address; None when off.
     pub flagd_listen: Option<SocketAddr>,
+    /// Certificate and key to serve TLS with; None for plaintext.
+    pub tls: Option<TlsFiles>,
+    /// The extra plaintext grpc.health.v1-only address; None when off.
+    pub probe_listen: Option<SocketAddr>,
     /// Limits on open streams.
     pub limits: StreamLimits,
 }
@@ -499,6 +518,26 @@ impl Settings {
             "0.0.0.0:8013",
             &mut errors,
         );
+        let probe_listen = optional_address(
+            "--probe-listen (READYD_PROBE_LISTEN)",
+            &args.probe_listen,
+            "0.0.0.0:50052",
+            &mut errors,
+        );
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => None,
+            _ => {
+                errors.push(SettingsError::new(
+                    "--tls-cert (READYD_TLS_CERT)",
+                    "--tls-cert and --tls-key go together: set both, or neither",
+                ));
+                None
+            }
+        };
         for (setting, value) in [
             (
                 "--max-streams-per-connection (READYD_MAX_STREAMS_PER_CONNECTION)",
@@ -539,6 +578,7 @@ impl Settings {
             stale_after,
             metrics_listen,
             flagd_listen,
+            probe_listen,
         ) {
             (
                 Some(listen),
@@ -551,6 +591,7 @@ impl Settings {
                 Some(stale_after),
                 Some(metrics_listen),
                 Some(flagd_listen),
+                Some(probe_listen),
             ) if errors.is_empty() => Ok(Self {
                 listen,
                 database,
@@ -570,6 +611,8 @@ impl Settings {
                 stale_after,
                 metrics_listen,
                 flagd_listen,
+                tls,
+                probe_listen,
                 limits,
             }),
             _ => Err(errors),

@@ -30,6 +30,7 @@ use crate::state::{Freshness, Snapshot, State};
 use crate::store::listener::ChangeListener;
 use crate::store::{SchemaProblem, Store, StoreError};
 use crate::telemetry;
+use crate::tls::ServingTls;
 
 /// One thing that stops readyd from starting.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +83,10 @@ pub struct Started {
     pub listener: TcpListener,
     /// The bound flagd-only listener, when `--flagd-listen` is set.
     pub flagd_listener: Option<TcpListener>,
+    /// The bound plaintext probe listener, when `--probe-listen` is set.
+    pub probe_listener: Option<TcpListener>,
+    /// TLS for the gRPC listener, when `--tls-cert` is set.
+    pub tls: Option<ServingTls>,
     /// Where `/metrics` is served, when it is.
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// The in-memory state, loaded.
@@ -97,6 +102,11 @@ pub struct Started {
 /// migrations, no listening).
 pub async fn check(args: &ServeArgs) -> StartupReport {
     let (mut report, settings, reached) = run_checks(args, false).await;
+    if let Some(files) = settings.as_ref().and_then(|settings| settings.tls.as_ref())
+        && let Err(problem) = ServingTls::load(files)
+    {
+        report.push("--tls-cert (READYD_TLS_CERT)", problem);
+    }
     if let (Reached::Follower, Some(settings)) = (&reached, &settings) {
         // The upstream answers, speaks this protocol and takes the token.
         if let Err(problem) = try_following(settings).await {
@@ -160,6 +170,8 @@ pub async fn prepare(args: &ServeArgs) -> Result<Started, StartupReport> {
     let Bound {
         listener,
         flagd_listener,
+        probe_listener,
+        tls,
         metrics_addr,
     } = bind(settings.as_ref(), &mut report).await;
     let runners = match (&settings, &database) {
@@ -186,6 +198,8 @@ pub async fn prepare(args: &ServeArgs) -> Result<Started, StartupReport> {
                     },
                     listener,
                     flagd_listener,
+                    probe_listener,
+                    tls,
                     metrics_addr,
                     state: Arc::new(State::with_freshness(snapshot, freshness)),
                     source_check,
@@ -216,6 +230,10 @@ struct Bound {
     listener: Option<TcpListener>,
     /// The flagd-only listener, when asked for.
     flagd_listener: Option<TcpListener>,
+    /// The plaintext probe listener, when asked for.
+    probe_listener: Option<TcpListener>,
+    /// The loaded certificate, when TLS is asked for.
+    tls: Option<ServingTls>,
     /// Where `/metrics` is served, when it is.
     metrics_addr: Option<std::net::SocketAddr>,
 }
@@ -249,6 +267,29 @@ async fn bind(settings: Option<&Settings>, report: &mut StartupReport) -> Bound 
         },
         None => None,
     };
+    let probe_listener = match settings.as_ref().and_then(|settings| settings.probe_listen) {
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(err) => {
+                report.push(
+                    "--probe-listen (READYD_PROBE_LISTEN)",
+                    format!("cannot listen on {addr}: {err}"),
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let tls = match settings.as_ref().and_then(|settings| settings.tls.as_ref()) {
+        Some(files) => match ServingTls::load(files) {
+            Ok(tls) => Some(tls),
+            Err(problem) => {
+                report.push("--tls-cert (READYD_TLS_CERT)", problem);
+                None
+            }
+        },
+        None => None,
+    };
     // The exporter binds now, so a taken port is a start-up problem.
     let mut metrics_addr = None;
     if let Some(addr) = settings
@@ -264,6 +305,8 @@ async fn bind(settings: Option<&Settings>, report: &mut StartupReport) -> Bound 
     Bound {
         listener,
         flagd_listener,
+        probe_listener,
+        tls,
         metrics_addr,
     }
 }
@@ -344,6 +387,8 @@ async fn prepare_follower(
     let Bound {
         listener,
         flagd_listener,
+        probe_listener,
+        tls,
         metrics_addr,
     } = bind(Some(&settings), &mut report).await;
     let runners = build_runners(&settings, None, Some(&channel), &mut report);
@@ -362,6 +407,8 @@ async fn prepare_follower(
                 settings,
                 listener,
                 flagd_listener,
+                probe_listener,
+                tls,
                 metrics_addr,
                 source_check,
                 checks,

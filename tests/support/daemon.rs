@@ -113,11 +113,15 @@ impl DaemonCommand {
         drop(tx);
         let json = self.json;
         let mut seen = Vec::new();
-        let (addr, metrics) = tokio::time::timeout(START_TIMEOUT, async {
+        let (addr, metrics, probe) = tokio::time::timeout(START_TIMEOUT, async {
             while let Some(line) = lines.recv().await {
                 seen.push(line.clone());
                 if let Some(addr) = serving_field(&line, json, "listen") {
-                    return (addr, serving_field(&line, json, "metrics"));
+                    return (
+                        addr,
+                        serving_field(&line, json, "metrics"),
+                        serving_field(&line, json, "probe"),
+                    );
                 }
             }
             panic!("readyd exited before serving:\n{}", seen.join("\n"));
@@ -140,6 +144,7 @@ impl DaemonCommand {
             child,
             addr,
             metrics,
+            probe,
             lines: replay,
             read: Vec::new(),
         }
@@ -172,6 +177,8 @@ pub struct Daemon {
     /// Where it serves `/metrics`, when it does (`--metrics-listen
     /// 127.0.0.1:0` picks a free port, race-free).
     pub metrics: Option<SocketAddr>,
+    /// Where it serves plaintext probes, when it does (`--probe-listen`).
+    pub probe: Option<SocketAddr>,
     lines: mpsc::UnboundedReceiver<String>,
     /// Lines read by [`Daemon::wait_for_log`], still owed to `log_lines`.
     read: Vec<String>,

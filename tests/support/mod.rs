@@ -229,6 +229,9 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
         // One exporter per process; the metrics tests run the binary.
         metrics_listen: "off".into(),
         flagd_listen: "off".into(),
+        tls_cert: None,
+        tls_key: None,
+        probe_listen: "off".into(),
         max_streams_per_connection: readyd::settings::DEFAULT_MAX_STREAMS_PER_CONNECTION,
         max_watch_streams: readyd::settings::DEFAULT_MAX_WATCH_STREAMS,
         max_follow_streams: readyd::settings::DEFAULT_MAX_FOLLOW_STREAMS,
