@@ -12,6 +12,8 @@
 //!   from a running upstream resumes without a snapshot;
 //! - sensitive values reach a follower and stay redacted to its non-admin
 //!   readers, while the upstream's admin token shows them;
+//! - a follower that stops reading gets a fresh snapshot once it reads
+//!   again, while the others get every change meanwhile;
 //! - database reads (audit, deployments, history) go up, and a follower
 //!   serving another environment's follower widens what it holds.
 
@@ -693,5 +695,123 @@ async fn a_follower_shuts_down_cleanly() {
     evaluate(&u.channel().await, "dark_mode")
         .await
         .expect("the upstream serves on");
+    u.stop().await;
+}
+
+/// Opens a Follow stream on `channel` with the replication token.
+async fn follow(channel: &Channel, instance: &str) -> tonic::Streaming<pb::FollowResponse> {
+    ReplicationServiceClient::new(channel.clone())
+        .follow(with_token(
+            pb::FollowRequest {
+                protocol: readyd::relay::PROTOCOL,
+                environments: vec!["prod".into()],
+                since_version: None,
+                instance: instance.into(),
+            },
+            REPLICATION_TOKEN,
+        ))
+        .await
+        .expect("follow")
+        .into_inner()
+}
+
+/// Reads `stream` until `done` holds for a message (bounded in time).
+async fn read_until(
+    stream: &mut tonic::Streaming<pb::FollowResponse>,
+    what: &str,
+    mut done: impl FnMut(&pb::follow_response::Event) -> bool,
+) {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let message = stream
+                .message()
+                .await
+                .unwrap_or_else(|status| panic!("{what}: {status:?}"))
+                .unwrap_or_else(|| panic!("{what}: the stream ended"));
+            if message.event.as_ref().is_some_and(&mut done) {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: not within 60s"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_falls_behind_gets_a_fresh_snapshot_without_slowing_the_others() {
+    use pb::follow_response::Event;
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let u = upstream(&db, dir.path()).start().await;
+    // Two followers on connections of their own: one stops reading.
+    let mut slow = follow(&u.channel().await, "slow").await;
+    let mut fast = follow(&u.channel().await, "fast").await;
+    for (stream, name) in [(&mut slow, "slow"), (&mut fast, "fast")] {
+        read_until(
+            stream,
+            name,
+            |event| matches!(event, Event::Snapshot(snapshot) if snapshot.last),
+        )
+        .await;
+    }
+
+    // More changes than the upstream keeps for a follower, and more bytes
+    // than HTTP/2 flow control and the stream's buffer hold for one that
+    // does not read.
+    sqlx::query(
+        "INSERT INTO feature_flags (key, value_type, on_value, off_value) \
+         SELECT 'bulk-' || i, 'string', to_jsonb(repeat('x', 4000)), '\"\"' \
+         FROM generate_series(1, 2500) AS i",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("bulk insert");
+    sqlx::query("INSERT INTO feature_flags (key, enabled) VALUES ('marker', true)")
+        .execute(&db.pool)
+        .await
+        .expect("marker");
+    let marker_version: i64 =
+        sqlx::query_scalar("SELECT version FROM feature_flags WHERE key = 'marker'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("marker version");
+
+    // The reading follower gets every change, the marker last, while the
+    // other one still reads nothing.
+    read_until(
+        &mut fast,
+        "fast",
+        |event| matches!(event, Event::Change(change) if change.version == marker_version),
+    )
+    .await;
+
+    // The one that fell behind is sent a fresh snapshot that holds the
+    // marker, instead of the changes it missed.
+    let mut snapshot_rows = 0;
+    let mut in_snapshot = false;
+    let mut changes_read = 0;
+    read_until(&mut slow, "slow", |event| match event {
+        Event::Change(_) => {
+            changes_read += 1;
+            false
+        }
+        Event::Snapshot(snapshot) => {
+            if snapshot.first {
+                in_snapshot = true;
+                snapshot_rows = 0;
+            }
+            snapshot_rows += snapshot.rows.len();
+            in_snapshot
+                && snapshot.last
+                && snapshot.version >= marker_version
+                && snapshot_rows >= 2501
+        }
+        _ => false,
+    })
+    .await;
+    assert!(
+        changes_read < 2501,
+        "the follower that fell behind was sent a snapshot, not every change ({changes_read} read)"
+    );
     u.stop().await;
 }
