@@ -9,18 +9,24 @@
 //! - `model`: the data types ([`Flag`], [`EvaluationContext`], [`Evaluation`]);
 //! - `validate`: upsert input ([`FlagDraft`]) and its rules;
 //! - `evaluate`: [`CompiledFlag`] and the priority list of [`evaluate`];
-//! - `bucket`: the Unleash-compatible rollout [`bucket`].
+//! - `bucket`: the Unleash-compatible rollout [`bucket`];
+//! - `constraint`: targeting constraints ([`Constraint`]), checked and
+//!   compiled once, evaluated without parsing;
+//! - `split`: the Unleash-compatible weighted split ([`split::choose`]).
 
 // Evaluation runs inside request handling, where a panic would take a
 // request (or a task) down; tests may unwrap freely.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod bucket;
+pub mod constraint;
 mod evaluate;
 mod model;
+pub mod split;
 mod validate;
 
 pub use bucket::bucket;
+pub use constraint::{CompiledConstraint, Constraint, ConstraintError, Operator, Surroundings};
 pub use evaluate::{CompiledFlag, evaluate};
 pub use model::{
     Evaluation, EvaluationContext, Flag, Reason, UnknownValueType, ValueType, Variant,
