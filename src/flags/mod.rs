@@ -12,7 +12,9 @@
 //! - `bucket`: the Unleash-compatible rollout [`bucket`];
 //! - `constraint`: targeting constraints ([`Constraint`]), checked and
 //!   compiled once, evaluated without parsing;
-//! - `split`: the Unleash-compatible weighted split ([`split::choose`]).
+//! - `split`: the Unleash-compatible weighted split ([`split::choose`]);
+//! - `rules`: targeting rules and serves of flag model v2, with the path
+//!   an evaluation took for `explain`.
 
 // Evaluation runs inside request handling, where a panic would take a
 // request (or a task) down; tests may unwrap freely.
@@ -22,6 +24,7 @@ mod bucket;
 pub mod constraint;
 mod evaluate;
 mod model;
+pub mod rules;
 pub mod split;
 mod validate;
 
