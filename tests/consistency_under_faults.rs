@@ -402,6 +402,35 @@ struct FaultReport {
     kills_without_victim: usize,
     /// Kills skipped because the database could not be reached.
     kills_skipped: usize,
+    /// readyd's sessions each time a kill found no LISTEN connection, to
+    /// say what the listeners were doing instead.
+    sessions_without_victim: Vec<String>,
+}
+
+/// One row of `pg_stat_activity`: pid, state, query, ages.
+type SessionRow = (i32, Option<String>, Option<String>, Option<String>);
+
+/// readyd's sessions as `pg_stat_activity` shows them, one per line.
+async fn readyd_sessions(url: &str) -> String {
+    let Ok(mut admin) = connect(url, "readyd-test-faults").await else {
+        return "(database unreachable)".to_owned();
+    };
+    let rows: Result<Vec<SessionRow>, _> = sqlx::query_as(
+        "SELECT pid, state, left(query, 80), \
+                (now() - backend_start)::text || ' since start, ' || (now() - state_change)::text || ' in state' \
+         FROM pg_stat_activity WHERE application_name = 'readyd' ORDER BY pid",
+    )
+    .fetch_all(&mut admin)
+    .await;
+    let _ = admin.close().await;
+    match rows {
+        Ok(rows) => rows
+            .iter()
+            .map(|(pid, state, query, ages)| format!("{pid} {state:?} {query:?} {ages:?}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Err(err) => format!("(pg_stat_activity: {err})"),
+    }
 }
 
 /// Terminates readyd's LISTEN connections; how many, or None when the
@@ -447,6 +476,9 @@ async fn inflict(
                         Some(0) if Instant::now() < until => {}
                         Some(0) => {
                             report.kills_without_victim += 1;
+                            report
+                                .sessions_without_victim
+                                .push(readyd_sessions(cluster.url()).await);
                             break;
                         }
                         Some(killed) => {
@@ -655,8 +687,10 @@ async fn every_subscriber_ends_with_the_table_through_restarts_and_killed_listen
     );
     assert_eq!(faults.restarts, RESTARTS);
     assert_eq!(
-        faults.kills, LISTENER_KILLS,
-        "every kill finds a LISTEN connection within {KILL_PATIENCE:?}"
+        faults.kills,
+        LISTENER_KILLS,
+        "every kill finds a LISTEN connection within {KILL_PATIENCE:?}; readyd's sessions when one did not:\n{}",
+        faults.sessions_without_victim.join("\n--\n")
     );
 
     // Wait until everyone agrees with the table.
