@@ -183,7 +183,7 @@ async fn migrate(args: &DatabaseArgs) -> ExitCode {
             }
         }
     };
-    let outcome = match Store::connect(options, 1, settings.wait).await {
+    let outcome = match Store::connect(options, 1, settings.wait, settings.timeouts).await {
         Ok(store) => {
             let result = store.migrate().await;
             store.close().await;

@@ -13,6 +13,7 @@ use sqlx::postgres::PgConnectOptions;
 use crate::flags::is_valid_environment;
 use crate::health::redact::redact_url;
 use crate::health::spec::{CheckSpec, database_check, parse_checks, upstream_check};
+use crate::store::DbTimeouts;
 use crate::tls::TlsFiles;
 
 /// The flags shared by `serve` and `check`: everything a running readyd needs.
@@ -178,6 +179,19 @@ pub struct DatabaseArgs {
     #[arg(long, env = "READYD_DB_WAIT", default_value = "5s")]
     pub db_wait: String,
 
+    /// Longest one database statement of readyd may run, e.g. 5s (0: no
+    /// limit). A transaction of readyd's left idle that long is ended too.
+    /// Migrations are exempt.
+    #[arg(long, env = "READYD_DB_STATEMENT_TIMEOUT", default_value = "5s")]
+    pub db_statement_timeout: String,
+
+    /// Longest a database statement of readyd waits for a lock, e.g. 2s (0:
+    /// no limit). A write that another session blocks (say, a `psql` left
+    /// in a transaction after changing a flag) fails with UNAVAILABLE
+    /// after this; migrations are exempt.
+    #[arg(long, env = "READYD_DB_LOCK_TIMEOUT", default_value = "2s")]
+    pub db_lock_timeout: String,
+
     /// Do not apply migrations at start (`readyd migrate` applies them).
     #[arg(long, env = "READYD_NO_MIGRATE")]
     pub no_migrate: bool,
@@ -248,6 +262,8 @@ pub struct DatabaseSettings {
     pub wait: Duration,
     /// Whether to apply migrations at start.
     pub migrate: bool,
+    /// Bounds on statements and lock waits.
+    pub timeouts: DbTimeouts,
 }
 
 /// Validated settings of a running readyd.
@@ -353,6 +369,10 @@ impl SettingsError {
 /// Largest database pool readyd accepts; more is never what a sidecar wants.
 const MAX_POOL_SIZE: u32 = 100;
 
+/// Longest statement or lock timeout accepted (PostgreSQL takes at most
+/// 2^31 - 1 ms); longer is the same as no limit, which is spelled 0.
+const MAX_DB_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
 impl DatabaseSettings {
     /// Validates the database flags, collecting every problem.
     pub fn from_args(args: &DatabaseArgs) -> Result<Self, Vec<SettingsError>> {
@@ -385,20 +405,53 @@ impl DatabaseSettings {
             ));
         }
         let wait = parse_duration("--db-wait (READYD_DB_WAIT)", &args.db_wait, &mut errors);
+        let statement_timeout = parse_duration(
+            "--db-statement-timeout (READYD_DB_STATEMENT_TIMEOUT)",
+            &args.db_statement_timeout,
+            &mut errors,
+        );
+        let lock_timeout = parse_duration(
+            "--db-lock-timeout (READYD_DB_LOCK_TIMEOUT)",
+            &args.db_lock_timeout,
+            &mut errors,
+        );
+        for (setting, value) in [
+            (
+                "--db-statement-timeout (READYD_DB_STATEMENT_TIMEOUT)",
+                statement_timeout,
+            ),
+            ("--db-lock-timeout (READYD_DB_LOCK_TIMEOUT)", lock_timeout),
+        ] {
+            if let Some(value) = value
+                && value > MAX_DB_TIMEOUT
+            {
+                errors.push(SettingsError::new(
+                    setting,
+                    format!(
+                        "{} is too long; at most {} (0 for no limit)",
+                        humantime::format_duration(value),
+                        humantime::format_duration(MAX_DB_TIMEOUT)
+                    ),
+                ));
+            }
+        }
         if args.data_dir.as_os_str().is_empty() {
             errors.push(SettingsError::new(
                 "--data-dir (READYD_DATA_DIR)",
                 "must not be empty",
             ));
         }
-        match (source, wait) {
-            (Some(source), Some(wait)) if errors.is_empty() => Ok(Self {
-                source,
-                data_dir: args.data_dir.clone(),
-                pool_size: args.db_pool_size,
-                wait,
-                migrate: !args.no_migrate,
-            }),
+        match (source, wait, statement_timeout, lock_timeout) {
+            (Some(source), Some(wait), Some(statement), Some(lock)) if errors.is_empty() => {
+                Ok(Self {
+                    source,
+                    data_dir: args.data_dir.clone(),
+                    pool_size: args.db_pool_size,
+                    wait,
+                    migrate: !args.no_migrate,
+                    timeouts: DbTimeouts { statement, lock },
+                })
+            }
             _ => Err(errors),
         }
     }
@@ -867,6 +920,38 @@ mod tests {
         let errors = Settings::from_args(&raw).expect_err("invalid");
         let settings: Vec<_> = errors.iter().map(|e| e.setting).collect();
         assert_eq!(settings, ["--stale-after (READYD_STALE_AFTER)"]);
+    }
+
+    #[test]
+    fn database_waits_are_bounded_by_default_and_zero_lifts_the_bound() {
+        let mut raw = args(&[]);
+        raw.database.database_url = None;
+        raw.admin_token = None;
+        raw.read_token = None;
+        let settings = Settings::from_args(&raw).expect("defaults are valid");
+        assert_eq!(
+            settings.database.timeouts,
+            DbTimeouts {
+                statement: Duration::from_secs(5),
+                lock: Duration::from_secs(2),
+            }
+        );
+        raw.database.db_statement_timeout = "0".into();
+        raw.database.db_lock_timeout = "250ms".into();
+        let settings = Settings::from_args(&raw).expect("valid");
+        assert_eq!(settings.database.timeouts.statement, Duration::ZERO);
+        assert_eq!(settings.database.timeouts.lock, Duration::from_millis(250));
+        raw.database.db_statement_timeout = "forever".into();
+        raw.database.db_lock_timeout = "30d".into();
+        let errors = Settings::from_args(&raw).expect_err("invalid");
+        let settings: Vec<_> = errors.iter().map(|e| e.setting).collect();
+        assert_eq!(
+            settings,
+            [
+                "--db-statement-timeout (READYD_DB_STATEMENT_TIMEOUT)",
+                "--db-lock-timeout (READYD_DB_LOCK_TIMEOUT)",
+            ]
+        );
     }
 
     #[test]

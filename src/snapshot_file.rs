@@ -6,8 +6,9 @@
 //! version, time written, payload length, and a SHA-256 of environment,
 //! version and payload), then the payload
 //! (JSON: every flag and config row). Written atomically (temporary file,
-//! fsync, rename, fsync of the directory) at most about once a second after
-//! changes and once more at shutdown, readable only by readyd's user: it
+//! fsync, rename, fsync of the directory) at once after a change that
+//! follows a quiet second, once per second during a burst of changes, and
+//! once more at shutdown, readable only by readyd's user: it
 //! holds sensitive config values, as the database does. A file that is
 //! truncated, corrupt, of another format or of another environment is
 //! refused with a reason, never half-read.
@@ -31,7 +32,8 @@ use crate::state::snapshot::Snapshot;
 pub const FORMAT: &str = "readyd-snapshot";
 /// The version of the file format this readyd writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
-/// Least time between two writes after changes.
+/// Least time between two writes after changes: a change within this time
+/// of the last write waits for it to pass, with the rest of its burst.
 pub const DEBOUNCE: Duration = Duration::from_secs(1);
 
 /// The header line.
@@ -232,8 +234,14 @@ async fn save(state: &State, path: &Path, environment: &str) {
 
 /// Keeps `path` holding the current snapshot: once at start (unless it was
 /// read from there), after changes and when data that was behind is current
-/// again (at most about once per [`DEBOUNCE`]), and a last time when `stop`
-/// fires. Each file carries the time its data was last known current.
+/// again, and a last time when `stop` fires. Each file carries the time its
+/// data was last known current.
+///
+/// Saves happen on the leading edge: a change that follows a quiet period is
+/// written at once, so an isolated change is on disk moments after it is
+/// served (a crash right after it loses nothing); the changes of a burst
+/// that arrive within [`DEBOUNCE`] of a save are coalesced into one more
+/// save when that time is up.
 pub async fn keep_saved(
     state: Arc<State>,
     path: PathBuf,
@@ -243,6 +251,9 @@ pub async fn keep_saved(
     let mut versions = state.watch_version();
     let mut catch_ups = state.freshness().catch_ups();
     let mut saved = *versions.borrow_and_update();
+    // When the file was last written for a change; None until then (the
+    // save at start begins no burst).
+    let mut saved_at: Option<tokio::time::Instant> = None;
     // A snapshot read back from disk is there already, with its own age:
     // rewriting it would make it look newer than it is.
     if !state.freshness().is_behind() {
@@ -256,13 +267,19 @@ pub async fn keep_saved(
             changed = versions.changed() => if changed.is_err() { break } else { false },
             changed = catch_ups.changed() => if changed.is_err() { break } else { true },
         };
-        // Let a burst of changes settle into one write.
-        tokio::select! {
-            () = stop.cancelled() => break,
-            () = tokio::time::sleep(DEBOUNCE) => {}
+        // Within DEBOUNCE of the last save, let the burst settle into one
+        // write at the end of that time; otherwise write now.
+        if let Some(next_save) = saved_at.map(|at| at + DEBOUNCE)
+            && next_save > tokio::time::Instant::now()
+        {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep_until(next_save) => {}
+            }
         }
         let current = *versions.borrow_and_update();
         if current != saved || caught_up {
+            saved_at = Some(tokio::time::Instant::now());
             save(&state, &path, &environment).await;
             saved = current;
         }

@@ -155,7 +155,11 @@ pub async fn prepare(args: &ServeArgs) -> Result<Started, StartupReport> {
                         saved_at = %saved.written_at,
                         "starting from the snapshot saved on disk: answers carry reason STALE until the database answers"
                     );
-                    let store = Store::lazy(*options, settings.database.pool_size);
+                    let store = Store::lazy(
+                        *options,
+                        settings.database.pool_size,
+                        settings.database.timeouts,
+                    );
                     let database = Database {
                         store,
                         private_pg: None,
@@ -479,7 +483,17 @@ async fn from_database(
     settings: &Settings,
 ) -> Result<(ChangeListener, Snapshot, Freshness), StoreError> {
     let changes = ChangeListener::connect(store, &settings.environment).await?;
-    let snapshot = store.load_snapshot().await?;
+    // A session holding the change lock makes the load time out
+    // (--db-lock-timeout): try again until --db-wait has passed.
+    let deadline = tokio::time::Instant::now() + settings.database.wait;
+    let snapshot = loop {
+        match store.load_snapshot().await {
+            Err(err @ StoreError::TimedOut(_)) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %err, "loading flags and configuration timed out; trying again");
+            }
+            loaded => break loaded?,
+        }
+    };
     Ok((changes, snapshot, Freshness::new(settings.stale_after)))
 }
 
@@ -606,7 +620,13 @@ async fn run_checks(args: &ServeArgs, migrate: bool) -> (StartupReport, Option<S
             }
         },
     };
-    let store = match Store::connect(options.clone(), db_settings.pool_size, db_settings.wait).await
+    let store = match Store::connect(
+        options.clone(),
+        db_settings.pool_size,
+        db_settings.wait,
+        db_settings.timeouts,
+    )
+    .await
     {
         Ok(store) => store,
         Err(err) => {

@@ -733,9 +733,14 @@ fn history_reads_back_exactly_what_was_recorded() {
         let db = TestDb::new().await;
         let server = TestServer::start(serve_args(&db.url)).await;
         let options: sqlx::postgres::PgConnectOptions = db.url.parse().expect("url");
-        let store = Store::connect(options, 2, Duration::from_secs(5))
-            .await
-            .expect("store");
+        let store = Store::connect(
+            options,
+            2,
+            Duration::from_secs(5),
+            readyd::store::DbTimeouts::default(),
+        )
+        .await
+        .expect("store");
         // Only this test's rows: the server's recorder writes its first row
         // after its first round of checks, then every 60 s; wait for that
         // row, then each case clears the table.

@@ -1,13 +1,17 @@
 //! The last-known-good snapshot on disk: a running readyd saves it at
-//! start, after changes (debounced) and at shutdown, for its environment.
+//! start, after changes (at once after a quiet spell, bursts coalesced) and
+//! at shutdown, for its environment.
 
 mod support;
 
 use std::path::Path;
 use std::time::Duration;
 
-use readyd::snapshot_file::{SavedSnapshot, path_for, read};
-use support::{TestDb, TestServer, serve_args};
+use readyd::api::pb::readyd::v1 as pb;
+use readyd::api::pb::readyd::v1::flag_service_client::FlagServiceClient;
+use readyd::snapshot_file::{DEBOUNCE, SavedSnapshot, path_for, read};
+use support::daemon::DaemonCommand;
+use support::{ADMIN_TOKEN, TestDb, TestServer, admin, serve_args};
 
 /// Polls the saved snapshot until `done` holds, failing after 20 s.
 async fn saved_until(
@@ -109,4 +113,64 @@ async fn a_running_readyd_keeps_its_snapshot_saved() {
             .flag("burst_0")
             .is_some_and(|flag| !flag.flag().enabled)
     );
+}
+
+/// `readyd serve` as a child process on `database_url`, keeping its
+/// snapshot in `data_dir`.
+fn daemon(database_url: &str, data_dir: &Path) -> DaemonCommand {
+    DaemonCommand::serve()
+        .env("DATABASE_URL", database_url)
+        .env("READYD_ADMIN_TOKEN", ADMIN_TOKEN)
+        .arg_path("--data-dir", data_dir)
+        .args(["--environment", "test"])
+}
+
+#[tokio::test]
+async fn a_flag_written_just_before_a_crash_is_served_after_a_restart_without_the_database() {
+    let db = TestDb::new().await;
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let path = path_for(data_dir.path(), "test");
+    let running = daemon(&db.url, data_dir.path()).start().await;
+    saved_until(&path, "at start", |_| true).await;
+
+    let written = FlagServiceClient::new(running.channel().await)
+        .upsert_flag(admin(pb::UpsertFlagRequest {
+            key: "last.words".into(),
+            enabled: Some(true),
+            ..Default::default()
+        }))
+        .await
+        .expect("upsert")
+        .into_inner()
+        .flag
+        .expect("the flag");
+    // An isolated change is saved on its leading edge: give the file a
+    // moment to change (well under the coalescing time, which a debounced
+    // save would wait out first), then crash whatever the file holds.
+    let deadline = tokio::time::Instant::now() + DEBOUNCE * 3 / 4;
+    while tokio::time::Instant::now() < deadline
+        && !read(&path, "test").is_ok_and(|saved| saved.snapshot.version >= written.version)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    running.kill().await;
+
+    // Started again with the database out of reach: the saved snapshot is
+    // served, last write included.
+    let restarted = daemon("postgres://postgres@127.0.0.1:1/readyd", data_dir.path())
+        .args(["--db-wait", "200ms"])
+        .start()
+        .await;
+    let answer = FlagServiceClient::new(restarted.channel().await)
+        .evaluate_flag(pb::EvaluateFlagRequest {
+            key: "last.words".into(),
+            context: None,
+        })
+        .await
+        .expect("the flag written before the crash is served")
+        .into_inner();
+    assert_eq!(answer.variant, "on");
+    assert_eq!(answer.reason(), pb::EvaluationReason::Stale);
+    assert_eq!(answer.flag_version, written.version);
+    restarted.stop().await;
 }

@@ -83,6 +83,15 @@ impl From<ApiError> for Status {
                     "the database is unreachable: reads are served from memory, changes need the database",
                 )
             }
+            ApiError::Store(StoreError::TimedOut(source)) => {
+                // Not ABORTED: that means a version conflict, and the
+                // caller would re-read and retry at once.
+                tracing::warn!(error = %source, "a database statement timed out");
+                Status::unavailable(
+                    "the database did not answer in time (a lock held by another session, or an \
+                     overloaded database); nothing was changed, try again later",
+                )
+            }
             ApiError::Store(other) => {
                 // Details go to the log; the caller gets no internals.
                 tracing::error!(error = %other, "database error");

@@ -19,10 +19,75 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 /// the database is unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
-fn listener_pool(options: PgConnectOptions) -> PgPool {
+/// The bounds on every statement of readyd's own sessions, so that a session
+/// holding a lock (e.g. someone's `psql` left idle in a transaction after an
+/// `UPDATE feature_flags`) makes writes fail after a while instead of
+/// holding pool connections forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbTimeouts {
+    /// `statement_timeout`: longest a statement may run (zero: no limit).
+    /// Also readyd's `idle_in_transaction_session_timeout`: a transaction
+    /// of readyd's never idles between statements for longer.
+    pub statement: Duration,
+    /// `lock_timeout`: longest a statement waits for a lock, the change lock
+    /// (an advisory lock) included (zero: no limit).
+    pub lock: Duration,
+}
+
+impl DbTimeouts {
+    /// Default of `--db-statement-timeout`.
+    pub const DEFAULT_STATEMENT: Duration = Duration::from_secs(5);
+    /// Default of `--db-lock-timeout`.
+    pub const DEFAULT_LOCK: Duration = Duration::from_secs(2);
+
+    /// The `SET` statements that apply these bounds to a session.
+    fn set_statements(&self) -> String {
+        // Whole milliseconds, computed here: nothing from outside reaches
+        // the SQL text.
+        // Zero is "no limit"; anything else is at least 1 ms.
+        let ms = |d: Duration| {
+            if d.is_zero() {
+                0
+            } else {
+                d.as_millis().clamp(1, i32::MAX as u128)
+            }
+        };
+        format!(
+            "SET statement_timeout = {}; SET lock_timeout = {}; \
+             SET idle_in_transaction_session_timeout = {}",
+            ms(self.statement),
+            ms(self.lock),
+            ms(self.statement)
+        )
+    }
+}
+
+impl Default for DbTimeouts {
+    fn default() -> Self {
+        Self {
+            statement: Self::DEFAULT_STATEMENT,
+            lock: Self::DEFAULT_LOCK,
+        }
+    }
+}
+
+/// Pool options whose every new connection gets `timeouts`.
+fn pool_options(timeouts: DbTimeouts) -> PgPoolOptions {
     PgPoolOptions::new()
-        .max_connections(1)
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        .after_connect(move |connection, _meta| {
+            Box::pin(async move {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(timeouts.set_statements()))
+                    .execute(connection)
+                    .await?;
+                Ok(())
+            })
+        })
+}
+
+fn listener_pool(options: PgConnectOptions, timeouts: DbTimeouts) -> PgPool {
+    pool_options(timeouts)
+        .max_connections(1)
         .connect_lazy_with(options)
 }
 
@@ -88,6 +153,11 @@ pub enum StoreError {
     /// The database cannot be reached (connection refused, timed out, closed).
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// A statement ran past `--db-statement-timeout` or waited for a lock
+    /// past `--db-lock-timeout` (another session holds it), and was
+    /// cancelled; nothing was changed.
+    #[error("the database did not answer in time (another session may hold a lock): {0}")]
+    TimedOut(#[source] sqlx::Error),
     /// A query failed for another reason.
     #[error("database error: {0}")]
     Query(#[source] sqlx::Error),
@@ -120,6 +190,8 @@ impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
         if is_unavailable(&err) {
             StoreError::Unavailable(err)
+        } else if is_timeout(&err) {
+            StoreError::TimedOut(err)
         } else {
             StoreError::Query(err)
         }
@@ -146,6 +218,14 @@ fn is_unavailable(err: &sqlx::Error) -> bool {
         }),
         _ => false,
     }
+}
+
+/// Whether `err` is a statement cancelled by `statement_timeout`
+/// (57014 query_canceled) or a lock wait ended by `lock_timeout` (55P03
+/// lock_not_available).
+fn is_timeout(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db)
+        if db.code().is_some_and(|code| matches!(&*code, "57014" | "55P03")))
 }
 
 /// The migrations in `migrations/`, embedded in the binary.
@@ -198,6 +278,7 @@ impl Store {
         options: PgConnectOptions,
         pool_size: u32,
         wait: Duration,
+        timeouts: DbTimeouts,
     ) -> Result<Self, StoreError> {
         let options = options.application_name("readyd");
         let deadline = tokio::time::Instant::now() + wait;
@@ -227,28 +308,33 @@ impl Store {
             tokio::time::sleep(backoff.min(deadline - now)).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
-        Ok(Self::lazy(options, pool_size))
+        Ok(Self::lazy(options, pool_size, timeouts))
     }
 
     /// A handle that connects only when first used: for a start with the
     /// database down, whose queries fail as UNAVAILABLE until it is back.
-    pub fn lazy(options: PgConnectOptions, pool_size: u32) -> Self {
+    /// Every connection, the LISTEN connection included, is bounded by
+    /// `timeouts`.
+    pub fn lazy(options: PgConnectOptions, pool_size: u32, timeouts: DbTimeouts) -> Self {
         let options = options.application_name("readyd");
-        let pool = PgPoolOptions::new()
+        let pool = pool_options(timeouts)
             .max_connections(pool_size)
             .min_connections(0)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options.clone());
-        let listener_pool = listener_pool(options);
+        let listener_pool = listener_pool(options, timeouts);
         Self {
             pool,
             listener_pool,
         }
     }
 
-    /// Wraps an existing pool (tests, tools).
+    /// Wraps an existing pool (tests, tools); the listener's connection gets
+    /// the default timeouts.
     pub fn from_pool(pool: PgPool) -> Self {
-        let listener_pool = listener_pool(pool.connect_options().as_ref().clone());
+        let listener_pool = listener_pool(
+            pool.connect_options().as_ref().clone(),
+            DbTimeouts::default(),
+        );
         Self {
             pool,
             listener_pool,
@@ -267,8 +353,22 @@ impl Store {
 
     /// Applies every pending migration. Safe to run concurrently from many
     /// instances: sqlx serialises them with an advisory lock.
+    ///
+    /// On a connection of its own without the statement and lock bounds: a
+    /// migration may rightly take long, and an instance waits for another
+    /// one's migration to finish rather than fail its start.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        migrator().run(&self.pool).await?;
+        let unbounded = DbTimeouts {
+            statement: Duration::ZERO,
+            lock: Duration::ZERO,
+        };
+        let pool = pool_options(unbounded)
+            .max_connections(1)
+            .connect_with(self.pool.connect_options().as_ref().clone())
+            .await?;
+        let applied = migrator().run(&pool).await;
+        pool.close().await;
+        applied?;
         Ok(())
     }
 

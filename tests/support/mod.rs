@@ -210,6 +210,8 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
             data_dir: std::env::temp_dir().join("readyd-test-data"),
             db_pool_size: 4,
             db_wait: "2s".into(),
+            db_statement_timeout: "5s".into(),
+            db_lock_timeout: "2s".into(),
             no_migrate: false,
         },
         environment: "test".into(),
