@@ -983,3 +983,52 @@ async fn check_targets_never_show_a_credential_in_reports_or_history() {
     assert_no_check_secret("ListHealthHistory", &format!("{history:?}"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn check_database_callers_share_one_run() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(serve_args(&db.url)).await;
+    let channel = server.channel().await;
+    let rows_before = db.count("system_health").await;
+    let started = tokio::time::Instant::now();
+    // Many readers at once, then one after another.
+    let calls = (0..32).map(|_| {
+        let mut client = HealthServiceClient::new(channel.clone());
+        async move {
+            client
+                .check_database(pb::CheckDatabaseRequest {})
+                .await
+                .expect("CheckDatabase")
+                .into_inner()
+        }
+    });
+    let mut answers = futures_util::future::join_all(calls).await;
+    for _ in 0..16 {
+        answers.push(
+            HealthServiceClient::new(channel.clone())
+                .check_database(pb::CheckDatabaseRequest {})
+                .await
+                .expect("CheckDatabase")
+                .into_inner(),
+        );
+    }
+    let elapsed = started.elapsed();
+    let runs: std::collections::BTreeSet<i64> =
+        answers.iter().map(|answer| answer.record_id).collect();
+    // One run per interval at most (5 s; more only on a very slow machine).
+    let allowed = 1 + (elapsed.as_secs() / 5) as usize;
+    assert!(runs.len() <= allowed, "{} runs in {elapsed:?}", runs.len());
+    assert_eq!(
+        answers.iter().filter(|answer| !answer.cached).count(),
+        runs.len(),
+        "every other answer says it is shared"
+    );
+    for answer in &answers {
+        assert_eq!(answer.status(), pb::HealthStatus::Healthy);
+        assert!(answer.database_size_bytes > 0);
+    }
+    // Only those runs wrote rows (the recorder adds at most its own few).
+    let written = db.count("system_health").await - rows_before;
+    assert!(written <= runs.len() as i64 + 2, "{written} rows written");
+    server.stop().await;
+}
