@@ -2212,3 +2212,33 @@ async fn audit_rows_from_before_keyed_fingerprints_stay_readable() {
     assert_eq!(json_of(&entry.new_value), json!("sha256:ba9876543210"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn huge_input_is_echoed_only_in_part() {
+    let (_db, server, mut client) = start().await;
+    let huge = format!("Bad{}", "k".repeat(100_000));
+    let statuses = [
+        get(&mut client, &huge).await.expect_err("bad key"),
+        client
+            .set_config(admin(set_request("ok.key", &huge, json!(1))))
+            .await
+            .expect_err("bad environment"),
+        client
+            .list_config_audit(admin(pb::ListConfigAuditRequest {
+                page_token: huge.clone(),
+                ..Default::default()
+            }))
+            .await
+            .expect_err("bad page token"),
+    ];
+    for status in statuses {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("Badkkk"), "{}", status.message());
+        assert!(
+            status.message().len() < 400,
+            "{} bytes",
+            status.message().len()
+        );
+    }
+    server.stop().await;
+}
