@@ -8,13 +8,22 @@
 //! before any rule: finding the flag by key in a snapshot of 1,000 flags.
 //! BENCHMARKS.md reports each evaluation as a ratio to it.
 //!
+//! Flag model v2's rules (`rules/20_rules_100_constraints`): 20 rules of 5
+//! constraints each, every rule failing only at its last constraint (so all
+//! 100 are checked), one regex and one semver constraint among them, then a
+//! weighted split as the default serve. Goal: < 1 µs.
+//!
 //! Run: `cargo bench --bench flag_eval -- --warm-up-time 1 --measurement-time 3`
 
 use std::hint::black_box;
 
 use chrono::DateTime;
 use criterion::{Criterion, criterion_group, criterion_main};
-use readyd::flags::{CompiledFlag, EvaluationContext, Flag, ValueType, bucket, evaluate};
+use readyd::flags::rules::{Rule, SegmentLookup, Serve, Served, Split, Step, Weight, decide};
+use readyd::flags::{
+    CompiledConstraint, CompiledFlag, Constraint, EvaluationContext, Flag, Surroundings, ValueType,
+    bucket, evaluate,
+};
 use readyd::telemetry::EvaluationCounters;
 use serde_json::json;
 
@@ -105,12 +114,142 @@ fn bench(c: &mut Criterion) {
         })
     });
 
+    rules_bench(c);
+
     c.bench_function("bucket/alone", |b| {
         b.iter(|| {
             bucket(
                 black_box("checkout.new_payment_flow"),
                 black_box("user-123456"),
             )
+        })
+    });
+}
+
+/// No segments: the rules name none.
+struct NoSegments;
+
+impl SegmentLookup for NoSegments {
+    fn constraints(&self, _key: &str) -> Option<&[CompiledConstraint]> {
+        None
+    }
+}
+
+fn constraint(attribute: &str, operator: &str, value: &str) -> Constraint {
+    Constraint {
+        attribute: attribute.to_owned(),
+        operator: operator.to_owned(),
+        values: vec![value.to_owned()],
+        ..Constraint::default()
+    }
+}
+
+fn rules_bench(c: &mut Criterion) {
+    let variants: Vec<String> = ["on", "off", "red", "green", "blue"]
+        .map(String::from)
+        .to_vec();
+    let rules: Vec<_> = (0..20)
+        .map(|i| {
+            // Four constraints that hold, then one that fails; the first
+            // rule's hold a regex and a semver comparison.
+            let holding = if i == 0 {
+                vec![
+                    constraint("email", "regex", "^[a-z0-9.]+@example\\.com$"),
+                    constraint("app_version", "semver_gte", "2.3.0"),
+                    constraint("plan", "in", "pro"),
+                    constraint("seats", "num_gte", "10"),
+                ]
+            } else {
+                vec![
+                    constraint("plan", "in", "pro"),
+                    constraint("tenant", "str_starts_with", "acme"),
+                    constraint("seats", "num_gte", "10"),
+                    constraint("user_id", "str_starts_with", "user-"),
+                ]
+            };
+            let mut constraints = holding;
+            constraints.push(constraint("country", "in", &format!("X{i}")));
+            Rule {
+                name: format!("rule-{i}"),
+                constraints,
+                segments: Vec::new(),
+                serve: Some(Serve::Variant("red".to_owned())),
+            }
+            .compile(i + 1, &variants, &NoSegments)
+            .expect("a valid rule")
+        })
+        .collect();
+    let default = Serve::Split(Split {
+        weights: ["red", "green", "blue"]
+            .iter()
+            .zip([500, 300, 200])
+            .map(|(variant, weight)| Weight {
+                variant: (*variant).to_owned(),
+                weight,
+            })
+            .collect(),
+        stickiness: String::new(),
+    })
+    .compile(&variants, "the default serve")
+    .expect("a valid split");
+    let around = Surroundings {
+        environment: "prod",
+        now: DateTime::UNIX_EPOCH,
+    };
+    let contexts: Vec<EvaluationContext> = (0..1024)
+        .map(|i| {
+            let mut ctx = EvaluationContext::for_user(format!("user-{}", i * 7919));
+            for (key, value) in [
+                ("email", json!(format!("user.{i}@example.com"))),
+                ("app_version", json!("2.4.1")),
+                ("plan", json!("pro")),
+                ("seats", json!(25)),
+                ("tenant", json!("acme-corp")),
+                ("country", json!("DE")),
+            ] {
+                ctx.attributes.insert(key.to_owned(), value);
+            }
+            ctx
+        })
+        .collect();
+    // What is measured: every rule fails at its fifth constraint, so all
+    // 100 are checked, and the split decides.
+    for ctx in &contexts {
+        let mut path = Vec::new();
+        let served = decide(
+            "checkout.v2",
+            &rules,
+            Some(&default),
+            ctx,
+            &around,
+            &NoSegments,
+            Some(&mut path),
+        );
+        assert!(
+            matches!(served, Some(Served::Split { rule: None, .. })),
+            "{served:?}"
+        );
+        assert_eq!(path.len(), 20);
+        assert!(
+            path.iter()
+                .all(|step| matches!(step, Step::ConstraintFailed { constraint: 4, .. })),
+            "{path:?}"
+        );
+    }
+    let mut next = 0usize;
+    c.bench_function("rules/20_rules_100_constraints", |b| {
+        b.iter(|| {
+            let ctx = &contexts[next % contexts.len()];
+            next = next.wrapping_add(1);
+            black_box(decide(
+                black_box("checkout.v2"),
+                &rules,
+                Some(&default),
+                ctx,
+                &around,
+                &NoSegments,
+                None,
+            ))
         })
     });
 }

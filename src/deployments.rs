@@ -16,6 +16,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::echo::truncate;
 use crate::flags::{ValidationError, ValidationErrors, is_valid_environment, nul_error};
 
 /// Longest version string, in bytes (all its bytes are ASCII).
@@ -230,15 +231,6 @@ fn check_actor(field: &'static str, actor: &str) -> Result<(), ValidationError> 
             field,
             format!("must be 1 to {MAX_ACTOR_CHARS} printable characters, not only white space"),
         ))
-    }
-}
-
-/// At most the first 64 characters of `s`, so that a huge bad input does
-/// not become a huge error message.
-fn truncate(s: &str) -> &str {
-    match s.char_indices().nth(64) {
-        Some((end, _)) => &s[..end],
-        None => s,
     }
 }
 

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod deployments;
+pub mod echo;
 pub mod flags;
 pub mod memory;
 pub mod paging;

@@ -42,7 +42,7 @@ pub fn page_token(token: &str, listing: &str) -> Result<Option<i64>, ValidationE
             "page_token",
             format!(
                 "{:?} is not a token returned by {listing}",
-                token.chars().take(64).collect::<String>()
+                crate::echo::truncate(token)
             ),
         )),
     }

@@ -12,15 +12,16 @@ use sqlx::postgres::PgConnectOptions;
 
 use crate::flags::is_valid_environment;
 use crate::health::redact::redact_url;
-use crate::health::spec::{CheckSpec, database_check, parse_checks, upstream_check};
+use crate::health::spec::{CheckSpec, database_check, parse_checks, split_entries, upstream_check};
 use crate::store::DbTimeouts;
 use crate::tls::TlsFiles;
 
 /// The flags shared by `serve` and `check`: everything a running readyd needs.
 ///
 /// Values stay raw strings here so that [`Settings::from_args`] can report
-/// every bad value at once instead of stopping at the first.
-#[derive(clap::Args, Debug, Clone)]
+/// every bad value at once instead of stopping at the first. The `Debug`
+/// form shows no token, and URLs without their credentials.
+#[derive(clap::Args, Clone)]
 pub struct ServeArgs {
     /// Address of the gRPC server (health, flags, config, deployments). Inside
     /// a Kubernetes pod use 0.0.0.0:50051 so the kubelet's probes reach it.
@@ -157,8 +158,9 @@ pub struct ServeArgs {
     pub log: LogArgs,
 }
 
-/// Where the database is and how readyd connects to it.
-#[derive(clap::Args, Debug, Clone)]
+/// Where the database is and how readyd connects to it. Its `Debug` form
+/// shows the URL without its password.
+#[derive(clap::Args, Clone)]
 pub struct DatabaseArgs {
     /// PostgreSQL URL, e.g. postgres://user:password@host:5432/db. When
     /// unset, readyd runs a private PostgreSQL in <data-dir>/pg (the server
@@ -195,6 +197,103 @@ pub struct DatabaseArgs {
     /// Do not apply migrations at start (`readyd migrate` applies them).
     #[arg(long, env = "READYD_NO_MIGRATE")]
     pub no_migrate: bool,
+}
+
+/// What `Debug` shows of a token that may be set.
+fn token_shown(token: Option<&String>) -> Option<&'static str> {
+    token.map(|_| "<redacted>")
+}
+
+// The Debug forms destructure every field, so a new flag cannot be added
+// without deciding here how it is shown.
+impl fmt::Debug for ServeArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ServeArgs {
+            listen,
+            database,
+            environment,
+            admin_token,
+            read_token,
+            replication_token,
+            upstream,
+            upstream_ca,
+            shutdown_timeout,
+            drain_delay,
+            instance,
+            checks,
+            database_check,
+            history_interval,
+            history_retention,
+            stale_after,
+            tls_cert,
+            tls_key,
+            probe_listen,
+            flagd_listen,
+            max_streams_per_connection,
+            max_watch_streams,
+            max_follow_streams,
+            metrics_listen,
+            log,
+        } = self;
+        let checks: Vec<String> = split_entries(checks.iter().map(String::as_str))
+            .into_iter()
+            .map(|entry| match entry.split_once('=') {
+                Some((name, url)) => format!("{name}={}", redact_url(url.trim())),
+                None => redact_url(entry),
+            })
+            .collect();
+        f.debug_struct("ServeArgs")
+            .field("listen", listen)
+            .field("database", database)
+            .field("environment", environment)
+            .field("admin_token", &token_shown(admin_token.as_ref()))
+            .field("read_token", &token_shown(read_token.as_ref()))
+            .field("replication_token", &token_shown(replication_token.as_ref()))
+            .field("upstream", &upstream.as_deref().map(redact_url))
+            .field("upstream_ca", upstream_ca)
+            .field("shutdown_timeout", shutdown_timeout)
+            .field("drain_delay", drain_delay)
+            .field("instance", instance)
+            .field("checks", &checks)
+            .field("database_check", database_check)
+            .field("history_interval", history_interval)
+            .field("history_retention", history_retention)
+            .field("stale_after", stale_after)
+            // Paths only: the key file's content is never read here.
+            .field("tls_cert", tls_cert)
+            .field("tls_key", tls_key)
+            .field("probe_listen", probe_listen)
+            .field("flagd_listen", flagd_listen)
+            .field("max_streams_per_connection", max_streams_per_connection)
+            .field("max_watch_streams", max_watch_streams)
+            .field("max_follow_streams", max_follow_streams)
+            .field("metrics_listen", metrics_listen)
+            .field("log", log)
+            .finish()
+    }
+}
+
+impl fmt::Debug for DatabaseArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let DatabaseArgs {
+            database_url,
+            data_dir,
+            db_pool_size,
+            db_wait,
+            db_statement_timeout,
+            db_lock_timeout,
+            no_migrate,
+        } = self;
+        f.debug_struct("DatabaseArgs")
+            .field("database_url", &database_url.as_deref().map(redact_url))
+            .field("data_dir", data_dir)
+            .field("db_pool_size", db_pool_size)
+            .field("db_wait", db_wait)
+            .field("db_statement_timeout", db_statement_timeout)
+            .field("db_lock_timeout", db_lock_timeout)
+            .field("no_migrate", no_migrate)
+            .finish()
+    }
 }
 
 /// Logging flags.
@@ -241,12 +340,29 @@ impl fmt::Debug for Secret {
 }
 
 /// Where readyd's database lives.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum DatabaseSource {
     /// An existing PostgreSQL, from DATABASE_URL.
     External(Box<PgConnectOptions>),
     /// readyd's private PostgreSQL in `<data-dir>/pg`.
     Private,
+}
+
+/// Shows where the database is, never its password (sqlx's own `Debug` of
+/// the options prints it) nor client key material.
+impl fmt::Debug for DatabaseSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::External(options) => f
+                .debug_struct("External")
+                .field("host", &options.get_host())
+                .field("port", &options.get_port())
+                .field("username", &options.get_username())
+                .field("database", &options.get_database())
+                .finish_non_exhaustive(),
+            Self::Private => f.write_str("Private"),
+        }
+    }
 }
 
 /// Validated database settings.
@@ -319,14 +435,24 @@ pub const DEFAULT_MAX_WATCH_STREAMS: usize = 20_000;
 /// Default of `--max-follow-streams`.
 pub const DEFAULT_MAX_FOLLOW_STREAMS: usize = 20_000;
 
-/// The readyd a follower follows.
-#[derive(Clone, Debug)]
+/// The readyd a follower follows. Its `Debug` form shows the URL without
+/// credentials.
+#[derive(Clone)]
 pub struct Upstream {
     /// `http://host:port` or `https://host:port`.
     pub url: http::Uri,
     /// The CA its certificate must chain to (https), instead of the
     /// system's roots.
     pub ca: Option<PathBuf>,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("url", &redact_url(&self.url.to_string()))
+            .field("ca", &self.ca)
+            .finish()
+    }
 }
 
 impl Upstream {
@@ -837,6 +963,59 @@ mod tests {
         let mut argv = vec!["readyd"];
         argv.extend_from_slice(extra);
         Cli::parse_from(argv).args
+    }
+
+    /// Every secret a setting can hold, none of which a Debug form may show.
+    const SECRETS: [&str; 6] = [
+        "Pa55w0rdDB",
+        "ADMINt0ken",
+        "READt0ken",
+        "REPLt0ken",
+        "NATSt0ken",
+        "UPSTREAMt0ken",
+    ];
+
+    fn assert_no_secret(shown: &str) {
+        for secret in SECRETS {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_the_database_password_or_a_token() {
+        let mut raw = args(&[]);
+        raw.database.database_url =
+            Some("postgres://app:Pa55w0rdDB@db.internal:5433/orders?sslmode=prefer".into());
+        raw.admin_token = Some("ADMINt0ken".into());
+        raw.read_token = Some("READt0ken".into());
+        raw.replication_token = Some("REPLt0ken".into());
+        raw.checks = vec!["bus=nats://NATSt0ken@bus:4222,web=https://h/x?token=Pa55w0rdDB".into()];
+        assert_no_secret(&format!("{raw:?}"));
+        assert_no_secret(&format!("{raw:#?}"));
+        let settings = Settings::from_args(&raw).expect("valid");
+        let shown = format!("{settings:?}");
+        assert_no_secret(&shown);
+        assert_no_secret(&format!("{settings:#?}"));
+        // What is not secret is still there to debug with.
+        for kept in ["db.internal", "5433", "orders", "app", "bus:4222"] {
+            assert!(shown.contains(kept), "{kept} in {shown}");
+        }
+    }
+
+    #[test]
+    fn a_followers_debug_never_shows_its_upstream_credentials() {
+        let mut raw = args(&[]);
+        raw.database.database_url = None;
+        raw.admin_token = None;
+        raw.read_token = None;
+        raw.replication_token = Some("REPLt0ken".into());
+        raw.upstream = Some("https://UPSTREAMt0ken@central.internal:50051".into());
+        assert_no_secret(&format!("{raw:?}"));
+        if let Ok(settings) = Settings::from_args(&raw) {
+            let shown = format!("{settings:?}");
+            assert_no_secret(&shown);
+            assert!(shown.contains("central.internal"), "{shown}");
+        }
     }
 
     #[test]

@@ -549,9 +549,10 @@ const METHODS: &[Method] = &[
                 },
                 value: optional_value(rng),
                 environment: environment(rng),
-                description: text(rng, 1100),
-                is_sensitive: rng.percent(50),
+                description: rng.percent(80).then(|| text(rng, 1100)),
+                is_sensitive: rng.percent(50).then(|| rng.percent(50)),
                 expected_version: rng.percent(50).then(|| i64_field(rng)),
+                make_public: rng.percent(10),
             }
             .encode_to_vec()
         },

@@ -686,101 +686,101 @@ async fn plain_sql_cannot_choose_the_audited_actor() {
     assert_eq!(actors, [user.clone(), user]);
 }
 
-/// SHA-256 (FIPS 180-4), written out so the fingerprint is checked against
-/// an implementation independent of PostgreSQL's.
-fn sha256(data: &[u8]) -> [u8; 32] {
-    const K: [u32; 64] = [
-        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
-        0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
-        0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
-        0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
-        0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
-        0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
-        0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
-        0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
-        0xc67178f2,
-    ];
-    let mut state: [u32; 8] = [
-        0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
-        0x5be0cd19,
-    ];
-    let mut message = data.to_vec();
-    message.push(0x80);
-    while message.len() % 64 != 56 {
-        message.push(0);
-    }
-    message.extend_from_slice(&(data.len() as u64 * 8).to_be_bytes());
-    for block in message.chunks_exact(64) {
-        let mut w = [0u32; 64];
-        for (word, bytes) in w.iter_mut().zip(block.chunks_exact(4)) {
-            *word = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-        }
-        for i in 16..64 {
-            let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
-            let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
-            w[i] = w[i - 16]
-                .wrapping_add(s0)
-                .wrapping_add(w[i - 7])
-                .wrapping_add(s1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = state;
-        for (k, w) in K.iter().zip(w) {
-            let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
-            let ch = (e & f) ^ (!e & g);
-            let t1 = h
-                .wrapping_add(s1)
-                .wrapping_add(ch)
-                .wrapping_add(*k)
-                .wrapping_add(w);
-            let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
-            let maj = (a & b) ^ (a & c) ^ (b & c);
-            let t2 = s0.wrapping_add(maj);
-            h = g;
-            g = f;
-            f = e;
-            e = d.wrapping_add(t1);
-            d = c;
-            c = b;
-            b = a;
-            a = t1.wrapping_add(t2);
-        }
-        for (word, add) in state.iter_mut().zip([a, b, c, d, e, f, g, h]) {
-            *word = word.wrapping_add(add);
-        }
-    }
-    let mut digest = [0u8; 32];
-    for (bytes, word) in digest.chunks_exact_mut(4).zip(state) {
-        bytes.copy_from_slice(&word.to_be_bytes());
-    }
-    digest
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The audit fingerprint of a jsonb value whose text is `text`.
-fn fingerprint(text: &str) -> Value {
-    Value::from(format!("sha256:{}", &hex(&sha256(text.as_bytes()))[..12]))
+/// This database's audit key.
+async fn audit_key(pool: &PgPool) -> Vec<u8> {
+    sqlx::query_scalar("SELECT key FROM readyd_audit_key")
+        .fetch_one(pool)
+        .await
+        .expect("the audit key")
 }
 
-#[test]
-fn the_sha256_used_for_fingerprints_matches_the_standard_vectors() {
-    assert_eq!(
-        hex(&sha256(b"")),
-        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-    );
-    assert_eq!(
-        hex(&sha256(b"abc")),
-        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    );
-    assert_eq!(
-        hex(&sha256(
-            b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"
-        )),
-        "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
-    );
+/// HMAC-SHA256 by ring, independent of the SQL implementation.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    ring::hmac::sign(&key, message).as_ref().to_vec()
+}
+
+/// The audit fingerprint, under `key`, of a jsonb value whose text is
+/// `text`: "hmac-sha256:" + the first 16 hex digits of HMAC-SHA256.
+fn fingerprint(key: &[u8], text: &str) -> Value {
+    Value::from(format!(
+        "hmac-sha256:{}",
+        &hex(&hmac_sha256(key, text.as_bytes()))[..16]
+    ))
+}
+
+/// `readyd_hmac_sha256` in the database.
+async fn sql_hmac(pool: &PgPool, key: &[u8], message: &[u8]) -> Vec<u8> {
+    sqlx::query_scalar("SELECT readyd_hmac_sha256($1, $2)")
+        .bind(key)
+        .bind(message)
+        .fetch_one(pool)
+        .await
+        .expect("readyd_hmac_sha256")
+}
+
+#[tokio::test]
+async fn the_sql_hmac_matches_rfc_4231_and_ring() {
+    let db = TestDb::new().await;
+    // RFC 4231, test cases 1, 2 and 6 (a key longer than a block).
+    let vectors: [(&[u8], &[u8], &str); 3] = [
+        (
+            &[0x0b; 20],
+            b"Hi There",
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7",
+        ),
+        (
+            b"Jefe",
+            b"what do ya want for nothing?",
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+        ),
+        (
+            &[0xaa; 131],
+            b"Test Using Larger Than Block-Size Key - Hash Key First",
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54",
+        ),
+    ];
+    for (key, message, expected) in vectors {
+        assert_eq!(hex(&sql_hmac(&db.pool, key, message).await), expected);
+        assert_eq!(hex(&hmac_sha256(key, message)), expected);
+    }
+    // Keys and messages of every length around the block size.
+    let mut rng = support::rng::Rng(0x5eed_4231);
+    for case in 0..200u64 {
+        let key: Vec<u8> = (0..case % 80).map(|_| rng.next() as u8).collect();
+        let message: Vec<u8> = (0..rng.below(300)).map(|_| rng.next() as u8).collect();
+        assert_eq!(
+            sql_hmac(&db.pool, &key, &message).await,
+            hmac_sha256(&key, &message),
+            "key {key:?}, message {message:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_database_has_its_own_audit_key() {
+    let (a, b) = (TestDb::new().await, TestDb::new().await);
+    let (key_a, key_b) = (audit_key(&a.pool).await, audit_key(&b.pool).await);
+    assert_eq!(key_a.len(), 32);
+    assert_ne!(key_a, key_b);
+    // So the same secret has unrelated fingerprints in two databases, and
+    // neither is the unkeyed hash of old rows.
+    let print = |pool: &PgPool| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT readyd_fingerprint('\"1234\"'::jsonb)")
+                .fetch_one(&pool)
+                .await
+                .expect("fingerprint")
+        }
+    };
+    let (print_a, print_b) = (print(&a.pool).await, print(&b.pool).await);
+    assert_ne!(print_a, print_b);
+    assert_eq!(Value::from(print_a), fingerprint(&key_a, "\"1234\""));
 }
 
 #[tokio::test]
@@ -806,8 +806,9 @@ async fn a_sensitive_value_is_audited_only_as_its_fingerprint() {
     assert_eq!(stored, r#"{"n": 1, "token": "hunter2"}"#);
     exec(&db.pool, "DELETE FROM app_config WHERE key = 'api_secret'").await;
 
-    let first = fingerprint(r#""s3cret-value""#);
-    let second = fingerprint(r#"{"n": 1, "token": "hunter2"}"#);
+    let key = audit_key(&db.pool).await;
+    let first = fingerprint(&key, r#""s3cret-value""#);
+    let second = fingerprint(&key, r#"{"n": 1, "token": "hunter2"}"#);
     assert_ne!(first, second);
     let audit: Vec<(String, Option<Value>, Option<Value>)> = audit_after(&db.pool, start)
         .await
@@ -825,8 +826,10 @@ async fn a_sensitive_value_is_audited_only_as_its_fingerprint() {
     for (_, old, new) in &audit {
         for value in [old, new].into_iter().flatten() {
             let text = value.as_str().expect("a fingerprint string");
-            let digits = text.strip_prefix("sha256:").expect("sha256: prefix");
-            assert_eq!(digits.len(), 12, "{text}");
+            let digits = text
+                .strip_prefix("hmac-sha256:")
+                .expect("hmac-sha256: prefix");
+            assert_eq!(digits.len(), 16, "{text}");
             assert!(
                 digits
                     .bytes()

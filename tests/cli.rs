@@ -510,3 +510,86 @@ async fn deployments_are_recorded_listed_and_rolled_back() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn config_set_keeps_a_secret_secret_unless_public_is_given() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(admin_serve_args(&db.url)).await;
+    let token = Some(ADMIN_TOKEN);
+    let created = readyd(
+        &server,
+        token,
+        &[
+            "config",
+            "set",
+            "smtp.password",
+            "hunter2",
+            "--sensitive",
+            "--description",
+            "mail relay",
+        ],
+    )
+    .await;
+    assert!(created.status.success(), "{}", stderr(&created));
+    // A later set without --sensitive: the value stays secret, the
+    // description stays.
+    let updated = readyd(
+        &server,
+        token,
+        &["config", "set", "smtp.password", "hunter3"],
+    )
+    .await;
+    assert!(updated.status.success(), "{}", stderr(&updated));
+    let hidden = stdout(&readyd(&server, None, &["config", "get", "smtp.password"]).await);
+    assert!(
+        hidden.contains("<redacted>") && !hidden.contains("hunter3"),
+        "{hidden}"
+    );
+    let shown = json(
+        &readyd(
+            &server,
+            token,
+            &["config", "get", "smtp.password", "--output", "json"],
+        )
+        .await,
+    );
+    assert_eq!(shown["value"], "hunter3");
+    assert_eq!(shown["is_sensitive"], true, "{shown}");
+    assert_eq!(shown["description"], "mail relay", "{shown}");
+
+    // --sensitive and --public together make no sense.
+    let both = readyd(
+        &server,
+        token,
+        &[
+            "config",
+            "set",
+            "smtp.password",
+            "x",
+            "--sensitive",
+            "--public",
+        ],
+    )
+    .await;
+    assert!(!both.status.success());
+
+    // --public makes it public, on purpose.
+    let public = readyd(
+        &server,
+        token,
+        &["config", "set", "smtp.password", "hunter4", "--public"],
+    )
+    .await;
+    assert!(public.status.success(), "{}", stderr(&public));
+    let open = json(
+        &readyd(
+            &server,
+            None,
+            &["config", "get", "smtp.password", "--output", "json"],
+        )
+        .await,
+    );
+    assert_eq!(open["value"], "hunter4", "{open}");
+    assert_eq!(open["is_sensitive"], false, "{open}");
+    server.stop().await;
+}

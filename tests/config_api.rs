@@ -227,19 +227,19 @@ async fn session_user(db: &TestDb) -> String {
 }
 
 /// The audit form of a value: itself, or its fingerprint when sensitive
-/// ("sha256:" + the first 12 hex digits of sha256 of the jsonb text).
+/// ("hmac-sha256:" + the first 16 hex digits of HMAC-SHA256 of the jsonb
+/// text, keyed with the database's audit key; tests/change_feed.rs checks
+/// the function against ring).
 async fn audit_form(db: &TestDb, value: &Value, sensitive: bool) -> Value {
     if !sensitive {
         return value.clone();
     }
-    let fingerprint: String = sqlx::query_scalar(
-        "SELECT 'sha256:' || left(encode(sha256(convert_to($1::jsonb::text, 'UTF8')), 'hex'), 12)",
-    )
-    .bind(sqlx::types::Json(value))
-    .fetch_one(&db.pool)
-    .await
-    .expect("fingerprint");
-    assert_eq!(fingerprint.len(), "sha256:".len() + 12);
+    let fingerprint: String = sqlx::query_scalar("SELECT readyd_fingerprint($1::jsonb)")
+        .bind(sqlx::types::Json(value))
+        .fetch_one(&db.pool)
+        .await
+        .expect("fingerprint");
+    assert_eq!(fingerprint.len(), "hmac-sha256:".len() + 16);
     Value::String(fingerprint)
 }
 
@@ -562,7 +562,7 @@ async fn a_nul_character_gets_invalid_argument_and_changes_nothing() {
     let (db, server, mut client) = start().await;
     let before = dump(&db).await;
     let mut description = set_request("nul.description", "", json!(1));
-    description.description = "a\u{0}b".into();
+    description.description = Some("a\u{0}b".into());
     let cases = [
         ("value", set_request("nul.value", "", json!("a\u{0}b"))),
         ("value", set_request("nul.key", "", json!({ "a\u{0}b": 1 }))),
@@ -771,9 +771,10 @@ fn property_6_sensitive_values_never_reach_non_admins_the_audit_or_the_log() {
                             key: key.clone(),
                             value: pb_json(&value),
                             environment: environment.into(),
-                            description: "a secret".into(),
-                            is_sensitive: true,
+                            description: Some("a secret".into()),
+                            is_sensitive: Some(true),
                             expected_version: None,
+                            make_public: false,
                         },
                     )
                     .await;
@@ -878,8 +879,8 @@ fn property_6_sensitive_values_never_reach_non_admins_the_audit_or_the_log() {
         // The audit rows of the secrets are fingerprints.
         let fingerprints: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM config_audit WHERE key LIKE 'p6.secret%' \
-             AND (new_value IS NULL OR new_value::text ~ '^\"sha256:[0-9a-f]{12}\"$') \
-             AND (old_value IS NULL OR old_value::text ~ '^\"sha256:[0-9a-f]{12}\"$')",
+             AND (new_value IS NULL OR new_value::text ~ '^\"hmac-sha256:[0-9a-f]{16}\"$') \
+             AND (old_value IS NULL OR old_value::text ~ '^\"hmac-sha256:[0-9a-f]{16}\"$')",
         )
         .fetch_one(&db.pool)
         .await
@@ -1012,9 +1013,11 @@ fn property_7_the_audit_trail_matches_the_changes_one_to_one() {
                                     key: key.clone(),
                                     value: pb_json(&value),
                                     environment: api_environment,
-                                    description: String::new(),
-                                    is_sensitive: sensitive,
+                                    description: Some(String::new()),
+                                    is_sensitive: Some(sensitive),
                                     expected_version: None,
+                                    // A secret made public says so.
+                                    make_public: !sensitive,
                                 });
                                 if let Some(a) = header {
                                     request = with_actor(request, a);
@@ -1306,9 +1309,10 @@ async fn reads_and_streams_resolve_and_redact() {
             key: "r.s".into(),
             value: pb_json(&json!("s3cr3t-value-0001")),
             environment: "test".into(),
-            description: "a secret".into(),
-            is_sensitive: true,
+            description: Some("a secret".into()),
+            is_sensitive: Some(true),
             expected_version: None,
+            make_public: false,
         },
     )
     .await;
@@ -1482,7 +1486,7 @@ async fn reads_and_streams_resolve_and_redact() {
     }
     // A sensitive change reaches the non-admin redacted.
     let mut request = set_request("r.s", "test", json!("s3cr3t-value-0002"));
-    request.is_sensitive = true;
+    request.is_sensitive = Some(true);
     let version = set(&mut client, request).await.version;
     let change = next_change(&mut stream).await;
     assert_eq!(change.version, version);
@@ -1825,7 +1829,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing() {
         ),
         (
             "long description",
-            with(&|r| r.description = "d".repeat(1025)),
+            with(&|r| r.description = Some("d".repeat(1025))),
             Code::InvalidArgument,
             "description",
         ),
@@ -2050,5 +2054,191 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing() {
         get(&mut client, "bad.existing").await.expect("existing"),
         existing
     );
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// Sensitivity and description are sticky (issue 16, item 4).
+
+/// A write as an old client (before `is_sensitive` and `description` were
+/// optional) sends it when it leaves them at their defaults: proto3 does not
+/// put `false` or `""` on the wire, so the server sees them unset.
+fn old_client_set(key: &str, value: Value) -> pb::SetConfigRequest {
+    set_request(key, "", value)
+}
+
+/// Whether a non-admin caller sees the value of `key`.
+async fn public_value(client: &mut Client, key: &str) -> Option<Value> {
+    let entry = get(client, key).await.expect("get");
+    entry
+        .value
+        .map(|value| from_pb_value(value).expect("a JSON value"))
+}
+
+#[tokio::test]
+async fn updating_a_secret_keeps_it_secret_unless_made_public_explicitly() {
+    let (db, server, mut client) = start().await;
+    let created = set(
+        &mut client,
+        pb::SetConfigRequest {
+            description: Some("SMTP password".into()),
+            is_sensitive: Some(true),
+            ..set_request("mail.password", "", json!("first-s3cret"))
+        },
+    )
+    .await;
+    assert!(created.is_sensitive);
+
+    // An update that says nothing about sensitivity or the description
+    // keeps both: the new value is as secret as the old one.
+    let updated = set(
+        &mut client,
+        old_client_set("mail.password", json!("second-s3cret")),
+    )
+    .await;
+    assert!(updated.is_sensitive, "{updated:?}");
+    assert_eq!(updated.description, "SMTP password");
+    assert_eq!(public_value(&mut client, "mail.password").await, None);
+    assert!(
+        get(&mut client, "mail.password")
+            .await
+            .expect("get")
+            .redacted
+    );
+
+    // is_sensitive = false alone is refused, names the flag to set, and
+    // changes nothing.
+    let before = dump(&db).await;
+    let refused = client
+        .set_config(admin(pb::SetConfigRequest {
+            is_sensitive: Some(false),
+            ..set_request("mail.password", "", json!("third-s3cret"))
+        }))
+        .await
+        .expect_err("un-secreting without make_public");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("make_public"), "{refused:?}");
+    assert!(!refused.message().contains("s3cret"), "{refused:?}");
+    assert_eq!(dump(&db).await, before);
+
+    // make_public contradicting is_sensitive = true is a bad request.
+    let contradiction = client
+        .set_config(admin(pb::SetConfigRequest {
+            is_sensitive: Some(true),
+            make_public: true,
+            ..set_request("mail.password", "", json!("x"))
+        }))
+        .await;
+    assert_invalid(contradiction, "make_public");
+    assert_eq!(dump(&db).await, before);
+
+    // Every audit row of the secret holds keyed fingerprints, never the
+    // value.
+    let audit = audit_page(
+        &mut client,
+        pb::ListConfigAuditRequest {
+            key: "mail.password".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(audit.entries.len(), 2);
+    for entry in &audit.entries {
+        for value in [&entry.old_value, &entry.new_value].into_iter().flatten() {
+            let text = from_pb_value(value.clone()).expect("JSON").to_string();
+            assert!(text.starts_with("\"hmac-sha256:"), "{text}");
+            assert!(!text.contains("s3cret"), "{text}");
+        }
+    }
+
+    // An explicit make_public does it; the description can be cleared.
+    let public = set(
+        &mut client,
+        pb::SetConfigRequest {
+            make_public: true,
+            description: Some(String::new()),
+            ..set_request("mail.password", "", json!("now-public"))
+        },
+    )
+    .await;
+    assert!(!public.is_sensitive);
+    assert_eq!(public.description, "");
+    assert_eq!(
+        public_value(&mut client, "mail.password").await,
+        Some(json!("now-public"))
+    );
+    // A new row without a word on sensitivity is public, as before.
+    let plain = set(
+        &mut client,
+        old_client_set("mail.host", json!("smtp.internal")),
+    )
+    .await;
+    assert!(!plain.is_sensitive);
+    // And is_sensitive = false on a row that is not sensitive is fine.
+    set(
+        &mut client,
+        pb::SetConfigRequest {
+            is_sensitive: Some(false),
+            ..set_request("mail.host", "", json!("smtp2.internal"))
+        },
+    )
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn audit_rows_from_before_keyed_fingerprints_stay_readable() {
+    let (db, server, mut client) = start().await;
+    sqlx::query(
+        "INSERT INTO config_audit (key, environment, action, old_value, new_value, actor, version) \
+         VALUES ('legacy.secret', '*', 'update', '\"sha256:0123456789ab\"', \
+                 '\"sha256:ba9876543210\"', 'admin', 1)",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("an old audit row");
+    let audit = audit_page(
+        &mut client,
+        pb::ListConfigAuditRequest {
+            key: "legacy.secret".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let [entry] = audit.entries.as_slice() else {
+        panic!("one row: {audit:?}");
+    };
+    assert_eq!(json_of(&entry.old_value), json!("sha256:0123456789ab"));
+    assert_eq!(json_of(&entry.new_value), json!("sha256:ba9876543210"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn huge_input_is_echoed_only_in_part() {
+    let (_db, server, mut client) = start().await;
+    let huge = format!("Bad{}", "k".repeat(100_000));
+    let statuses = [
+        get(&mut client, &huge).await.expect_err("bad key"),
+        client
+            .set_config(admin(set_request("ok.key", &huge, json!(1))))
+            .await
+            .expect_err("bad environment"),
+        client
+            .list_config_audit(admin(pb::ListConfigAuditRequest {
+                page_token: huge.clone(),
+                ..Default::default()
+            }))
+            .await
+            .expect_err("bad page token"),
+    ];
+    for status in statuses {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("Badkkk"), "{}", status.message());
+        assert!(
+            status.message().len() < 400,
+            "{} bytes",
+            status.message().len()
+        );
+    }
     server.stop().await;
 }

@@ -872,3 +872,168 @@ fn history_reads_back_exactly_what_was_recorded() {
         panic!("{err}");
     }
 }
+
+/// Secrets of the check URLs below: upper case and digits, which nothing
+/// else in a report has.
+const CHECK_SECRETS: [&str; 8] = [
+    "NATST0KEN9",
+    "GHT0KEN7X",
+    "REDISPW4Q",
+    "REDISUS3R",
+    "APIK3Y8Z",
+    "SSLK3Y5W",
+    "GRPCT0K3N",
+    "FRAGT0K3N",
+];
+
+#[track_caller]
+fn assert_no_check_secret(what: &str, text: &str) {
+    for secret in CHECK_SECRETS {
+        assert!(!text.contains(secret), "{what} shows {secret}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn check_targets_never_show_a_credential_in_reports_or_history() {
+    let db = TestDb::new().await;
+    let mut args = serve_args(&db.url);
+    // Nothing listens on port 1: every check fails at once, so errors (which
+    // drivers may fill with the URL) are in the report too.
+    let fast = "critical=false&interval=200ms&timeout=500ms&failures=1";
+    args.checks = vec![
+        format!("bus=nats://NATST0KEN9@127.0.0.1:1?{fast}"),
+        format!("web=https://GHT0KEN7X@127.0.0.1:1/healthz?{fast}"),
+        format!("cache=redis://:REDISPW4Q@127.0.0.1:1?{fast}"),
+        format!("cache2=redis://REDISUS3R@127.0.0.1:1/0?{fast}"),
+        format!("api=http://127.0.0.1:1/x?api_key=APIK3Y8Z&verbose=yes&{fast}#FRAGT0K3N"),
+        format!("orders=postgres://app@127.0.0.1:1/orders?sslkey=SSLK3Y5W&sslmode=disable&{fast}"),
+        format!("grpc=grpc://GRPCT0K3N@127.0.0.1:1/readiness?{fast}"),
+    ];
+    args.history_interval = "1s".into();
+    let server = TestServer::start(args).await;
+    let channel = server.channel().await;
+    wait_for_probe(channel.clone(), "startup", ServingStatus::Serving).await;
+
+    let report = report_until(&channel, "every check has run", |report| {
+        report.checks.len() == 8
+            && report
+                .checks
+                .iter()
+                .all(|check| check.last_checked.is_some())
+    })
+    .await;
+    assert_no_check_secret("GetHealth", &format!("{report:?}"));
+    // What is not a secret is still shown.
+    let targets: BTreeMap<&str, &str> = report
+        .checks
+        .iter()
+        .map(|check| (check.name.as_str(), check.target.as_str()))
+        .collect();
+    assert_eq!(targets["bus"], "nats://***@127.0.0.1:1");
+    assert_eq!(targets["web"], "https://***@127.0.0.1:1/healthz");
+    assert_eq!(targets["cache"], "redis://:***@127.0.0.1:1");
+    assert_eq!(targets["cache2"], "redis://***@127.0.0.1:1/0");
+    assert_eq!(
+        targets["api"],
+        "http://127.0.0.1:1/x?api_key=***&verbose=yes#***"
+    );
+    assert_eq!(
+        targets["orders"],
+        "postgres://app@127.0.0.1:1/orders?sslkey=***&sslmode=disable"
+    );
+    assert_eq!(targets["grpc"], "grpc://***@127.0.0.1:1/readiness");
+
+    let mut watch = HealthServiceClient::new(channel.clone())
+        .watch_health(pb::WatchHealthRequest {})
+        .await
+        .expect("WatchHealth")
+        .into_inner();
+    let first = next(&mut watch).await.expect("a report");
+    assert_no_check_secret("WatchHealth", &format!("{first:?}"));
+
+    // The recorded history: through the API and in the table itself.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT checks::text FROM system_health WHERE checks ? 'checks' ORDER BY id",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .expect("history rows");
+        if let Some(last) = rows.last()
+            && last.contains("\"bus\"")
+        {
+            for row in &rows {
+                assert_no_check_secret("system_health.checks", row);
+            }
+            assert!(last.contains("nats://***@127.0.0.1:1"), "{last}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no history row with the checks: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let history = HealthServiceClient::new(channel.clone())
+        .list_health_history(pb::ListHealthHistoryRequest {
+            since: None,
+            until: None,
+            limit: 10,
+        })
+        .await
+        .expect("history")
+        .into_inner();
+    assert!(!history.records.is_empty());
+    assert_no_check_secret("ListHealthHistory", &format!("{history:?}"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn check_database_callers_share_one_run() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(serve_args(&db.url)).await;
+    let channel = server.channel().await;
+    let rows_before = db.count("system_health").await;
+    let started = tokio::time::Instant::now();
+    // Many readers at once, then one after another.
+    let calls = (0..32).map(|_| {
+        let mut client = HealthServiceClient::new(channel.clone());
+        async move {
+            client
+                .check_database(pb::CheckDatabaseRequest {})
+                .await
+                .expect("CheckDatabase")
+                .into_inner()
+        }
+    });
+    let mut answers = futures_util::future::join_all(calls).await;
+    for _ in 0..16 {
+        answers.push(
+            HealthServiceClient::new(channel.clone())
+                .check_database(pb::CheckDatabaseRequest {})
+                .await
+                .expect("CheckDatabase")
+                .into_inner(),
+        );
+    }
+    let elapsed = started.elapsed();
+    let runs: std::collections::BTreeSet<i64> =
+        answers.iter().map(|answer| answer.record_id).collect();
+    // One run per interval at most (5 s; more only on a very slow machine).
+    let allowed = 1 + (elapsed.as_secs() / 5) as usize;
+    assert!(runs.len() <= allowed, "{} runs in {elapsed:?}", runs.len());
+    assert_eq!(
+        answers.iter().filter(|answer| !answer.cached).count(),
+        runs.len(),
+        "every other answer says it is shared"
+    );
+    for answer in &answers {
+        assert_eq!(answer.status(), pb::HealthStatus::Healthy);
+        assert!(answer.database_size_bytes > 0);
+    }
+    // Only those runs wrote rows (the recorder adds at most its own few).
+    let written = db.count("system_health").await - rows_before;
+    assert!(written <= runs.len() as i64 + 2, "{written} rows written");
+    server.stop().await;
+}

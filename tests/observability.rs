@@ -355,7 +355,7 @@ fn sensitive_write(key: &str) -> tonic::Request<pb::SetConfigRequest> {
                     SENSITIVE_VALUE.into(),
                 )),
             }),
-            is_sensitive: true,
+            is_sensitive: Some(true),
             ..Default::default()
         },
         ADMIN_TOKEN,

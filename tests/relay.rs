@@ -503,7 +503,7 @@ async fn sensitive_values_reach_a_follower_and_stay_redacted_to_its_non_admin_re
             value: Some(prost_types::Value {
                 kind: Some(prost_types::value::Kind::StringValue("hunter2".into())),
             }),
-            is_sensitive: true,
+            is_sensitive: Some(true),
             ..Default::default()
         }))
         .await

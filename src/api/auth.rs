@@ -68,46 +68,95 @@ pub trait TokenCheck: Send + Sync + std::fmt::Debug {
     fn matches(&self, role: Role, presented: &str) -> bool;
 }
 
-/// Methods that change state (or read admin-only data), by full path.
-const ADMIN_METHODS: &[&str] = &[
-    "/readyd.v1.FlagService/UpsertFlag",
-    "/readyd.v1.FlagService/DeleteFlag",
-    "/readyd.v1.ConfigService/SetConfig",
-    "/readyd.v1.ConfigService/DeleteConfig",
-    "/readyd.v1.ConfigService/SetMaintenanceMode",
-    "/readyd.v1.ConfigService/ListConfigAudit",
-    "/readyd.v1.DeploymentService/RecordDeployment",
-    "/readyd.v1.DeploymentService/RecordRollback",
+/// Every method readyd serves, by full path, and what it needs. The table
+/// fails closed: a path not listed here (a method added to a proto without
+/// an entry, or a path no service has) needs the admin token, so a new RPC
+/// can never become public or a read by omission. A test checks that every
+/// method of every service in the compiled descriptor set is listed.
+const METHODS: &[(&str, Access)] = &[
+    // grpc.health.v1: kubelets cannot send a token.
+    ("/grpc.health.v1.Health/Check", Access::Public),
+    ("/grpc.health.v1.Health/Watch", Access::Public),
+    ("/grpc.health.v1.Health/List", Access::Public),
+    // Reflection describes the API, never data.
+    (
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        Access::Public,
+    ),
+    (
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        Access::Public,
+    ),
+    // Health reports answer from memory. CheckDatabase queries (and writes
+    // a history row), but at most once per interval whoever calls (see
+    // api::health), so a reader cannot make the database work.
+    ("/readyd.v1.HealthService/GetHealth", Access::Read),
+    ("/readyd.v1.HealthService/WatchHealth", Access::Read),
+    ("/readyd.v1.HealthService/ListHealthHistory", Access::Read),
+    ("/readyd.v1.HealthService/CheckDatabase", Access::Read),
+    ("/readyd.v1.FlagService/GetFlag", Access::Read),
+    ("/readyd.v1.FlagService/ListFlags", Access::Read),
+    ("/readyd.v1.FlagService/EvaluateFlag", Access::Read),
+    ("/readyd.v1.FlagService/EvaluateFlags", Access::Read),
+    ("/readyd.v1.FlagService/WatchFlags", Access::Read),
+    ("/readyd.v1.FlagService/UpsertFlag", Access::Admin),
+    ("/readyd.v1.FlagService/DeleteFlag", Access::Admin),
+    // Config reads show sensitive values to admins only (handlers decide
+    // from the Caller).
+    ("/readyd.v1.ConfigService/GetConfig", Access::Read),
+    ("/readyd.v1.ConfigService/ListConfigs", Access::Read),
+    ("/readyd.v1.ConfigService/GetMaintenanceMode", Access::Read),
+    ("/readyd.v1.ConfigService/WatchConfigs", Access::Read),
+    ("/readyd.v1.ConfigService/SetConfig", Access::Admin),
+    ("/readyd.v1.ConfigService/DeleteConfig", Access::Admin),
+    ("/readyd.v1.ConfigService/SetMaintenanceMode", Access::Admin),
+    ("/readyd.v1.ConfigService/ListConfigAudit", Access::Admin),
+    ("/readyd.v1.DeploymentService/ListDeployments", Access::Read),
+    (
+        "/readyd.v1.DeploymentService/GetCurrentDeployment",
+        Access::Read,
+    ),
+    (
+        "/readyd.v1.DeploymentService/RecordDeployment",
+        Access::Admin,
+    ),
+    ("/readyd.v1.DeploymentService/RecordRollback", Access::Admin),
+    // Follow streams carry sensitive values.
+    ("/readyd.v1.ReplicationService/Follow", Access::Replication),
+    (
+        "/readyd.v1.ReplicationService/RecordHealth",
+        Access::Replication,
+    ),
+    // The flagd evaluation protocol: reads, like EvaluateFlag.
+    ("/flagd.evaluation.v1.Service/ResolveAll", Access::Read),
+    ("/flagd.evaluation.v1.Service/ResolveBoolean", Access::Read),
+    ("/flagd.evaluation.v1.Service/ResolveString", Access::Read),
+    ("/flagd.evaluation.v1.Service/ResolveFloat", Access::Read),
+    ("/flagd.evaluation.v1.Service/ResolveInt", Access::Read),
+    ("/flagd.evaluation.v1.Service/ResolveObject", Access::Read),
+    ("/flagd.evaluation.v1.Service/EventStream", Access::Read),
+    ("/flagd.evaluation.v2.Service/ResolveAll", Access::Read),
+    ("/flagd.evaluation.v2.Service/ResolveBoolean", Access::Read),
+    ("/flagd.evaluation.v2.Service/ResolveString", Access::Read),
+    ("/flagd.evaluation.v2.Service/ResolveFloat", Access::Read),
+    ("/flagd.evaluation.v2.Service/ResolveInt", Access::Read),
+    ("/flagd.evaluation.v2.Service/ResolveObject", Access::Read),
+    ("/flagd.evaluation.v2.Service/EventStream", Access::Read),
 ];
 
-/// Methods of replication, by full path.
-const REPLICATION_METHODS: &[&str] = &[
-    "/readyd.v1.ReplicationService/Follow",
-    "/readyd.v1.ReplicationService/RecordHealth",
-];
-
-/// Services that never need a token.
-const PUBLIC_SERVICES: &[&str] = &[
-    "/grpc.health.v1.Health/",
-    "/grpc.reflection.v1.ServerReflection/",
-    "/grpc.reflection.v1alpha.ServerReflection/",
-];
-
-/// The access a gRPC method path needs. Unknown paths count as reads (the
-/// router then answers UNIMPLEMENTED).
-pub fn access_for(path: &str) -> Access {
-    if PUBLIC_SERVICES
+/// The access the table lists for `path`, if it lists it.
+pub fn listed_access(path: &str) -> Option<Access> {
+    METHODS
         .iter()
-        .any(|prefix| path.starts_with(prefix))
-    {
-        Access::Public
-    } else if ADMIN_METHODS.contains(&path) {
-        Access::Admin
-    } else if REPLICATION_METHODS.contains(&path) {
-        Access::Replication
-    } else {
-        Access::Read
-    }
+        .find(|(method, _)| *method == path)
+        .map(|(_, access)| *access)
+}
+
+/// The access a gRPC method path needs: its entry in the table, else admin
+/// (fail closed; an unknown path then gets UNAUTHENTICATED or
+/// PERMISSION_DENIED without the admin token, UNIMPLEMENTED with it).
+pub fn access_for(path: &str) -> Access {
+    listed_access(path).unwrap_or(Access::Admin)
 }
 
 /// Who is calling, as far as readyd can tell. Inserted into every request's
@@ -396,6 +445,70 @@ mod tests {
         );
         assert_eq!(code(t.authorize(PROBE, None)), Code::Ok);
         assert_eq!(code(t.authorize(PROBE, Some(&header("junk")))), Code::Ok);
+    }
+
+    /// Every `/package.Service/Method` of every service in the compiled
+    /// descriptor set (all of `proto/`).
+    fn every_compiled_method() -> Vec<String> {
+        use prost::Message;
+        let set = prost_types::FileDescriptorSet::decode(crate::api::pb::FILE_DESCRIPTOR_SET)
+            .expect("the compiled descriptor set decodes");
+        let mut methods = Vec::new();
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    methods.push(format!(
+                        "/{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        method.name()
+                    ));
+                }
+            }
+        }
+        methods
+    }
+
+    #[test]
+    fn every_method_of_every_service_has_an_explicit_class() {
+        let methods = every_compiled_method();
+        // Sanity: the set holds every service of proto/.
+        assert!(methods.len() >= 40, "{methods:?}");
+        let unlisted: Vec<&String> = methods
+            .iter()
+            .filter(|method| listed_access(method).is_none())
+            .collect();
+        assert!(
+            unlisted.is_empty(),
+            "methods without an entry in auth::METHODS (they would need the admin token): {unlisted:?}"
+        );
+        // And the table names no method that does not exist (a typo would
+        // leave the real method admin-only and hide the mistake).
+        for (path, _) in METHODS {
+            assert!(
+                methods.iter().any(|method| method == path) || path.contains(".reflection."),
+                "{path} is in the table but in no service"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_method_needs_the_admin_token() {
+        let t = tokens(Some("admin-secret"), None);
+        for path in [
+            "/readyd.v1.FlagService/NewMethod",
+            "/readyd.v1.Secret/Dump",
+            "/grpc.health.v1.Health/Other",
+            "/",
+            "",
+        ] {
+            assert_eq!(access_for(path), Access::Admin, "{path}");
+            assert_eq!(code(t.authorize(path, None)), Code::Unauthenticated);
+            assert_eq!(
+                code(t.authorize(path, Some(&header("admin-secret")))),
+                Code::Ok
+            );
+        }
     }
 
     proptest! {

@@ -210,6 +210,7 @@ impl ConfigService for ConfigApi {
             value,
             description: request.description,
             is_sensitive: request.is_sensitive,
+            make_public: request.make_public,
         }
         .validate()
         .map_err(ApiError::from)?;

@@ -124,7 +124,10 @@ pub fn context_of(context: Option<Struct>) -> Result<EvaluationContext, Status> 
             }
             (_, kind) => {
                 let value = from_pb_value(Value { kind }).map_err(|message| {
-                    Status::invalid_argument(format!("context.{name}: {message}"))
+                    Status::invalid_argument(format!(
+                        "context.{}: {message}",
+                        crate::echo::truncate(&name)
+                    ))
                 })?;
                 attributes.insert(name, value);
             }
@@ -221,7 +224,10 @@ impl FlagdCore {
         let context = context_of(context)?;
         let snapshot = self.state.snapshot();
         let Some(flag) = snapshot.flag(key) else {
-            return Err(Status::not_found(format!("flag {key:?} does not exist")));
+            return Err(Status::not_found(format!(
+                "flag {:?} does not exist",
+                crate::echo::truncate(key)
+            )));
         };
         let value_type = flag.flag().value_type;
         let mut tally = Tally::default();
@@ -230,7 +236,8 @@ impl FlagdCore {
         self.evaluations.record_tally(&tally);
         if !type_matches(wanted, value_type, &resolved.value) {
             return Err(Status::invalid_argument(format!(
-                "flag {key:?} is a {} flag{}",
+                "flag {:?} is a {} flag{}",
+                crate::echo::truncate(key),
                 type_name(value_type),
                 if wanted == Wanted::Int && value_type == ValueType::Number {
                     " whose value is not a whole number"

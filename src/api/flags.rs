@@ -62,13 +62,19 @@ fn checked_key(key: &str) -> Result<(), ApiError> {
     } else {
         Err(invalid(
             "key",
-            format!("{key:?} is not a valid flag key: ^[a-z0-9][a-z0-9_.-]{{0,127}}$"),
+            format!(
+                "{:?} is not a valid flag key: ^[a-z0-9][a-z0-9_.-]{{0,127}}$",
+                crate::echo::truncate(key)
+            ),
         ))
     }
 }
 
 fn unknown(key: &str) -> ApiError {
-    ApiError::NotFound(format!("flag {key:?} does not exist"))
+    ApiError::NotFound(format!(
+        "flag {:?} does not exist",
+        crate::echo::truncate(key)
+    ))
 }
 
 impl From<ValueType> for pb::FlagValueType {
@@ -337,7 +343,10 @@ impl FlagService for FlagApi {
                         ),
                         None => pb::flag_evaluation_result::Outcome::Error(pb::EvaluationError {
                             code: "FLAG_NOT_FOUND".to_owned(),
-                            message: format!("flag {key:?} does not exist"),
+                            message: format!(
+                                "flag {:?} does not exist",
+                                crate::echo::truncate(&key)
+                            ),
                         }),
                     };
                     pb::FlagEvaluationResult {

@@ -62,7 +62,8 @@ impl Health for GrpcHealth {
         let name = &request.get_ref().service;
         let Some(status) = self.probes.get(name) else {
             return Err(Status::not_found(format!(
-                "unknown health service name {name:?}"
+                "unknown health service name {:?}",
+                crate::echo::truncate(name)
             )));
         };
         Ok(Response::new(response(status.into())))

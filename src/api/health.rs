@@ -3,7 +3,7 @@
 //! check.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use prost_types::Timestamp;
 use tokio::sync::mpsc;
@@ -33,6 +33,25 @@ pub const DEFAULT_HISTORY_LIMIT: u32 = 100;
 /// ListHealthHistory's largest row count.
 pub const MAX_HISTORY_LIMIT: u32 = 1000;
 
+/// How long one CheckDatabase result answers every caller. The check runs
+/// `check_system_health()` (a size computation and an INSERT): any reader
+/// may call it, so callers share one run per interval instead of each
+/// making the database work.
+pub const CHECK_DATABASE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long a failed CheckDatabase answers every caller: shorter, so a
+/// database that is back shows soon.
+pub const CHECK_DATABASE_FAILURE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The last CheckDatabase answer, shared by every caller.
+#[derive(Debug, Default)]
+struct DatabaseCheck {
+    /// When the answer was computed, and the answer. Held across the query:
+    /// callers that arrive while it runs wait for its result instead of
+    /// running their own (one query in flight at most).
+    last: tokio::sync::Mutex<Option<(Instant, Result<CheckDatabaseResponse, Status>)>>,
+}
+
 /// The HealthService handlers.
 #[derive(Debug, Clone)]
 pub struct HealthApi {
@@ -48,6 +67,8 @@ pub struct HealthApi {
     environment: String,
     /// Admits WatchHealth streams and ends them at shutdown.
     streams: Arc<StreamGate>,
+    /// The shared CheckDatabase answer.
+    database_check: Arc<DatabaseCheck>,
 }
 
 impl HealthApi {
@@ -67,7 +88,32 @@ impl HealthApi {
             instance,
             environment,
             streams,
+            database_check: Arc::default(),
         }
+    }
+
+    /// Runs `check_system_health()` now.
+    async fn check_database_now(&self) -> Result<CheckDatabaseResponse, Status> {
+        let started = Instant::now();
+        let health = self
+            .store
+            .get()?
+            .check_system_health(&self.instance, &serde_json::json!({}), &self.environment)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(CheckDatabaseResponse {
+            status: health_status(&health.status).into(),
+            database_size_bytes: health.database_size_bytes,
+            active_connections: health.active_connections,
+            max_connections: health.max_connections,
+            connection_utilization: health.connection_utilization,
+            error_count: health.error_count,
+            response_time_ms: health.response_time_ms,
+            checked_at: Some(to_timestamp(health.checked_at)),
+            record_id: health.id,
+            round_trip_ms: started.elapsed().as_secs_f64() * 1000.0,
+            cached: false,
+        })
     }
 
     /// The report as of now, from memory only.
@@ -271,24 +317,26 @@ impl HealthService for HealthApi {
         &self,
         _request: Request<CheckDatabaseRequest>,
     ) -> Result<Response<CheckDatabaseResponse>, Status> {
-        let started = Instant::now();
-        let health = self
-            .store
-            .get()?
-            .check_system_health(&self.instance, &serde_json::json!({}), &self.environment)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(Response::new(CheckDatabaseResponse {
-            status: health_status(&health.status).into(),
-            database_size_bytes: health.database_size_bytes,
-            active_connections: health.active_connections,
-            max_connections: health.max_connections,
-            connection_utilization: health.connection_utilization,
-            error_count: health.error_count,
-            response_time_ms: health.response_time_ms,
-            checked_at: Some(to_timestamp(health.checked_at)),
-            record_id: health.id,
-            round_trip_ms: started.elapsed().as_secs_f64() * 1000.0,
-        }))
+        // The lock makes this a single flight: one query at a time, and
+        // every caller within the interval gets its answer.
+        let mut last = self.database_check.last.lock().await;
+        if let Some((at, answer)) = last.as_ref() {
+            let fresh_for = if answer.is_ok() {
+                CHECK_DATABASE_INTERVAL
+            } else {
+                CHECK_DATABASE_FAILURE_INTERVAL
+            };
+            if at.elapsed() < fresh_for {
+                return answer.clone().map(|response| {
+                    Response::new(CheckDatabaseResponse {
+                        cached: true,
+                        ..response
+                    })
+                });
+            }
+        }
+        let answer = self.check_database_now().await;
+        *last = Some((Instant::now(), answer.clone()));
+        answer.map(Response::new)
     }
 }

@@ -43,9 +43,10 @@ pub enum ConfigCommand {
         /// The key.
         key: String,
     },
-    /// Set a key (needs the admin token).
+    /// Set a key (needs the admin token). The description and whether the
+    /// value is secret stay as they are unless given.
     #[command(
-        after_help = "Examples:\n  readyd config set max_upload_mb 25\n  readyd config set smtp.password s3cret --sensitive --environment production"
+        after_help = "Examples:\n  readyd config set max_upload_mb 25\n  readyd config set smtp.password s3cret --sensitive --environment production\n  readyd config set smtp.password n3w-s3cret          # stays sensitive\n  readyd config set feature.banner '\"hello\"' --public  # a sensitive key made public"
     )]
     Set {
         /// The key.
@@ -55,12 +56,16 @@ pub enum ConfigCommand {
         /// The environment; empty for every environment.
         #[arg(long, default_value = "")]
         environment: String,
-        /// Free text.
-        #[arg(long, default_value = "")]
-        description: String,
-        /// Mark the value as secret.
+        /// Free text; the key's description is kept when omitted.
         #[arg(long)]
+        description: Option<String>,
+        /// Mark the value as secret (it stays secret on later sets).
+        #[arg(long, conflicts_with = "public")]
         sensitive: bool,
+        /// Make a sensitive key public: its value then reaches every reader.
+        /// Without it, readyd keeps a sensitive key sensitive.
+        #[arg(long)]
+        public: bool,
         /// Write only if the row is at this version (0: must not exist).
         #[arg(long)]
         expected_version: Option<i64>,
@@ -186,15 +191,25 @@ pub async fn run(args: ConfigArgs) -> Result<(), ClientError> {
             environment,
             description,
             sensitive,
+            public,
             expected_version,
         } => {
+            // Sensitivity is sent only when asked for: an omitted flag
+            // keeps the key as it is (never turns a secret public).
             let request = pb::SetConfigRequest {
                 key,
                 value: Some(to_pb_value(&json_arg(&value))),
                 environment,
                 description,
-                is_sensitive: sensitive,
+                is_sensitive: if sensitive {
+                    Some(true)
+                } else if public {
+                    Some(false)
+                } else {
+                    None
+                },
                 expected_version,
+                make_public: public,
             };
             let entry = config
                 .set_config(client.request(request)?)

@@ -155,10 +155,13 @@ pub struct ConfigDraft {
     pub environment: String,
     /// The value; required.
     pub value: Option<Value>,
-    /// Free text.
-    pub description: String,
-    /// Whether the value is a secret.
-    pub is_sensitive: bool,
+    /// Free text; `None` keeps the row's (a new row gets "").
+    pub description: Option<String>,
+    /// Whether the value is a secret; `None` keeps the row's (a new row is
+    /// not sensitive). `Some(false)` on a sensitive row needs `make_public`.
+    pub is_sensitive: Option<bool>,
+    /// Confirms that a sensitive row becomes public.
+    pub make_public: bool,
 }
 
 /// A draft that passed every rule.
@@ -170,10 +173,15 @@ pub struct ValidConfigDraft {
     pub environment: String,
     /// The value.
     pub value: Value,
-    /// Free text.
-    pub description: String,
-    /// Whether the value is a secret.
-    pub is_sensitive: bool,
+    /// Free text; `None` keeps the row's.
+    pub description: Option<String>,
+    /// Whether the value is a secret; `None` keeps the row's. `Some(false)`
+    /// with `make_public` unset must not turn a sensitive row public (the
+    /// store checks against the row, under the change lock).
+    pub is_sensitive: Option<bool>,
+    /// The writer confirmed that a sensitive row may become public (then
+    /// `is_sensitive` is `Some(false)`).
+    pub make_public: bool,
 }
 
 /// The environment a request names: empty means `*`.
@@ -184,8 +192,9 @@ pub fn environment_of(raw: &str) -> Result<String, ValidationError> {
         name => Err(ValidationError::new(
             "environment",
             format!(
-                "{name:?} is not an environment name: lower case letters, digits, '_' and '-', \
-                 at most 64, or \"*\" (or empty) for every environment"
+                "{:?} is not an environment name: lower case letters, digits, '_' and '-', \
+                 at most 64, or \"*\" (or empty) for every environment",
+                crate::echo::truncate(name)
             ),
         )),
     }
@@ -198,7 +207,10 @@ pub fn check_key(key: &str) -> Result<(), ValidationError> {
     } else {
         Err(ValidationError::new(
             "key",
-            format!("{key:?} is not a valid key: ^[a-z0-9][a-z0-9_.-]{{0,127}}$"),
+            format!(
+                "{:?} is not a valid key: ^[a-z0-9][a-z0-9_.-]{{0,127}}$",
+                crate::echo::truncate(key)
+            ),
         ))
     }
 }
@@ -228,24 +240,38 @@ impl ConfigDraft {
                 }
             }
         }
-        if self.description.len() > MAX_DESCRIPTION_BYTES {
-            errors.push(ValidationError::new(
-                "description",
-                format!(
-                    "is {} bytes; the limit is {MAX_DESCRIPTION_BYTES}",
-                    self.description.len()
-                ),
-            ));
-        } else if self.description.contains('\0') {
-            errors.push(nul_error("description"));
+        if let Some(description) = &self.description {
+            if description.len() > MAX_DESCRIPTION_BYTES {
+                errors.push(ValidationError::new(
+                    "description",
+                    format!(
+                        "is {} bytes; the limit is {MAX_DESCRIPTION_BYTES}",
+                        description.len()
+                    ),
+                ));
+            } else if description.contains('\0') {
+                errors.push(nul_error("description"));
+            }
         }
+        if self.make_public && self.is_sensitive == Some(true) {
+            errors.push(ValidationError::new(
+                "make_public",
+                "contradicts is_sensitive = true; send one or the other",
+            ));
+        }
+        let is_sensitive = if self.make_public {
+            Some(false)
+        } else {
+            self.is_sensitive
+        };
         match (ValidationErrors::from_vec(errors), environment, self.value) {
             (None, Some(environment), Some(value)) => Ok(ValidConfigDraft {
                 key: self.key,
                 environment,
                 value,
                 description: self.description,
-                is_sensitive: self.is_sensitive,
+                is_sensitive,
+                make_public: self.make_public,
             }),
             (Some(errors), _, _) => Err(errors),
             // A missing part always comes with its error above.
@@ -330,8 +356,9 @@ mod tests {
             key: "Bad Key".into(),
             environment: "Prod".into(),
             value: None,
-            description: "x".repeat(2000),
-            is_sensitive: false,
+            description: Some("x".repeat(2000)),
+            is_sensitive: None,
+            make_public: false,
         }
         .validate()
         .unwrap_err();
@@ -343,10 +370,38 @@ mod tests {
             key: "k".into(),
             environment: String::new(),
             value: Some(json!("x".repeat(MAX_VALUE_BYTES))),
-            description: String::new(),
-            is_sensitive: false,
+            description: None,
+            is_sensitive: None,
+            make_public: false,
         };
         assert!(too_big.validate().unwrap_err().has_field("value"));
+    }
+
+    #[test]
+    fn make_public_confirms_public_and_contradicts_sensitive() {
+        let draft = |is_sensitive, make_public| ConfigDraft {
+            key: "k".into(),
+            environment: String::new(),
+            value: Some(json!(1)),
+            description: None,
+            is_sensitive,
+            make_public,
+        };
+        assert_eq!(
+            draft(None, true).validate().unwrap().is_sensitive,
+            Some(false)
+        );
+        assert_eq!(
+            draft(Some(false), true).validate().unwrap().is_sensitive,
+            Some(false)
+        );
+        assert_eq!(draft(None, false).validate().unwrap().is_sensitive, None);
+        assert!(
+            draft(Some(true), true)
+                .validate()
+                .unwrap_err()
+                .has_field("make_public")
+        );
     }
 
     #[test]
@@ -414,8 +469,9 @@ mod tests {
                 key: key.clone(),
                 environment: env.clone(),
                 value: Some(json!(1)),
-                description: String::new(),
-                is_sensitive: false,
+                description: None,
+                is_sensitive: None,
+                make_public: false,
             }
             .validate();
             let key_ok = is_valid_key(&key);

@@ -230,7 +230,7 @@ impl FlagDraft {
                 format!(
                     "{:?} is not a valid key: expected 1 to {MAX_KEY_LEN} characters of \
                      a-z, 0-9, '_', '.', '-', starting with a-z or 0-9",
-                    truncate_for_message(&self.key)
+                    crate::echo::truncate(&self.key)
                 ),
             ));
         }
@@ -264,7 +264,7 @@ impl FlagDraft {
                     "entry {i} ({:?}) is not a valid environment: expected 1 to \
                      {MAX_ENVIRONMENT_LEN} characters of a-z, 0-9, '_', '-', starting \
                      with a-z or 0-9",
-                    truncate_for_message(env)
+                    crate::echo::truncate(env)
                 ),
             ));
         }
@@ -393,15 +393,6 @@ fn json_type_name(value: &Value) -> &'static str {
         Value::String(_) => "string",
         Value::Array(_) => "array",
         Value::Object(_) => "object",
-    }
-}
-
-/// At most the first 64 characters of `s`, so that a huge bad input does
-/// not become a huge error message.
-fn truncate_for_message(s: &str) -> &str {
-    match s.char_indices().nth(64) {
-        Some((end, _)) => &s[..end],
-        None => s,
     }
 }
 

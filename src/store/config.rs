@@ -120,7 +120,11 @@ impl Store {
             &draft.key,
             &draft.environment,
             &draft.value,
-            Some((&draft.description, draft.is_sensitive)),
+            Details {
+                description: draft.description.as_deref(),
+                is_sensitive: draft.is_sensitive,
+                make_public: draft.make_public,
+            },
             expected_version,
         )
         .await?;
@@ -175,7 +179,7 @@ impl Store {
             "maintenance_mode",
             environment,
             &serde_json::Value::Bool(enabled),
-            None,
+            Details::KEEP,
             None,
         )
         .await?;
@@ -184,7 +188,7 @@ impl Store {
             "maintenance_message",
             environment,
             &serde_json::Value::String(message.to_owned()),
-            None,
+            Details::KEEP,
             None,
         )
         .await?;
@@ -213,27 +217,54 @@ impl Store {
     }
 }
 
-/// Inserts or updates one row inside `tx` (which holds the change lock).
-/// `details` (description, is_sensitive) are kept as they are when `None`.
+/// What a write says about a row besides its value.
+#[derive(Debug, Clone, Copy)]
+struct Details<'a> {
+    /// The new description; `None` keeps the row's.
+    description: Option<&'a str>,
+    /// The new sensitivity; `None` keeps the row's.
+    is_sensitive: Option<bool>,
+    /// The writer confirmed that a sensitive row may become public.
+    make_public: bool,
+}
+
+impl Details<'_> {
+    /// Keep the description and sensitivity as they are.
+    const KEEP: Details<'static> = Details {
+        description: None,
+        is_sensitive: None,
+        make_public: false,
+    };
+}
+
+/// Inserts or updates one row inside `tx` (which holds the change lock, so
+/// the row read here is the row written over).
 async fn write_config(
     tx: &mut sqlx::PgConnection,
     key: &str,
     environment: &str,
     value: &serde_json::Value,
-    details: Option<(&str, bool)>,
+    details: Details<'_>,
     expected_version: Option<i64>,
 ) -> Result<ConfigRow, StoreError> {
-    let current: Option<i64> =
-        sqlx::query_scalar("SELECT version FROM app_config WHERE key = $1 AND environment = $2")
-            .bind(key)
-            .bind(environment)
-            .fetch_optional(&mut *tx)
-            .await?;
-    check_expected(key, current, expected_version)?;
-    let (description, is_sensitive) = match details {
-        Some((description, sensitive)) => (Some(description), Some(sensitive)),
-        None => (None, None),
-    };
+    let current: Option<(i64, bool)> = sqlx::query_as(
+        "SELECT version, is_sensitive FROM app_config WHERE key = $1 AND environment = $2",
+    )
+    .bind(key)
+    .bind(environment)
+    .fetch_optional(&mut *tx)
+    .await?;
+    check_expected(key, current.map(|(version, _)| version), expected_version)?;
+    let was_sensitive = current.is_some_and(|(_, sensitive)| sensitive);
+    if was_sensitive && details.is_sensitive == Some(false) && !details.make_public {
+        // Turning a secret public sends its value to every reader: never
+        // by omission (a client that sent is_sensitive = false by default).
+        return Err(StoreError::FailedPrecondition(format!(
+            "config {key:?} in environment {environment:?} is sensitive: set make_public \
+             (readyd config set --public) to make it public, or leave is_sensitive unset to keep it secret"
+        )));
+    }
+    let (description, is_sensitive) = (details.description, details.is_sensitive);
     // Not INSERT ... ON CONFLICT: its BEFORE INSERT trigger would take a
     // version even when the row is then updated, leaving a gap.
     let sql = if current.is_some() {
