@@ -15,6 +15,9 @@ mod load;
 #[path = "../benches/loadgen/process.rs"]
 mod process;
 #[allow(dead_code)]
+#[path = "../benches/loadgen/relay.rs"]
+mod relay;
+#[allow(dead_code)]
 #[path = "../benches/loadgen/report.rs"]
 mod report;
 #[allow(dead_code)]
@@ -76,6 +79,46 @@ async fn every_scenario_runs_and_reads_never_touch_the_database() {
         results.starts_plain.len(),
         bench.plan.starts,
         "every start timed"
+    );
+
+    let relay = results.relay.expect("relay");
+    let plan = &bench.plan.relay;
+    assert_eq!(
+        relay.followers, plan.followers,
+        "every real follower started"
+    );
+    assert_eq!(relay.follower_idle_bytes.len(), plan.followers);
+    // No follower, the real followers, then each fleet size.
+    assert_eq!(relay.sessions.len(), 2 + plan.fleets.len());
+    for sessions in &relay.sessions {
+        assert!(
+            (1..=relay::UPSTREAM_POOL + 1).contains(&sessions.readyd),
+            "only the upstream's pool and listener, with {} followers: {} sessions",
+            sessions.followers,
+            sessions.readyd
+        );
+    }
+    assert_eq!(relay.fleets.len(), plan.fleets.len());
+    for fleet in &relay.fleets {
+        assert!(fleet.rss_after.is_some(), "the upstream's RSS read");
+        for (name, deliveries) in [
+            ("upstream subscribers", &fleet.direct),
+            ("follower subscribers", &fleet.subscribers),
+            ("lightweight followers", &fleet.lightweight_deliveries),
+        ] {
+            assert!(deliveries.streams > 0, "{name}: no stream");
+            assert_eq!(
+                deliveries.received,
+                deliveries.expected(fleet.updates),
+                "{name} of a fleet of {}: every update reaches every stream",
+                fleet.streams
+            );
+        }
+    }
+    assert_eq!(
+        relay.restart_fresh.len(),
+        plan.restarts,
+        "every restart timed"
     );
 
     let queries = results.queries.expect("queries");

@@ -16,6 +16,7 @@ mod baseline;
 mod load;
 #[allow(dead_code)]
 mod process;
+mod relay;
 mod report;
 #[allow(dead_code)]
 mod scenarios;
@@ -26,6 +27,7 @@ use clap::Parser;
 
 use load::LoadShape;
 use process::Pinning;
+use relay::RelayPlan;
 use scenarios::{BaselineMode, Bench, Plan, Scenario};
 
 /// readyd's load generator and benchmark scenarios.
@@ -65,6 +67,21 @@ struct Args {
     /// Config rows seeded.
     #[arg(long, default_value_t = 1_000)]
     configs: usize,
+    /// Real follower processes of the relay scenario (fewer when memory is
+    /// short).
+    #[arg(long, default_value_t = 100)]
+    followers: usize,
+    /// Follower streams in all per fleet size of the relay scenario: the
+    /// real followers, and lightweight Follow streams opened by this
+    /// program for the rest.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    follow_streams: Vec<usize>,
+    /// Updates timed per fleet size by the relay scenario.
+    #[arg(long, default_value_t = 100)]
+    relay_updates: usize,
+    /// Follower restarts timed by the relay scenario.
+    #[arg(long, default_value_t = 10)]
+    restarts: usize,
     /// readyd's `--log` filter; readyd must still log "readyd is serving".
     #[arg(long, default_value = "info")]
     readyd_log: String,
@@ -101,6 +118,16 @@ impl Args {
             flags: self.flags,
             configs: self.configs,
             readyd_log: self.readyd_log.clone(),
+            relay: RelayPlan {
+                followers: self.followers,
+                fleets: {
+                    let mut fleets = self.follow_streams.clone();
+                    fleets.sort_unstable();
+                    fleets
+                },
+                updates: self.relay_updates,
+                restarts: self.restarts,
+            },
         }
     }
 }

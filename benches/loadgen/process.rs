@@ -200,6 +200,18 @@ impl Server {
         Some(kib * 1024)
     }
 
+    /// The child's resident memory by kind, in bytes: anonymous (heap,
+    /// stacks) and file-backed (the binary's pages that were read).
+    pub fn rss_kinds(&self) -> Option<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let field = |name: &str| -> Option<u64> {
+            let line = status.lines().find(|line| line.starts_with(name))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        };
+        Some((field("RssAnon:")?, field("RssFile:")?))
+    }
+
     /// Stops the server: SIGTERM and a wait for a child, the token for a
     /// task.
     pub async fn stop(mut self) {

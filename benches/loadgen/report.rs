@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::relay::{Deliveries, Fleet, Relay, UPSTREAM_POOL};
 use crate::scenarios::{BATCH, Bench, Results, Throughput};
 
 /// Prints what the figures were measured on.
@@ -248,6 +249,9 @@ pub fn print(bench: &Bench, results: &Results) {
         );
         println!();
     }
+    if let Some(relay) = &results.relay {
+        print_relay(bench, relay);
+    }
     if let Some(q) = &results.queries {
         println!("## Database statements during reads (pg_stat_activity of the bench database)");
         println!();
@@ -262,6 +266,243 @@ pub fn print(bench: &Bench, results: &Results) {
         println!(
             "Goal 0: {}",
             goal(q.during_evaluations == 0 && q.during_probes == 0)
+        );
+        println!();
+    }
+}
+
+fn kib(bytes: f64) -> String {
+    format!("{:.1}", bytes / 1024.0)
+}
+
+/// The middle value of `values`, and the largest.
+fn median_max<T: Copy + Ord>(values: &[T]) -> Option<(T, T)> {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    Some((*sorted.get(sorted.len() / 2)?, *sorted.last()?))
+}
+
+fn delivery_row(name: &str, d: &Deliveries, updates: usize, base: &Deliveries) {
+    let h = &d.latency_us;
+    let b = &base.latency_us;
+    println!(
+        "| {name} | {} | {} of {} | {} | {} | {} | {} | {} |",
+        d.streams,
+        d.received,
+        d.expected(updates),
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.max()),
+        ratio(
+            h.value_at_quantile(0.5) as f64,
+            b.value_at_quantile(0.5) as f64
+        ),
+        ratio(
+            h.value_at_quantile(0.99) as f64,
+            b.value_at_quantile(0.99) as f64
+        ),
+    );
+}
+
+/// The relay scenario: sessions, propagation per fleet size, memory and
+/// restarts, with their goals.
+fn print_relay(bench: &Bench, relay: &Relay) {
+    println!("## Relay: one upstream on the database, a fleet of followers");
+    println!();
+    let placement = match (bench.pinning.server, bench.pinning.client) {
+        (Some(server), Some(client)) => format!(
+            "upstream on core {server}; the real followers, their subscribers' client and every \
+             lightweight stream (this program) share core {client}; PostgreSQL is not pinned"
+        ),
+        _ => format!("nothing pinned ({})", bench.pinning.note),
+    };
+    println!(
+        "{} real follower processes. Placement: {placement}. {}.",
+        relay.followers, relay.open_files
+    );
+    if let Some(note) = &relay.followers_note {
+        println!("{note}.");
+    }
+    println!();
+    println!(
+        "| Follower streams on the upstream | pg_stat_activity rows | of them application_name 'readyd' |"
+    );
+    println!("|---:|---:|---:|");
+    for s in &relay.sessions {
+        println!("| {} | {} | {} |", s.followers, s.all, s.readyd);
+    }
+    println!();
+    let readyd: Vec<i64> = relay.sessions.iter().map(|s| s.readyd).collect();
+    let bound = UPSTREAM_POOL + 1;
+    let unchanged = readyd.windows(2).all(|pair| pair[0] == pair[1]);
+    println!(
+        "Goal: the upstream's own sessions (at most its pool of {UPSTREAM_POOL} and the listener), \
+         whatever the followers: readyd sessions {readyd:?}, {}{}",
+        goal(readyd.iter().all(|&n| n <= bound)),
+        if unchanged {
+            ", unchanged"
+        } else {
+            ", varying within the pool"
+        }
+    );
+    println!();
+
+    println!(
+        "| Follower streams (real + lightweight over connections) | path | streams | deliveries | p50 ms | p99 ms | max ms | p50 ratio | p99 ratio |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for fleet in &relay.fleets {
+        let name = format!(
+            "{} ({} + {} over {})",
+            fleet.streams,
+            fleet.streams - fleet.lightweight,
+            fleet.lightweight,
+            fleet.connections
+        );
+        let u = fleet.updates;
+        let base = &fleet.direct;
+        delivery_row(
+            &format!("{name} | baseline: WatchFlags on the upstream"),
+            base,
+            u,
+            base,
+        );
+        delivery_row(
+            &format!("{name} | WatchFlags on each real follower"),
+            &fleet.subscribers,
+            u,
+            base,
+        );
+        delivery_row(
+            &format!("{name} | each lightweight Follow stream"),
+            &fleet.lightweight_deliveries,
+            u,
+            base,
+        );
+        delivery_row(
+            &format!("{name} | every follower"),
+            &fleet.every_follower,
+            u,
+            base,
+        );
+        let commit = &fleet.commit_us;
+        println!(
+            "| {name} | for comparison: the UPDATE's own round trip (sent to commit acknowledged) | | {} updates | {} | {} | {} | | |",
+            commit.len(),
+            ms(commit.value_at_quantile(0.5)),
+            ms(commit.value_at_quantile(0.99)),
+            ms(commit.max()),
+        );
+        let whole = &fleet.whole_fleet_us;
+        println!(
+            "| {name} | the whole fleet (last delivery of each update) | | {} updates | {} | {} | {} | | |",
+            whole.len(),
+            ms(whole.value_at_quantile(0.5)),
+            ms(whole.value_at_quantile(0.99)),
+            ms(whole.max()),
+        );
+    }
+    println!();
+    for fleet in &relay.fleets {
+        let every = &fleet.every_follower;
+        let p99 = Duration::from_micros(every.latency_us.value_at_quantile(0.99));
+        let limit = if fleet.streams <= 1_000 {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_millis(500)
+        };
+        println!(
+            "Goal p99 < {limit:?} with {} followers: {p99:?}, {}",
+            fleet.streams,
+            goal(p99 < limit && every.received == every.expected(fleet.updates))
+        );
+    }
+    println!();
+
+    println!("| Memory (resident set) | MiB | per stream KiB |");
+    println!("|---|---:|---:|");
+    println!(
+        "| upstream, no follower, 1 s after start | {} | |",
+        mib(relay.upstream_idle_bytes)
+    );
+    for fleet in &relay.fleets {
+        println!(
+            "| upstream with {} follower streams ({} added since {} MiB) | {} | {} |",
+            fleet.streams,
+            fleet.added,
+            mib(fleet.rss_before),
+            mib(fleet.rss_after),
+            fleet.bytes_per_stream().map_or("-".to_owned(), kib),
+        );
+    }
+    if let Some((median, max)) = median_max(&relay.follower_idle_bytes) {
+        println!(
+            "| a follower, idle, {} flags and {} config rows: median of {} (max) | {} ({}) | |",
+            bench.plan.flags + 7,
+            bench.plan.configs + 7,
+            relay.follower_idle_bytes.len(),
+            mib(Some(median)),
+            mib(Some(max)),
+        );
+    }
+    let anon: Vec<u64> = relay.follower_idle_kinds.iter().map(|k| k.0).collect();
+    let file: Vec<u64> = relay.follower_idle_kinds.iter().map(|k| k.1).collect();
+    if let (Some((anon, _)), Some((file, _))) = (median_max(&anon), median_max(&file)) {
+        println!(
+            "| the same, by kind (medians): anonymous (heap, stacks) / file-backed (the binary's pages) | {} / {} | |",
+            mib(Some(anon)),
+            mib(Some(file)),
+        );
+    }
+    println!();
+    let worst_per_stream = relay
+        .fleets
+        .iter()
+        .filter_map(Fleet::bytes_per_stream)
+        .fold(0.0, f64::max);
+    println!(
+        "Goal upstream < 50 KiB per follower stream: {} KiB at most, {}",
+        kib(worst_per_stream),
+        goal(worst_per_stream < 50.0 * 1024.0)
+    );
+    if let Some((median, _)) = median_max(&relay.follower_idle_bytes) {
+        println!(
+            "Goal follower idle < 12 MiB: {} MiB, {}",
+            mib(Some(median)),
+            goal(median < 12 * 1024 * 1024)
+        );
+    }
+    println!();
+
+    if let Some((median, max)) = median_max(&relay.restart_fresh) {
+        let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
+        println!(
+            "| A follower restarted (SIGTERM, then exec with the same data dir) | restarts | median ms | min ms | max ms |"
+        );
+        println!("|---|---:|---:|---:|---:|");
+        for (name, times) in [
+            ("exec to its serving line", &relay.restart_serving),
+            (
+                "exec to serving the upstream's version, not STALE (ListFlags, EvaluateFlag)",
+                &relay.restart_fresh,
+            ),
+        ] {
+            let min = times.iter().min().copied().unwrap_or_default();
+            let (median, max) = median_max(times).unwrap_or_default();
+            println!(
+                "| {name} | {} | {} | {} | {} |",
+                times.len(),
+                ms(median),
+                ms(min),
+                ms(max)
+            );
+        }
+        println!();
+        println!(
+            "Goal fresh data < 100 ms after start: median {}, {} (max {})",
+            ms(median),
+            goal(median < Duration::from_millis(100)),
+            ms(max)
         );
         println!();
     }

@@ -20,6 +20,7 @@ use tonic::transport::Channel;
 use crate::baseline;
 use crate::load::{self, Dice, LoadReport, LoadShape};
 use crate::process::{Pinning, Server};
+use crate::relay::{Relay, RelayPlan};
 use crate::support::TestDb;
 
 /// The flag of the unary scenario: 100 target users, 2 target roles, 50 %
@@ -52,6 +53,9 @@ pub enum Scenario {
     Start,
     /// Database statements during evaluations and probes.
     Queries,
+    /// Relay mode: an upstream and a fleet of followers (connections,
+    /// propagation to every follower, memory, restart to fresh data).
+    Relay,
 }
 
 /// How big each scenario is.
@@ -73,6 +77,8 @@ pub struct Plan {
     pub configs: usize,
     /// readyd's `--log` filter.
     pub readyd_log: String,
+    /// The relay scenario's sizes.
+    pub relay: RelayPlan,
 }
 
 impl Plan {
@@ -92,6 +98,12 @@ impl Plan {
             flags: 100,
             configs: 100,
             readyd_log: "info".to_owned(),
+            relay: RelayPlan {
+                followers: 2,
+                fleets: vec![4, 8],
+                updates: 5,
+                restarts: 2,
+            },
         }
     }
 }
@@ -202,10 +214,12 @@ pub struct Results {
     pub starts_plain: Vec<Duration>,
     /// Database work per read.
     pub queries: Option<Queries>,
+    /// Relay mode.
+    pub relay: Option<Relay>,
 }
 
 /// The address in readyd's "readyd is serving" line (text logs).
-fn readyd_address(line: &str) -> Option<std::net::SocketAddr> {
+pub(crate) fn readyd_address(line: &str) -> Option<std::net::SocketAddr> {
     if !line.contains("readyd is serving") {
         return None;
     }
@@ -266,7 +280,7 @@ fn random_context(dice: &mut Dice) -> Option<pb::EvaluationContext> {
     })
 }
 
-fn failed(status: tonic::Status) -> String {
+pub(crate) fn failed(status: tonic::Status) -> String {
     format!("{}: {}", status.code(), status.message())
 }
 
@@ -286,7 +300,7 @@ async fn evaluate_once(
 }
 
 /// One Check on `service`, which must answer SERVING.
-async fn check_once(channel: Channel, service: &'static str) -> Result<(), String> {
+pub(crate) async fn check_once(channel: Channel, service: &'static str) -> Result<(), String> {
     let status = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: service.to_owned(),
@@ -338,7 +352,7 @@ async fn probe_sequentially(
 }
 
 /// Polls `readiness` until it answers SERVING.
-async fn wait_until_ready(server: &Server) {
+pub(crate) async fn wait_until_ready(server: &Server) {
     let channel = load::connect(server.addr, 1).await.remove(0);
     let deadline = Instant::now() + Duration::from_secs(60);
     while check_once(channel.clone(), "readiness").await.is_err() {
@@ -387,27 +401,42 @@ impl Bench {
         extra: &[String],
     ) -> (Server, Duration) {
         let mut command = self.pinning.server_command(&self.readyd);
-        command
-            .args(["serve", "--listen", "127.0.0.1:0", "--environment", "bench"])
-            .args(["--instance", "loadgen", "--metrics-listen", "127.0.0.1:0"])
-            .args(["--database-check", "interval=1h&timeout=2s&failures=3"])
-            .args(["--history-interval", "1h", "--log-format", "text", "--log"])
-            .arg(&self.plan.readyd_log)
-            .arg("--database-url")
-            .arg(database_url)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(extra)
-            .env_remove("DATABASE_URL")
-            .env_remove("READYD_ADMIN_TOKEN")
-            .env_remove("READYD_READ_TOKEN")
-            .env_remove("READYD_CHECKS")
-            .env_remove("READYD_LOG")
-            .env("NO_COLOR", "1");
+        self.readyd_settings(&mut command, "loadgen", data_dir);
+        command.arg("--database-url").arg(database_url).args(extra);
         let started = Instant::now();
         let (server, _) = Server::spawn(command, readyd_address).await;
         wait_until_ready(&server).await;
         (server, started.elapsed())
+    }
+
+    /// The settings every readyd of a run gets: `serve` on a loopback port
+    /// in environment `bench`, text logs, the metrics endpoint on, the
+    /// periodic check of its source (database or upstream) and history rows
+    /// an hour out, and nothing inherited that would change what it does.
+    pub(crate) fn readyd_settings(
+        &self,
+        command: &mut tokio::process::Command,
+        instance: &str,
+        data_dir: &std::path::Path,
+    ) {
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--environment", "bench"])
+            .arg("--instance")
+            .arg(instance)
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(["--database-check", "interval=1h&timeout=2s&failures=3"])
+            .args(["--history-interval", "1h", "--log-format", "text", "--log"])
+            .arg(&self.plan.readyd_log)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env_remove("DATABASE_URL")
+            .env_remove("READYD_ADMIN_TOKEN")
+            .env_remove("READYD_READ_TOKEN")
+            .env_remove("READYD_REPLICATION_TOKEN")
+            .env_remove("READYD_UPSTREAM")
+            .env_remove("READYD_CHECKS")
+            .env_remove("READYD_LOG")
+            .env("NO_COLOR", "1");
     }
 
     /// The baseline server, as a pinned child or a task.
@@ -450,7 +479,31 @@ impl Bench {
             }
         }
 
-        let (readyd, _) = self.start_readyd(&db.url, data_dir.path(), &[]).await;
+        let on_one_readyd = scenarios
+            .iter()
+            .any(|scenario| !matches!(scenario, Scenario::Start | Scenario::Relay));
+        if on_one_readyd {
+            self.run_on_one_readyd(&db, data_dir.path(), &wants, &mut results)
+                .await;
+        }
+        // After the other scenarios' readyd has stopped: the database then
+        // has the upstream's sessions only (and this program's).
+        if wants(Scenario::Relay) {
+            results.relay = Some(self.relay(&db).await);
+        }
+        results
+    }
+
+    /// The scenarios that share one readyd on `db`.
+    async fn run_on_one_readyd(
+        &self,
+        db: &TestDb,
+        data_dir: &std::path::Path,
+        wants: &dyn Fn(Scenario) -> bool,
+        results: &mut Results,
+    ) {
+        let plan = &self.plan;
+        let (readyd, _) = self.start_readyd(&db.url, data_dir, &[]).await;
         let mut baseline_bytes = None;
         let idle_bytes = if wants(Scenario::Memory) {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -503,17 +556,17 @@ impl Bench {
             if wants(Scenario::Probe) {
                 results.baseline_sequential =
                     Some(probe_sequentially(&baseline, plan.shape.duration, "").await);
-                results.probe = Some(self.probe_with_hung_dependency(&db, data_dir.path()).await);
+                results.probe = Some(self.probe_with_hung_dependency(db, data_dir).await);
             }
             baseline.stop().await;
         }
 
         if wants(Scenario::Queries) {
-            results.queries = Some(self.queries(&db, &readyd).await);
+            results.queries = Some(self.queries(db, &readyd).await);
         }
 
         if wants(Scenario::Propagation) || wants(Scenario::Memory) {
-            let (propagation, watching_bytes) = self.propagation(&db, &readyd).await;
+            let (propagation, watching_bytes) = self.propagation(db, &readyd).await;
             if wants(Scenario::Propagation) {
                 results.propagation = Some(propagation);
             }
@@ -528,7 +581,6 @@ impl Bench {
         }
 
         readyd.stop().await;
-        results
     }
 
     /// A second readyd with one check whose peer accepts connections and
