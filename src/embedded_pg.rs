@@ -17,9 +17,10 @@
 //! The server listens only on a Unix socket in `pg-socket/` (no TCP at all), and
 //! only its owner (and root) can enter that directory, so `trust` authentication
 //! admits nobody else. That owner is therefore a user of the cluster's own when
-//! readyd runs as root (see `plan_user`), never a shared one such as `nobody`. readyd's settings live in `pg/readyd.conf`, which
-//! `postgresql.conf` includes and which is rewritten at every start (so a moved
-//! data directory keeps working).
+//! readyd runs as root (see `plan_user`), never a shared one such as `nobody`.
+//! readyd's settings live in `pg/readyd.conf`, which `postgresql.conf` includes
+//! and which is rewritten at every start (so a moved data directory keeps
+//! working).
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
