@@ -16,9 +16,11 @@
 //!
 //! The server listens only on a Unix socket in `pg-socket/` (no TCP at all), and
 //! only its owner (and root) can enter that directory, so `trust` authentication
-//! admits nobody else. readyd's settings live in `pg/readyd.conf`, which
-//! `postgresql.conf` includes and which is rewritten at every start (so a moved
-//! data directory keeps working).
+//! admits nobody else. That owner is therefore a user of the cluster's own when
+//! readyd runs as root (see `plan_user`), never a shared one such as `nobody`.
+//! readyd's settings live in `pg/readyd.conf`, which `postgresql.conf` includes
+//! and which is rewritten at every start (so a moved data directory keeps
+//! working).
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -26,6 +28,7 @@ use std::fs;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -121,8 +124,9 @@ pub enum EmbeddedPgError {
 
     /// readyd runs as root but no unprivileged user is available to run PostgreSQL.
     #[error(
-        "readyd runs as root but PostgreSQL refuses to, and {detail}; create a `postgres` \
-         user, run readyd as an unprivileged user, or set DATABASE_URL"
+        "readyd runs as root but PostgreSQL refuses to, and {detail}; create the system user \
+         `readyd-pg` (e.g. `useradd --system --user-group readyd-pg`) or a `postgres` user, \
+         run readyd as an unprivileged user, or set DATABASE_URL"
     )]
     NoUnprivilegedUser {
         /// What exactly is missing.
@@ -382,46 +386,63 @@ impl PgUser {
         }
     }
 
-    /// Picks the user. Not root: the current user. Root: the owner of an existing
-    /// cluster if that is not root (so a cluster created by an earlier non-root run keeps
-    /// its owner), else `postgres`, else `nobody`.
-    fn choose(cluster_dir: &Path) -> Result<Self, EmbeddedPgError> {
+    /// Picks the user (see [`plan_user`]) and says whether the existing
+    /// cluster must be given to it first. Creates [`DEDICATED_USER`] when
+    /// the plan says so.
+    fn choose(cluster_dir: &Path) -> Result<(Self, bool), EmbeddedPgError> {
         let lookup_err = |e: nix::Error| EmbeddedPgError::NoUnprivilegedUser {
             detail: format!("looking up users failed: {e}"),
         };
         let euid = nix::unistd::geteuid();
-        if !euid.is_root() {
-            let user = User::from_uid(euid).map_err(lookup_err)?.ok_or_else(|| {
-                EmbeddedPgError::NoUnprivilegedUser {
-                    detail: format!("the current uid {euid} has no passwd entry"),
-                }
-            })?;
-            // PostgreSQL itself refuses to run without a passwd entry, hence the check.
-            return Ok(Self::from_nix(user, false));
-        }
-        if cluster_dir.join("PG_VERSION").exists()
+        let cluster_owner = if cluster_dir.join("PG_VERSION").exists()
             && let Ok(meta) = fs::metadata(cluster_dir)
-            && meta.uid() != 0
         {
-            let owner = Uid::from_raw(meta.uid());
-            let user = User::from_uid(owner).map_err(lookup_err)?.ok_or_else(|| {
-                EmbeddedPgError::NoUnprivilegedUser {
-                    detail: format!(
-                        "the owner (uid {owner}) of the existing cluster {} has no passwd entry",
-                        cluster_dir.display()
-                    ),
-                }
-            })?;
-            return Ok(Self::from_nix(user, true));
-        }
-        for name in ["postgres", "nobody"] {
-            if let Some(user) = User::from_name(name).map_err(lookup_err)? {
-                return Ok(Self::from_nix(user, true));
+            let owner = User::from_uid(Uid::from_raw(meta.uid())).map_err(lookup_err)?;
+            Some((meta.uid(), owner.map(|user| user.name)))
+        } else {
+            None
+        };
+        let mut existing_users = Vec::new();
+        for name in [DEDICATED_USER, "postgres"] {
+            if User::from_name(name).map_err(lookup_err)?.is_some() {
+                existing_users.push(name.to_owned());
             }
         }
-        Err(EmbeddedPgError::NoUnprivilegedUser {
-            detail: "neither user `postgres` nor `nobody` exists".to_string(),
-        })
+        let facts = UserFacts {
+            is_root: euid.is_root(),
+            cluster_owner,
+            existing_users,
+        };
+        let by_name = |name: &str| -> Result<Self, EmbeddedPgError> {
+            let user = User::from_name(name).map_err(lookup_err)?.ok_or_else(|| {
+                EmbeddedPgError::NoUnprivilegedUser {
+                    detail: format!("the user `{name}` does not exist"),
+                }
+            })?;
+            Ok(Self::from_nix(user, true))
+        };
+        match plan_user(&facts) {
+            UserPlan::Current => {
+                let user = User::from_uid(euid).map_err(lookup_err)?.ok_or_else(|| {
+                    EmbeddedPgError::NoUnprivilegedUser {
+                        detail: format!("the current uid {euid} has no passwd entry"),
+                    }
+                })?;
+                // PostgreSQL itself refuses to run without a passwd entry, hence the check.
+                Ok((Self::from_nix(user, false), false))
+            }
+            UserPlan::Existing { name, reown } => Ok((by_name(&name)?, reown)),
+            UserPlan::CreateDedicated { reown } => {
+                create_dedicated_user()
+                    .map_err(|detail| EmbeddedPgError::NoUnprivilegedUser { detail })?;
+                tracing::info!(
+                    user = DEDICATED_USER,
+                    "created the system user that runs the private PostgreSQL"
+                );
+                Ok((by_name(DEDICATED_USER)?, reown))
+            }
+            UserPlan::Refuse(detail) => Err(EmbeddedPgError::NoUnprivilegedUser { detail }),
+        }
     }
 
     /// Gives `path` to this user (only when running as root; otherwise we own it already).
@@ -460,6 +481,192 @@ impl PgUser {
             }
         }
         Ok(())
+    }
+}
+
+/// The system user readyd creates to run its private PostgreSQL when it runs
+/// as root and neither it nor a `postgres` user exists.
+pub const DEDICATED_USER: &str = "readyd-pg";
+
+/// Whether a user is shared by unrelated programs (`nobody`): a cluster
+/// with `trust` authentication run by it would let every one of them in as
+/// superuser (the socket directory is only closed to other users).
+fn is_shared_user(uid: u32, name: Option<&str>) -> bool {
+    uid == 65534 || matches!(name, Some("nobody" | "nfsnobody"))
+}
+
+/// What is known when picking the user that runs the private cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct UserFacts {
+    /// Whether readyd runs as root.
+    is_root: bool,
+    /// The uid owning an existing cluster, and its name when it has a
+    /// passwd entry; None when there is no cluster yet.
+    cluster_owner: Option<(u32, Option<String>)>,
+    /// Which of [`DEDICATED_USER`] and `postgres` exist.
+    existing_users: Vec<String>,
+}
+
+/// Who runs the private cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum UserPlan {
+    /// readyd's own user (readyd is not root).
+    Current,
+    /// This existing user; `reown`: give it the existing cluster first (it
+    /// belongs to root or to a shared user).
+    Existing { name: String, reown: bool },
+    /// Create [`DEDICATED_USER`] and run as it; `reown` as above.
+    CreateDedicated { reown: bool },
+    /// No user may run it; the detail says why.
+    Refuse(String),
+}
+
+/// Picks the user that runs the private cluster, from facts only (no I/O).
+///
+/// Not root: readyd's own user. Root (PostgreSQL refuses to run as root):
+/// the owner of an existing cluster, unless that is root or a shared user
+/// such as `nobody` (never: any other process of that user could connect
+/// as superuser), in which case the cluster is given to the user a new
+/// cluster gets: [`DEDICATED_USER`] if it exists, else `postgres` if it
+/// exists, else [`DEDICATED_USER`], created.
+fn plan_user(facts: &UserFacts) -> UserPlan {
+    if !facts.is_root {
+        return UserPlan::Current;
+    }
+    let reown = match &facts.cluster_owner {
+        None => false,
+        Some((0, _)) => true,
+        Some((uid, name)) if is_shared_user(*uid, name.as_deref()) => true,
+        Some((_, Some(name))) => {
+            return UserPlan::Existing {
+                name: name.clone(),
+                reown: false,
+            };
+        }
+        Some((uid, None)) => {
+            return UserPlan::Refuse(format!(
+                "the owner (uid {uid}) of the existing cluster has no passwd entry"
+            ));
+        }
+    };
+    let exists = |name: &str| facts.existing_users.iter().any(|user| user == name);
+    for name in [DEDICATED_USER, "postgres"] {
+        if exists(name) {
+            return UserPlan::Existing {
+                name: name.to_owned(),
+                reown,
+            };
+        }
+    }
+    UserPlan::CreateDedicated { reown }
+}
+
+/// Creates [`DEDICATED_USER`] as a system user with its own group, no home
+/// and no login shell (`useradd`, or BusyBox's `adduser`); succeeds too
+/// when another process created it meanwhile.
+fn create_dedicated_user() -> Result<(), String> {
+    let attempts: [(&str, &[&str]); 4] = [
+        (
+            "useradd",
+            &[
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                DEDICATED_USER,
+            ],
+        ),
+        (
+            "/usr/sbin/useradd",
+            &[
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                DEDICATED_USER,
+            ],
+        ),
+        (
+            "adduser",
+            &[
+                "-S",
+                "-D",
+                "-H",
+                "-h",
+                "/nonexistent",
+                "-s",
+                "/sbin/nologin",
+                DEDICATED_USER,
+            ],
+        ),
+        (
+            "/usr/sbin/adduser",
+            &[
+                "-S",
+                "-D",
+                "-H",
+                "-h",
+                "/nonexistent",
+                "-s",
+                "/sbin/nologin",
+                DEDICATED_USER,
+            ],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (program, arguments) in attempts {
+        match std::process::Command::new(program)
+            .args(arguments)
+            .stdin(Stdio::null())
+            .output()
+        {
+            Ok(output) if output.status.success() => return Ok(()),
+            Ok(output) => failures.push(format!(
+                "`{program}` failed ({}): {}",
+                output.status,
+                tail_lines(&String::from_utf8_lossy(&output.stderr), 3)
+            )),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => failures.push(format!("`{program}` could not run: {err}")),
+        }
+        // Another readyd may have created it at the same moment.
+        if User::from_name(DEDICATED_USER).is_ok_and(|user| user.is_some()) {
+            return Ok(());
+        }
+    }
+    if failures.is_empty() {
+        failures.push("neither `useradd` nor `adduser` is installed".to_owned());
+    }
+    Err(format!(
+        "no `postgres` or `{DEDICATED_USER}` user exists and creating `{DEDICATED_USER}` failed: {}",
+        failures.join("; ")
+    ))
+}
+
+/// Stops a server that may be running from `cluster` as its current owner
+/// `uid`/`gid` (before the cluster is given to another user); a stopped
+/// cluster is fine.
+fn stop_as_owner(bins: &PgBinaries, cluster: &Path, uid: u32, gid: u32) {
+    if !cluster.join("postmaster.pid").exists() {
+        return;
+    }
+    let stopped = std::process::Command::new(&bins.pg_ctl)
+        .args(["stop", "-w", "-t", PG_CTL_TIMEOUT_SECS, "-m", "fast", "-D"])
+        .arg(cluster)
+        .current_dir("/")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .uid(uid)
+        .gid(gid)
+        .output();
+    if let Err(err) = stopped {
+        tracing::warn!(cluster = %cluster.display(), error = %err, "could not stop the embedded PostgreSQL before giving it to its new user");
     }
 }
 
@@ -1158,16 +1365,18 @@ fn prepare(data_dir: &Path) -> Result<Prepared, EmbeddedPgError> {
     }
 
     let bins = find_binaries()?;
-    let user = PgUser::choose(&cluster_dir)?;
+    let (user, reown) = PgUser::choose(&cluster_dir)?;
     if user.switch {
         user.check_traversable(&data_dir)?;
-        // A root-owned cluster (e.g. copied by root) would be refused by PostgreSQL.
-        if let Ok(meta) = fs::metadata(&cluster_dir)
-            && meta.uid() == 0
-            && cluster_dir.join("PG_VERSION").exists()
-        {
-            tracing::warn!(cluster = %cluster_dir.display(), user = %user.name,
-                "giving root-owned embedded PostgreSQL cluster to its user");
+        // A root-owned cluster (e.g. copied by root) would be refused by
+        // PostgreSQL; one owned by `nobody` (made by an older readyd) must
+        // not run as `nobody` again.
+        if reown && let Ok(meta) = fs::metadata(&cluster_dir) {
+            tracing::warn!(cluster = %cluster_dir.display(), owner_uid = meta.uid(), user = %user.name,
+                "giving the embedded PostgreSQL cluster to its own user");
+            if meta.uid() != 0 {
+                stop_as_owner(&bins, &cluster_dir, meta.uid(), meta.gid());
+            }
             chown_tree(&cluster_dir, &user)?;
         }
     }
@@ -1239,6 +1448,79 @@ mod tests {
     #[test]
     fn tail_keeps_last_lines() {
         assert_eq!(tail_lines("a\nb\nc\n", 2), "b\nc");
+    }
+
+    fn facts(root: bool, owner: Option<(u32, Option<&str>)>, users: &[&str]) -> UserFacts {
+        UserFacts {
+            is_root: root,
+            cluster_owner: owner.map(|(uid, name)| (uid, name.map(str::to_owned))),
+            existing_users: users.iter().map(|user| (*user).to_owned()).collect(),
+        }
+    }
+
+    fn existing(name: &str, reown: bool) -> UserPlan {
+        UserPlan::Existing {
+            name: name.to_owned(),
+            reown,
+        }
+    }
+
+    #[test]
+    fn the_cluster_never_runs_as_nobody() {
+        // Not root: readyd's own user, whatever else exists.
+        assert_eq!(plan_user(&facts(false, None, &[])), UserPlan::Current);
+        assert_eq!(
+            plan_user(&facts(false, Some((65534, Some("nobody"))), &["postgres"])),
+            UserPlan::Current
+        );
+        // Root, no cluster yet: the dedicated user, else postgres, else create
+        // the dedicated user; never nobody.
+        assert_eq!(
+            plan_user(&facts(true, None, &[DEDICATED_USER, "postgres"])),
+            existing(DEDICATED_USER, false)
+        );
+        assert_eq!(
+            plan_user(&facts(true, None, &["postgres"])),
+            existing("postgres", false)
+        );
+        assert_eq!(
+            plan_user(&facts(true, None, &[])),
+            UserPlan::CreateDedicated { reown: false }
+        );
+        // An existing cluster keeps its owner, unless that is root or a
+        // shared user, whose cluster is given to a user of its own.
+        assert_eq!(
+            plan_user(&facts(true, Some((101, Some("postgres"))), &[])),
+            existing("postgres", false)
+        );
+        assert_eq!(
+            plan_user(&facts(true, Some((1000, Some("alice"))), &["postgres"])),
+            existing("alice", false)
+        );
+        for owner in [
+            (65534, Some("nobody")),
+            (65534, None),
+            (99, Some("nfsnobody")),
+        ] {
+            assert_eq!(
+                plan_user(&facts(true, Some(owner), &["postgres"])),
+                existing("postgres", true),
+                "{owner:?}"
+            );
+            assert_eq!(
+                plan_user(&facts(true, Some(owner), &[])),
+                UserPlan::CreateDedicated { reown: true },
+                "{owner:?}"
+            );
+        }
+        assert_eq!(
+            plan_user(&facts(true, Some((0, Some("root"))), &[DEDICATED_USER])),
+            existing(DEDICATED_USER, true)
+        );
+        assert!(matches!(
+            plan_user(&facts(true, Some((4242, None)), &["postgres"])),
+            UserPlan::Refuse(detail) if detail.contains("4242")
+        ));
     }
 
     #[test]

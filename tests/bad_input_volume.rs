@@ -273,6 +273,8 @@ fn page_token(rng: &mut Rng) -> String {
         3 => i64::MAX.to_string(),
         4 => "AAAA////====".into(),
         5 => "x".repeat(10_000),
+        // The key-order listings' form: a position, valid or damaged.
+        6 => format!("k1.{}", text(rng, 12)),
         _ => text(rng, 40),
     }
 }
@@ -425,6 +427,8 @@ const METHODS: &[Method] = &[
         |rng, _| {
             pb::ListFlagsRequest {
                 prefix: text(rng, 200),
+                page_size: u32_field(rng),
+                page_token: page_token(rng),
             }
             .encode_to_vec()
         },
@@ -492,6 +496,8 @@ const METHODS: &[Method] = &[
                     .map(|_| any_key(rng, SEEDED_FLAGS))
                     .collect(),
                 context: context(rng),
+                page_size: u32_field(rng),
+                page_token: page_token(rng),
             }
             .encode_to_vec()
         },
@@ -532,6 +538,8 @@ const METHODS: &[Method] = &[
                 prefix: text(rng, 200),
                 environment: environment(rng),
                 all_environments: rng.percent(50),
+                page_size: u32_field(rng),
+                page_token: page_token(rng),
             }
             .encode_to_vec()
         },

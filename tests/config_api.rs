@@ -1380,6 +1380,7 @@ async fn reads_and_streams_resolve_and_redact() {
             prefix: "r.".into(),
             environment: "prod".into(),
             all_environments: false,
+            ..Default::default()
         }),
     )
     .await;
@@ -1402,6 +1403,7 @@ async fn reads_and_streams_resolve_and_redact() {
             prefix: "r.".into(),
             environment: String::new(),
             all_environments: true,
+            ..Default::default()
         }),
     )
     .await;

@@ -519,6 +519,7 @@ async fn listed_flags(daemon: &Daemon) -> Flags {
     FlagServiceClient::new(daemon.channel().await)
         .list_flags(ListFlagsRequest {
             prefix: String::new(),
+            ..Default::default()
         })
         .await
         .expect("list flags")

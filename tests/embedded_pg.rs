@@ -283,3 +283,93 @@ async fn unreachable_data_dir_is_refused_when_root() {
     assert!(msg.contains("--data-dir"), "{msg}");
     assert!(!data_dir.join("pg").exists());
 }
+
+/// Gives `path` and everything under it to `uid`:`gid` (no symlinks followed).
+fn chown_all(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).expect("chown");
+    if fs::symlink_metadata(path).expect("inspect").is_dir() {
+        for entry in fs::read_dir(path).expect("read dir") {
+            chown_all(&entry.expect("entry").path(), uid, gid);
+        }
+    }
+}
+
+/// The real uid of process `pid`.
+fn uid_of(pid: &str) -> u32 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().next())
+        .and_then(|uid| uid.parse().ok())
+        .expect("a Uid line")
+}
+
+/// A cluster an older readyd ran as `nobody` (left running, as after a
+/// SIGKILL) is stopped, given to a user of its own and started as that
+/// user: with trust authentication, any other `nobody` process could
+/// otherwise connect as superuser.
+#[tokio::test]
+async fn a_cluster_run_as_nobody_is_taken_from_nobody() {
+    if !nix::unistd::geteuid().is_root() {
+        return; // only root picks the PostgreSQL user
+    }
+    let Some(nobody) = nix::unistd::User::from_name("nobody").expect("look up nobody") else {
+        return;
+    };
+    let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
+    let tmp = temp_dir();
+    let _guard = StopOnDrop(tmp.path().to_path_buf());
+    let pg = EmbeddedPostgres::start(tmp.path(), false)
+        .await
+        .expect("start");
+    let mut conn = connect(&pg.connect_options()).await;
+    sqlx::raw_sql("CREATE TABLE kept (n int); INSERT INTO kept VALUES (7)")
+        .execute(&mut conn)
+        .await
+        .expect("write");
+    conn.close().await.expect("close");
+    pg.stop().await.expect("stop");
+    drop(pg);
+
+    // As an older readyd left it: everything nobody's, the server running as nobody.
+    for path in ["pg", "pg-socket", "pg.log"] {
+        chown_all(&tmp.path().join(path), uid, gid);
+    }
+    let bins = find_binaries().expect("binaries");
+    let started = std::process::Command::new(&bins.pg_ctl)
+        .args(["start", "-w", "-D"])
+        .arg(tmp.path().join("pg"))
+        .arg("-l")
+        .arg(tmp.path().join("pg.log"))
+        .current_dir("/")
+        .uid(uid)
+        .gid(gid)
+        .output()
+        .expect("pg_ctl start as nobody");
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+
+    let pg = EmbeddedPostgres::start(tmp.path(), false)
+        .await
+        .expect("start again");
+    let server_uid = uid_of(&postmaster_pid(&pg));
+    assert_ne!(server_uid, uid, "the server runs as nobody");
+    assert_ne!(server_uid, 0);
+    let cluster_owner = fs::metadata(pg.cluster_dir()).expect("cluster").uid();
+    assert_eq!(cluster_owner, server_uid, "the cluster is its user's");
+    let socket_dir = fs::metadata(pg.socket_dir()).expect("socket dir");
+    assert_eq!(socket_dir.uid(), server_uid);
+    assert_eq!(socket_dir.permissions().mode() & 0o777, 0o700);
+    let mut conn = connect(&pg.connect_options()).await;
+    let n: i32 = sqlx::query_scalar("SELECT n FROM kept")
+        .fetch_one(&mut conn)
+        .await
+        .expect("the data is kept");
+    assert_eq!(n, 7);
+    conn.close().await.expect("close");
+    pg.stop().await.expect("stop");
+}

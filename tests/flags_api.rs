@@ -77,6 +77,7 @@ async fn list(client: &mut Client, prefix: &str) -> pb::ListFlagsResponse {
     client
         .list_flags(pb::ListFlagsRequest {
             prefix: prefix.into(),
+            ..Default::default()
         })
         .await
         .expect("list")
@@ -681,6 +682,7 @@ async fn evaluate_flags_reports_unknown_keys_per_key_and_agrees_with_evaluate_fl
             .evaluate_flags(pb::EvaluateFlagsRequest {
                 keys: strings(&["dark_mode", "no_such_flag", "checkout"]),
                 context: Some(ctx.clone()),
+                ..Default::default()
             })
             .await
             .expect("batch")
@@ -712,6 +714,7 @@ async fn evaluate_flags_reports_unknown_keys_per_key_and_agrees_with_evaluate_fl
             .evaluate_flags(pb::EvaluateFlagsRequest {
                 keys: Vec::new(),
                 context: Some(ctx),
+                ..Default::default()
             })
             .await
             .expect("batch")
@@ -938,6 +941,7 @@ async fn bad_input_is_refused_with_a_status_naming_the_field_and_changes_nothing
         .evaluate_flags(pb::EvaluateFlagsRequest {
             keys: Vec::new(),
             context: Some(nan_context),
+            ..Default::default()
         })
         .await;
     assert_refused(evaluated, Code::InvalidArgument, "context.attributes");

@@ -612,6 +612,46 @@ async fn database_reads_go_up_and_another_environment_is_held_on_demand() {
         })
     );
 
+    // Every row of every environment, asked of B in pages: forwarded up,
+    // page by page, the same rows the upstream lists in one answer.
+    let whole = ConfigServiceClient::new(u.channel().await)
+        .list_configs(support::admin(pb::ListConfigsRequest {
+            all_environments: true,
+            ..Default::default()
+        }))
+        .await
+        .expect("every row at the upstream")
+        .into_inner()
+        .entries;
+    let mut paged = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = ConfigServiceClient::new(b_ch.clone())
+            .list_configs(support::admin(pb::ListConfigsRequest {
+                all_environments: true,
+                page_size: 3,
+                page_token: page_token.clone(),
+                ..Default::default()
+            }))
+            .await
+            .expect("a page of every row through B")
+            .into_inner();
+        assert!(page.entries.len() <= 3);
+        paged.extend(page.entries);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let rows = |entries: &[pb::ConfigEntry]| -> Vec<(String, String)> {
+        entries
+            .iter()
+            .map(|entry| (entry.key.clone(), entry.environment.clone()))
+            .collect()
+    };
+    assert!(whole.len() > 3, "{whole:?}");
+    assert_eq!(rows(&paged), rows(&whole));
+
     // The audit trail, deployments and history come from the database.
     let deployed = DeploymentServiceClient::new(b_ch.clone())
         .record_deployment(support::admin(pb::RecordDeploymentRequest {

@@ -536,6 +536,7 @@ impl Bench {
                     let request = pb::EvaluateFlagsRequest {
                         keys: keys.as_ref().clone(),
                         context: random_context(dice),
+                        ..Default::default()
                     };
                     async move {
                         let response = FlagServiceClient::new(channel)

@@ -18,12 +18,19 @@ use crate::api::pb::readyd::v1::config_service_client::ConfigServiceClient;
 use crate::api::pb::readyd::v1::config_service_server::ConfigService;
 use crate::api::streams::StreamGate;
 use crate::api::watch::{WatchKind, watch};
-use crate::api::{checked_version, invalid, read_your_write, written};
+use crate::api::{
+    ANSWER_BUDGET_BYTES, MAX_KEY_PAGE, checked_version, framed_len, invalid, read_your_write,
+    too_large_for_one_answer, written,
+};
 use crate::client::channel::RetryingChannel;
 use crate::config::{
-    self, ConfigDraft, ConfigRow, check_key, environment_of, resolve, resolve_all, visible,
+    self, ConfigDraft, ConfigRow, check_key, environment_of, resolve, resolve_after, resolve_all,
+    rows_after, visible,
 };
-use crate::paging::{PageLimits, next_page_token, page_size, page_token};
+use crate::paging::{
+    PageLimits, fill_page, key_page_size, key_position, key_token, next_page_token, page_size,
+    page_token,
+};
 use crate::state::{Event, Snapshot, State};
 use crate::store::config::{AuditQuery, AuditRow};
 
@@ -166,29 +173,55 @@ impl ConfigService for ConfigApi {
                 .list_configs(forwarded)
                 .await;
         }
+        let size = key_page_size(request.page_size, MAX_KEY_PAGE).map_err(ApiError::from)?;
+        let mut after = key_position(&request.page_token, "ListConfigs").map_err(ApiError::from)?;
         let snapshot = self.state.snapshot();
-        let entries = if request.all_environments {
-            snapshot
-                .configs
-                .values()
-                .filter(|row| row.key.starts_with(&request.prefix))
-                .map(|row| entry(row, caller.is_admin))
-                .collect()
+        let to_entry = |row: &Arc<ConfigRow>| entry(row, caller.is_admin);
+        let page = if request.all_environments {
+            // A row's position is its key and its environment.
+            let after = after.take().and_then(|mut position| {
+                let environment = position.get_mut(1).map(std::mem::take)?;
+                let key = position.into_iter().next()?;
+                Some((key, environment))
+            });
+            fill_page(
+                rows_after(&snapshot.configs, &request.prefix, after),
+                to_entry,
+                framed_len,
+                size,
+                ANSWER_BUDGET_BYTES,
+            )
         } else {
             let environment = if request.environment.is_empty() {
                 self.environment.to_string()
             } else {
                 environment_of(&request.environment).map_err(ApiError::from)?
             };
-            resolve_all(&snapshot.configs, &request.prefix, &environment)
-                .into_iter()
-                .map(|row| entry(row, caller.is_admin))
-                .collect()
+            let after = after.and_then(|position| position.into_iter().next());
+            fill_page(
+                resolve_after(
+                    &snapshot.configs,
+                    &request.prefix,
+                    &environment,
+                    after.as_deref(),
+                ),
+                to_entry,
+                framed_len,
+                size,
+                ANSWER_BUDGET_BYTES,
+            )
+        };
+        let (entries, more) =
+            page.map_err(|_| too_large_for_one_answer("ListConfigs", "the entries"))?;
+        let next_page_token = match entries.last() {
+            Some(last) if more => key_token(&[&last.key, &last.environment]),
+            _ => String::new(),
         };
         Ok(Response::new(pb::ListConfigsResponse {
             entries,
             version: snapshot.version,
             stale: self.state.freshness().is_stale(),
+            next_page_token,
         }))
     }
 

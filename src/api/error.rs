@@ -25,6 +25,9 @@ pub enum ApiError {
     /// The request is valid but the state does not allow it.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The answer would be too large (the message tells how to ask for less).
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -70,6 +73,7 @@ impl From<ApiError> for Status {
             ApiError::NotFound(message) => Status::not_found(message),
             ApiError::Aborted(message) => Status::aborted(message),
             ApiError::FailedPrecondition(message) => Status::failed_precondition(message),
+            ApiError::ResourceExhausted(message) => Status::resource_exhausted(message),
             ApiError::Store(StoreError::NotFound(message)) => Status::not_found(message),
             ApiError::Store(StoreError::FailedPrecondition(message)) => {
                 Status::failed_precondition(message)

@@ -15,11 +15,15 @@ use crate::api::pb::readyd::v1 as pb;
 use crate::api::pb::readyd::v1::flag_service_server::FlagService;
 use crate::api::streams::StreamGate;
 use crate::api::watch::{WatchKind, watch};
-use crate::api::{checked_version, invalid, read_your_write, written};
+use crate::api::{
+    ANSWER_BUDGET_BYTES, MAX_KEY_PAGE, checked_version, framed_len, invalid, read_your_write,
+    too_large_for_one_answer, written,
+};
 use crate::flags::{
     CompiledFlag, Evaluation, EvaluationContext, Flag, FlagDraft, Reason, ValueType, Variant,
     is_valid_key,
 };
+use crate::paging::{fill_page, key_page_size, key_position, key_token};
 use crate::state::{Event, Snapshot, State};
 use crate::telemetry::{EvaluationCounters, Tally};
 
@@ -68,6 +72,31 @@ fn checked_key(key: &str) -> Result<(), ApiError> {
             ),
         ))
     }
+}
+
+/// The flag key a page token of `listing` continues after.
+fn flag_position(token: &str, listing: &str) -> Result<Option<String>, ApiError> {
+    Ok(key_position(token, listing)
+        .map_err(ApiError::from)?
+        .and_then(|position| position.into_iter().next()))
+}
+
+/// The flags of `sorted` (ordered by key) whose key starts with `prefix`,
+/// after `after` when set, in key order.
+fn flags_after<'a>(
+    sorted: &'a [Arc<CompiledFlag>],
+    prefix: &'a str,
+    after: Option<&str>,
+) -> impl Iterator<Item = &'a Arc<CompiledFlag>> + 'a {
+    let start = match after {
+        Some(after) if after >= prefix => sorted.partition_point(|flag| flag.key() <= after),
+        _ => sorted.partition_point(|flag| flag.key() < prefix),
+    };
+    sorted
+        .get(start..)
+        .unwrap_or_default()
+        .iter()
+        .take_while(move |flag| flag.key().starts_with(prefix))
 }
 
 fn unknown(key: &str) -> ApiError {
@@ -237,15 +266,27 @@ impl FlagService for FlagApi {
         &self,
         request: Request<pb::ListFlagsRequest>,
     ) -> Result<Response<pb::ListFlagsResponse>, Status> {
+        let request = request.into_inner();
+        let size = key_page_size(request.page_size, MAX_KEY_PAGE).map_err(ApiError::from)?;
+        let after = flag_position(&request.page_token, "ListFlags")?;
         let snapshot = self.state.snapshot();
-        let flags = snapshot
-            .flags_with_prefix(&request.get_ref().prefix)
-            .into_iter()
-            .map(|f| f.flag().into())
-            .collect();
+        let sorted = snapshot.flags_sorted();
+        let (flags, more) = fill_page(
+            flags_after(&sorted, &request.prefix, after.as_deref()),
+            |flag| pb::Flag::from(flag.flag()),
+            framed_len,
+            size,
+            ANSWER_BUDGET_BYTES,
+        )
+        .map_err(|_| too_large_for_one_answer("ListFlags", "the flags"))?;
+        let next_page_token = match flags.last() {
+            Some(last) if more => key_token(&[&last.key]),
+            _ => String::new(),
+        };
         Ok(Response::new(pb::ListFlagsResponse {
             flags,
             version: snapshot.version,
+            next_page_token,
         }))
     }
 
@@ -321,22 +362,40 @@ impl FlagService for FlagApi {
         let snapshot = self.state.snapshot();
         let stale = self.state.freshness().is_stale();
         let mut tally = Tally::default();
-        let results = if request.keys.is_empty() {
-            snapshot
-                .flags_with_prefix("")
-                .into_iter()
-                .map(|flag| pb::FlagEvaluationResult {
+        let (results, next_page_token) = if request.keys.is_empty() {
+            let size = key_page_size(request.page_size, MAX_KEY_PAGE).map_err(ApiError::from)?;
+            let after = flag_position(&request.page_token, "EvaluateFlags")?;
+            let sorted = snapshot.flags_sorted();
+            let (results, more) = fill_page(
+                flags_after(&sorted, "", after.as_deref()),
+                |flag| pb::FlagEvaluationResult {
                     key: flag.key().to_owned(),
                     outcome: Some(pb::flag_evaluation_result::Outcome::Evaluation(
                         self.evaluate(flag, &context, stale, &mut tally),
                     )),
-                })
-                .collect()
+                },
+                framed_len,
+                size,
+                ANSWER_BUDGET_BYTES,
+            )
+            .map_err(|_| too_large_for_one_answer("EvaluateFlags", "the answers for every flag"))?;
+            let next_page_token = match results.last() {
+                Some(last) if more => key_token(&[&last.key]),
+                _ => String::new(),
+            };
+            (results, next_page_token)
         } else {
-            request
-                .keys
-                .into_iter()
-                .map(|key| {
+            if request.page_size != 0 || !request.page_token.is_empty() {
+                return Err(invalid(
+                    "page_size",
+                    "pages are for evaluating every flag (no keys); ask for fewer keys instead",
+                )
+                .into());
+            }
+            let count = request.keys.len();
+            let (results, _) = fill_page(
+                request.keys.into_iter(),
+                |key| {
                     let outcome = match snapshot.flag(&key) {
                         Some(flag) => pb::flag_evaluation_result::Outcome::Evaluation(
                             self.evaluate(flag, &context, stale, &mut tally),
@@ -353,13 +412,24 @@ impl FlagService for FlagApi {
                         key,
                         outcome: Some(outcome),
                     }
-                })
-                .collect()
+                },
+                framed_len,
+                None,
+                ANSWER_BUDGET_BYTES,
+            )
+            .map_err(|_| {
+                ApiError::ResourceExhausted(format!(
+                    "EvaluateFlags: the answers for {count} keys do not fit in one answer; \
+                     ask for fewer keys, or for every flag in pages with page_size"
+                ))
+            })?;
+            (results, String::new())
         };
         self.evaluations.record_tally(&tally);
         Ok(Response::new(pb::EvaluateFlagsResponse {
             results,
             version: snapshot.version,
+            next_page_token,
         }))
     }
 

@@ -224,8 +224,11 @@ fn health_record(row: HealthRow) -> HealthRecord {
     }
 }
 
-/// Reports a stream buffers for a slow client; past them it waits.
-const STREAM_BUFFER: usize = 8;
+/// Reports a stream holds for a slow client. One: a report is built only
+/// once the client has room for it, from the state as it is then, so a
+/// client that reads slowly skips the reports it had no room for (it gets
+/// the latest) and holds one report, not a queue of them.
+const STREAM_BUFFER: usize = 1;
 
 #[tonic::async_trait]
 impl HealthService for HealthApi {
@@ -249,14 +252,23 @@ impl HealthService for HealthApi {
         tokio::spawn(async move {
             let mut last: Option<HealthReport> = None;
             loop {
+                // Room first, then the report as it is by then.
+                let room = tokio::select! {
+                    () = ticket.ended() => return,
+                    room = tx.reserve() => match room {
+                        Ok(room) => room,
+                        Err(_) => return, // the watcher went away
+                    },
+                };
+                summary.borrow_and_update();
+                versions.borrow_and_update();
                 let report = api.report();
                 let watched = watched_part(&report);
                 if last.as_ref() != Some(&watched) {
                     last = Some(watched);
-                    tokio::select! {
-                        () = ticket.ended() => return,
-                        sent = tx.send(Ok(report)) => if sent.is_err() { return },
-                    }
+                    room.send(Ok(report));
+                } else {
+                    drop(room);
                 }
                 tokio::select! {
                     () = ticket.ended() => return,
@@ -264,8 +276,6 @@ impl HealthService for HealthApi {
                     changed = summary.changed() => if changed.is_err() { return },
                     changed = versions.changed() => if changed.is_err() { return },
                 }
-                summary.borrow_and_update();
-                versions.borrow_and_update();
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -44,6 +44,31 @@ impl Database {
     }
 }
 
+/// The most an answer of a paged listing (ListFlags, ListConfigs,
+/// EvaluateFlags) holds in items: the message limit, less room for the
+/// rest of the message and its framing.
+pub const ANSWER_BUDGET_BYTES: usize = crate::app::MAX_MESSAGE_BYTES - 64 * 1024;
+
+/// Largest `page_size` of the listings paged by key.
+pub const MAX_KEY_PAGE: u32 = 1000;
+
+/// The bytes `message` takes as one element of a repeated field: tag,
+/// length and body.
+pub fn framed_len<M: prost::Message>(message: &M) -> usize {
+    let len = message.encoded_len();
+    1 + prost::length_delimiter_len(len) + len
+}
+
+/// RESOURCE_EXHAUSTED for a listing asked for whole that does not fit in
+/// one answer: says how to ask for it in pages.
+pub fn too_large_for_one_answer(listing: &str, what: &str) -> ApiError {
+    ApiError::ResourceExhausted(format!(
+        "{listing}: {what} do not fit in one answer ({} MiB at most); ask for pages with \
+         page_size (1 to {MAX_KEY_PAGE}) and follow next_page_token",
+        crate::app::MAX_MESSAGE_BYTES / (1024 * 1024)
+    ))
+}
+
 /// How long a write waits for the change listener to apply it before
 /// answering anyway.
 const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);

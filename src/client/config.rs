@@ -144,21 +144,33 @@ pub async fn run(args: ConfigArgs) -> Result<(), ClientError> {
             environment,
             all,
         } => {
-            let request = pb::ListConfigsRequest {
-                prefix,
-                environment,
-                all_environments: all,
-            };
-            let list = config
-                .list_configs(client.request(request)?)
-                .await?
-                .into_inner();
+            // Page by page: a long list does not fit in one message.
+            let mut entries = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let request = pb::ListConfigsRequest {
+                    prefix: prefix.clone(),
+                    environment: environment.clone(),
+                    all_environments: all,
+                    page_size: super::PAGE_SIZE,
+                    page_token: page_token.clone(),
+                };
+                let page = config
+                    .list_configs(client.request(request)?)
+                    .await?
+                    .into_inner();
+                entries.extend(page.entries);
+                if super::last_page(&page_token, &page.next_page_token)? {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
             client.print(
-                serde_json::Value::Array(list.entries.iter().map(output::config_entry).collect()),
+                serde_json::Value::Array(entries.iter().map(output::config_entry).collect()),
                 || {
                     table(
                         &["KEY", "ENVIRONMENT", "VALUE", "VERSION"],
-                        list.entries
+                        entries
                             .iter()
                             .map(|e| {
                                 let value = if e.redacted {

@@ -162,13 +162,27 @@ pub async fn run(args: FlagsArgs) -> Result<(), ClientError> {
     let mut flags = FlagServiceClient::new(client.channel.clone());
     match args.command {
         FlagsCommand::List { prefix } => {
-            let list = flags
-                .list_flags(client.request(pb::ListFlagsRequest { prefix })?)
-                .await?
-                .into_inner();
+            // Page by page: a long list does not fit in one message.
+            let mut all = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = flags
+                    .list_flags(client.request(pb::ListFlagsRequest {
+                        prefix: prefix.clone(),
+                        page_size: super::PAGE_SIZE,
+                        page_token: page_token.clone(),
+                    })?)
+                    .await?
+                    .into_inner();
+                all.extend(page.flags);
+                if super::last_page(&page_token, &page.next_page_token)? {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
             client.print(
-                serde_json::Value::Array(list.flags.iter().map(output::flag).collect()),
-                || flag_table(&list.flags),
+                serde_json::Value::Array(all.iter().map(output::flag).collect()),
+                || flag_table(&all),
             );
         }
         FlagsCommand::Get { key } => {

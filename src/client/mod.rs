@@ -73,6 +73,24 @@ pub enum ClientError {
     Usage(String),
 }
 
+/// Items per page when a command lists flags or config rows.
+const PAGE_SIZE: u32 = 500;
+
+/// Whether a listing is complete after the page asked for with `token`
+/// that answered `next`; a server that hands the same token back would
+/// make the client ask forever, and is an error.
+fn last_page(token: &str, next: &str) -> Result<bool, ClientError> {
+    if next.is_empty() {
+        Ok(true)
+    } else if next == token {
+        Err(ClientError::Status(tonic::Status::internal(
+            "the server answered a page with the token that asked for it",
+        )))
+    } else {
+        Ok(false)
+    }
+}
+
 /// The status code as gRPC spells it, e.g. `PERMISSION_DENIED`.
 pub fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;

@@ -109,20 +109,52 @@ pub fn resolve_all<'a>(
     prefix: &str,
     environment: &str,
 ) -> Vec<&'a Arc<ConfigRow>> {
-    let mut resolved: Vec<&Arc<ConfigRow>> = Vec::new();
-    let start = (prefix.to_owned(), String::new());
-    for ((key, _), _) in rows.range(start..) {
-        if !key.starts_with(prefix) {
-            break;
-        }
-        if resolved.last().is_some_and(|row| row.key == *key) {
-            continue;
-        }
-        if let Some(row) = resolve(rows, key, environment) {
-            resolved.push(row);
-        }
-    }
-    resolved
+    resolve_after(rows, prefix, environment, None).collect()
+}
+
+/// The resolved row of every key starting with `prefix` and, when `after`
+/// is set, ordered after it, in key order (a page of a listing).
+pub fn resolve_after<'a: 'b, 'b>(
+    rows: &'a ConfigRows,
+    prefix: &'b str,
+    environment: &'b str,
+    after: Option<&str>,
+) -> impl Iterator<Item = &'a Arc<ConfigRow>> + 'b {
+    let after = after.filter(|after| *after >= prefix).map(str::to_owned);
+    let start = (
+        after.clone().unwrap_or_else(|| prefix.to_owned()),
+        String::new(),
+    );
+    let mut previous: Option<&'a str> = None;
+    rows.range(start..)
+        .map(|((key, _), _)| key.as_str())
+        .take_while(move |key| key.starts_with(prefix))
+        .filter(move |key| after.as_deref() != Some(*key))
+        .filter(move |key| {
+            // One answer per key, whatever its number of environments.
+            let first = previous != Some(*key);
+            previous = Some(key);
+            first
+        })
+        .filter_map(move |key| resolve(rows, key, environment))
+}
+
+/// Every row (of every environment) whose key starts with `prefix`, ordered
+/// by key then environment, after the row `(key, environment)` of `after`
+/// when set (a page of a listing).
+pub fn rows_after<'a>(
+    rows: &'a ConfigRows,
+    prefix: &'a str,
+    after: Option<(String, String)>,
+) -> impl Iterator<Item = &'a Arc<ConfigRow>> + 'a {
+    use std::ops::Bound;
+    let start = match after {
+        Some(after) if after.0.as_str() >= prefix => Bound::Excluded(after),
+        _ => Bound::Included((prefix.to_owned(), String::new())),
+    };
+    rows.range((start, Bound::Unbounded))
+        .take_while(move |((key, _), _)| key.starts_with(prefix))
+        .map(|(_, row)| row)
 }
 
 /// A row as a caller may see it.

@@ -36,6 +36,6 @@ pub use model::{
 };
 pub use validate::{
     DEFAULT_ROLLOUT_PERCENTAGE, FlagDraft, MAX_DESCRIPTION_BYTES, MAX_ENVIRONMENT_LEN, MAX_KEY_LEN,
-    MAX_TARGET_BYTES, MAX_TARGET_ROLES, MAX_TARGET_USERS, ValidFlagDraft, ValidationError,
-    ValidationErrors, contains_nul, is_valid_environment, is_valid_key, nul_error,
+    MAX_TARGET_BYTES, MAX_TARGET_ROLES, MAX_TARGET_USERS, MAX_VALUE_BYTES, ValidFlagDraft,
+    ValidationError, ValidationErrors, contains_nul, is_valid_environment, is_valid_key, nul_error,
 };

@@ -28,6 +28,9 @@ pub const MAX_TARGET_USERS: usize = 10_000;
 pub const MAX_TARGET_ROLES: usize = 1_000;
 /// Longest target user id or role, in bytes of UTF-8.
 pub const MAX_TARGET_BYTES: usize = 256;
+/// Longest `on_value` / `off_value`, as JSON (the limit of a config value):
+/// a flag, like a config row, must fit many times over in one message.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// The rollout when none is given: everyone (who passes targeting).
 pub const DEFAULT_ROLLOUT_PERCENTAGE: u8 = 100;
 
@@ -320,6 +323,13 @@ fn check_value(
 ) -> Result<Value, ValidationError> {
     match value {
         Some(value) if contains_nul(&value) => Err(nul_error(field)),
+        Some(value) if json_len(&value) > MAX_VALUE_BYTES => Err(ValidationError::new(
+            field,
+            format!(
+                "is {} bytes as JSON; the limit is {MAX_VALUE_BYTES}",
+                json_len(&value)
+            ),
+        )),
         Some(value) if value_type.matches(&value) => Ok(value),
         Some(value) => Err(ValidationError::new(
             field,
@@ -336,6 +346,11 @@ fn check_value(
             format!("is required for a {value_type} flag"),
         )),
     }
+}
+
+/// The length of `value` written as compact JSON.
+fn json_len(value: &Value) -> usize {
+    serde_json::to_string(value).map_or(usize::MAX, |json| json.len())
 }
 
 /// Whether a JSON value holds a NUL character (in a string or an object
