@@ -210,7 +210,13 @@ async fn killed_while_the_database_is_down_it_restarts_stale_then_catches_up() {
     })
     .await;
     assert_eq!(fresh.reason(), pb::EvaluationReason::Static);
-    let saved = wait_for_saved(data_dir.path(), fresh.flag_version).await;
+    // The file that holds the seed's last change (the config row, written
+    // after the flag): nothing changes after it, so it is the one kept.
+    let seeded: i64 = sqlx::query_scalar("SELECT last_value FROM readyd_change_version")
+        .fetch_one(&mut cluster.connect().await)
+        .await
+        .expect("the last version");
+    let saved = wait_for_saved(data_dir.path(), seeded).await;
 
     // The database goes away: after --stale-after, answers say so.
     cluster.stop().await;
