@@ -248,7 +248,10 @@ impl fmt::Debug for ServeArgs {
             .field("environment", environment)
             .field("admin_token", &token_shown(admin_token.as_ref()))
             .field("read_token", &token_shown(read_token.as_ref()))
-            .field("replication_token", &token_shown(replication_token.as_ref()))
+            .field(
+                "replication_token",
+                &token_shown(replication_token.as_ref()),
+            )
             .field("upstream", &upstream.as_deref().map(redact_url))
             .field("upstream_ca", upstream_ca)
             .field("shutdown_timeout", shutdown_timeout)
