@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::model::EvaluationContext;
+use crate::echo::truncate;
 
 /// Most values one constraint may list.
 pub const MAX_VALUES: usize = 1_000;
@@ -527,19 +528,6 @@ fn parse_date(raw: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(raw.trim())
         .ok()
         .map(|date| date.with_timezone(&Utc))
-}
-
-/// Input echoed in an error, cut to a readable length.
-fn truncate(text: &str) -> &str {
-    const MAX: usize = 64;
-    if text.len() <= MAX {
-        return text;
-    }
-    let mut end = MAX;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 /// The last line of a multi-line message (the regex engine puts the cause there).

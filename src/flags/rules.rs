@@ -15,6 +15,7 @@ use serde_json::Value;
 use super::constraint::{CompiledConstraint, Constraint, Surroundings};
 use super::model::EvaluationContext;
 use super::split;
+use crate::echo::truncate;
 
 /// Most rules one flag may have.
 pub const MAX_RULES: usize = 100;
@@ -129,7 +130,7 @@ impl Serve {
             variants.iter().position(|v| v == name).ok_or_else(|| {
                 RuleError(format!(
                     "{what}: variant {:?} is not one of the flag's variants ({})",
-                    cut(name),
+                    truncate(name),
                     variants.join(", ")
                 ))
             })
@@ -147,7 +148,7 @@ impl Serve {
                     if indexes.contains(&at) {
                         return Err(RuleError(format!(
                             "{what}: variant {:?} appears twice in the split",
-                            cut(&weight.variant)
+                            truncate(&weight.variant)
                         )));
                     }
                     indexes.push(at);
@@ -190,7 +191,7 @@ impl Rule {
         let what = if self.name.is_empty() {
             format!("rule {number}")
         } else {
-            format!("rule {number} ({:?})", cut(&self.name))
+            format!("rule {number} ({:?})", truncate(&self.name))
         };
         if self.constraints.len() > MAX_CONSTRAINTS {
             return Err(RuleError(format!(
@@ -218,7 +219,7 @@ impl Rule {
             if segments.constraints(segment).is_none() {
                 return Err(RuleError(format!(
                     "{what}: segment {:?} does not exist",
-                    cut(segment)
+                    truncate(segment)
                 )));
             }
         }
@@ -418,18 +419,6 @@ pub fn decide(
             None
         }
     }
-}
-
-fn cut(text: &str) -> &str {
-    const MAX: usize = 64;
-    if text.len() <= MAX {
-        return text;
-    }
-    let mut end = MAX;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 #[cfg(test)]

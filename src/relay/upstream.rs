@@ -209,7 +209,7 @@ impl Replication {
             coverage.hold(&environments).await?;
         }
         tracing::debug!(
-            follower = %request.instance.chars().take(64).collect::<String>(),
+            follower = %crate::echo::truncate(&request.instance),
             environments = ?environments,
             since_version = ?request.since_version,
             "a follower follows"
