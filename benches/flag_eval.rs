@@ -19,16 +19,17 @@ use std::hint::black_box;
 
 use chrono::DateTime;
 use criterion::{Criterion, criterion_group, criterion_main};
-use readyd::flags::rules::{Rule, SegmentLookup, Serve, Served, Split, Step, Weight, decide};
+use readyd::flags::rules::{Rule, Serve, Split, Weight};
 use readyd::flags::{
-    CompiledConstraint, CompiledFlag, Constraint, EvaluationContext, Flag, Surroundings, ValueType,
-    bucket, evaluate,
+    CompiledFlag, Constraint, EvaluationContext, Flag, NamedVariant, NoFlags, Reason, Step,
+    Targeting, ValueType, bucket, evaluate,
 };
 use readyd::telemetry::EvaluationCounters;
 use serde_json::json;
 
 fn flag() -> CompiledFlag {
     CompiledFlag::new(Flag {
+        targeting: None,
         key: "checkout.new_payment_flow".to_owned(),
         description: "benchmark flag".to_owned(),
         enabled: true,
@@ -43,6 +44,7 @@ fn flag() -> CompiledFlag {
         updated_at: DateTime::UNIX_EPOCH,
         updated_by: "bench".to_owned(),
     })
+    .expect("a valid flag")
 }
 
 fn bench(c: &mut Criterion) {
@@ -83,7 +85,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let ctx = &users[next % users.len()];
             next = next.wrapping_add(1);
-            black_box(evaluate(black_box(&flag), black_box("prod"), ctx).variant)
+            black_box(evaluate(black_box(&flag), black_box("prod"), ctx, &NoFlags).variant)
         })
     });
 
@@ -96,7 +98,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let ctx = &users[next % users.len()];
             next = next.wrapping_add(1);
-            let evaluation = evaluate(black_box(&flag), black_box("prod"), ctx);
+            let evaluation = evaluate(black_box(&flag), black_box("prod"), ctx, &NoFlags);
             counters.record(evaluation.reason);
             black_box(evaluation.variant)
         })
@@ -104,13 +106,31 @@ fn bench(c: &mut Criterion) {
 
     let vip = EvaluationContext::for_user("vip-57@example.com");
     c.bench_function("evaluate/targeted_user", |b| {
-        b.iter(|| black_box(evaluate(black_box(&flag), black_box("prod"), black_box(&vip)).variant))
+        b.iter(|| {
+            black_box(
+                evaluate(
+                    black_box(&flag),
+                    black_box("prod"),
+                    black_box(&vip),
+                    &NoFlags,
+                )
+                .variant,
+            )
+        })
     });
 
     let role = EvaluationContext::for_user("someone-else").with_roles(["viewer", "role-13"]);
     c.bench_function("evaluate/role_match", |b| {
         b.iter(|| {
-            black_box(evaluate(black_box(&flag), black_box("prod"), black_box(&role)).variant)
+            black_box(
+                evaluate(
+                    black_box(&flag),
+                    black_box("prod"),
+                    black_box(&role),
+                    &NoFlags,
+                )
+                .variant,
+            )
         })
     });
 
@@ -126,15 +146,6 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-/// No segments: the rules name none.
-struct NoSegments;
-
-impl SegmentLookup for NoSegments {
-    fn constraints(&self, _key: &str) -> Option<&[CompiledConstraint]> {
-        None
-    }
-}
-
 fn constraint(attribute: &str, operator: &str, value: &str) -> Constraint {
     Constraint {
         attribute: attribute.to_owned(),
@@ -145,10 +156,7 @@ fn constraint(attribute: &str, operator: &str, value: &str) -> Constraint {
 }
 
 fn rules_bench(c: &mut Criterion) {
-    let variants: Vec<String> = ["on", "off", "red", "green", "blue"]
-        .map(String::from)
-        .to_vec();
-    let rules: Vec<_> = (0..20)
+    let rules: Vec<Rule> = (0..20)
         .map(|i| {
             // Four constraints that hold, then one that fails; the first
             // rule's hold a regex and a semver comparison.
@@ -175,11 +183,9 @@ fn rules_bench(c: &mut Criterion) {
                 segments: Vec::new(),
                 serve: Some(Serve::Variant("red".to_owned())),
             }
-            .compile(i + 1, &variants, &NoSegments)
-            .expect("a valid rule")
         })
         .collect();
-    let default = Serve::Split(Split {
+    let default_serve = Serve::Split(Split {
         weights: ["red", "green", "blue"]
             .iter()
             .zip([500, 300, 200])
@@ -189,13 +195,28 @@ fn rules_bench(c: &mut Criterion) {
             })
             .collect(),
         stickiness: String::new(),
+    });
+    let flag = CompiledFlag::new(Flag {
+        key: "checkout.v2".to_owned(),
+        value_type: ValueType::String,
+        on_value: json!("on"),
+        off_value: json!("off"),
+        target_users: Vec::new(),
+        target_roles: Vec::new(),
+        targeting: Some(Box::new(Targeting {
+            variants: ["red", "green", "blue"]
+                .map(|name| NamedVariant {
+                    name: name.to_owned(),
+                    value: json!(name),
+                })
+                .to_vec(),
+            rules,
+            default_serve: Some(default_serve),
+            ..Targeting::default()
+        })),
+        ..flag().into_flag()
     })
-    .compile(&variants, "the default serve")
-    .expect("a valid split");
-    let around = Surroundings {
-        environment: "prod",
-        now: DateTime::UNIX_EPOCH,
-    };
+    .expect("a valid flag");
     let contexts: Vec<EvaluationContext> = (0..1024)
         .map(|i| {
             let mut ctx = EvaluationContext::for_user(format!("user-{}", i * 7919));
@@ -213,25 +234,14 @@ fn rules_bench(c: &mut Criterion) {
         })
         .collect();
     // What is measured: every rule fails at its fifth constraint, so all
-    // 100 are checked, and the split decides.
+    // 100 are checked, and the default split decides.
     for ctx in &contexts {
-        let mut path = Vec::new();
-        let served = decide(
-            "checkout.v2",
-            &rules,
-            Some(&default),
-            ctx,
-            &around,
-            &NoSegments,
-            Some(&mut path),
-        );
+        let (evaluation, path) = flag.explain("prod", ctx, &NoFlags);
+        assert_eq!(evaluation.reason, Reason::Split, "{path:?}");
+        assert_eq!(path.len(), 21, "{path:?}");
         assert!(
-            matches!(served, Some(Served::Split { rule: None, .. })),
-            "{served:?}"
-        );
-        assert_eq!(path.len(), 20);
-        assert!(
-            path.iter()
+            path[..20]
+                .iter()
                 .all(|step| matches!(step, Step::ConstraintFailed { constraint: 4, .. })),
             "{path:?}"
         );
@@ -241,15 +251,7 @@ fn rules_bench(c: &mut Criterion) {
         b.iter(|| {
             let ctx = &contexts[next % contexts.len()];
             next = next.wrapping_add(1);
-            black_box(decide(
-                black_box("checkout.v2"),
-                &rules,
-                Some(&default),
-                ctx,
-                &around,
-                &NoSegments,
-                None,
-            ))
+            black_box(evaluate(black_box(&flag), black_box("prod"), ctx, &NoFlags).variant)
         })
     });
 }

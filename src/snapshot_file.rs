@@ -30,8 +30,15 @@ use crate::state::snapshot::Snapshot;
 
 /// The first field of every snapshot file.
 pub const FORMAT: &str = "readyd-snapshot";
-/// The version of the file format this readyd writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest file format this readyd writes and reads: 2 holds flags with
+/// v2 parts (DESIGN.md, "Flag model v2"). A snapshot without such flags is
+/// written as format 1, which releases from before flag model v2 also read;
+/// one with them is format 2, which they refuse instead of serving those
+/// flags without their targeting.
+pub const FORMAT_VERSION: u32 = 2;
+/// The format of a snapshot whose flags all use only the first model's
+/// fields.
+const FORMAT_VERSION_FIRST_MODEL: u32 = 1;
 /// Least time between two writes after changes: a change within this time
 /// of the last write waits for it to pass, with the rest of its burst.
 pub const DEBOUNCE: Duration = Duration::from_secs(1);
@@ -130,11 +137,16 @@ pub fn encode(
             .map(|row| ConfigRow::clone(row))
             .collect(),
     };
+    let format_version = if payload.flags.iter().any(|flag| flag.targeting.is_some()) {
+        FORMAT_VERSION
+    } else {
+        FORMAT_VERSION_FIRST_MODEL
+    };
     let payload =
         serde_json::to_vec(&payload).map_err(|err| SnapshotFileError::Payload(err.to_string()))?;
     let header = Header {
         format: FORMAT.to_owned(),
-        format_version: FORMAT_VERSION,
+        format_version,
         environment: environment.to_owned(),
         version: snapshot.version,
         written_at: now,
@@ -160,7 +172,7 @@ pub fn decode(bytes: &[u8], environment: &str) -> Result<SavedSnapshot, Snapshot
     if header.format != FORMAT {
         return Err(SnapshotFileError::NotASnapshot);
     }
-    if header.format_version != FORMAT_VERSION {
+    if !(FORMAT_VERSION_FIRST_MODEL..=FORMAT_VERSION).contains(&header.format_version) {
         return Err(SnapshotFileError::UnsupportedFormat(header.format_version));
     }
     if header.environment != environment {
@@ -311,6 +323,7 @@ mod tests {
             version: 7,
             updated_at: DateTime::UNIX_EPOCH,
             updated_by: "test".to_owned(),
+            targeting: None,
         }
     }
 
@@ -422,6 +435,30 @@ mod tests {
     }
 
     #[test]
+    fn only_a_snapshot_with_v2_flags_is_written_as_format_2() {
+        let plain = flag("plain".to_owned(), true, 100, Vec::new());
+        let first = Snapshot::from_rows(3, vec![plain.clone()], Vec::new());
+        let bytes = encode(&first, "p", Utc::now()).expect("encode");
+        assert!(String::from_utf8_lossy(&bytes).contains("\"format_version\":1,"));
+        let v2 = Flag {
+            key: "v2".to_owned(),
+            targeting: Some(Box::new(crate::flags::Targeting {
+                off_variant: "on".to_owned(),
+                ..crate::flags::Targeting::default()
+            })),
+            ..plain.clone()
+        };
+        let second = Snapshot::from_rows(4, vec![plain, v2.clone()], Vec::new());
+        let bytes = encode(&second, "p", Utc::now()).expect("encode");
+        assert!(String::from_utf8_lossy(&bytes).contains("\"format_version\":2,"));
+        let saved = decode(&bytes, "p").expect("decode");
+        assert_eq!(
+            saved.snapshot.flag("v2").map(|f| f.flag().clone()),
+            Some(v2)
+        );
+    }
+
+    #[test]
     fn foreign_files_are_refused_with_a_reason() {
         assert!(matches!(
             decode(b"", "p"),
@@ -434,10 +471,10 @@ mod tests {
         let snapshot = Snapshot::from_rows(3, Vec::new(), Vec::new());
         let bytes = encode(&snapshot, "p", Utc::now()).expect("encode");
         let text = String::from_utf8(bytes).expect("utf-8");
-        let future = text.replacen("\"format_version\":1", "\"format_version\":2", 1);
+        let future = text.replacen("\"format_version\":1", "\"format_version\":3", 1);
         assert!(matches!(
             decode(future.as_bytes(), "p"),
-            Err(SnapshotFileError::UnsupportedFormat(2))
+            Err(SnapshotFileError::UnsupportedFormat(3))
         ));
         let other = text.replacen(FORMAT, "other-format", 1);
         assert!(matches!(

@@ -263,7 +263,7 @@ pub async fn sample(store: Option<Store>, max_connections: u32, stop: Cancellati
 /// evaluation is one atomic add.
 #[derive(Debug, Clone)]
 pub struct EvaluationCounters {
-    by_reason: [Counter; 6],
+    by_reason: [Counter; REASONS.len()],
 }
 
 impl Default for EvaluationCounters {
@@ -299,7 +299,7 @@ impl EvaluationCounters {
 
 /// Evaluations of one batch by reason, counted locally (no atomics).
 #[derive(Debug, Default, Clone)]
-pub struct Tally([u64; 6]);
+pub struct Tally([u64; REASONS.len()]);
 
 impl Tally {
     /// Counts one evaluation answered with `reason`.
@@ -309,13 +309,14 @@ impl Tally {
 }
 
 /// Every reason, in the order of the counters.
-const REASONS: [Reason; 6] = [
+const REASONS: [Reason; 7] = [
     Reason::Static,
     Reason::TargetingMatch,
     Reason::Split,
     Reason::Default,
     Reason::Disabled,
     Reason::Stale,
+    Reason::PrerequisiteFailed,
 ];
 
 fn reason_index(reason: Reason) -> usize {
@@ -326,5 +327,6 @@ fn reason_index(reason: Reason) -> usize {
         Reason::Default => 3,
         Reason::Disabled => 4,
         Reason::Stale => 5,
+        Reason::PrerequisiteFailed => 6,
     }
 }

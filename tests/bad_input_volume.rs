@@ -439,6 +439,7 @@ const METHODS: &[Method] = &[
         false,
         |rng, refused| {
             pb::UpsertFlagRequest {
+                targeting: None,
                 key: if refused {
                     invalid_name(rng)
                 } else {
@@ -480,6 +481,7 @@ const METHODS: &[Method] = &[
         false,
         |rng, _| {
             pb::EvaluateFlagRequest {
+                explain: false,
                 key: any_key(rng, SEEDED_FLAGS),
                 context: context(rng),
             }
@@ -1623,6 +1625,7 @@ async fn a_hundred_thousand_bad_calls_get_statuses_and_change_nothing() {
     let evaluated =
         readyd::api::pb::readyd::v1::flag_service_client::FlagServiceClient::new(channel.clone())
             .evaluate_flag(support::admin(pb::EvaluateFlagRequest {
+                explain: false,
                 key: "dark_mode".into(),
                 context: None,
             }))

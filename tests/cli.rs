@@ -593,3 +593,120 @@ async fn config_set_keeps_a_secret_secret_unless_public_is_given() {
     assert_eq!(open["is_sensitive"], false, "{open}");
     server.stop().await;
 }
+
+/// The README's worked A/B example, as written there: `--targeting @FILE`,
+/// `eval --attr … --explain`, and the targeting shown back by `get`.
+#[tokio::test]
+async fn the_readme_ab_example_sets_targeting_from_a_file_and_explains() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(admin_serve_args(&db.url)).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("checkout.json");
+    let document = serde_json::json!({
+        "variants": [{"name": "red", "value": "#d33"}, {"name": "green", "value": "#3a3"},
+                     {"name": "blue", "value": "#33d"}],
+        "off_variant": "blue",
+        "rules": [{"name": "germany",
+                   "constraints": [{"attribute": "country", "operator": "in", "values": ["DE"]}],
+                   "serve": {"variant": "green"}}],
+        "default_serve": {"split": {"weights": [{"variant": "red", "weight": 500},
+                                                {"variant": "green", "weight": 300},
+                                                {"variant": "blue", "weight": 200}]}}
+    });
+    std::fs::write(&file, document.to_string()).expect("write the file");
+    let targeting = format!("@{}", file.display());
+    let set = readyd(
+        &server,
+        Some(ADMIN_TOKEN),
+        &[
+            "flags",
+            "set",
+            "checkout.v2",
+            "--enabled",
+            "true",
+            "--type",
+            "string",
+            "--on",
+            "#d33",
+            "--off",
+            "#33d",
+            "--targeting",
+            &targeting,
+        ],
+    )
+    .await;
+    assert!(set.status.success(), "{}", stderr(&set));
+
+    let got = json(
+        &readyd(
+            &server,
+            None,
+            &["flags", "get", "checkout.v2", "--output", "json"],
+        )
+        .await,
+    );
+    assert_eq!(got["targeting"]["off_variant"], "blue");
+    assert_eq!(got["targeting"]["rules"][0]["name"], "germany");
+
+    let eval = readyd(
+        &server,
+        None,
+        &[
+            "flags",
+            "eval",
+            "checkout.v2",
+            "--user",
+            "42",
+            "--attr",
+            "country=FR",
+            "--explain",
+        ],
+    )
+    .await;
+    assert!(eval.status.success(), "{}", stderr(&eval));
+    let text = stdout(&eval);
+    assert!(text.contains("red"), "{text}");
+    assert!(text.contains("SPLIT"), "{text}");
+    assert!(
+        text.contains("1. rule 1 did not match: constraint 1 (country in [\"DE\"]) does not hold"),
+        "{text}"
+    );
+    assert!(
+        text.contains("2. no rule matched: the default serve"),
+        "{text}"
+    );
+
+    let germany = json(
+        &readyd(
+            &server,
+            None,
+            &[
+                "flags",
+                "eval",
+                "checkout.v2",
+                "--user",
+                "42",
+                "--attr",
+                "country=DE",
+                "--output",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(germany["variant"], "green");
+    assert_eq!(germany["value"], "#3a3");
+
+    let bad = readyd(
+        &server,
+        Some(ADMIN_TOKEN),
+        &["flags", "set", "checkout.v2", "--targeting", "{not json"],
+    )
+    .await;
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).starts_with("error: --targeting: the argument is not targeting JSON"),
+        "{}",
+        stderr(&bad)
+    );
+}

@@ -583,11 +583,13 @@ async fn every_subscriber_ends_with_the_table_through_restarts_and_killed_listen
         DaemonCommand::serve()
             .env("DATABASE_URL", &url)
             .args(["--db-wait", "20s", "--shutdown-timeout", "5s"])
+            // The listener's reconnection attempts, should a kill find none.
+            .args(["--log", "info,readyd::store=debug"])
             .arg_path("--data-dir", dir)
             .start()
     };
     let (a, b) = tokio::join!(start(server_dirs[0].path()), start(server_dirs[1].path()));
-    let daemons = [a, b];
+    let mut daemons = [a, b];
 
     let mut writer_conn = connect(&url, "readyd-test-writer").await.expect("connect");
     let listening: Vec<(String, String)> = sqlx::query_as(
@@ -687,12 +689,25 @@ async fn every_subscriber_ends_with_the_table_through_restarts_and_killed_listen
         faults.kills_skipped,
     );
     assert_eq!(faults.restarts, RESTARTS);
-    assert_eq!(
-        faults.kills,
-        LISTENER_KILLS,
-        "every kill finds a LISTEN connection within {KILL_PATIENCE:?}; readyd's sessions when one did not:\n{}",
-        faults.sessions_without_victim.join("\n--\n")
-    );
+    if faults.kills != LISTENER_KILLS {
+        let mut logs = String::new();
+        for (server, daemon) in daemons.iter_mut().enumerate() {
+            logs.push_str(&format!("--- server {server}:\n"));
+            for line in daemon.log_lines().await {
+                if line.contains("listener") || line.contains("database") || line.contains("reload")
+                {
+                    logs.push_str(&line);
+                    logs.push('\n');
+                }
+            }
+        }
+        panic!(
+            "every kill finds a LISTEN connection within {KILL_PATIENCE:?}, but {} of {LISTENER_KILLS} did not; \
+             readyd's sessions when one did not:\n{}\nreadyd's listener logs:\n{logs}",
+            LISTENER_KILLS - faults.kills,
+            faults.sessions_without_victim.join("\n--\n")
+        );
+    }
 
     // Wait until everyone agrees with the table.
     let mut writer_conn = connect(&url, "readyd-test-writer")

@@ -49,6 +49,7 @@ fn readyd(database_url: &str, data_dir: &Path) -> DaemonCommand {
 async fn evaluate(channel: &Channel, key: &str, user: &str) -> pb::EvaluateFlagResponse {
     FlagServiceClient::new(channel.clone())
         .evaluate_flag(pb::EvaluateFlagRequest {
+            explain: false,
             key: key.into(),
             context: Some(pb::EvaluationContext {
                 user_id: user.into(),
@@ -71,6 +72,7 @@ async fn evaluate_until(
     loop {
         let answer = FlagServiceClient::new(channel.clone())
             .evaluate_flag(pb::EvaluateFlagRequest {
+                explain: false,
                 key: key.into(),
                 context: Some(pb::EvaluationContext {
                     user_id: "someone".into(),
@@ -319,6 +321,7 @@ async fn thirty_seconds_without_the_database_under_load_fail_no_evaluation() {
                 n += 1;
                 let answer = client
                     .evaluate_flag(pb::EvaluateFlagRequest {
+                        explain: false,
                         key: "checkout".into(),
                         context: Some(pb::EvaluationContext {
                             user_id: format!("user-{worker}-{n}"),
@@ -448,6 +451,7 @@ async fn without_a_database_only_a_valid_snapshot_of_this_environment_starts_rea
         "{stderr}"
     );
     let flag = Flag {
+        targeting: None,
         key: "checkout".into(),
         description: String::new(),
         enabled: true,

@@ -334,6 +334,7 @@ fn flagd_answers_equal_evaluate_flag() {
                     let user_id = (!user.is_empty()).then_some(user.as_str());
                     let ours = own
                         .evaluate_flag(pb::EvaluateFlagRequest {
+                            explain: false,
                             key: "beta".into(),
                             context: Some(pb::EvaluationContext {
                                 user_id: user.clone(),

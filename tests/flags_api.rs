@@ -114,6 +114,7 @@ async fn evaluate(
 ) -> pb::EvaluateFlagResponse {
     client
         .evaluate_flag(pb::EvaluateFlagRequest {
+            explain: false,
             key: key.into(),
             context: Some(context(user, roles)),
         })
@@ -139,6 +140,7 @@ fn assert_answer(answer: &pb::EvaluateFlagResponse, variant: &str, reason: Why, 
 /// A protobuf flag as the domain's flag.
 fn to_flag(flag: &pb::Flag) -> Flag {
     Flag {
+        targeting: None,
         key: flag.key.clone(),
         description: flag.description.clone(),
         enabled: flag.enabled,
@@ -189,6 +191,7 @@ async fn stored(db: &TestDb, key: &str) -> Option<Flag> {
     .await
     .expect("read the row");
     row.map(|r| Flag {
+        targeting: None,
         key: r.0,
         description: r.1,
         enabled: r.2,
@@ -881,6 +884,7 @@ async fn bad_input_is_refused_with_a_status_naming_the_field_and_changes_nothing
         );
         let evaluated = client
             .evaluate_flag(pb::EvaluateFlagRequest {
+                explain: false,
                 key: bad.into(),
                 context: None,
             })
@@ -917,6 +921,7 @@ async fn bad_input_is_refused_with_a_status_naming_the_field_and_changes_nothing
     );
     let evaluated = client
         .evaluate_flag(pb::EvaluateFlagRequest {
+            explain: false,
             key: "no_such_flag".into(),
             context: Some(context("alice", &[])),
         })
@@ -932,6 +937,7 @@ async fn bad_input_is_refused_with_a_status_naming_the_field_and_changes_nothing
     };
     let evaluated = client
         .evaluate_flag(pb::EvaluateFlagRequest {
+            explain: false,
             key: "dark_mode".into(),
             context: Some(nan_context.clone()),
         })
@@ -1243,6 +1249,7 @@ impl RandomUpsert {
             (FlagValueType::Unspecified, None, None)
         };
         pb::UpsertFlagRequest {
+            targeting: None,
             key: self.key.into(),
             description: String::new(),
             enabled: Some(self.enabled),
@@ -1372,10 +1379,11 @@ async fn check_case(
             .expect("flag");
         prop_assert_eq!(&got, written, "GetFlag answers the last write");
         let flag = to_flag(&got);
-        let compiled = CompiledFlag::new(flag.clone());
+        let compiled = CompiledFlag::new(flag.clone()).expect("a valid flag");
         for (user, roles) in &contexts {
             let answer = client
                 .evaluate_flag(pb::EvaluateFlagRequest {
+                    explain: false,
                     key: (*key).into(),
                     context: Some(context(user, roles)),
                 })
@@ -1387,10 +1395,11 @@ async fn check_case(
                 roles: strings(roles),
                 attributes: serde_json::Map::new(),
             };
-            let expected = readyd::flags::evaluate(&compiled, "test", &ctx);
+            let expected =
+                readyd::flags::evaluate(&compiled, "test", &ctx, &readyd::flags::NoFlags);
             prop_assert_eq!(
                 answer.variant.as_str(),
-                expected.variant.as_str(),
+                expected.variant,
                 "{} for {:?}",
                 key,
                 (user, roles)

@@ -9,9 +9,28 @@ use chrono::DateTime;
 use proptest::prelude::*;
 use proptest::sample::{select, subsequence};
 use readyd::flags::{
-    CompiledFlag, EvaluationContext, Flag, FlagDraft, Reason, ValueType, Variant, bucket, evaluate,
+    CompiledFlag, EvaluationContext, Flag, FlagDraft, NoFlags, Reason, ValueType, bucket, evaluate,
     is_valid_environment, is_valid_key,
 };
+
+/// The two variants of a flag of the first model, as the reference names
+/// them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    On,
+    Off,
+}
+
+impl Variant {
+    /// The variant the engine named.
+    fn named(name: &str) -> Variant {
+        match name {
+            "on" => Variant::On,
+            "off" => Variant::Off,
+            other => panic!("a flag of the first model has no variant {other:?}"),
+        }
+    }
+}
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------
@@ -250,6 +269,7 @@ fn arb_flag() -> impl Strategy<Value = Flag> {
         .prop_map(
             |(key, enabled, (value_type, on_value, off_value), envs, users, roles, rollout, v)| {
                 Flag {
+                    targeting: None,
                     key,
                     description: String::new(),
                     enabled,
@@ -300,9 +320,9 @@ proptest! {
         ctx in arb_context(),
     ) {
         let (variant, reason) = ref_evaluate(&flag, &environment, &ctx);
-        let compiled = CompiledFlag::new(flag.clone());
-        let got = evaluate(&compiled, &environment, &ctx);
-        prop_assert_eq!((got.variant, got.reason), (variant, reason));
+        let compiled = CompiledFlag::new(flag.clone()).expect("a valid flag");
+        let got = evaluate(&compiled, &environment, &ctx, &NoFlags);
+        prop_assert_eq!((Variant::named(got.variant), got.reason), (variant, reason));
         let expected_value = match variant {
             Variant::On => &flag.on_value,
             Variant::Off => &flag.off_value,
@@ -322,9 +342,9 @@ proptest! {
         let b = ref_bucket(&key, &user);
         let ctx = EvaluationContext::for_user(user.clone());
         let at = |p: u32| {
-            let flag = CompiledFlag::new(plain_flag(&key, p as u8));
-            let e = evaluate(&flag, "prod", &ctx);
-            (e.variant, e.reason)
+            let flag = CompiledFlag::new(plain_flag(&key, p as u8)).expect("a valid flag");
+            let e = evaluate(&flag, "prod", &ctx, &NoFlags);
+            (Variant::named(e.variant), e.reason)
         };
         if b < 100 {
             prop_assert_eq!(at(b), (Variant::On, Reason::Split));
@@ -344,8 +364,8 @@ proptest! {
     ) {
         let (low, high) = (a.min(b), a.max(b));
         let at = |p: u8| {
-            let flag = CompiledFlag::new(plain_flag(&key, p));
-            evaluate(&flag, "prod", &EvaluationContext::for_user(user.clone())).variant
+            let flag = CompiledFlag::new(plain_flag(&key, p)).expect("a valid flag");
+            Variant::named(evaluate(&flag, "prod", &EvaluationContext::for_user(user.clone()), &NoFlags).variant)
         };
         if at(low) == Variant::On {
             prop_assert_eq!(at(high), Variant::On);
@@ -360,9 +380,9 @@ proptest! {
         p in 0..=100u8,
     ) {
         let ctx = EvaluationContext::for_user(user.clone());
-        let one = CompiledFlag::new(plain_flag(&key, p));
-        let two = CompiledFlag::new(plain_flag(&key, p));
-        prop_assert_eq!(evaluate(&one, "prod", &ctx), evaluate(&two, "prod", &ctx));
+        let one = CompiledFlag::new(plain_flag(&key, p)).expect("a valid flag");
+        let two = CompiledFlag::new(plain_flag(&key, p)).expect("a valid flag");
+        prop_assert_eq!(evaluate(&one, "prod", &ctx, &NoFlags), evaluate(&two, "prod", &ctx, &NoFlags));
         prop_assert_eq!(bucket(&key, &user), bucket(&key, &user));
     }
 
@@ -380,6 +400,7 @@ proptest! {
 /// An enabled bool flag without targeting at `rollout` percent.
 fn plain_flag(key: &str, rollout: u8) -> Flag {
     Flag {
+        targeting: None,
         key: key.to_owned(),
         description: String::new(),
         enabled: true,
@@ -401,9 +422,9 @@ fn plain_flag(key: &str, rollout: u8) -> Flag {
 // ---------------------------------------------------------------------------
 
 fn eval(flag: Flag, environment: &str, ctx: &EvaluationContext) -> (Variant, Reason) {
-    let compiled = CompiledFlag::new(flag);
-    let e = evaluate(&compiled, environment, ctx);
-    (e.variant, e.reason)
+    let compiled = CompiledFlag::new(flag).expect("a valid flag");
+    let e = evaluate(&compiled, environment, ctx, &NoFlags);
+    (Variant::named(e.variant), e.reason)
 }
 
 fn targeted(rollout: u8) -> Flag {
@@ -534,10 +555,16 @@ fn on_and_off_return_the_flags_values() {
         on_value: json!({"color": "blue"}),
         off_value: json!({"color": "grey"}),
         ..targeted(0)
-    });
-    let on = evaluate(&flag, "prod", &EvaluationContext::for_user("alice"));
+    })
+    .expect("a valid flag");
+    let on = evaluate(
+        &flag,
+        "prod",
+        &EvaluationContext::for_user("alice"),
+        &NoFlags,
+    );
     assert_eq!(on.value, &json!({"color": "blue"}));
-    let off = evaluate(&flag, "prod", &EvaluationContext::for_user("zed"));
+    let off = evaluate(&flag, "prod", &EvaluationContext::for_user("zed"), &NoFlags);
     assert_eq!(off.value, &json!({"color": "grey"}));
 }
 

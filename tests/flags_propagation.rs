@@ -192,6 +192,7 @@ async fn a_plain_sql_update_reaches_both_servers() {
         let mut client = FlagServiceClient::new(server.channel().await);
         let answer = client
             .evaluate_flag(EvaluateFlagRequest {
+                explain: false,
                 key: "dark_mode".into(),
                 context: None,
             })
@@ -302,6 +303,7 @@ async fn evaluation_survives_a_database_outage_and_changes_made_during_it_arrive
     let (mut stream, mut watched) = watch(channel.clone()).await;
     let mut client = FlagServiceClient::new(channel);
     let evaluate = EvaluateFlagRequest {
+        explain: false,
         key: "ai_insights".into(),
         context: None,
     };
@@ -437,6 +439,7 @@ async fn a_forged_notification_changes_nothing() {
     assert_eq!(as_table(&watched), table(&db).await);
     let answer = FlagServiceClient::new(channel.clone())
         .evaluate_flag(EvaluateFlagRequest {
+            explain: false,
             key: "dark_mode".into(),
             context: None,
         })

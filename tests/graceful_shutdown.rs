@@ -45,6 +45,7 @@ async fn probe(channel: &Channel, name: &str) -> ServingStatus {
 async fn evaluate(channel: &Channel) -> pb::EvaluateFlagResponse {
     FlagServiceClient::new(channel.clone())
         .evaluate_flag(pb::EvaluateFlagRequest {
+            explain: false,
             key: "dark_mode".into(),
             context: None,
         })
@@ -114,6 +115,7 @@ async fn a_stream_taken_before_sigterm_finishes_ok_after_the_goaway() {
     // The rest of the call, after the GOAWAY: readyd still answers it.
     body.send_data(
         grpc_frame(&pb::EvaluateFlagRequest {
+            explain: false,
             key: "dark_mode".into(),
             context: None,
         }),

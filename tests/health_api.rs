@@ -431,6 +431,7 @@ async fn a_database_cut_degrades_readyd_but_it_keeps_serving_flags() {
     // Flags are still evaluated from memory.
     let answer = FlagServiceClient::new(channel.clone())
         .evaluate_flag(pb::EvaluateFlagRequest {
+            explain: false,
             key: "checkout".into(),
             context: None,
         })

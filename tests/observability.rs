@@ -126,6 +126,7 @@ async fn metrics_hold_the_named_series_after_traffic() {
         flags
             .evaluate_flag(with_token(
                 pb::EvaluateFlagRequest {
+                    explain: false,
                     key: "checkout".into(),
                     context: Some(pb::EvaluationContext {
                         user_id: format!("user-{user}"),
@@ -140,6 +141,7 @@ async fn metrics_hold_the_named_series_after_traffic() {
     let missing = flags
         .evaluate_flag(with_token(
             pb::EvaluateFlagRequest {
+                explain: false,
                 key: "missing".into(),
                 context: None,
             },

@@ -82,6 +82,7 @@ async fn expected(server: &TestServer, case: &Value) -> Value {
     let mut client = FlagServiceClient::new(server.channel().await);
     let answer = client
         .evaluate_flag(pb::EvaluateFlagRequest {
+            explain: false,
             key: key.to_owned(),
             context: Some(pb::EvaluationContext {
                 user_id: case["user"].as_str().unwrap_or_default().to_owned(),

@@ -70,6 +70,7 @@ fn follower(upstream_url: &str, instance: &str, data_dir: &std::path::Path) -> D
 async fn evaluate(channel: &Channel, key: &str) -> Result<pb::EvaluateFlagResponse, tonic::Status> {
     FlagServiceClient::new(channel.clone())
         .evaluate_flag(pb::EvaluateFlagRequest {
+            explain: false,
             key: key.into(),
             context: None,
         })

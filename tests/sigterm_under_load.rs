@@ -87,6 +87,7 @@ async fn call(channel: &RetryingChannel, rpc: Rpc) -> Result<(), tonic::Status> 
     match rpc {
         Rpc::EvaluateFlag => FlagServiceClient::new(channel.clone())
             .evaluate_flag(pb::EvaluateFlagRequest {
+                explain: false,
                 key: "dark_mode".into(),
                 context: Some(pb::EvaluationContext {
                     user_id: "user-1".into(),

@@ -163,6 +163,7 @@ async fn a_flag_written_just_before_a_crash_is_served_after_a_restart_without_th
         .await;
     let answer = FlagServiceClient::new(restarted.channel().await)
         .evaluate_flag(pb::EvaluateFlagRequest {
+            explain: false,
             key: "last.words".into(),
             context: None,
         })

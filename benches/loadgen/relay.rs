@@ -444,6 +444,7 @@ async fn serves_fresh(channel: &Channel, version: i64) -> bool {
     }
     FlagServiceClient::new(channel.clone())
         .evaluate_flag(pb::EvaluateFlagRequest {
+            explain: false,
             key: WATCHED_FLAG.to_owned(),
             context: None,
         })

@@ -291,6 +291,7 @@ async fn evaluate_once(
 ) -> Result<(), String> {
     FlagServiceClient::new(channel)
         .evaluate_flag(pb::EvaluateFlagRequest {
+            explain: false,
             key: ROLLOUT_FLAG.to_owned(),
             context,
         })

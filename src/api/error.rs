@@ -68,6 +68,10 @@ impl From<ValidationErrors> for ApiError {
 
 impl From<ApiError> for Status {
     fn from(err: ApiError) -> Self {
+        let err = match err {
+            ApiError::Store(StoreError::Invalid(errors)) => ApiError::from(errors),
+            other => other,
+        };
         match err {
             ApiError::InvalidArgument { .. } => Status::invalid_argument(err.to_string()),
             ApiError::NotFound(message) => Status::not_found(message),

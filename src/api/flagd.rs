@@ -27,8 +27,8 @@ use tonic::{Request, Response, Status};
 use crate::api::convert::{from_pb_value, to_pb_struct};
 use crate::api::pb::flagd::{evaluation_v1 as v1, evaluation_v2 as v2};
 use crate::api::streams::StreamGate;
-use crate::flags::{CompiledFlag, EvaluationContext, Reason, ValueType, Variant};
-use crate::state::{Event, State};
+use crate::flags::{CompiledFlag, EvaluationContext, Reason, ValueType};
+use crate::state::{Event, Snapshot, State};
 use crate::telemetry::{EvaluationCounters, Tally};
 
 /// How often EventStream sends `keep_alive`.
@@ -54,8 +54,8 @@ pub enum Wanted {
 pub struct Resolved {
     /// The value (the flag's on or off value).
     pub value: serde_json::Value,
-    /// `on` or `off`.
-    pub variant: &'static str,
+    /// The variant: `on`, `off` or one of the flag's named ones.
+    pub variant: String,
     /// The reason's name, as flagd spells it.
     pub reason: &'static str,
     /// Whether the flag is disabled (v2 then leaves value and variant unset).
@@ -192,22 +192,20 @@ impl FlagdCore {
     fn answer(
         &self,
         flag: &CompiledFlag,
+        snapshot: &Snapshot,
         context: &EvaluationContext,
         stale: bool,
         tally: &mut Tally,
     ) -> Resolved {
-        let evaluation = flag.evaluate(&self.environment, context);
+        let evaluation = flag.evaluate(&self.environment, context, snapshot);
         // Disabled stays disabled (no value in v2) even when stale.
         let disabled = evaluation.reason == Reason::Disabled;
         let evaluation = evaluation.stale_if(stale);
         tally.add(evaluation.reason);
         Resolved {
             value: evaluation.value.clone(),
-            variant: match evaluation.variant {
-                Variant::On => "on",
-                Variant::Off => "off",
-            },
-            reason: evaluation.reason.as_str(),
+            variant: evaluation.variant.to_owned(),
+            reason: evaluation.reason.open_feature_name(),
             disabled,
             metadata: metadata(evaluation.flag_version),
         }
@@ -232,7 +230,7 @@ impl FlagdCore {
         let value_type = flag.flag().value_type;
         let mut tally = Tally::default();
         let stale = self.state.freshness().is_stale();
-        let resolved = self.answer(flag, &context, stale, &mut tally);
+        let resolved = self.answer(flag, &snapshot, &context, stale, &mut tally);
         self.evaluations.record_tally(&tally);
         if !type_matches(wanted, value_type, &resolved.value) {
             return Err(Status::invalid_argument(format!(
@@ -264,7 +262,7 @@ impl FlagdCore {
             .map(|flag| {
                 (
                     flag.key().to_owned(),
-                    self.answer(flag, &context, stale, &mut tally),
+                    self.answer(flag, &snapshot, &context, stale, &mut tally),
                 )
             })
             .collect();
@@ -444,7 +442,7 @@ fn v1_any(resolved: Resolved) -> v1::AnyFlag {
     };
     v1::AnyFlag {
         reason: resolved.reason.to_owned(),
-        variant: resolved.variant.to_owned(),
+        variant: resolved.variant.clone(),
         value,
         metadata: Some(resolved.metadata),
     }
@@ -462,7 +460,7 @@ fn v2_any(resolved: Resolved) -> v2::AnyFlag {
     };
     v2::AnyFlag {
         reason: resolved.reason.to_owned(),
-        variant: (!resolved.disabled).then(|| resolved.variant.to_owned()),
+        variant: (!resolved.disabled).then(|| resolved.variant.clone()),
         value,
         metadata: Some(resolved.metadata),
     }
@@ -506,7 +504,7 @@ impl v1::service_server::Service for FlagdV1 {
         Ok(Response::new(v1::ResolveBooleanResponse {
             value: resolved.value.as_bool().unwrap_or_default(),
             reason: resolved.reason.to_owned(),
-            variant: resolved.variant.to_owned(),
+            variant: resolved.variant.clone(),
             metadata: Some(resolved.metadata),
         }))
     }
@@ -522,7 +520,7 @@ impl v1::service_server::Service for FlagdV1 {
         Ok(Response::new(v1::ResolveStringResponse {
             value: resolved.value.as_str().unwrap_or_default().to_owned(),
             reason: resolved.reason.to_owned(),
-            variant: resolved.variant.to_owned(),
+            variant: resolved.variant.clone(),
             metadata: Some(resolved.metadata),
         }))
     }
@@ -538,7 +536,7 @@ impl v1::service_server::Service for FlagdV1 {
         Ok(Response::new(v1::ResolveFloatResponse {
             value: resolved.value.as_f64().unwrap_or_default(),
             reason: resolved.reason.to_owned(),
-            variant: resolved.variant.to_owned(),
+            variant: resolved.variant.clone(),
             metadata: Some(resolved.metadata),
         }))
     }
@@ -554,7 +552,7 @@ impl v1::service_server::Service for FlagdV1 {
         Ok(Response::new(v1::ResolveIntResponse {
             value: as_i64(&resolved.value),
             reason: resolved.reason.to_owned(),
-            variant: resolved.variant.to_owned(),
+            variant: resolved.variant.clone(),
             metadata: Some(resolved.metadata),
         }))
     }
@@ -570,7 +568,7 @@ impl v1::service_server::Service for FlagdV1 {
         Ok(Response::new(v1::ResolveObjectResponse {
             value: Some(json_struct(&resolved.value)),
             reason: resolved.reason.to_owned(),
-            variant: resolved.variant.to_owned(),
+            variant: resolved.variant.clone(),
             metadata: Some(resolved.metadata),
         }))
     }
@@ -616,7 +614,7 @@ impl v2::service_server::Service for FlagdV2 {
         Ok(Response::new(v2::ResolveBooleanResponse {
             value: on.then(|| resolved.value.as_bool()).flatten(),
             reason: resolved.reason.to_owned(),
-            variant: on.then(|| resolved.variant.to_owned()),
+            variant: on.then(|| resolved.variant.clone()),
             metadata: Some(resolved.metadata),
         }))
     }
@@ -635,7 +633,7 @@ impl v2::service_server::Service for FlagdV2 {
                 .then(|| resolved.value.as_str().map(str::to_owned))
                 .flatten(),
             reason: resolved.reason.to_owned(),
-            variant: on.then(|| resolved.variant.to_owned()),
+            variant: on.then(|| resolved.variant.clone()),
             metadata: Some(resolved.metadata),
         }))
     }
@@ -652,7 +650,7 @@ impl v2::service_server::Service for FlagdV2 {
         Ok(Response::new(v2::ResolveFloatResponse {
             value: on.then(|| resolved.value.as_f64()).flatten(),
             reason: resolved.reason.to_owned(),
-            variant: on.then(|| resolved.variant.to_owned()),
+            variant: on.then(|| resolved.variant.clone()),
             metadata: Some(resolved.metadata),
         }))
     }
@@ -669,7 +667,7 @@ impl v2::service_server::Service for FlagdV2 {
         Ok(Response::new(v2::ResolveIntResponse {
             value: on.then(|| as_i64(&resolved.value)),
             reason: resolved.reason.to_owned(),
-            variant: on.then(|| resolved.variant.to_owned()),
+            variant: on.then(|| resolved.variant.clone()),
             metadata: Some(resolved.metadata),
         }))
     }
@@ -686,7 +684,7 @@ impl v2::service_server::Service for FlagdV2 {
         Ok(Response::new(v2::ResolveObjectResponse {
             value: on.then(|| json_struct(&resolved.value)),
             reason: resolved.reason.to_owned(),
-            variant: on.then(|| resolved.variant.to_owned()),
+            variant: on.then(|| resolved.variant.clone()),
             metadata: Some(resolved.metadata),
         }))
     }

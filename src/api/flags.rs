@@ -20,7 +20,7 @@ use crate::api::{
     too_large_for_one_answer, written,
 };
 use crate::flags::{
-    CompiledFlag, Evaluation, EvaluationContext, Flag, FlagDraft, Reason, ValueType, Variant,
+    CompiledFlag, Evaluation, EvaluationContext, Flag, FlagDraft, Reason, Targeting, ValueType,
     is_valid_key,
 };
 use crate::paging::{fill_page, key_page_size, key_position, key_token};
@@ -125,6 +125,7 @@ impl From<Reason> for pb::EvaluationReason {
             Reason::Split => pb::EvaluationReason::Split,
             Reason::Default => pb::EvaluationReason::Default,
             Reason::Disabled => pb::EvaluationReason::Disabled,
+            Reason::PrerequisiteFailed => pb::EvaluationReason::PrerequisiteFailed,
             Reason::Stale => pb::EvaluationReason::Stale,
         }
     }
@@ -146,6 +147,7 @@ impl From<&Flag> for pb::Flag {
             version: flag.version,
             updated_at: Some(to_timestamp(flag.updated_at)),
             updated_by: flag.updated_by.clone(),
+            targeting: flag.targeting.as_deref().map(pb::FlagTargeting::from),
         }
     }
 }
@@ -190,6 +192,7 @@ impl TryFrom<pb::UpsertFlagRequest> for FlagDraft {
             target_users: request.target_users,
             target_roles: request.target_roles,
             rollout_percentage: request.rollout_percentage,
+            targeting: request.targeting.map(Targeting::try_from).transpose()?,
         })
     }
 }
@@ -219,29 +222,48 @@ fn evaluation_response(key: &str, evaluation: &Evaluation<'_>) -> pb::EvaluateFl
     pb::EvaluateFlagResponse {
         key: key.to_owned(),
         value: Some(to_pb_value(evaluation.value)),
-        variant: match evaluation.variant {
-            Variant::On => "on",
-            Variant::Off => "off",
-        }
-        .to_owned(),
+        variant: evaluation.variant.to_owned(),
         reason: pb::EvaluationReason::from(evaluation.reason).into(),
         flag_version: evaluation.flag_version,
+        explanation: Vec::new(),
     }
 }
 
 impl FlagApi {
     /// Evaluates `flag`, counting the answer's reason in `tally`; `stale`:
     /// the snapshot is not known to be current.
+    /// `snapshot` holds the other flags, for prerequisites.
     fn evaluate(
         &self,
         flag: &CompiledFlag,
+        snapshot: &Snapshot,
         context: &EvaluationContext,
         stale: bool,
         tally: &mut Tally,
     ) -> pb::EvaluateFlagResponse {
-        let evaluation = flag.evaluate(&self.environment, context).stale_if(stale);
+        let evaluation = flag
+            .evaluate(&self.environment, context, snapshot)
+            .stale_if(stale);
         tally.add(evaluation.reason);
         evaluation_response(flag.key(), &evaluation)
+    }
+
+    /// [`Self::evaluate`], with the path that decided the answer.
+    fn explain(
+        &self,
+        flag: &CompiledFlag,
+        snapshot: &Snapshot,
+        context: &EvaluationContext,
+        stale: bool,
+        tally: &mut Tally,
+    ) -> pb::EvaluateFlagResponse {
+        let (evaluation, path) = flag.explain(&self.environment, context, snapshot);
+        let evaluation = evaluation.stale_if(stale);
+        tally.add(evaluation.reason);
+        pb::EvaluateFlagResponse {
+            explanation: path.iter().map(pb::ExplainStep::from).collect(),
+            ..evaluation_response(flag.key(), &evaluation)
+        }
     }
 }
 
@@ -348,7 +370,11 @@ impl FlagService for FlagApi {
         };
         let mut tally = Tally::default();
         let stale = self.state.freshness().is_stale();
-        let answer = self.evaluate(flag, &context, stale, &mut tally);
+        let answer = if request.explain {
+            self.explain(flag, &snapshot, &context, stale, &mut tally)
+        } else {
+            self.evaluate(flag, &snapshot, &context, stale, &mut tally)
+        };
         self.evaluations.record_tally(&tally);
         Ok(Response::new(answer))
     }
@@ -371,7 +397,7 @@ impl FlagService for FlagApi {
                 |flag| pb::FlagEvaluationResult {
                     key: flag.key().to_owned(),
                     outcome: Some(pb::flag_evaluation_result::Outcome::Evaluation(
-                        self.evaluate(flag, &context, stale, &mut tally),
+                        self.evaluate(flag, &snapshot, &context, stale, &mut tally),
                     )),
                 },
                 framed_len,
@@ -398,7 +424,7 @@ impl FlagService for FlagApi {
                 |key| {
                     let outcome = match snapshot.flag(&key) {
                         Some(flag) => pb::flag_evaluation_result::Outcome::Evaluation(
-                            self.evaluate(flag, &context, stale, &mut tally),
+                            self.evaluate(flag, &snapshot, &context, stale, &mut tally),
                         ),
                         None => pb::flag_evaluation_result::Outcome::Error(pb::EvaluationError {
                             code: "FLAG_NOT_FOUND".to_owned(),

@@ -13,6 +13,7 @@ pub mod health;
 pub mod observe;
 pub mod pb;
 pub mod streams;
+pub mod targeting;
 pub mod watch;
 
 pub use convert::to_timestamp;

@@ -4,9 +4,10 @@ use clap::Subcommand;
 
 use super::output::{self, cell, fields, table};
 use super::{Client, ClientArgs, ClientError, json_arg};
-use crate::api::convert::to_pb_value;
+use crate::api::convert::{to_pb_struct, to_pb_value};
 use crate::api::pb::readyd::v1 as pb;
 use crate::api::pb::readyd::v1::flag_service_client::FlagServiceClient;
+use crate::flags::Targeting;
 
 /// `readyd flags`.
 #[derive(clap::Args, Debug)]
@@ -72,6 +73,12 @@ pub enum FlagsCommand {
         /// Write only if the flag is at this version (0: must not exist).
         #[arg(long)]
         expected_version: Option<i64>,
+        /// Variants, rules, default serve and prerequisites as JSON, or
+        /// @FILE to read it from a file (README, "Variants, rules and
+        /// prerequisites"); `{}` removes them. Without it the flag keeps
+        /// the ones it has.
+        #[arg(long)]
+        targeting: Option<String>,
     },
     /// Delete a flag (needs the admin token).
     #[command(after_help = "Example:\n  readyd flags delete old_banner")]
@@ -83,7 +90,9 @@ pub enum FlagsCommand {
         expected_version: Option<i64>,
     },
     /// Evaluate a flag for a user.
-    #[command(after_help = "Example:\n  readyd flags eval checkout.v2 --user 42 --role customer")]
+    #[command(
+        after_help = "Example:\n  readyd flags eval checkout.v2 --user 42 --role customer --attr country=DE --explain"
+    )]
     Eval {
         /// The flag's key.
         key: String,
@@ -93,7 +102,45 @@ pub enum FlagsCommand {
         /// A role of the user (repeat for more).
         #[arg(long = "role")]
         roles: Vec<String>,
+        /// A context attribute, NAME=VALUE; the value is JSON, or else a
+        /// string (repeat for more).
+        #[arg(long = "attr")]
+        attributes: Vec<String>,
+        /// Also print the path that decided the answer.
+        #[arg(long)]
+        explain: bool,
     },
+}
+
+/// `--targeting`: JSON, or `@FILE` holding it.
+fn targeting_arg(raw: &str) -> Result<Targeting, ClientError> {
+    let (text, source) = match raw.strip_prefix('@') {
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .map_err(|err| ClientError::Usage(format!("--targeting @{path}: {err}")))?,
+            path,
+        ),
+        None => (raw.to_owned(), "the argument"),
+    };
+    serde_json::from_str(&text).map_err(|err| {
+        ClientError::Usage(format!(
+            "--targeting: {source} is not targeting JSON: {err}"
+        ))
+    })
+}
+
+/// `--attr NAME=VALUE`s as a JSON object.
+fn attributes_arg(
+    raw: &[String],
+) -> Result<serde_json::Map<String, serde_json::Value>, ClientError> {
+    raw.iter()
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').ok_or_else(|| {
+                ClientError::Usage(format!("--attr {pair:?}: expected NAME=VALUE"))
+            })?;
+            Ok((name.to_owned(), json_arg(value)))
+        })
+        .collect()
 }
 
 fn value_type(raw: Option<&str>) -> Result<i32, ClientError> {
@@ -206,7 +253,9 @@ pub async fn run(args: FlagsArgs) -> Result<(), ClientError> {
             rollout,
             description,
             expected_version,
+            targeting,
         } => {
+            let targeting = targeting.as_deref().map(targeting_arg).transpose()?;
             let request = pb::UpsertFlagRequest {
                 key,
                 description,
@@ -219,6 +268,7 @@ pub async fn run(args: FlagsArgs) -> Result<(), ClientError> {
                 target_roles: roles,
                 rollout_percentage: rollout,
                 expected_version,
+                targeting: targeting.as_ref().map(pb::FlagTargeting::from),
             };
             let answer = flags
                 .upsert_flag(client.request(request)?)
@@ -248,14 +298,22 @@ pub async fn run(args: FlagsArgs) -> Result<(), ClientError> {
                 || format!("deleted {key} at version {version}\n"),
             );
         }
-        FlagsCommand::Eval { key, user, roles } => {
+        FlagsCommand::Eval {
+            key,
+            user,
+            roles,
+            attributes,
+            explain,
+        } => {
+            let attributes = attributes_arg(&attributes)?;
             let request = pb::EvaluateFlagRequest {
                 key,
                 context: Some(pb::EvaluationContext {
                     user_id: user.unwrap_or_default(),
                     roles,
-                    attributes: None,
+                    attributes: (!attributes.is_empty()).then(|| to_pb_struct(&attributes)),
                 }),
+                explain,
             };
             let answer = flags
                 .evaluate_flag(client.request(request)?)
@@ -263,13 +321,17 @@ pub async fn run(args: FlagsArgs) -> Result<(), ClientError> {
                 .into_inner();
             let json = output::evaluation(&answer);
             client.print(json.clone(), || {
-                fields(vec![
+                let mut text = fields(vec![
                     ("key", answer.key.clone()),
                     ("value", cell(&json["value"])),
                     ("variant", answer.variant.clone()),
                     ("reason", output::reason(answer.reason()).to_owned()),
                     ("version", answer.flag_version.to_string()),
-                ])
+                ]);
+                for (i, step) in answer.explanation.iter().enumerate() {
+                    text.push_str(&format!("  {}. {}\n", i + 1, step.detail));
+                }
+                text
             });
         }
     }

@@ -81,9 +81,10 @@ pub fn cell(value: &Value) -> String {
     }
 }
 
-/// A flag as JSON.
+/// A flag as JSON; `targeting` only for a flag that has it, in the shape
+/// `readyd flags set --targeting` takes.
 pub fn flag(flag: &pb::Flag) -> Value {
-    json!({
+    let mut json = json!({
         "key": flag.key,
         "description": flag.description,
         "enabled": flag.enabled,
@@ -97,7 +98,14 @@ pub fn flag(flag: &pb::Flag) -> Value {
         "version": flag.version,
         "updated_at": time(flag.updated_at.as_ref()),
         "updated_by": flag.updated_by,
-    })
+    });
+    if let Some(targeting) = &flag.targeting
+        && let Ok(targeting) = crate::flags::Targeting::try_from(targeting.clone())
+        && let Ok(targeting) = serde_json::to_value(targeting)
+    {
+        json["targeting"] = targeting;
+    }
+    json
 }
 
 /// The name of a value type.
@@ -120,6 +128,7 @@ pub fn reason(reason: pb::EvaluationReason) -> &'static str {
         pb::EvaluationReason::Default => "DEFAULT",
         pb::EvaluationReason::Disabled => "DISABLED",
         pb::EvaluationReason::Stale => "STALE",
+        pb::EvaluationReason::PrerequisiteFailed => "PREREQUISITE_FAILED",
     }
 }
 
@@ -131,6 +140,11 @@ pub fn evaluation(answer: &pb::EvaluateFlagResponse) -> Value {
         "variant": answer.variant,
         "reason": reason(answer.reason()),
         "flag_version": answer.flag_version,
+        "explanation": answer
+            .explanation
+            .iter()
+            .map(|step| json!({"step": step.step, "rule": step.rule, "detail": step.detail}))
+            .collect::<Vec<_>>(),
     })
 }
 

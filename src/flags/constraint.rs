@@ -375,6 +375,12 @@ impl Constraint {
 }
 
 impl CompiledConstraint {
+    /// Whether it reads the clock (`current_time`): evaluation reads the
+    /// clock only for flags that need it.
+    pub fn reads_time(&self) -> bool {
+        matches!(self.attribute, Attribute::CurrentTime)
+    }
+
     /// Whether it holds for `ctx`.
     pub fn holds(&self, ctx: &EvaluationContext, around: &Surroundings<'_>) -> bool {
         self.check(ctx, around) != self.inverted

@@ -1,39 +1,64 @@
 //! The evaluation engine: a [`Flag`] compiled once into a [`CompiledFlag`],
 //! then evaluated many times with [`evaluate`].
 //!
-//! Compiling turns the target lists into hash sets and precomputes whether
-//! the flag has any targeting, so one evaluation costs a few set look-ups and
-//! at most one murmur3 hash, and allocates nothing (the answer borrows the
-//! flag's value). This is yggdrasil's "compile once, evaluate many": a
-//! snapshot is compiled when it changes, which is rare, and evaluated on
-//! every request, which is not.
+//! Compiling turns the target lists into hash sets, compiles the v2 parts
+//! (rules, serves, prerequisites: `targeting.rs`) and precomputes whether
+//! the flag has any targeting, so one evaluation of a flag of today's model
+//! costs a few set look-ups and at most one murmur3 hash, and allocates
+//! nothing (the answer borrows the flag's value). This is yggdrasil's
+//! "compile once, evaluate many": a snapshot is compiled when it changes,
+//! which is rare, and evaluated on every request, which is not.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use foldhash::fast::RandomState;
-
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
 
 use super::bucket::bucket;
-use super::model::{Evaluation, EvaluationContext, Flag, Reason, Variant};
+use super::constraint::Surroundings;
+use super::explain::Step;
+use super::model::{Evaluation, EvaluationContext, Flag, Reason};
+use super::rules::{Served, decide};
+use super::targeting::{CompiledTargeting, MAX_PREREQUISITE_DEPTH, NoSegments, OFF, ON};
+use super::validate::{FlagDraft, ValidationErrors};
+
+/// Index of the `on` variant.
+const ON_INDEX: usize = 0;
+/// Index of the `off` variant.
+const OFF_INDEX: usize = 1;
 
 /// A flag prepared for fast evaluation.
 ///
 /// Holds the [`Flag`] unchanged (so it can be listed and serialized exactly
 /// as stored, target order included) plus hash sets of its environments,
-/// target users and target roles. The sets duplicate the strings; at the
-/// validated limits (10,000 users of at most 256 bytes) that is a bounded
-/// cost paid once per flag change, in exchange for O(1) look-ups per request.
+/// target users and target roles, and its v2 parts compiled. The sets
+/// duplicate the strings; at the validated limits (10,000 users of at most
+/// 256 bytes) that is a bounded cost paid once per flag change, in exchange
+/// for O(1) look-ups per request.
 ///
 /// Serializes as, and deserializes from, the plain [`Flag`], so a persisted
 /// snapshot does not depend on this in-memory layout.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct CompiledFlag {
     flag: Flag,
     environments: StringSet,
     target_users: StringSet,
     target_roles: StringSet,
     has_targeting: bool,
+    /// Behind a pointer: most flags have none, and the common flag stays
+    /// small.
+    targeting: Option<Arc<CompiledTargeting>>,
+}
+
+impl PartialEq for CompiledFlag {
+    /// Two compiled flags are equal when their flags are: the rest is
+    /// derived from the flag.
+    fn eq(&self, other: &Self) -> bool {
+        self.flag == other.flag
+    }
 }
 
 /// A set of strings hashed with foldhash instead of SipHash: a look-up of a
@@ -44,21 +69,53 @@ pub struct CompiledFlag {
 /// colliding ones; foldhash is still seeded per process.
 type StringSet = HashSet<String, RandomState>;
 
+/// The other flags, for prerequisites.
+pub trait FlagLookup {
+    /// Flag `key`, compiled, if it exists.
+    fn compiled_flag(&self, key: &str) -> Option<&CompiledFlag>;
+}
+
+/// No other flags: every prerequisite is unmet.
+pub struct NoFlags;
+
+impl FlagLookup for NoFlags {
+    fn compiled_flag(&self, _key: &str) -> Option<&CompiledFlag> {
+        None
+    }
+}
+
+impl<S: std::hash::BuildHasher> FlagLookup
+    for std::collections::HashMap<String, Arc<CompiledFlag>, S>
+{
+    fn compiled_flag(&self, key: &str) -> Option<&CompiledFlag> {
+        self.get(key).map(|flag| &**flag)
+    }
+}
+
 impl CompiledFlag {
-    /// Compiles `flag`. Does not validate it: a flag is validated when it is
-    /// written, and a compiled flag evaluates any input without panicking.
-    pub fn new(flag: Flag) -> Self {
+    /// Checks `flag` with the rules of a write (rows written by plain SQL
+    /// are checked as strictly as the API's) and compiles it.
+    ///
+    /// # Errors
+    ///
+    /// Every rule the flag breaks; such a flag is left out of a snapshot.
+    pub fn new(flag: Flag) -> Result<Self, ValidationErrors> {
+        let draft = FlagDraft::from_flag(&flag).validate()?;
+        let targeting = draft.shared_compiled_targeting();
         let environments = flag.environments.iter().cloned().collect();
         let target_users: StringSet = flag.target_users.iter().cloned().collect();
         let target_roles: StringSet = flag.target_roles.iter().cloned().collect();
-        let has_targeting = !target_users.is_empty() || !target_roles.is_empty();
-        CompiledFlag {
+        let has_targeting = !target_users.is_empty()
+            || !target_roles.is_empty()
+            || targeting.as_ref().is_some_and(|t| t.targets());
+        Ok(CompiledFlag {
             flag,
             environments,
             target_users,
             target_roles,
             has_targeting,
-        }
+            targeting,
+        })
     }
 
     /// The flag as stored.
@@ -81,23 +138,75 @@ impl CompiledFlag {
         self.flag.version
     }
 
-    /// Whether the flag targets any user or role. A full rollout of a flag
-    /// with targeting answers [`Reason::Default`] rather than
-    /// [`Reason::Static`], because the targets could have mattered.
+    /// Whether the flag targets anyone (users, roles, rules or
+    /// prerequisites). A full rollout of a flag with targeting answers
+    /// [`Reason::Default`] rather than [`Reason::Static`], because the
+    /// targets could have mattered.
     pub fn has_targeting(&self) -> bool {
         self.has_targeting
     }
 
-    /// Evaluates this flag; the same as [`evaluate`]`(self, environment, ctx)`.
-    pub fn evaluate<'a>(&'a self, environment: &str, ctx: &EvaluationContext) -> Evaluation<'a> {
-        evaluate(self, environment, ctx)
+    /// Every variant's name: `on`, `off`, then the flag's named variants.
+    pub fn variant_names(&self) -> Vec<&str> {
+        match &self.targeting {
+            Some(targeting) => targeting.names().iter().map(String::as_str).collect(),
+            None => vec![ON, OFF],
+        }
     }
 
-    /// An answer of `variant` for `reason`, borrowing the matching value.
-    fn answer(&self, variant: Variant, reason: Reason) -> Evaluation<'_> {
-        let value = match variant {
-            Variant::On => &self.flag.on_value,
-            Variant::Off => &self.flag.off_value,
+    /// The value of variant `name`, if the flag has it.
+    pub fn variant_value(&self, name: &str) -> Option<&Value> {
+        match (name, &self.targeting) {
+            (ON, _) => Some(&self.flag.on_value),
+            (OFF, _) => Some(&self.flag.off_value),
+            (_, Some(targeting)) => {
+                let at = targeting.names().iter().position(|n| n == name)?;
+                targeting.named_value(at)
+            }
+            (_, None) => None,
+        }
+    }
+
+    /// The variant it serves when off (disabled, environment not listed,
+    /// prerequisite unmet).
+    pub fn off_variant(&self) -> &str {
+        self.targeting
+            .as_ref()
+            .map_or(OFF, |t| t.name(t.off_variant))
+    }
+
+    /// Evaluates this flag; the same as [`evaluate`].
+    pub fn evaluate<'a>(
+        &'a self,
+        environment: &str,
+        ctx: &EvaluationContext,
+        flags: &dyn FlagLookup,
+    ) -> Evaluation<'a> {
+        run(self, environment, ctx, flags, 0, None)
+    }
+
+    /// Evaluates this flag and says why: every step checked, in order.
+    pub fn explain<'a>(
+        &'a self,
+        environment: &str,
+        ctx: &EvaluationContext,
+        flags: &dyn FlagLookup,
+    ) -> (Evaluation<'a>, Vec<Step>) {
+        let mut path = Vec::new();
+        let evaluation = run(self, environment, ctx, flags, 0, Some(&mut path));
+        (evaluation, path)
+    }
+
+    /// An answer of variant `index` for `reason`, borrowing its value.
+    fn answer(&self, index: usize, reason: Reason) -> Evaluation<'_> {
+        let (variant, value) = match (index, &self.targeting) {
+            (ON_INDEX, _) => (ON, &self.flag.on_value),
+            (OFF_INDEX, _) => (OFF, &self.flag.off_value),
+            (_, Some(targeting)) => match targeting.named_value(index) {
+                Some(value) => (targeting.name(index), value),
+                None => (OFF, &self.flag.off_value),
+            },
+            (_, None) => (OFF, &self.flag.off_value),
         };
         Evaluation {
             value,
@@ -105,12 +214,6 @@ impl CompiledFlag {
             reason,
             flag_version: self.flag.version,
         }
-    }
-}
-
-impl From<Flag> for CompiledFlag {
-    fn from(flag: Flag) -> Self {
-        CompiledFlag::new(flag)
     }
 }
 
@@ -122,76 +225,218 @@ impl Serialize for CompiledFlag {
 
 impl<'de> Deserialize<'de> for CompiledFlag {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Flag::deserialize(deserializer).map(CompiledFlag::new)
+        let flag = Flag::deserialize(deserializer)?;
+        CompiledFlag::new(flag).map_err(serde::de::Error::custom)
     }
 }
 
-/// Evaluates `flag` in `environment` for `ctx`.
+/// Evaluates `flag` in `environment` for `ctx`; `flags` are the other flags
+/// (for prerequisites).
 ///
-/// The rules apply in this order, and the first that decides wins:
+/// The steps apply in this order, and the first that decides wins
+/// (DESIGN.md, "Flag model v2"):
 ///
-/// 1. a disabled flag is off, [`Reason::Disabled`];
-/// 2. a flag limited to environments that do not include `environment` is
-///    off, [`Reason::Disabled`];
-/// 3. a targeted user id is on, [`Reason::TargetingMatch`];
-/// 4. any targeted role is on, [`Reason::TargetingMatch`];
-/// 5. the rollout: 100 % is on ([`Reason::Static`] without targeting,
-///    [`Reason::Default`] with it); 0 % is off, [`Reason::Default`]; a partial
-///    rollout is on exactly when the user's [`bucket`] is at most the
-///    percentage, [`Reason::Split`], and off, [`Reason::Default`], for an
-///    anonymous context.
+/// 1. a disabled flag serves its off variant, [`Reason::Disabled`];
+/// 2. so does a flag limited to environments that do not include
+///    `environment`;
+/// 3. an unmet prerequisite serves the off variant,
+///    [`Reason::PrerequisiteFailed`];
+/// 4. a targeted user id serves `on`, [`Reason::TargetingMatch`];
+/// 5. so does any targeted role;
+/// 6. the first rule whose constraints hold serves its variant
+///    ([`Reason::TargetingMatch`]) or its split ([`Reason::Split`]); a split
+///    the context has no stickiness value for is skipped;
+/// 7. the default serve: a variant ([`Reason::Static`] without any
+///    targeting, [`Reason::Default`] with it) or a split ([`Reason::Split`];
+///    skipped, it serves the off variant, [`Reason::Default`]); without a
+///    default serve, the rollout: 100 % is on ([`Reason::Static`] without
+///    targeting, [`Reason::Default`] with it); 0 % is off,
+///    [`Reason::Default`]; a partial rollout is on exactly when the user's
+///    [`bucket`] is at most the percentage, [`Reason::Split`], and off,
+///    [`Reason::Default`], for an anonymous context.
 ///
-/// Targeting comes before the rollout so that a percentage never takes a
-/// flag away from someone it was explicitly given to. An empty user id
-/// counts as anonymous (see [`EvaluationContext::effective_user_id`]).
-/// Looking the flag up (and answering NOT_FOUND) is the caller's job.
+/// A flag of today's model (no v2 parts) has no steps 3, 6 and 7's serve,
+/// so it evaluates exactly as before. Targeting comes before the rollout so
+/// that a percentage never takes a flag away from someone it was explicitly
+/// given to. An empty user id counts as anonymous (see
+/// [`EvaluationContext::effective_user_id`]). Looking the flag up (and
+/// answering NOT_FOUND) is the caller's job.
 pub fn evaluate<'a>(
     flag: &'a CompiledFlag,
     environment: &str,
     ctx: &EvaluationContext,
+    flags: &dyn FlagLookup,
 ) -> Evaluation<'a> {
+    run(flag, environment, ctx, flags, 0, None)
+}
+
+/// Records `step` when explaining.
+#[inline]
+fn note(path: &mut Option<&mut Vec<Step>>, step: impl FnOnce() -> Step) {
+    if let Some(path) = path {
+        path.push(step());
+    }
+}
+
+/// [`evaluate`], `depth` prerequisites down, recording the path when given.
+fn run<'a>(
+    flag: &'a CompiledFlag,
+    environment: &str,
+    ctx: &EvaluationContext,
+    flags: &dyn FlagLookup,
+    depth: usize,
+    mut path: Option<&mut Vec<Step>>,
+) -> Evaluation<'a> {
+    let targeting = flag.targeting.as_deref();
+    let off = targeting.map_or(OFF_INDEX, |t| t.off_variant);
     if !flag.flag.enabled {
-        return flag.answer(Variant::Off, Reason::Disabled);
+        note(&mut path, || Step::Disabled);
+        return flag.answer(off, Reason::Disabled);
     }
     if !flag.environments.is_empty() && !flag.environments.contains(environment) {
-        return flag.answer(Variant::Off, Reason::Disabled);
+        note(&mut path, || Step::EnvironmentNotListed {
+            environment: environment.to_owned(),
+        });
+        return flag.answer(off, Reason::Disabled);
+    }
+
+    if let Some(targeting) = targeting
+        && !targeting.prerequisites.is_empty()
+    {
+        for prerequisite in &*targeting.prerequisites {
+            // A chain deeper than writes allow (plain SQL can make one, even a
+            // cycle) is unmet rather than endless.
+            let other = flags
+                .compiled_flag(&prerequisite.flag)
+                .filter(|_| depth + 1 < MAX_PREREQUISITE_DEPTH);
+            let served = other.map(|other| run(other, environment, ctx, flags, depth + 1, None));
+            let met = served.is_some_and(|served| {
+                prerequisite
+                    .variants
+                    .iter()
+                    .any(|v| v.as_str() == served.variant)
+            });
+            if !met {
+                note(&mut path, || Step::PrerequisiteUnmet {
+                    flag: prerequisite.flag.clone(),
+                    served: served.map(|s| s.variant.to_owned()),
+                    wanted: prerequisite.variants.to_vec(),
+                });
+                return flag.answer(off, Reason::PrerequisiteFailed);
+            }
+        }
+        note(&mut path, || Step::PrerequisitesMet);
     }
 
     let user_id = ctx.effective_user_id();
     if let Some(user_id) = user_id
         && flag.target_users.contains(user_id)
     {
-        return flag.answer(Variant::On, Reason::TargetingMatch);
+        note(&mut path, || Step::TargetUser);
+        return flag.answer(ON_INDEX, Reason::TargetingMatch);
     }
     // Checking emptiness first skips hashing every role of the context for
     // the common flag that targets no role.
     if !flag.target_roles.is_empty()
-        && ctx
+        && let Some(role) = ctx
             .roles
             .iter()
-            .any(|role| flag.target_roles.contains(role.as_str()))
+            .find(|role| flag.target_roles.contains(role.as_str()))
     {
-        return flag.answer(Variant::On, Reason::TargetingMatch);
+        note(&mut path, || Step::TargetRole { role: role.clone() });
+        return flag.answer(ON_INDEX, Reason::TargetingMatch);
     }
 
-    match flag.flag.rollout_percentage {
-        0 => flag.answer(Variant::Off, Reason::Default),
+    if let Some(targeting) = targeting
+        && (!targeting.rules.is_empty() || targeting.default_serve.is_some())
+    {
+        let around = Surroundings {
+            environment,
+            // The clock only for flags whose constraints read it.
+            now: if targeting.reads_time {
+                Utc::now()
+            } else {
+                DateTime::UNIX_EPOCH
+            },
+        };
+        match decide(
+            &flag.flag.key,
+            &targeting.rules,
+            targeting.default_serve.as_ref(),
+            ctx,
+            &around,
+            &NoSegments,
+            path.as_deref_mut(),
+        ) {
+            Some(Served::Matched { variant, .. }) => {
+                return flag.answer(variant, Reason::TargetingMatch);
+            }
+            Some(Served::Split { rule, variant }) => {
+                if rule.is_none() {
+                    note(&mut path, || Step::DefaultServe);
+                }
+                return flag.answer(variant, Reason::Split);
+            }
+            Some(Served::Default { variant }) => {
+                note(&mut path, || Step::DefaultServe);
+                let reason = if flag.has_targeting {
+                    Reason::Default
+                } else {
+                    Reason::Static
+                };
+                return flag.answer(variant, reason);
+            }
+            // The default split was skipped: nothing else is left.
+            None if targeting.default_serve.is_some() => {
+                return flag.answer(off, Reason::Default);
+            }
+            None => {}
+        }
+    }
+
+    let percentage = flag.flag.rollout_percentage;
+    match percentage {
+        0 => {
+            note(&mut path, || Step::Rollout {
+                percentage,
+                bucket: None,
+            });
+            flag.answer(OFF_INDEX, Reason::Default)
+        }
         // Values above 100 cannot pass validation; treating them as 100
         // keeps an unvalidated flag from behaving as a strange partial split.
         percentage if percentage >= 100 => {
+            note(&mut path, || Step::Rollout {
+                percentage,
+                bucket: None,
+            });
             let reason = if flag.has_targeting {
                 Reason::Default
             } else {
                 Reason::Static
             };
-            flag.answer(Variant::On, reason)
+            flag.answer(ON_INDEX, reason)
         }
         percentage => match user_id {
-            Some(user_id) if bucket(&flag.flag.key, user_id) <= u32::from(percentage) => {
-                flag.answer(Variant::On, Reason::Split)
+            Some(user_id) => {
+                let bucket = bucket(&flag.flag.key, user_id);
+                note(&mut path, || Step::Rollout {
+                    percentage,
+                    bucket: Some(bucket),
+                });
+                if bucket <= u32::from(percentage) {
+                    flag.answer(ON_INDEX, Reason::Split)
+                } else {
+                    flag.answer(OFF_INDEX, Reason::Split)
+                }
             }
-            Some(_) => flag.answer(Variant::Off, Reason::Split),
-            None => flag.answer(Variant::Off, Reason::Default),
+            None => {
+                note(&mut path, || Step::Rollout {
+                    percentage,
+                    bucket: None,
+                });
+                flag.answer(OFF_INDEX, Reason::Default)
+            }
         },
     }
 }
@@ -200,8 +445,10 @@ pub fn evaluate<'a>(
 mod tests {
     use super::*;
     use crate::flags::model::ValueType;
+    use crate::flags::targeting::Targeting;
     use chrono::DateTime;
     use serde_json::json;
+    use std::collections::HashMap;
 
     fn flag() -> Flag {
         Flag {
@@ -218,51 +465,82 @@ mod tests {
             version: 7,
             updated_at: DateTime::UNIX_EPOCH,
             updated_by: "test".to_owned(),
+            targeting: None,
+        }
+    }
+
+    fn compiled(flag: Flag) -> CompiledFlag {
+        CompiledFlag::new(flag).expect("a valid flag")
+    }
+
+    fn with_targeting(targeting: serde_json::Value) -> Flag {
+        Flag {
+            targeting: Some(Box::new(
+                serde_json::from_value::<Targeting>(targeting).expect("targeting"),
+            )),
+            ..flag()
+        }
+    }
+
+    fn ctx(user: &str, attributes: serde_json::Value) -> EvaluationContext {
+        EvaluationContext {
+            user_id: Some(user.to_owned()),
+            roles: vec![],
+            attributes: match attributes {
+                serde_json::Value::Object(map) => map,
+                _ => serde_json::Map::new(),
+            },
         }
     }
 
     #[test]
     fn answers_borrow_the_matching_value_and_carry_the_version() {
-        let on = CompiledFlag::new(flag());
-        let e = on.evaluate("prod", &EvaluationContext::default());
+        let on = compiled(flag());
+        let e = on.evaluate("prod", &EvaluationContext::default(), &NoFlags);
         assert_eq!(e.value, &json!("yes"));
         assert_eq!(
             (e.variant, e.reason, e.flag_version),
-            (Variant::On, Reason::Static, 7)
+            ("on", Reason::Static, 7)
         );
 
-        let off = CompiledFlag::new(Flag {
+        let off = compiled(Flag {
             enabled: false,
             ..flag()
         });
-        let e = off.evaluate("prod", &EvaluationContext::default());
+        let e = off.evaluate("prod", &EvaluationContext::default(), &NoFlags);
         assert_eq!(e.value, &json!("no"));
-        assert_eq!(e.variant, Variant::Off);
+        assert_eq!(e.variant, "off");
     }
 
     #[test]
     fn has_targeting_is_precomputed() {
-        assert!(!CompiledFlag::new(flag()).has_targeting());
+        assert!(!compiled(flag()).has_targeting());
         let users = Flag {
             target_users: vec!["u".into()],
             ..flag()
         };
-        assert!(CompiledFlag::new(users).has_targeting());
+        assert!(compiled(users).has_targeting());
         let roles = Flag {
             target_roles: vec!["r".into()],
             ..flag()
         };
-        assert!(CompiledFlag::new(roles).has_targeting());
+        assert!(compiled(roles).has_targeting());
+        let rules = with_targeting(json!({"rules": [
+            {"constraints": [{"attribute": "plan", "operator": "exists"}], "serve": {"variant": "on"}}
+        ]}));
+        assert!(compiled(rules).has_targeting());
     }
 
     #[test]
-    fn a_rollout_above_100_behaves_as_100() {
-        let f = CompiledFlag::new(Flag {
+    fn an_invalid_flag_does_not_compile() {
+        let bad = Flag {
             rollout_percentage: 200,
             ..flag()
-        });
-        let e = f.evaluate("prod", &EvaluationContext::default());
-        assert_eq!((e.variant, e.reason), (Variant::On, Reason::Static));
+        };
+        assert!(CompiledFlag::new(bad).is_err());
+        let bad = with_targeting(json!({"default_serve": {"variant": "purple"}}));
+        let errors = CompiledFlag::new(bad).unwrap_err();
+        assert!(errors.to_string().contains("purple"), "{errors}");
     }
 
     #[test]
@@ -271,11 +549,160 @@ mod tests {
             target_users: vec!["b".into(), "a".into()],
             ..flag()
         };
-        let compiled = CompiledFlag::new(f.clone());
-        let text = serde_json::to_string(&compiled).unwrap();
+        let compiled_flag = compiled(f.clone());
+        let text = serde_json::to_string(&compiled_flag).unwrap();
         assert_eq!(text, serde_json::to_string(&f).unwrap());
+        assert!(
+            !text.contains("targeting"),
+            "a flag of today's model serializes as before"
+        );
         let back: CompiledFlag = serde_json::from_str(&text).unwrap();
-        assert_eq!(back, compiled);
+        assert_eq!(back, compiled_flag);
         assert_eq!(back.into_flag(), f);
+
+        let v2 = with_targeting(json!({"variants": [{"name": "red", "value": "r"}]}));
+        let text = serde_json::to_string(&compiled(v2.clone())).unwrap();
+        let back: CompiledFlag = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.into_flag(), v2);
+    }
+
+    /// The A/B example of the README: three variants, a rule for one
+    /// country, a weighted split for everyone else.
+    fn checkout() -> CompiledFlag {
+        compiled(Flag {
+            key: "checkout.v2".into(),
+            ..with_targeting(json!({
+                "variants": [
+                    {"name": "red", "value": "r"},
+                    {"name": "green", "value": "g"},
+                    {"name": "blue", "value": "b"}
+                ],
+                "off_variant": "blue",
+                "rules": [
+                    {"name": "germany", "constraints": [
+                        {"attribute": "country", "operator": "in", "values": ["DE"]}
+                    ], "serve": {"variant": "green"}}
+                ],
+                "default_serve": {"split": {"weights": [
+                    {"variant": "red", "weight": 500},
+                    {"variant": "green", "weight": 300},
+                    {"variant": "blue", "weight": 200}
+                ]}}
+            }))
+        })
+    }
+
+    #[test]
+    fn rules_then_the_default_split_serve_named_variants() {
+        let flag = checkout();
+        let e = flag.evaluate("prod", &ctx("42", json!({"country": "DE"})), &NoFlags);
+        assert_eq!(
+            (e.variant, e.value, e.reason),
+            ("green", &json!("g"), Reason::TargetingMatch)
+        );
+        // User 42 lands in bucket 146 of 1000: red (Unleash's formula).
+        let e = flag.evaluate("prod", &ctx("42", json!({"country": "FR"})), &NoFlags);
+        assert_eq!(
+            (e.variant, e.value, e.reason),
+            ("red", &json!("r"), Reason::Split)
+        );
+        // No user id: the default split is skipped, the flag serves its off
+        // variant.
+        let e = flag.evaluate("prod", &EvaluationContext::default(), &NoFlags);
+        assert_eq!((e.variant, e.reason), ("blue", Reason::Default));
+    }
+
+    #[test]
+    fn a_disabled_v2_flag_serves_its_off_variant() {
+        let mut flag = checkout().into_flag();
+        flag.enabled = false;
+        let flag = compiled(flag);
+        let e = flag.evaluate("prod", &ctx("42", json!({})), &NoFlags);
+        assert_eq!(
+            (e.variant, e.value, e.reason),
+            ("blue", &json!("b"), Reason::Disabled)
+        );
+    }
+
+    #[test]
+    fn explain_lists_every_step_checked() {
+        let ab = checkout();
+        let (e, path) = ab.explain("prod", &ctx("42", json!({"country": "FR"})), &NoFlags);
+        assert_eq!(e.variant, "red");
+        let text: Vec<String> = path.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "rule 1 did not match: constraint 1 (country in [\"DE\"]) does not hold",
+                "no rule matched: the default serve",
+            ]
+        );
+        assert_eq!(path[0].kind(), "rule");
+        assert_eq!(path[0].rule_number(), Some(1));
+
+        let plain = compiled(flag());
+        let (_, path) = plain.explain("prod", &EvaluationContext::default(), &NoFlags);
+        assert_eq!(
+            path,
+            [Step::Rollout {
+                percentage: 100,
+                bucket: None
+            }]
+        );
+    }
+
+    #[test]
+    fn prerequisites_gate_the_flag() {
+        let mut flags: HashMap<String, Arc<CompiledFlag>> = HashMap::new();
+        flags.insert(
+            "base".into(),
+            Arc::new(compiled(Flag {
+                key: "base".into(),
+                ..flag()
+            })),
+        );
+        let dependent = compiled(Flag {
+            key: "dependent".into(),
+            ..with_targeting(json!({"prerequisites": [{"flag": "base", "variants": ["on"]}]}))
+        });
+        let e = dependent.evaluate("prod", &EvaluationContext::default(), &flags);
+        assert_eq!((e.variant, e.reason), ("on", Reason::Default));
+
+        flags.insert(
+            "base".into(),
+            Arc::new(compiled(Flag {
+                key: "base".into(),
+                enabled: false,
+                ..flag()
+            })),
+        );
+        let (e, path) = dependent.explain("prod", &EvaluationContext::default(), &flags);
+        assert_eq!((e.variant, e.reason), ("off", Reason::PrerequisiteFailed));
+        assert_eq!(
+            path[0].to_string(),
+            "prerequisite \"base\" served \"off\", not one of [\"on\"]"
+        );
+
+        // A missing prerequisite is unmet.
+        let e = dependent.evaluate("prod", &EvaluationContext::default(), &NoFlags);
+        assert_eq!(e.reason, Reason::PrerequisiteFailed);
+    }
+
+    #[test]
+    fn a_prerequisite_cycle_written_by_sql_ends() {
+        let mut flags: HashMap<String, Arc<CompiledFlag>> = HashMap::new();
+        for (key, other) in [("a", "b"), ("b", "a")] {
+            flags.insert(
+                key.into(),
+                Arc::new(compiled(Flag {
+                    key: key.into(),
+                    ..with_targeting(
+                        json!({"prerequisites": [{"flag": other, "variants": ["on"]}]}),
+                    )
+                })),
+            );
+        }
+        let e = flags["a"].evaluate("prod", &EvaluationContext::default(), &flags);
+        assert_eq!(e.reason, Reason::PrerequisiteFailed);
     }
 }

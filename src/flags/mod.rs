@@ -13,8 +13,10 @@
 //! - `constraint`: targeting constraints ([`Constraint`]), checked and
 //!   compiled once, evaluated without parsing;
 //! - `split`: the Unleash-compatible weighted split ([`split::choose`]);
-//! - `rules`: targeting rules and serves of flag model v2, with the path
-//!   an evaluation took for `explain`.
+//! - `rules`: targeting rules and serves of flag model v2;
+//! - `targeting`: a flag's v2 parts ([`Targeting`]: variants, off variant,
+//!   rules, default serve, prerequisites), checked and compiled;
+//! - `explain`: the path an evaluation took ([`Step`]), for `explain`.
 
 // Evaluation runs inside request handling, where a panic would take a
 // request (or a task) down; tests may unwrap freely.
@@ -23,17 +25,19 @@
 mod bucket;
 pub mod constraint;
 mod evaluate;
+pub mod explain;
 mod model;
 pub mod rules;
 pub mod split;
+pub mod targeting;
 mod validate;
 
 pub use bucket::bucket;
 pub use constraint::{CompiledConstraint, Constraint, ConstraintError, Operator, Surroundings};
-pub use evaluate::{CompiledFlag, evaluate};
-pub use model::{
-    Evaluation, EvaluationContext, Flag, Reason, UnknownValueType, ValueType, Variant,
-};
+pub use evaluate::{CompiledFlag, FlagLookup, NoFlags, evaluate};
+pub use explain::Step;
+pub use model::{Evaluation, EvaluationContext, Flag, Reason, UnknownValueType, ValueType};
+pub use targeting::{NamedVariant, Prerequisite, Targeting};
 pub use validate::{
     DEFAULT_ROLLOUT_PERCENTAGE, FlagDraft, MAX_DESCRIPTION_BYTES, MAX_ENVIRONMENT_LEN, MAX_KEY_LEN,
     MAX_TARGET_BYTES, MAX_TARGET_ROLES, MAX_TARGET_USERS, MAX_VALUE_BYTES, ValidFlagDraft,

@@ -2,7 +2,7 @@
 //!
 //! [`Flag`] is the stored shape of one flag (what PostgreSQL holds and what
 //! snapshots persist with serde); [`EvaluationContext`] describes who a flag
-//! is evaluated for; [`Evaluation`], [`Variant`] and [`Reason`] describe the
+//! is evaluated for; [`Evaluation`] and [`Reason`] describe the
 //! answer. Validation of input lives in `validate.rs`, the evaluation engine
 //! in `evaluate.rs`.
 
@@ -12,6 +12,8 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+use super::targeting::Targeting;
 
 /// The JSON type that a flag's `on_value` and `off_value` both have.
 ///
@@ -124,6 +126,11 @@ pub struct Flag {
     pub updated_at: DateTime<Utc>,
     /// Who last changed the flag.
     pub updated_by: String,
+    /// The v2 parts (more variants, rules, default serve, prerequisites);
+    /// `None` for a flag of today's model, which is serialized exactly as
+    /// before. Boxed: most flags have none, and a flag stays small.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targeting: Option<Box<Targeting>>,
 }
 
 /// Who a flag is evaluated for.
@@ -172,32 +179,6 @@ impl EvaluationContext {
     }
 }
 
-/// Which of a flag's two values an evaluation answered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Variant {
-    /// `on_value` was answered.
-    On,
-    /// `off_value` was answered.
-    Off,
-}
-
-impl Variant {
-    /// `on` or `off`, as the API spells it.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Variant::On => "on",
-            Variant::Off => "off",
-        }
-    }
-}
-
-impl fmt::Display for Variant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// Why an evaluation gave its answer.
 ///
 /// The names follow OpenFeature's resolution reasons so that clients using
@@ -216,6 +197,10 @@ pub enum Reason {
     Default,
     /// The flag is disabled, or not enabled in the requested environment.
     Disabled,
+    /// A prerequisite flag did not serve one of the variants it must: the
+    /// flag served its off variant. Foreign protocols that have no such
+    /// reason say `DEFAULT`.
+    PrerequisiteFailed,
     /// The answer came from a snapshot known to be out of date. The engine
     /// never produces it: the caller that knows the snapshot's age sets it.
     Stale,
@@ -223,7 +208,7 @@ pub enum Reason {
 
 impl Reason {
     /// The upper-case name: `STATIC`, `TARGETING_MATCH`, `SPLIT`, `DEFAULT`,
-    /// `DISABLED` or `STALE`.
+    /// `DISABLED`, `PREREQUISITE_FAILED` or `STALE`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Reason::Static => "STATIC",
@@ -231,7 +216,20 @@ impl Reason {
             Reason::Split => "SPLIT",
             Reason::Default => "DEFAULT",
             Reason::Disabled => "DISABLED",
+            Reason::PrerequisiteFailed => "PREREQUISITE_FAILED",
             Reason::Stale => "STALE",
+        }
+    }
+}
+
+impl Reason {
+    /// The nearest of OpenFeature's reasons, for protocols that know only
+    /// those (flagd, OFREP): `PREREQUISITE_FAILED` reads `DEFAULT` (the
+    /// flag served its fallback, the off variant); the others are the same.
+    pub const fn open_feature_name(self) -> &'static str {
+        match self {
+            Reason::PrerequisiteFailed => "DEFAULT",
+            other => other.as_str(),
         }
     }
 }
@@ -248,10 +246,10 @@ impl fmt::Display for Reason {
 /// JSON; clone it only when the answer has to outlive the snapshot.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Evaluation<'a> {
-    /// `on_value` or `off_value` of the flag, per `variant`.
+    /// The value of `variant`.
     pub value: &'a Value,
-    /// Which of the two values was answered.
-    pub variant: Variant,
+    /// The variant answered: `on`, `off` or one of the flag's named ones.
+    pub variant: &'a str,
     /// Why.
     pub reason: Reason,
     /// Version of the flag that was evaluated.
@@ -303,22 +301,20 @@ mod tests {
     }
 
     #[test]
-    fn reason_and_variant_names_match_the_api() {
+    fn reason_names_match_the_api() {
         let reasons = [
             (Reason::Static, "STATIC"),
             (Reason::TargetingMatch, "TARGETING_MATCH"),
             (Reason::Split, "SPLIT"),
             (Reason::Default, "DEFAULT"),
             (Reason::Disabled, "DISABLED"),
+            (Reason::PrerequisiteFailed, "PREREQUISITE_FAILED"),
             (Reason::Stale, "STALE"),
         ];
         for (r, name) in reasons {
             assert_eq!(r.as_str(), name);
             assert_eq!(serde_json::to_value(r).unwrap(), json!(name));
         }
-        assert_eq!(Variant::On.as_str(), "on");
-        assert_eq!(Variant::Off.as_str(), "off");
-        assert_eq!(serde_json::to_value(Variant::Off).unwrap(), json!("off"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::constraint::{CompiledConstraint, Constraint, Surroundings};
+use super::explain::Step;
 use super::model::EvaluationContext;
 use super::split;
 use crate::echo::truncate;
@@ -237,33 +238,12 @@ impl Rule {
     }
 }
 
-/// One step of the path an evaluation took, for `explain`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Step {
-    /// Rule `rule` (0-based) did not match: constraint `constraint` failed,
-    /// described.
-    ConstraintFailed {
-        rule: usize,
-        constraint: usize,
-        described: String,
-    },
-    /// Rule `rule` did not match: a constraint of segment `segment` failed.
-    SegmentFailed {
-        rule: usize,
-        segment: String,
-        described: String,
-    },
-    /// Rule `rule` matched but its split was skipped: no value for its
-    /// stickiness attribute.
-    SplitSkipped {
-        rule: Option<usize>,
-        stickiness: String,
-    },
-    /// Rule `rule` matched.
-    RuleMatched { rule: usize, name: String },
-}
-
 impl CompiledRule {
+    /// Whether a constraint reads the clock.
+    pub fn reads_time(&self) -> bool {
+        self.constraints.iter().any(CompiledConstraint::reads_time)
+    }
+
     /// Whether every constraint and segment holds; the first failure is
     /// recorded when `path` is given.
     fn matches(

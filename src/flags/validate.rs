@@ -14,7 +14,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use std::sync::Arc;
+
 use super::model::{Flag, ValueType};
+use super::targeting::{CompiledTargeting, NoSegments, Targeting};
 
 /// Longest flag key, in bytes (all key bytes are ASCII).
 pub const MAX_KEY_LEN: usize = 128;
@@ -191,6 +194,10 @@ pub struct FlagDraft {
     /// 0..=100; 100 when omitted. Wider than `u8` so that an out-of-range
     /// request value reaches validation instead of being truncated.
     pub rollout_percentage: Option<u32>,
+    /// The v2 parts. `None`: not given, so a write keeps the stored ones (an
+    /// old client never wipes what it does not know); `Some` of an empty
+    /// [`Targeting`]: none, the flag is of today's model again.
+    pub targeting: Option<Targeting>,
 }
 
 impl FlagDraft {
@@ -216,6 +223,7 @@ impl FlagDraft {
             target_users: flag.target_users.clone(),
             target_roles: flag.target_roles.clone(),
             rollout_percentage: Some(u32::from(flag.rollout_percentage)),
+            targeting: Some(flag.targeting.as_deref().cloned().unwrap_or_default()),
         }
     }
 
@@ -292,6 +300,19 @@ impl FlagDraft {
             },
         };
 
+        let targeting_given = self.targeting.is_some();
+        let targeting = self.targeting.filter(|t| !t.is_legacy());
+        let compiled = match &targeting {
+            Some(targeting) => match targeting.compile(&self.key, value_type, &NoSegments) {
+                Ok(compiled) => Some(Arc::new(compiled)),
+                Err(problems) => {
+                    errors.extend(problems);
+                    None
+                }
+            },
+            None => None,
+        };
+
         match (on_value, off_value, rollout_percentage) {
             (Some(on_value), Some(off_value), Some(rollout_percentage)) if errors.is_empty() => {
                 Ok(ValidFlagDraft {
@@ -305,6 +326,9 @@ impl FlagDraft {
                     target_users: self.target_users,
                     target_roles: self.target_roles,
                     rollout_percentage,
+                    targeting_given,
+                    targeting,
+                    compiled,
                 })
             }
             // Every `None` above pushed an error, so `errors` is not empty.
@@ -349,7 +373,7 @@ fn check_value(
 }
 
 /// The length of `value` written as compact JSON.
-fn json_len(value: &Value) -> usize {
+pub(super) fn json_len(value: &Value) -> usize {
     serde_json::to_string(value).map_or(usize::MAX, |json| json.len())
 }
 
@@ -400,7 +424,7 @@ fn check_targets(field: &'static str, targets: &[String], max: usize) -> Option<
 }
 
 /// The JSON type of `value`, for messages.
-fn json_type_name(value: &Value) -> &'static str {
+pub(super) fn json_type_name(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "bool",
@@ -415,7 +439,7 @@ fn json_type_name(value: &Value) -> &'static str {
 ///
 /// The fields are private so that the only way to get one is
 /// [`FlagDraft::validate`]: holding a `ValidFlagDraft` proves the rules hold.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct ValidFlagDraft {
     key: String,
     description: String,
@@ -427,6 +451,31 @@ pub struct ValidFlagDraft {
     target_users: Vec<String>,
     target_roles: Vec<String>,
     rollout_percentage: u8,
+    /// Whether the draft said what its v2 parts are (else a write keeps
+    /// the stored ones).
+    targeting_given: bool,
+    /// The v2 parts; `None` for today's model.
+    targeting: Option<Targeting>,
+    /// `targeting`, compiled while checking it.
+    compiled: Option<Arc<CompiledTargeting>>,
+}
+
+impl PartialEq for ValidFlagDraft {
+    /// Compares what was written; the compiled form follows from it.
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+            && self.description == other.description
+            && self.enabled == other.enabled
+            && self.value_type == other.value_type
+            && self.on_value == other.on_value
+            && self.off_value == other.off_value
+            && self.environments == other.environments
+            && self.target_users == other.target_users
+            && self.target_roles == other.target_roles
+            && self.rollout_percentage == other.rollout_percentage
+            && self.targeting_given == other.targeting_given
+            && self.targeting == other.targeting
+    }
 }
 
 impl ValidFlagDraft {
@@ -480,6 +529,66 @@ impl ValidFlagDraft {
         self.rollout_percentage
     }
 
+    /// Whether the draft said what its v2 parts are; when not, a write
+    /// keeps the stored ones (see [`ValidFlagDraft::keeping`]).
+    pub fn targeting_given(&self) -> bool {
+        self.targeting_given
+    }
+
+    /// The v2 parts; `None` for a flag of today's model.
+    pub fn targeting(&self) -> Option<&Targeting> {
+        self.targeting.as_ref()
+    }
+
+    /// The v2 parts, compiled.
+    pub fn compiled_targeting(&self) -> Option<&CompiledTargeting> {
+        self.compiled.as_deref()
+    }
+
+    /// The v2 parts, compiled, shared (a compiled flag keeps them).
+    pub(super) fn shared_compiled_targeting(&self) -> Option<Arc<CompiledTargeting>> {
+        self.compiled.clone()
+    }
+
+    /// This draft with the stored flag's v2 parts, for a write that did not
+    /// say what they are; checked again, since the draft may have changed
+    /// what they depend on (the value type).
+    ///
+    /// # Errors
+    ///
+    /// What no longer holds, saying the parts were kept from the stored flag.
+    pub fn keeping(mut self, stored: Option<Targeting>) -> Result<Self, ValidationErrors> {
+        if self.targeting_given {
+            return Ok(self);
+        }
+        self.targeting_given = true;
+        let Some(stored) = stored.filter(|t| !t.is_legacy()) else {
+            return Ok(self);
+        };
+        match stored.compile(&self.key, self.value_type, &NoSegments) {
+            Ok(compiled) => {
+                self.targeting = Some(stored);
+                self.compiled = Some(Arc::new(compiled));
+                Ok(self)
+            }
+            Err(problems) => Err(ValidationErrors(
+                problems
+                    .into_iter()
+                    .map(|problem| {
+                        ValidationError::new(
+                            problem.field,
+                            format!(
+                                "{} (kept from the stored flag, since the request did not set \
+                                 targeting; set it too)",
+                                problem.message
+                            ),
+                        )
+                    })
+                    .collect(),
+            )),
+        }
+    }
+
     /// The stored flag, with the metadata the store assigns when writing.
     pub fn into_flag(
         self,
@@ -501,6 +610,7 @@ impl ValidFlagDraft {
             version,
             updated_at,
             updated_by: updated_by.into(),
+            targeting: self.targeting.map(Box::new),
         }
     }
 }

@@ -267,6 +267,7 @@ mod tests {
             version,
             updated_at: chrono::Utc::now(),
             updated_by: "test".into(),
+            targeting: None,
         }
     }
 

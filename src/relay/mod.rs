@@ -22,7 +22,7 @@ pub mod verifiers;
 /// that speak different ones refuse each other with a message naming both
 /// (during a rolling update across a protocol change, followers keep
 /// serving from memory until their upstream speaks theirs again).
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 /// The response header carrying the version a write produced, so that
 /// each tier answers a forwarded write only once it holds that version

@@ -354,6 +354,7 @@ mod tests {
             version,
             updated_at: chrono::Utc::now(),
             updated_by: "test".into(),
+            targeting: None,
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigRow, ConfigRows};
-use crate::flags::{CompiledFlag, Flag, FlagDraft};
+use crate::flags::{CompiledFlag, Flag, FlagLookup};
 
 /// Flags by key. Hashed with foldhash rather than SipHash: a look-up is on
 /// every evaluation, and clients can only look keys up, never insert them,
@@ -39,8 +39,8 @@ impl Snapshot {
     pub fn from_rows(version: i64, flags: Vec<Flag>, configs: Vec<ConfigRow>) -> Snapshot {
         let flags = flags
             .into_iter()
-            .filter_map(|flag| match checked(flag) {
-                Ok(flag) => Some((flag.key.clone(), Arc::new(CompiledFlag::new(flag)))),
+            .filter_map(|flag| match compiled(flag) {
+                Ok(flag) => Some((flag.key().to_owned(), Arc::new(flag))),
                 Err((key, problem)) => {
                     tracing::warn!(flag = %key, %problem, "flag row is invalid; it is left out of the snapshot");
                     None
@@ -107,9 +107,9 @@ impl Snapshot {
     /// is treated like a deleted one (and logged), as in [`Self::from_rows`].
     pub fn with_flag(&self, version: i64, key: &str, flag: Option<Flag>) -> Snapshot {
         let mut flags = FlagMap::clone(&self.flags);
-        match flag.map(checked) {
+        match flag.map(compiled) {
             Some(Ok(flag)) => {
-                flags.insert(flag.key.clone(), Arc::new(CompiledFlag::new(flag)));
+                flags.insert(flag.key().to_owned(), Arc::new(flag));
             }
             Some(Err((key, problem))) => {
                 tracing::warn!(flag = %key, %problem, "flag row is invalid; it is left out of the snapshot");
@@ -144,10 +144,14 @@ impl Snapshot {
     }
 }
 
-/// Validates a stored flag with the rules of a write.
-fn checked(flag: Flag) -> Result<Flag, (String, String)> {
-    match FlagDraft::from_flag(&flag).validate() {
-        Ok(_) => Ok(flag),
-        Err(errors) => Err((flag.key, errors.to_string())),
+/// Validates a stored flag with the rules of a write, and compiles it.
+fn compiled(flag: Flag) -> Result<CompiledFlag, (String, String)> {
+    let key = flag.key.clone();
+    CompiledFlag::new(flag).map_err(|errors| (key, errors.to_string()))
+}
+
+impl FlagLookup for Snapshot {
+    fn compiled_flag(&self, key: &str) -> Option<&CompiledFlag> {
+        self.flags.get(key).map(|flag| &**flag)
     }
 }

@@ -136,7 +136,15 @@ fn decoded(table: &str, row: serde_json::Value) -> Option<ChangedRow> {
         }
     }
     match table {
-        "feature_flags" => Some(decode(row, ChangedRow::Flag)),
+        "feature_flags" => Some(decode(row, |row: super::flags::FlagRow| {
+            match row.into_flag() {
+                Ok(flag) => ChangedRow::Flag(flag),
+                Err(problem) => {
+                    tracing::warn!(%problem, "a changed flag row is invalid; it is left out");
+                    ChangedRow::Unreadable
+                }
+            }
+        })),
         "app_config" => Some(decode(row, ChangedRow::Config)),
         _ => None,
     }

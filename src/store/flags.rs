@@ -3,14 +3,23 @@
 use chrono::{DateTime, Utc};
 
 use super::{Store, StoreError, begin_change, deletion_version};
-use crate::flags::{Flag, ValidFlagDraft, ValueType};
+use std::collections::HashMap;
+
+use crate::flags::targeting::check_prerequisite_chain;
+use crate::flags::{Flag, Prerequisite, Targeting, ValidFlagDraft, ValidationErrors, ValueType};
 
 /// Every column, in the order of [`FlagRow`].
 const COLUMNS: &str = "key, description, enabled, value_type, on_value, off_value, environments, \
-                       target_users, target_roles, rollout_percentage, version, updated_at, updated_by";
+                       target_users, target_roles, rollout_percentage, version, updated_at, updated_by, \
+                       targeting";
 
-/// One row as PostgreSQL returns it.
-#[derive(Debug, sqlx::FromRow)]
+/// The flag model this readyd evaluates (DESIGN.md, "Flag model v2"): a
+/// flag with v2 parts has `@2` after its value type in `value_type`, which
+/// readyd binaries of the first model do not know and so leave out.
+pub const FLAG_MODEL: u32 = 2;
+
+/// One row as PostgreSQL returns it (or as the change log holds it).
+#[derive(Debug, sqlx::FromRow, serde::Deserialize)]
 pub(crate) struct FlagRow {
     key: String,
     description: String,
@@ -25,15 +34,55 @@ pub(crate) struct FlagRow {
     version: i64,
     updated_at: DateTime<Utc>,
     updated_by: String,
+    /// The v2 parts; NULL for a flag of the first model.
+    #[serde(default)]
+    targeting: Option<serde_json::Value>,
+}
+
+/// `value_type` as stored: the type, marked `@2` when the flag has v2 parts.
+fn stored_value_type(value_type: ValueType, has_targeting: bool) -> String {
+    if has_targeting {
+        format!("{value_type}@{FLAG_MODEL}")
+    } else {
+        value_type.as_str().to_owned()
+    }
 }
 
 impl FlagRow {
-    /// The flag, or why the row cannot be one (bad data written by SQL).
+    /// The flag, or why the row cannot be one (bad data written by SQL, or
+    /// a flag of a newer model than this readyd's).
     pub(crate) fn into_flag(self) -> Result<Flag, String> {
-        let value_type: ValueType = self
-            .value_type
+        let (type_name, model) = match self.value_type.split_once('@') {
+            None => (self.value_type.as_str(), 1),
+            Some((type_name, model)) => (
+                type_name,
+                model
+                    .parse::<u32>()
+                    .map_err(|_| format!("unknown value_type {:?}", self.value_type))?,
+            ),
+        };
+        if model > FLAG_MODEL {
+            return Err(format!(
+                "the flag uses flag model {model}, and this readyd knows up to {FLAG_MODEL}: \
+                 upgrade readyd to serve it"
+            ));
+        }
+        let value_type: ValueType = type_name
             .parse()
             .map_err(|_| format!("unknown value_type {:?}", self.value_type))?;
+        let targeting = match (model, self.targeting) {
+            (1, None | Some(serde_json::Value::Null)) => None,
+            (2, Some(document)) if !document.is_null() => Some(Box::new(
+                serde_json::from_value(document)
+                    .map_err(|err| format!("targeting does not decode: {err}"))?,
+            )),
+            _ => {
+                return Err(format!(
+                    "value_type {:?} and targeting disagree about the flag model",
+                    self.value_type
+                ));
+            }
+        };
         let rollout_percentage = u8::try_from(self.rollout_percentage)
             .ok()
             .filter(|p| *p <= 100)
@@ -57,6 +106,7 @@ impl FlagRow {
             version: self.version,
             updated_at: self.updated_at,
             updated_by: self.updated_by,
+            targeting,
         })
     }
 }
@@ -121,12 +171,35 @@ impl Store {
         actor: &str,
     ) -> Result<UpsertedFlag, StoreError> {
         let mut tx = begin_change(self.pool(), actor).await?;
-        let current: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM feature_flags WHERE key = $1")
+        let stored: Option<(i64, Option<serde_json::Value>)> =
+            sqlx::query_as("SELECT version, targeting FROM feature_flags WHERE key = $1")
                 .bind(draft.key())
                 .fetch_optional(&mut *tx)
                 .await?;
+        let current = stored.as_ref().map(|(version, _)| *version);
         check_expected(draft.key(), current, expected_version)?;
+        // A write that does not say what the v2 parts are keeps them.
+        let kept = match stored.and_then(|(_, targeting)| targeting) {
+            Some(document) if !document.is_null() => Some(
+                serde_json::from_value::<Targeting>(document)
+                    .map_err(|err| StoreError::Decode(format!("stored targeting: {err}")))?,
+            ),
+            _ => None,
+        };
+        let draft = draft.clone().keeping(kept).map_err(StoreError::Invalid)?;
+        if let Some(targeting) = draft.targeting()
+            && !targeting.prerequisites.is_empty()
+        {
+            let others = self.prerequisite_graph(&mut tx).await?;
+            let required: Vec<String> = targeting.required_flags().map(str::to_owned).collect();
+            check_prerequisite_chain(draft.key(), &required, &others)
+                .map_err(|error| StoreError::Invalid(ValidationErrors::single(error)))?;
+        }
+        let targeting = draft
+            .targeting()
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|err| StoreError::Decode(format!("targeting: {err}")))?;
         let returning = format!("RETURNING {COLUMNS}");
         // Not INSERT ... ON CONFLICT: its BEFORE INSERT trigger would take a
         // version even when the row is then updated, leaving a gap.
@@ -134,26 +207,27 @@ impl Store {
             format!(
                 "UPDATE feature_flags SET description = $2, enabled = $3, value_type = $4, on_value = $5, \
                  off_value = $6, environments = $7, target_users = $8, target_roles = $9, \
-                 rollout_percentage = $10 WHERE key = $1 {returning}"
+                 rollout_percentage = $10, targeting = $11 WHERE key = $1 {returning}"
             )
         } else {
             format!(
                 "INSERT INTO feature_flags (key, description, enabled, value_type, on_value, off_value, \
-                 environments, target_users, target_roles, rollout_percentage) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) {returning}"
+                 environments, target_users, target_roles, rollout_percentage, targeting) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) {returning}"
             )
         };
         let row: FlagRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(draft.key())
             .bind(draft.description())
             .bind(draft.enabled())
-            .bind(draft.value_type().as_str())
+            .bind(stored_value_type(draft.value_type(), targeting.is_some()))
             .bind(draft.on_value())
             .bind(draft.off_value())
             .bind(draft.environments())
             .bind(draft.target_users())
             .bind(draft.target_roles())
             .bind(i32::from(draft.rollout_percentage()))
+            .bind(targeting)
             .fetch_one(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -162,6 +236,31 @@ impl Store {
             flag,
             created: current.is_none(),
         })
+    }
+
+    /// What every flag with prerequisites requires: key to required keys.
+    async fn prerequisite_graph(
+        &self,
+        tx: &mut sqlx::PgConnection,
+    ) -> Result<HashMap<String, Vec<String>>, StoreError> {
+        let rows: Vec<(String, Option<serde_json::Value>)> = sqlx::query_as(
+            "SELECT key, targeting -> 'prerequisites' FROM feature_flags \
+             WHERE jsonb_array_length(coalesce(targeting -> 'prerequisites', '[]')) > 0",
+        )
+        .fetch_all(tx)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(key, prerequisites)| {
+                let required = prerequisites
+                    .and_then(|p| serde_json::from_value::<Vec<Prerequisite>>(p).ok())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|p| p.flag)
+                    .collect();
+                (key, required)
+            })
+            .collect())
     }
 
     /// Deletes a flag; returns the version of the deletion.

@@ -177,6 +177,10 @@ pub enum StoreError {
         /// The version stored (0: absent).
         current: i64,
     },
+    /// The request, together with what is stored, breaks a rule (e.g. a
+    /// prerequisite that would make a cycle); nothing was changed.
+    #[error("{0}")]
+    Invalid(crate::flags::ValidationErrors),
     /// The request is valid, but the rows as they are do not allow it
     /// (e.g. a rollback with nothing to roll back to); nothing was changed.
     #[error("{0}")]
