@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api::Database;
 use crate::api::auth::Caller;
-use crate::api::convert::{from_pb_value, from_timestamp, to_pb_value, to_timestamp};
+use crate::api::convert::{from_pb_value, to_pb_value, to_timestamp};
 use crate::api::error::ApiError;
 use crate::api::flags::freshness;
 use crate::api::pb::readyd::v1 as pb;
@@ -19,25 +19,17 @@ use crate::api::pb::readyd::v1::config_service_server::ConfigService;
 use crate::api::streams::StreamGate;
 use crate::api::watch::{WatchKind, watch};
 use crate::api::{
-    ANSWER_BUDGET_BYTES, MAX_KEY_PAGE, checked_version, framed_len, invalid, read_your_write,
-    too_large_for_one_answer, written,
+    ANSWER_BUDGET_BYTES, MAX_KEY_PAGE, audit_query, checked_version, framed_len, invalid,
+    read_your_write, too_large_for_one_answer, written,
 };
 use crate::client::channel::RetryingChannel;
 use crate::config::{
     self, ConfigDraft, ConfigRow, check_key, environment_of, resolve, resolve_after, resolve_all,
     rows_after, visible,
 };
-use crate::paging::{
-    PageLimits, fill_page, key_page_size, key_position, key_token, next_page_token, page_size,
-    page_token,
-};
+use crate::paging::{fill_page, key_page_size, key_position, key_token, next_page_token};
 use crate::state::{Event, Snapshot, State};
-use crate::store::config::{AuditQuery, AuditRow};
-
-/// Audit page size when the request names none.
-const DEFAULT_AUDIT_PAGE: u32 = 100;
-/// Largest audit page.
-const MAX_AUDIT_PAGE: u32 = 1000;
+use crate::store::config::AuditRow;
 
 /// The ConfigService handlers.
 #[derive(Debug, Clone)]
@@ -320,38 +312,18 @@ impl ConfigService for ConfigApi {
         request: Request<pb::ListConfigAuditRequest>,
     ) -> Result<Response<pb::ListConfigAuditResponse>, Status> {
         let request = request.into_inner();
-        let key = if request.key.is_empty() {
-            None
-        } else {
-            check_key(&request.key).map_err(ApiError::from)?;
-            Some(request.key)
-        };
-        let time = |field: &'static str, t: Option<prost_types::Timestamp>| {
-            t.map(|t| from_timestamp(&t).ok_or_else(|| invalid(field, "is not a valid time")))
-                .transpose()
-        };
-        let since = time("since", request.since)?;
-        let until = time("until", request.until)?;
-        let page_size = page_size(
+        let (query, page_size) = audit_query(
+            request.key,
+            request.since,
+            request.until,
             request.page_size,
-            PageLimits {
-                default: DEFAULT_AUDIT_PAGE,
-                max: MAX_AUDIT_PAGE,
-            },
-        )
-        .map_err(ApiError::from)?;
-        let before_id =
-            page_token(&request.page_token, "ListConfigAudit").map_err(ApiError::from)?;
+            &request.page_token,
+            "ListConfigAudit",
+        )?;
         let mut rows = self
             .store
             .get()?
-            .audit_rows(&AuditQuery {
-                key,
-                since,
-                until,
-                before_id,
-                limit: i64::from(page_size) + 1,
-            })
+            .audit_rows(&query)
             .await
             .map_err(ApiError::from)?;
         let next_page_token = next_page_token(&mut rows, page_size, |row| row.id);

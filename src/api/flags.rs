@@ -16,15 +16,16 @@ use crate::api::pb::readyd::v1::flag_service_server::FlagService;
 use crate::api::streams::StreamGate;
 use crate::api::watch::{WatchKind, watch};
 use crate::api::{
-    ANSWER_BUDGET_BYTES, MAX_KEY_PAGE, checked_version, framed_len, invalid, read_your_write,
-    too_large_for_one_answer, written,
+    ANSWER_BUDGET_BYTES, MAX_KEY_PAGE, audit_query, checked_version, framed_len, invalid,
+    read_your_write, too_large_for_one_answer, written,
 };
 use crate::flags::{
     CompiledFlag, Evaluation, EvaluationContext, Flag, FlagDraft, Reason, Targeting, ValueType,
     is_valid_key,
 };
-use crate::paging::{fill_page, key_page_size, key_position, key_token};
+use crate::paging::{fill_page, key_page_size, key_position, key_token, next_page_token};
 use crate::state::{Event, Snapshot, State};
+use crate::store::flags::FlagAuditRow;
 use crate::telemetry::{EvaluationCounters, Tally};
 
 /// The FlagService handlers.
@@ -229,6 +230,26 @@ fn evaluation_response(key: &str, evaluation: &Evaluation<'_>) -> pb::EvaluateFl
     }
 }
 
+/// One audit row as the API shows it.
+fn audit_entry(row: &FlagAuditRow) -> pb::FlagAuditEntry {
+    let action = match row.action.as_str() {
+        "insert" => pb::FlagAuditAction::Insert,
+        "update" => pb::FlagAuditAction::Update,
+        "delete" => pb::FlagAuditAction::Delete,
+        _ => pb::FlagAuditAction::Unspecified,
+    };
+    pb::FlagAuditEntry {
+        id: row.id,
+        key: row.key.clone(),
+        action: action.into(),
+        old_flag: row.old_flag.as_ref().map(pb::Flag::from),
+        new_flag: row.new_flag.as_ref().map(pb::Flag::from),
+        actor: row.actor.clone(),
+        changed_at: Some(to_timestamp(row.changed_at)),
+        version: row.version,
+    }
+}
+
 impl FlagApi {
     /// Evaluates `flag`, counting the answer's reason in `tally`; `stale`:
     /// the snapshot is not known to be current.
@@ -337,6 +358,32 @@ impl FlagService for FlagApi {
                 created: upserted.created,
             },
         ))
+    }
+
+    async fn list_flag_audit(
+        &self,
+        request: Request<pb::ListFlagAuditRequest>,
+    ) -> Result<Response<pb::ListFlagAuditResponse>, Status> {
+        let request = request.into_inner();
+        let (query, page_size) = audit_query(
+            request.key,
+            request.since,
+            request.until,
+            request.page_size,
+            &request.page_token,
+            "ListFlagAudit",
+        )?;
+        let mut rows = self
+            .store
+            .get()?
+            .flag_audit_rows(&query)
+            .await
+            .map_err(ApiError::from)?;
+        let next_page_token = next_page_token(&mut rows, page_size, |row| row.id);
+        Ok(Response::new(pb::ListFlagAuditResponse {
+            entries: rows.iter().map(audit_entry).collect(),
+            next_page_token,
+        }))
     }
 
     async fn delete_flag(

@@ -106,6 +106,53 @@ pub fn invalid(field: &'static str, message: impl Into<String>) -> ApiError {
     }
 }
 
+/// Audit page size when the request names none.
+const DEFAULT_AUDIT_PAGE: u32 = 100;
+/// Largest audit page.
+const MAX_AUDIT_PAGE: u32 = 1000;
+
+/// The query of an audit listing (`ListConfigAudit`, `ListFlagAudit`) and
+/// its page size; `listing` names it in errors about the page token.
+pub fn audit_query(
+    key: String,
+    since: Option<prost_types::Timestamp>,
+    until: Option<prost_types::Timestamp>,
+    page_size: u32,
+    page_token: &str,
+    listing: &str,
+) -> Result<(crate::store::config::AuditQuery, u32), ApiError> {
+    let key = if key.is_empty() {
+        None
+    } else {
+        crate::config::check_key(&key)?;
+        Some(key)
+    };
+    let time = |field: &'static str, t: Option<prost_types::Timestamp>| {
+        t.map(|t| convert::from_timestamp(&t).ok_or_else(|| invalid(field, "is not a valid time")))
+            .transpose()
+    };
+    let since = time("since", since)?;
+    let until = time("until", until)?;
+    let page_size = crate::paging::page_size(
+        page_size,
+        crate::paging::PageLimits {
+            default: DEFAULT_AUDIT_PAGE,
+            max: MAX_AUDIT_PAGE,
+        },
+    )?;
+    let before_id = crate::paging::page_token(page_token, listing)?;
+    Ok((
+        crate::store::config::AuditQuery {
+            key,
+            since,
+            until,
+            before_id,
+            limit: i64::from(page_size) + 1,
+        },
+        page_size,
+    ))
+}
+
 /// A version given by a client: never negative.
 pub fn checked_version(field: &'static str, version: Option<i64>) -> Result<(), ApiError> {
     match version {

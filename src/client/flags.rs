@@ -80,6 +80,15 @@ pub enum FlagsCommand {
         #[arg(long)]
         targeting: Option<String>,
     },
+    /// Who changed which flag, and what changed, newest first.
+    #[command(after_help = "Example:\n  readyd flags history checkout.v2 --limit 20")]
+    History {
+        /// Only this flag; every flag when omitted.
+        key: Option<String>,
+        /// At most this many changes (1 to 1000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
     /// Delete a flag (needs the admin token).
     #[command(after_help = "Example:\n  readyd flags delete old_banner")]
     Delete {
@@ -182,6 +191,43 @@ fn flag_table(flags: &[pb::Flag]) -> String {
     )
 }
 
+/// The changes as a table; CHANGED names the fields that differ.
+fn history_table(entries: &[pb::FlagAuditEntry], json: &[serde_json::Value]) -> String {
+    table(
+        &["VERSION", "CHANGED AT", "ACTOR", "KEY", "ACTION", "CHANGED"],
+        entries
+            .iter()
+            .zip(json)
+            .map(|(entry, json)| {
+                vec![
+                    entry.version.to_string(),
+                    cell(&json["changed_at"]),
+                    entry.actor.clone(),
+                    entry.key.clone(),
+                    cell(&json["action"]),
+                    changed_fields(&json["old_flag"], &json["new_flag"]).join(", "),
+                ]
+            })
+            .collect(),
+    )
+}
+
+/// The fields a change set, changed or cleared (metadata aside).
+fn changed_fields(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    let empty = serde_json::Map::new();
+    let old = old.as_object().unwrap_or(&empty);
+    let new = new.as_object().unwrap_or(&empty);
+    let mut names: Vec<&String> = old.keys().chain(new.keys()).collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .filter(|name| !matches!(name.as_str(), "version" | "updated_at" | "updated_by"))
+        .filter(|name| old.get(*name) != new.get(*name))
+        .cloned()
+        .collect()
+}
+
 fn flag_fields(f: &pb::Flag) -> String {
     let json = output::flag(f);
     fields(vec![
@@ -278,6 +324,22 @@ pub async fn run(args: FlagsArgs) -> Result<(), ClientError> {
             client.print(output::flag(&flag), || {
                 let verb = if answer.created { "created" } else { "updated" };
                 format!("{verb} {} at version {}\n", flag.key, flag.version)
+            });
+        }
+        FlagsCommand::History { key, limit } => {
+            let request = pb::ListFlagAuditRequest {
+                key: key.unwrap_or_default(),
+                page_size: limit,
+                ..Default::default()
+            };
+            let entries = flags
+                .list_flag_audit(client.request(request)?)
+                .await?
+                .into_inner()
+                .entries;
+            let json: Vec<serde_json::Value> = entries.iter().map(output::flag_audit).collect();
+            client.print(serde_json::Value::Array(json.clone()), || {
+                history_table(&entries, &json)
             });
         }
         FlagsCommand::Delete {

@@ -108,6 +108,26 @@ pub fn flag(flag: &pb::Flag) -> Value {
     json
 }
 
+/// A recorded flag change as JSON.
+pub fn flag_audit(entry: &pb::FlagAuditEntry) -> Value {
+    let action = match entry.action() {
+        pb::FlagAuditAction::Insert => "insert",
+        pb::FlagAuditAction::Update => "update",
+        pb::FlagAuditAction::Delete => "delete",
+        pb::FlagAuditAction::Unspecified => "unspecified",
+    };
+    json!({
+        "id": entry.id,
+        "key": entry.key,
+        "action": action,
+        "old_flag": entry.old_flag.as_ref().map(flag),
+        "new_flag": entry.new_flag.as_ref().map(flag),
+        "actor": entry.actor,
+        "changed_at": time(entry.changed_at.as_ref()),
+        "version": entry.version,
+    })
+}
+
 /// The name of a value type.
 pub fn value_type(value_type: pb::FlagValueType) -> &'static str {
     match value_type {

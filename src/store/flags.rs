@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::config::AuditQuery;
 use super::{Store, StoreError, begin_change, deletion_version};
 use std::collections::HashMap;
 
@@ -127,6 +128,47 @@ pub(crate) fn decode_rows(rows: Vec<FlagRow>) -> Vec<Flag> {
         .collect()
 }
 
+/// One row of `flag_audit` as stored.
+#[derive(Debug, sqlx::FromRow)]
+struct RawFlagAuditRow {
+    id: i64,
+    key: String,
+    action: String,
+    old_flag: Option<serde_json::Value>,
+    new_flag: Option<serde_json::Value>,
+    actor: String,
+    changed_at: DateTime<Utc>,
+    version: i64,
+}
+
+/// One recorded flag change.
+#[derive(Debug, Clone)]
+pub struct FlagAuditRow {
+    /// Row id; grows with time.
+    pub id: i64,
+    /// The flag's key.
+    pub key: String,
+    /// insert, update or delete.
+    pub action: String,
+    /// The flag before; `None` for an insert or a row that is no valid flag.
+    pub old_flag: Option<Flag>,
+    /// The flag after; `None` for a delete or a row that is no valid flag.
+    pub new_flag: Option<Flag>,
+    /// Who made the change.
+    pub actor: String,
+    /// When.
+    pub changed_at: DateTime<Utc>,
+    /// Version of the change.
+    pub version: i64,
+}
+
+/// A flag as the audit trail recorded it, when it is one.
+fn audited_flag(row: serde_json::Value) -> Option<Flag> {
+    serde_json::from_value::<FlagRow>(row)
+        .ok()
+        .and_then(|row| row.into_flag().ok())
+}
+
 /// The outcome of an upsert.
 #[derive(Debug, Clone)]
 pub struct UpsertedFlag {
@@ -236,6 +278,42 @@ impl Store {
             flag,
             created: current.is_none(),
         })
+    }
+
+    /// Flag audit rows, newest first.
+    pub async fn flag_audit_rows(
+        &self,
+        query: &AuditQuery,
+    ) -> Result<Vec<FlagAuditRow>, StoreError> {
+        let rows: Vec<RawFlagAuditRow> = sqlx::query_as(
+            "SELECT id, key, action, old_flag, new_flag, actor, changed_at, version \
+             FROM flag_audit \
+             WHERE ($1::text IS NULL OR key = $1) \
+               AND ($2::timestamptz IS NULL OR changed_at >= $2) \
+               AND ($3::timestamptz IS NULL OR changed_at < $3) \
+               AND ($4::bigint IS NULL OR id < $4) \
+             ORDER BY id DESC LIMIT $5",
+        )
+        .bind(&query.key)
+        .bind(query.since)
+        .bind(query.until)
+        .bind(query.before_id)
+        .bind(query.limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| FlagAuditRow {
+                id: row.id,
+                key: row.key,
+                action: row.action,
+                old_flag: row.old_flag.and_then(audited_flag),
+                new_flag: row.new_flag.and_then(audited_flag),
+                actor: row.actor,
+                changed_at: row.changed_at,
+                version: row.version,
+            })
+            .collect())
     }
 
     /// What every flag with prerequisites requires: key to required keys.

@@ -128,10 +128,11 @@ async fn set_actor(tx: &mut sqlx::PgConnection, actor: &str) -> Result<(), Store
 }
 
 /// Tables readyd cannot run without.
-pub const REQUIRED_TABLES: [&str; 5] = [
+pub const REQUIRED_TABLES: [&str; 6] = [
     "app_config",
     "config_audit",
     "feature_flags",
+    "flag_audit",
     "deployment_history",
     "system_health",
 ];
