@@ -57,6 +57,21 @@ async fn setup() {
 async fn seeded() -> (TestDb, TestServer) {
     let db = TestDb::new().await;
     support::insert_typed_flags(&db).await;
+    // A three-variant string flag of flag model v2: a 50/30/20 split.
+    sqlx::query(
+        "INSERT INTO feature_flags (key, enabled, value_type, on_value, off_value, targeting) \
+         VALUES ('button_color', true, 'string@2', '\"none\"', '\"grey\"', $1)",
+    )
+    .bind(json!({
+        "variants": [{"name": "red", "value": "#d33"}, {"name": "green", "value": "#3a3"},
+                     {"name": "blue", "value": "#33d"}],
+        "default_serve": {"split": {"weights": [{"variant": "red", "weight": 500},
+                                                {"variant": "green", "weight": 300},
+                                                {"variant": "blue", "weight": 200}]}}
+    }))
+    .execute(&db.pool)
+    .await
+    .expect("a three-variant flag");
     let server = TestServer::start(serve_args(&db.url)).await;
     (db, server)
 }
