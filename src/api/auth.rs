@@ -101,6 +101,7 @@ const METHODS: &[(&str, Access)] = &[
     ("/readyd.v1.FlagService/WatchFlags", Access::Read),
     ("/readyd.v1.FlagService/UpsertFlag", Access::Admin),
     ("/readyd.v1.FlagService/DeleteFlag", Access::Admin),
+    ("/readyd.v1.FlagService/ApplyFlags", Access::Admin),
     // Flags hold no secrets: whoever may read them may read their history.
     ("/readyd.v1.FlagService/ListFlagAudit", Access::Read),
     // Config reads show sensitive values to admins only (handlers decide

@@ -230,6 +230,21 @@ fn evaluation_response(key: &str, evaluation: &Evaluation<'_>) -> pb::EvaluateFl
     }
 }
 
+/// Most writes one `ApplyFlags` call may carry.
+const MAX_APPLY_FLAGS: usize = 1000;
+
+/// `status` about write `i` (flag `key`) of an `ApplyFlags` call, saying so.
+fn in_write(i: usize, key: &str, status: Status) -> Status {
+    Status::new(
+        status.code(),
+        format!(
+            "flags[{i}] ({:?}): {}",
+            crate::echo::truncate(key),
+            status.message()
+        ),
+    )
+}
+
 /// One audit row as the API shows it.
 fn audit_entry(row: &FlagAuditRow) -> pb::FlagAuditEntry {
     let action = match row.action.as_str() {
@@ -356,6 +371,56 @@ impl FlagService for FlagApi {
             pb::UpsertFlagResponse {
                 flag: Some((&upserted.flag).into()),
                 created: upserted.created,
+            },
+        ))
+    }
+
+    async fn apply_flags(
+        &self,
+        request: Request<pb::ApplyFlagsRequest>,
+    ) -> Result<Response<pb::ApplyFlagsResponse>, Status> {
+        let actor = crate::api::actor(&request)?;
+        let request = request.into_inner();
+        if request.flags.len() > MAX_APPLY_FLAGS {
+            return Err(invalid(
+                "flags",
+                format!(
+                    "{} flags in one call; at most {MAX_APPLY_FLAGS}",
+                    request.flags.len()
+                ),
+            )
+            .into());
+        }
+        let mut keys = HashSet::new();
+        let mut drafts = Vec::with_capacity(request.flags.len());
+        for (i, flag) in request.flags.into_iter().enumerate() {
+            let key = flag.key.clone();
+            if !keys.insert(key.clone()) {
+                return Err(in_write(i, &key, invalid("key", "is written twice").into()));
+            }
+            let expected_version = flag.expected_version;
+            checked_version("expected_version", expected_version)
+                .map_err(|err| in_write(i, &key, err.into()))?;
+            let draft = FlagDraft::try_from(flag)
+                .and_then(|draft| draft.validate().map_err(ApiError::from))
+                .map_err(|err| in_write(i, &key, err.into()))?;
+            drafts.push((draft, expected_version));
+        }
+        let upserted = self
+            .store
+            .get()?
+            .apply_flags(&drafts, &actor)
+            .await
+            .map_err(ApiError::from)?;
+        let version = upserted.iter().map(|u| u.flag.version).max().unwrap_or(0);
+        if version > 0 {
+            read_your_write(&self.state, version).await;
+        }
+        Ok(written(
+            version,
+            pb::ApplyFlagsResponse {
+                flags: upserted.iter().map(|u| pb::Flag::from(&u.flag)).collect(),
+                version,
             },
         ))
     }

@@ -2,6 +2,7 @@
 
 use clap::Subcommand;
 
+use super::flags_file::{FileFlag, FlagsFile, Step, plan};
 use super::output::{self, cell, fields, table};
 use super::{Client, ClientArgs, ClientError, json_arg};
 use crate::api::convert::{to_pb_struct, to_pb_value};
@@ -80,6 +81,29 @@ pub enum FlagsCommand {
         #[arg(long)]
         targeting: Option<String>,
     },
+    /// Write every flag (or those with a prefix) to a file that `apply` reads.
+    #[command(after_help = "Example:\n  readyd flags export --file flags.json")]
+    Export {
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Where to write; standard output when omitted.
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+    },
+    /// Make the server's flags what a file says, in one transaction (needs
+    /// the admin token). Shows what changes; refuses, changing nothing, when
+    /// a flag changed on the server since the file was exported. Flags that
+    /// are not in the file are left alone.
+    #[command(after_help = "Example:\n  readyd flags apply -f flags.json --dry-run")]
+    Apply {
+        /// The file (JSON, as `export` writes it).
+        #[arg(short = 'f', long)]
+        file: std::path::PathBuf,
+        /// Only show what would change.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Who changed which flag, and what changed, newest first.
     #[command(after_help = "Example:\n  readyd flags history checkout.v2 --limit 20")]
     History {
@@ -119,6 +143,31 @@ pub enum FlagsCommand {
         #[arg(long)]
         explain: bool,
     },
+}
+
+/// Every flag whose key starts with `prefix`, page by page.
+async fn all_flags(
+    flags: &mut FlagServiceClient<crate::client::channel::RetryingChannel>,
+    client: &Client,
+    prefix: &str,
+) -> Result<Vec<pb::Flag>, ClientError> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = flags
+            .list_flags(client.request(pb::ListFlagsRequest {
+                prefix: prefix.to_owned(),
+                page_size: super::PAGE_SIZE,
+                page_token: page_token.clone(),
+            })?)
+            .await?
+            .into_inner();
+        all.extend(page.flags);
+        if super::last_page(&page_token, &page.next_page_token)? {
+            return Ok(all);
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 /// `--targeting`: JSON, or `@FILE` holding it.
@@ -256,23 +305,7 @@ pub async fn run(args: FlagsArgs) -> Result<(), ClientError> {
     match args.command {
         FlagsCommand::List { prefix } => {
             // Page by page: a long list does not fit in one message.
-            let mut all = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let page = flags
-                    .list_flags(client.request(pb::ListFlagsRequest {
-                        prefix: prefix.clone(),
-                        page_size: super::PAGE_SIZE,
-                        page_token: page_token.clone(),
-                    })?)
-                    .await?
-                    .into_inner();
-                all.extend(page.flags);
-                if super::last_page(&page_token, &page.next_page_token)? {
-                    break;
-                }
-                page_token = page.next_page_token;
-            }
+            let all = all_flags(&mut flags, &client, &prefix).await?;
             client.print(
                 serde_json::Value::Array(all.iter().map(output::flag).collect()),
                 || flag_table(&all),
@@ -325,6 +358,70 @@ pub async fn run(args: FlagsArgs) -> Result<(), ClientError> {
                 let verb = if answer.created { "created" } else { "updated" };
                 format!("{verb} {} at version {}\n", flag.key, flag.version)
             });
+        }
+        FlagsCommand::Export { prefix, file } => {
+            let all = all_flags(&mut flags, &client, &prefix).await?;
+            let document = FlagsFile {
+                flags: all.iter().map(FileFlag::from_pb).collect(),
+            };
+            let mut text = serde_json::to_string_pretty(&document)
+                .map_err(|err| ClientError::Usage(format!("cannot write the file: {err}")))?;
+            text.push('\n');
+            match file {
+                Some(path) => {
+                    std::fs::write(&path, text).map_err(|err| {
+                        ClientError::Usage(format!("cannot write {}: {err}", path.display()))
+                    })?;
+                    eprintln!("exported {} flags to {}", all.len(), path.display());
+                }
+                None => print!("{text}"),
+            }
+        }
+        FlagsCommand::Apply { file, dry_run } => {
+            let text = std::fs::read_to_string(&file).map_err(|err| {
+                ClientError::Usage(format!("cannot read {}: {err}", file.display()))
+            })?;
+            let document: FlagsFile = serde_json::from_str(&text).map_err(|err| {
+                ClientError::Usage(format!(
+                    "{} is not a flags file (JSON, as `readyd flags export` writes): {err}",
+                    file.display()
+                ))
+            })?;
+            let server = all_flags(&mut flags, &client, "").await?;
+            let (steps, writes) = plan(&document, &server).map_err(ClientError::Usage)?;
+            let stale = steps.iter().any(|s| matches!(s, Step::Stale { .. }));
+            for step in &steps {
+                if !matches!(step, Step::Unchanged { .. }) {
+                    eprintln!("{step}");
+                }
+            }
+            let unchanged = steps
+                .iter()
+                .filter(|s| matches!(s, Step::Unchanged { .. }))
+                .count();
+            eprintln!("{} to write, {unchanged} unchanged", writes.len());
+            if stale {
+                return Err(ClientError::Usage(
+                    "flags changed on the server since the file was exported; nothing was applied"
+                        .into(),
+                ));
+            }
+            if dry_run || writes.is_empty() {
+                client.print(
+                    serde_json::json!({"applied": 0, "dry_run": dry_run}),
+                    String::new,
+                );
+                return Ok(());
+            }
+            let count = writes.len();
+            let answer = flags
+                .apply_flags(client.request(pb::ApplyFlagsRequest { flags: writes })?)
+                .await?
+                .into_inner();
+            client.print(
+                serde_json::json!({"applied": count, "version": answer.version}),
+                || format!("applied {count} flags at version {}\n", answer.version),
+            );
         }
         FlagsCommand::History { key, limit } => {
             let request = pb::ListFlagAuditRequest {

@@ -7,6 +7,7 @@ pub mod channel;
 pub mod config;
 pub mod deploy;
 pub mod flags;
+pub mod flags_file;
 pub mod health;
 mod output;
 

@@ -213,71 +213,26 @@ impl Store {
         actor: &str,
     ) -> Result<UpsertedFlag, StoreError> {
         let mut tx = begin_change(self.pool(), actor).await?;
-        let stored: Option<(i64, Option<serde_json::Value>)> =
-            sqlx::query_as("SELECT version, targeting FROM feature_flags WHERE key = $1")
-                .bind(draft.key())
-                .fetch_optional(&mut *tx)
-                .await?;
-        let current = stored.as_ref().map(|(version, _)| *version);
-        check_expected(draft.key(), current, expected_version)?;
-        // A write that does not say what the v2 parts are keeps them.
-        let kept = match stored.and_then(|(_, targeting)| targeting) {
-            Some(document) if !document.is_null() => Some(
-                serde_json::from_value::<Targeting>(document)
-                    .map_err(|err| StoreError::Decode(format!("stored targeting: {err}")))?,
-            ),
-            _ => None,
-        };
-        let draft = draft.clone().keeping(kept).map_err(StoreError::Invalid)?;
-        if let Some(targeting) = draft.targeting()
-            && !targeting.prerequisites.is_empty()
-        {
-            let others = self.prerequisite_graph(&mut tx).await?;
-            let required: Vec<String> = targeting.required_flags().map(str::to_owned).collect();
-            check_prerequisite_chain(draft.key(), &required, &others)
-                .map_err(|error| StoreError::Invalid(ValidationErrors::single(error)))?;
-        }
-        let targeting = draft
-            .targeting()
-            .map(serde_json::to_value)
-            .transpose()
-            .map_err(|err| StoreError::Decode(format!("targeting: {err}")))?;
-        let returning = format!("RETURNING {COLUMNS}");
-        // Not INSERT ... ON CONFLICT: its BEFORE INSERT trigger would take a
-        // version even when the row is then updated, leaving a gap.
-        let sql = if current.is_some() {
-            format!(
-                "UPDATE feature_flags SET description = $2, enabled = $3, value_type = $4, on_value = $5, \
-                 off_value = $6, environments = $7, target_users = $8, target_roles = $9, \
-                 rollout_percentage = $10, targeting = $11 WHERE key = $1 {returning}"
-            )
-        } else {
-            format!(
-                "INSERT INTO feature_flags (key, description, enabled, value_type, on_value, off_value, \
-                 environments, target_users, target_roles, rollout_percentage, targeting) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) {returning}"
-            )
-        };
-        let row: FlagRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(draft.key())
-            .bind(draft.description())
-            .bind(draft.enabled())
-            .bind(stored_value_type(draft.value_type(), targeting.is_some()))
-            .bind(draft.on_value())
-            .bind(draft.off_value())
-            .bind(draft.environments())
-            .bind(draft.target_users())
-            .bind(draft.target_roles())
-            .bind(i32::from(draft.rollout_percentage()))
-            .bind(targeting)
-            .fetch_one(&mut *tx)
-            .await?;
+        let upserted = write_flag(&mut tx, draft, expected_version).await?;
         tx.commit().await?;
-        let flag = row.into_flag().map_err(StoreError::Decode)?;
-        Ok(UpsertedFlag {
-            flag,
-            created: current.is_none(),
-        })
+        Ok(upserted)
+    }
+
+    /// Creates or replaces every flag of `drafts`, in order, in one
+    /// transaction: all are written or, when one cannot be (a stale
+    /// expected version, a rule that no longer holds), none.
+    pub async fn apply_flags(
+        &self,
+        drafts: &[(ValidFlagDraft, Option<i64>)],
+        actor: &str,
+    ) -> Result<Vec<UpsertedFlag>, StoreError> {
+        let mut tx = begin_change(self.pool(), actor).await?;
+        let mut upserted = Vec::with_capacity(drafts.len());
+        for (draft, expected_version) in drafts {
+            upserted.push(write_flag(&mut tx, draft, *expected_version).await?);
+        }
+        tx.commit().await?;
+        Ok(upserted)
     }
 
     /// Flag audit rows, newest first.
@@ -312,31 +267,6 @@ impl Store {
                 actor: row.actor,
                 changed_at: row.changed_at,
                 version: row.version,
-            })
-            .collect())
-    }
-
-    /// What every flag with prerequisites requires: key to required keys.
-    async fn prerequisite_graph(
-        &self,
-        tx: &mut sqlx::PgConnection,
-    ) -> Result<HashMap<String, Vec<String>>, StoreError> {
-        let rows: Vec<(String, Option<serde_json::Value>)> = sqlx::query_as(
-            "SELECT key, targeting -> 'prerequisites' FROM feature_flags \
-             WHERE jsonb_array_length(coalesce(targeting -> 'prerequisites', '[]')) > 0",
-        )
-        .fetch_all(tx)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(key, prerequisites)| {
-                let required = prerequisites
-                    .and_then(|p| serde_json::from_value::<Vec<Prerequisite>>(p).ok())
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|p| p.flag)
-                    .collect();
-                (key, required)
             })
             .collect())
     }
@@ -383,4 +313,101 @@ pub(crate) fn check_expected(
         }),
         _ => Ok(()),
     }
+}
+
+/// Creates or replaces one flag inside `tx`, which holds the change lock
+/// (so the row read here is the row written over).
+async fn write_flag(
+    tx: &mut sqlx::PgConnection,
+    draft: &ValidFlagDraft,
+    expected_version: Option<i64>,
+) -> Result<UpsertedFlag, StoreError> {
+    let stored: Option<(i64, Option<serde_json::Value>)> =
+        sqlx::query_as("SELECT version, targeting FROM feature_flags WHERE key = $1")
+            .bind(draft.key())
+            .fetch_optional(&mut *tx)
+            .await?;
+    let current = stored.as_ref().map(|(version, _)| *version);
+    check_expected(draft.key(), current, expected_version)?;
+    // A write that does not say what the v2 parts are keeps them.
+    let kept = match stored.and_then(|(_, targeting)| targeting) {
+        Some(document) if !document.is_null() => Some(
+            serde_json::from_value::<Targeting>(document)
+                .map_err(|err| StoreError::Decode(format!("stored targeting: {err}")))?,
+        ),
+        _ => None,
+    };
+    let draft = draft.clone().keeping(kept).map_err(StoreError::Invalid)?;
+    if let Some(targeting) = draft.targeting()
+        && !targeting.prerequisites.is_empty()
+    {
+        let others = prerequisite_graph(&mut *tx).await?;
+        let required: Vec<String> = targeting.required_flags().map(str::to_owned).collect();
+        check_prerequisite_chain(draft.key(), &required, &others)
+            .map_err(|error| StoreError::Invalid(ValidationErrors::single(error)))?;
+    }
+    let targeting = draft
+        .targeting()
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|err| StoreError::Decode(format!("targeting: {err}")))?;
+    let returning = format!("RETURNING {COLUMNS}");
+    // Not INSERT ... ON CONFLICT: its BEFORE INSERT trigger would take a
+    // version even when the row is then updated, leaving a gap.
+    let sql = if current.is_some() {
+        format!(
+            "UPDATE feature_flags SET description = $2, enabled = $3, value_type = $4, on_value = $5, \
+             off_value = $6, environments = $7, target_users = $8, target_roles = $9, \
+             rollout_percentage = $10, targeting = $11 WHERE key = $1 {returning}"
+        )
+    } else {
+        format!(
+            "INSERT INTO feature_flags (key, description, enabled, value_type, on_value, off_value, \
+             environments, target_users, target_roles, rollout_percentage, targeting) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) {returning}"
+        )
+    };
+    let row: FlagRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(draft.key())
+        .bind(draft.description())
+        .bind(draft.enabled())
+        .bind(stored_value_type(draft.value_type(), targeting.is_some()))
+        .bind(draft.on_value())
+        .bind(draft.off_value())
+        .bind(draft.environments())
+        .bind(draft.target_users())
+        .bind(draft.target_roles())
+        .bind(i32::from(draft.rollout_percentage()))
+        .bind(targeting)
+        .fetch_one(&mut *tx)
+        .await?;
+    let flag = row.into_flag().map_err(StoreError::Decode)?;
+    Ok(UpsertedFlag {
+        flag,
+        created: current.is_none(),
+    })
+}
+
+/// What every flag with prerequisites requires: key to required keys.
+async fn prerequisite_graph(
+    tx: &mut sqlx::PgConnection,
+) -> Result<HashMap<String, Vec<String>>, StoreError> {
+    let rows: Vec<(String, Option<serde_json::Value>)> = sqlx::query_as(
+        "SELECT key, targeting -> 'prerequisites' FROM feature_flags \
+         WHERE jsonb_array_length(coalesce(targeting -> 'prerequisites', '[]')) > 0",
+    )
+    .fetch_all(tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(key, prerequisites)| {
+            let required = prerequisites
+                .and_then(|p| serde_json::from_value::<Vec<Prerequisite>>(p).ok())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| p.flag)
+                .collect();
+            (key, required)
+        })
+        .collect())
 }
