@@ -697,6 +697,38 @@ async fn the_readme_ab_example_sets_targeting_from_a_file_and_explains() {
     assert_eq!(germany["variant"], "green");
     assert_eq!(germany["value"], "#3a3");
 
+    // A new total weight reshuffles users: the CLI says so.
+    let mut reweighted = document.clone();
+    reweighted["default_serve"]["split"]["weights"][2]["weight"] = serde_json::json!(100);
+    let reweighted = reweighted.to_string();
+    let set = readyd(
+        &server,
+        Some(ADMIN_TOKEN),
+        &[
+            "flags",
+            "set",
+            "checkout.v2",
+            "--enabled",
+            "true",
+            "--type",
+            "string",
+            "--on",
+            "#d33",
+            "--off",
+            "#33d",
+            "--targeting",
+            &reweighted,
+        ],
+    )
+    .await;
+    assert!(set.status.success(), "{}", stderr(&set));
+    assert!(
+        stderr(&set)
+            .contains("warning: the default split: the total weight changes from 1000 to 900"),
+        "{}",
+        stderr(&set)
+    );
+
     let bad = readyd(
         &server,
         Some(ADMIN_TOKEN),

@@ -9,6 +9,7 @@ use crate::api::convert::{to_pb_struct, to_pb_value};
 use crate::api::pb::readyd::v1 as pb;
 use crate::api::pb::readyd::v1::flag_service_client::FlagServiceClient;
 use crate::flags::Targeting;
+use crate::flags::targeting::reshuffle_warnings;
 
 /// `readyd flags`.
 #[derive(clap::Args, Debug)]
@@ -335,6 +336,20 @@ pub async fn run(args: FlagsArgs) -> Result<(), ClientError> {
             targeting,
         } => {
             let targeting = targeting.as_deref().map(targeting_arg).transpose()?;
+            if let Some(new) = &targeting {
+                // A split whose total weight changes reshuffles its users:
+                // say so (the write goes ahead; it may be what is wanted).
+                let stored = flags
+                    .get_flag(client.request(pb::GetFlagRequest { key: key.clone() })?)
+                    .await
+                    .ok()
+                    .and_then(|answer| answer.into_inner().flag)
+                    .and_then(|flag| flag.targeting)
+                    .and_then(|t| Targeting::try_from(t).ok());
+                for warning in reshuffle_warnings(stored.as_ref(), Some(new)) {
+                    eprintln!("warning: {warning}");
+                }
+            }
             let request = pb::UpsertFlagRequest {
                 key,
                 description,

@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::api::convert::{from_pb_value, to_pb_value};
 use crate::api::pb::readyd::v1 as pb;
 use crate::flags::Targeting;
+use crate::flags::targeting::reshuffle_warnings;
 
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -180,10 +181,12 @@ impl FileFlag {
 pub enum Step {
     /// Create it.
     Create { key: String },
-    /// Change these fields.
+    /// Change these fields; `warnings` about the change (a split whose
+    /// total weight changes reshuffles its users).
     Update {
         key: String,
         fields: Vec<&'static str>,
+        warnings: Vec<String>,
     },
     /// Nothing: the server holds it as the file says.
     Unchanged { key: String },
@@ -230,7 +233,8 @@ pub fn plan(
                 writes.push(flag.to_request(0)?);
             }
             Some(current) => {
-                let fields = flag.differences(&FileFlag::from_pb(current));
+                let stored = FileFlag::from_pb(current);
+                let fields = flag.differences(&stored);
                 if fields.is_empty() {
                     steps.push(Step::Unchanged {
                         key: flag.key.clone(),
@@ -239,6 +243,10 @@ pub fn plan(
                     steps.push(Step::Update {
                         key: flag.key.clone(),
                         fields,
+                        warnings: reshuffle_warnings(
+                            stored.targeting.as_ref(),
+                            flag.targeting.as_ref(),
+                        ),
                     });
                     writes.push(flag.to_request(current.version)?);
                 }
@@ -252,7 +260,17 @@ impl std::fmt::Display for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Step::Create { key } => write!(f, "+ {key} (new)"),
-            Step::Update { key, fields } => write!(f, "~ {key}: {}", fields.join(", ")),
+            Step::Update {
+                key,
+                fields,
+                warnings,
+            } => {
+                write!(f, "~ {key}: {}", fields.join(", "))?;
+                for warning in warnings {
+                    write!(f, "\n  warning: {warning}")?;
+                }
+                Ok(())
+            }
             Step::Unchanged { key } => write!(f, "= {key}"),
             Step::Stale {
                 key,
@@ -321,7 +339,8 @@ mod tests {
             [
                 Step::Update {
                     key: "a".into(),
-                    fields: vec!["rollout_percentage"]
+                    fields: vec!["rollout_percentage"],
+                    warnings: Vec::new(),
                 },
                 Step::Stale {
                     key: "b".into(),

@@ -433,6 +433,47 @@ fn longest_chain(
     Ok(best)
 }
 
+/// Warnings for a change from `old` to `new` that reshuffles users of a
+/// split: the same split (a rule's, by position, or the default one) with
+/// another total weight puts users in new buckets, as in Unleash. Moving
+/// weight with the total unchanged does not (a variant that gains keeps
+/// its users).
+pub fn reshuffle_warnings(old: Option<&Targeting>, new: Option<&Targeting>) -> Vec<String> {
+    fn total(serve: Option<&Serve>) -> Option<u64> {
+        match serve? {
+            Serve::Split(split) => Some(split.weights.iter().map(|w| u64::from(w.weight)).sum()),
+            Serve::Variant(_) => None,
+        }
+    }
+    let (Some(old), Some(new)) = (old, new) else {
+        return Vec::new();
+    };
+    let mut warnings = Vec::new();
+    let mut compare = |what: String, before: Option<u64>, after: Option<u64>| {
+        if let (Some(before), Some(after)) = (before, after)
+            && before != after
+        {
+            warnings.push(format!(
+                "{what}: the total weight changes from {before} to {after}, which moves users \
+                 between variants; keep the total and move weight instead to keep them"
+            ));
+        }
+    };
+    for (i, (before, after)) in old.rules.iter().zip(&new.rules).enumerate() {
+        compare(
+            format!("rule {}'s split", i + 1),
+            total(before.serve.as_ref()),
+            total(after.serve.as_ref()),
+        );
+    }
+    compare(
+        "the default split".to_owned(),
+        total(old.default_serve.as_ref()),
+        total(new.default_serve.as_ref()),
+    );
+    warnings
+}
+
 impl CompiledTargeting {
     /// The name of variant `index`.
     pub fn name(&self, index: usize) -> &str {
@@ -599,5 +640,27 @@ mod tests {
         // A flag's own old edges do not count: only the new ones.
         let own = graph(&[("a", &["x"]), ("x", &[])]);
         assert!(check_prerequisite_chain("a", &needs(&["b"]), &own).is_ok());
+    }
+
+    #[test]
+    fn a_new_total_weight_warns_and_moved_weight_does_not() {
+        let split = |weights: &[u32]| -> Targeting {
+            serde_json::from_value(json!({
+                "variants": [{"name": "a", "value": true}, {"name": "b", "value": false}],
+                "default_serve": {"split": {"weights": [
+                    {"variant": "a", "weight": weights[0]},
+                    {"variant": "b", "weight": weights[1]}
+                ]}}
+            }))
+            .expect("targeting")
+        };
+        let before = split(&[50, 50]);
+        assert!(reshuffle_warnings(Some(&before), Some(&split(&[70, 30]))).is_empty());
+        let warnings = reshuffle_warnings(Some(&before), Some(&split(&[50, 25])));
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].starts_with("the default split: the total weight changes from 100 to 75")
+        );
+        assert!(reshuffle_warnings(None, Some(&before)).is_empty());
     }
 }
