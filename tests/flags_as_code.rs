@@ -104,6 +104,19 @@ async fn export_then_apply_round_trips_and_a_stale_file_changes_nothing() {
     );
     assert_eq!(versions(&db).await, before);
 
+    // The same as YAML, chosen by the file's name.
+    let yaml_path = dir.path().join("flags.yaml");
+    let yaml = yaml_path.to_str().expect("a UTF-8 path");
+    let export = readyd(&server, &["flags", "export", "--file", yaml]).await;
+    assert!(export.status.success(), "{}", stderr(&export));
+    let text = std::fs::read_to_string(&yaml_path).expect("read");
+    assert!(text.starts_with("flags:"), "{text}");
+    assert!(text.contains("off_variant: blue"), "{text}");
+    let apply = readyd(&server, &["flags", "apply", "-f", yaml]).await;
+    assert!(apply.status.success(), "{}", stderr(&apply));
+    assert!(stderr(&apply).contains("0 to write"), "{}", stderr(&apply));
+    assert_eq!(versions(&db).await, before);
+
     // An edit: the dry run shows it and writes nothing; the apply writes it.
     let mut edited = exported.clone();
     edited["flags"][at("alpha")]["rollout_percentage"] = json!(75);

@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 
-use super::flags_file::{FileFlag, FlagsFile, Step, plan};
+use super::flags_file::{FileFlag, FileFormat, FlagsFile, Step, plan};
 use super::output::{self, cell, fields, table};
 use super::{Client, ClientArgs, ClientError, json_arg};
 use crate::api::convert::{to_pb_struct, to_pb_value};
@@ -91,6 +91,10 @@ pub enum FlagsCommand {
         /// Where to write; standard output when omitted.
         #[arg(long)]
         file: Option<std::path::PathBuf>,
+        /// json or yaml; by default yaml for a file named *.yaml or *.yml,
+        /// json otherwise.
+        #[arg(long)]
+        format: Option<String>,
     },
     /// Make the server's flags what a file says, in one transaction (needs
     /// the admin token). Shows what changes; refuses, changing nothing, when
@@ -98,7 +102,7 @@ pub enum FlagsCommand {
     /// are not in the file are left alone.
     #[command(after_help = "Example:\n  readyd flags apply -f flags.json --dry-run")]
     Apply {
-        /// The file (JSON, as `export` writes it).
+        /// The file (YAML or JSON, as `export` writes it).
         #[arg(short = 'f', long)]
         file: std::path::PathBuf,
         /// Only show what would change.
@@ -374,14 +378,18 @@ pub async fn run(args: FlagsArgs) -> Result<(), ClientError> {
                 format!("{verb} {} at version {}\n", flag.key, flag.version)
             });
         }
-        FlagsCommand::Export { prefix, file } => {
+        FlagsCommand::Export {
+            prefix,
+            file,
+            format,
+        } => {
+            let format = FileFormat::choose(format.as_deref(), file.as_deref())
+                .map_err(ClientError::Usage)?;
             let all = all_flags(&mut flags, &client, &prefix).await?;
             let document = FlagsFile {
                 flags: all.iter().map(FileFlag::from_pb).collect(),
             };
-            let mut text = serde_json::to_string_pretty(&document)
-                .map_err(|err| ClientError::Usage(format!("cannot write the file: {err}")))?;
-            text.push('\n');
+            let text = format.write(&document).map_err(ClientError::Usage)?;
             match file {
                 Some(path) => {
                     std::fs::write(&path, text).map_err(|err| {
@@ -396,12 +404,14 @@ pub async fn run(args: FlagsArgs) -> Result<(), ClientError> {
             let text = std::fs::read_to_string(&file).map_err(|err| {
                 ClientError::Usage(format!("cannot read {}: {err}", file.display()))
             })?;
-            let document: FlagsFile = serde_json::from_str(&text).map_err(|err| {
-                ClientError::Usage(format!(
-                    "{} is not a flags file (JSON, as `readyd flags export` writes): {err}",
-                    file.display()
-                ))
-            })?;
+            let document = FileFormat::choose(None, Some(&file))
+                .and_then(|format| format.read(&text))
+                .map_err(|err| {
+                    ClientError::Usage(format!(
+                        "{} is not a flags file (as `readyd flags export` writes): {err}",
+                        file.display()
+                    ))
+                })?;
             let server = all_flags(&mut flags, &client, "").await?;
             let (steps, writes) = plan(&document, &server).map_err(ClientError::Usage)?;
             let stale = steps.iter().any(|s| matches!(s, Step::Stale { .. }));

@@ -1,7 +1,7 @@
 //! Flags as code: the file `readyd flags export` writes and `readyd flags
 //! apply` reads, and the plan that turns a file into writes.
 //!
-//! The file is JSON: `{"flags": [...]}`, each flag with the fields of the
+//! The file is YAML or JSON: `{"flags": [...]}`, each flag with the fields of the
 //! API (targeting in the shape `flags set --targeting` takes) and the
 //! `version` it was exported at. Exporting and applying the same file
 //! changes nothing; applying a file whose flag changed on the server since
@@ -173,6 +173,60 @@ impl FileFlag {
             targeting(&self.targeting) == targeting(&other.targeting),
         );
         fields
+    }
+}
+
+/// How a flags file is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// Pretty JSON.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+impl FileFormat {
+    /// `named` (json or yaml), else by the file's extension (yaml for
+    /// *.yaml and *.yml), else JSON.
+    pub fn choose(named: Option<&str>, file: Option<&std::path::Path>) -> Result<Self, String> {
+        match named {
+            Some("json") => Ok(FileFormat::Json),
+            Some("yaml") => Ok(FileFormat::Yaml),
+            Some(other) => Err(format!("--format {other:?}: expected json or yaml")),
+            None => Ok(
+                match file.and_then(|f| f.extension()).and_then(|e| e.to_str()) {
+                    Some("yaml" | "yml") => FileFormat::Yaml,
+                    _ => FileFormat::Json,
+                },
+            ),
+        }
+    }
+
+    /// `file` as text.
+    pub fn write(self, file: &FlagsFile) -> Result<String, String> {
+        match self {
+            FileFormat::Json => serde_json::to_string_pretty(file)
+                .map(|mut text| {
+                    text.push('\n');
+                    text
+                })
+                .map_err(|err| err.to_string()),
+            // Through JSON's data model, so a serve reads `variant: red`
+            // as in JSON, not a YAML tag.
+            FileFormat::Yaml => serde_json::to_value(file)
+                .map_err(|err| err.to_string())
+                .and_then(|value| yaml_serde::to_string(&value).map_err(|err| err.to_string())),
+        }
+    }
+
+    /// The file in `text`. YAML reads JSON too.
+    pub fn read(self, text: &str) -> Result<FlagsFile, String> {
+        match self {
+            FileFormat::Json => serde_json::from_str(text).map_err(|err| err.to_string()),
+            FileFormat::Yaml => yaml_serde::from_str::<Value>(text)
+                .map_err(|err| err.to_string())
+                .and_then(|value| serde_json::from_value(value).map_err(|err| err.to_string())),
+        }
     }
 }
 
@@ -364,5 +418,34 @@ mod tests {
             serde_json::from_value::<FlagsFile>(json!({"flags": [{"key": "x", "enabeld": true}]}))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn yaml_and_json_files_round_trip_to_the_same_flags() {
+        let mut flag = FileFlag::from_pb(&server_flag("a", 3));
+        flag.targeting = Some(
+            serde_json::from_value(json!({
+                "variants": [{"name": "red", "value": true}],
+                "rules": [{"name": "pro", "constraints": [
+                    {"attribute": "plan", "operator": "in", "values": ["pro"]}
+                ], "serve": {"variant": "red"}}],
+                "default_serve": {"split": {"weights": [
+                    {"variant": "on", "weight": 1}, {"variant": "red", "weight": 3}
+                ]}}
+            }))
+            .expect("targeting"),
+        );
+        let file = FlagsFile { flags: vec![flag] };
+        for format in [FileFormat::Json, FileFormat::Yaml] {
+            let text = format.write(&file).expect("write");
+            assert_eq!(format.read(&text).expect("read"), file, "{text}");
+        }
+        let json = FileFormat::Json.write(&file).expect("write");
+        assert_eq!(FileFormat::Yaml.read(&json).expect("YAML reads JSON"), file);
+        assert_eq!(
+            FileFormat::choose(None, Some(std::path::Path::new("f.yml"))),
+            Ok(FileFormat::Yaml)
+        );
+        assert!(FileFormat::choose(Some("toml"), None).is_err());
     }
 }
