@@ -16,7 +16,8 @@
 //! - `rules`: targeting rules and serves of flag model v2;
 //! - `targeting`: a flag's v2 parts ([`Targeting`]: variants, off variant,
 //!   rules, default serve, prerequisites), checked and compiled;
-//! - `explain`: the path an evaluation took ([`Step`]), for `explain`.
+//! - `explain`: the path an evaluation took ([`Step`]), for `explain`;
+//! - `segment`: named constraint sets that rules share, checked and compiled.
 
 // Evaluation runs inside request handling, where a panic would take a
 // request (or a task) down; tests may unwrap freely.
@@ -28,6 +29,7 @@ mod evaluate;
 pub mod explain;
 mod model;
 pub mod rules;
+pub mod segment;
 pub mod split;
 pub mod targeting;
 mod validate;
