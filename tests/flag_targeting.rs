@@ -515,3 +515,222 @@ async fn a_v2_flag_reaches_a_second_server_and_flagd_clients() {
     assert_eq!(resolved.variant.as_deref(), Some("red"));
     assert_eq!(resolved.reason, "SPLIT");
 }
+
+// ---------------------------------------------------------------------------
+// Property: the server answers as the engine does for the flag it reports
+// ---------------------------------------------------------------------------
+
+mod property {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::sample::select;
+    use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
+    use readyd::flags::{CompiledFlag, EvaluationContext, Flag, NoFlags};
+
+    const VARIANTS: [&str; 3] = ["red", "green", "blue"];
+
+    fn arb_constraint() -> impl Strategy<Value = pb::Constraint> {
+        prop_oneof![
+            (select(vec!["DE", "FR", "US"]), any::<bool>(), any::<bool>()).prop_map(
+                |(country, inverted, case_insensitive)| pb::Constraint {
+                    inverted,
+                    case_insensitive,
+                    ..constraint("country", "in", &[country])
+                }
+            ),
+            (0u32..50).prop_map(|seats| constraint("seats", "num_gt", &[&seats.to_string()])),
+            select(vec!["1.2.0", "2.0.0"]).prop_map(|v| constraint(
+                "app_version",
+                "semver_gte",
+                &[v]
+            )),
+            Just(constraint("plan", "exists", &[])),
+            Just(constraint("email", "regex", &["@example\\.com$"])),
+        ]
+    }
+
+    fn arb_serve() -> impl Strategy<Value = Option<pb::Serve>> {
+        prop_oneof![
+            select(VARIANTS.to_vec()).prop_map(serve_variant),
+            (
+                prop::collection::vec(0u32..100, 3),
+                select(vec!["", "tenant"])
+            )
+                .prop_map(|(weights, stickiness)| {
+                    let mut weights = weights;
+                    weights[0] += 1; // never all zero
+                    Some(pb::Serve {
+                        serve: Some(pb::serve::Serve::Split(pb::WeightedSplit {
+                            weights: VARIANTS
+                                .iter()
+                                .zip(weights)
+                                .map(|(variant, weight)| pb::VariantWeight {
+                                    variant: (*variant).into(),
+                                    weight,
+                                })
+                                .collect(),
+                            stickiness: stickiness.into(),
+                        })),
+                    })
+                }),
+        ]
+    }
+
+    fn arb_targeting() -> impl Strategy<Value = pb::FlagTargeting> {
+        (
+            prop::collection::vec(
+                (prop::collection::vec(arb_constraint(), 1..4), arb_serve()),
+                0..4,
+            ),
+            prop::option::of(arb_serve()),
+            select(vec!["", "blue", "on"]),
+        )
+            .prop_map(|(rules, default_serve, off_variant)| pb::FlagTargeting {
+                rules: rules
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (constraints, serve))| pb::TargetingRule {
+                        name: format!("rule-{i}"),
+                        constraints,
+                        serve,
+                    })
+                    .collect(),
+                default_serve: default_serve.flatten(),
+                off_variant: off_variant.into(),
+                ..checkout_targeting()
+            })
+    }
+
+    fn arb_context() -> impl Strategy<Value = Value> {
+        (
+            prop::option::of(select(vec!["DE", "fr", "US"])),
+            prop::option::of(0u32..60),
+            prop::option::of(select(vec!["1.1.9", "2.0.0", "10.0.0"])),
+            prop::option::of(select(vec!["pro", "free"])),
+            prop::option::of(select(vec!["a@example.com", "b@corp.io"])),
+            prop::option::of(select(vec!["acme", "globex"])),
+        )
+            .prop_map(|(country, seats, version, plan, email, tenant)| {
+                let mut map = serde_json::Map::new();
+                let mut put = |k: &str, v: Option<Value>| {
+                    if let Some(v) = v {
+                        map.insert(k.to_owned(), v);
+                    }
+                };
+                put("country", country.map(|c| json!(c)));
+                put("seats", seats.map(|s| json!(s)));
+                put("app_version", version.map(|v| json!(v)));
+                put("plan", plan.map(|p| json!(p)));
+                put("email", email.map(|e| json!(e)));
+                put("tenant", tenant.map(|t| json!(t)));
+                Value::Object(map)
+            })
+    }
+
+    async fn check(
+        mut client: Client,
+        targeting: pb::FlagTargeting,
+        enabled: bool,
+        contexts: Vec<(String, Value)>,
+    ) -> Result<(), TestCaseError> {
+        let stored = upsert(
+            &mut client,
+            pb::UpsertFlagRequest {
+                enabled: Some(enabled),
+                targeting: Some(targeting),
+                ..checkout_request()
+            },
+        )
+        .await;
+        let flag = Flag {
+            key: stored.key.clone(),
+            description: stored.description.clone(),
+            enabled: stored.enabled,
+            value_type: readyd::flags::ValueType::String,
+            on_value: json_of(&stored.on_value),
+            off_value: json_of(&stored.off_value),
+            environments: stored.environments.clone(),
+            target_users: stored.target_users.clone(),
+            target_roles: stored.target_roles.clone(),
+            rollout_percentage: u8::try_from(stored.rollout_percentage).expect("0..=100"),
+            version: stored.version,
+            updated_at: chrono::DateTime::UNIX_EPOCH,
+            updated_by: stored.updated_by.clone(),
+            targeting: stored
+                .targeting
+                .clone()
+                .map(|t| Box::new(readyd::flags::Targeting::try_from(t).expect("targeting"))),
+        };
+        let compiled = CompiledFlag::new(flag).expect("the stored flag is valid");
+        for (user, attributes) in contexts {
+            let answer = evaluate(
+                &mut client,
+                "checkout.v2",
+                context(&user, attributes.clone()),
+                false,
+            )
+            .await;
+            let Value::Object(map) = attributes else {
+                unreachable!("contexts are objects")
+            };
+            let ctx = EvaluationContext {
+                user_id: Some(user.clone()).filter(|u| !u.is_empty()),
+                roles: Vec::new(),
+                attributes: map,
+            };
+            let expected = compiled.evaluate("test", &ctx, &NoFlags);
+            prop_assert_eq!(
+                answer.variant.as_str(),
+                expected.variant,
+                "{} {:?}",
+                user,
+                ctx
+            );
+            prop_assert_eq!(
+                answer
+                    .reason()
+                    .as_str_name()
+                    .trim_start_matches("EVALUATION_REASON_"),
+                expected.reason.as_str()
+            );
+            prop_assert_eq!(&json_of(&answer.value), expected.value);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn evaluate_flag_answers_as_the_engine_for_random_rules() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (db, server, client) = runtime.block_on(start());
+        let mut runner = TestRunner::new(Config {
+            cases: 32,
+            failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+                "tests/flag_targeting.proptest-regressions",
+            ))),
+            ..Config::default()
+        });
+        let strategy = (
+            arb_targeting(),
+            any::<bool>(),
+            prop::collection::vec(
+                (
+                    select(vec!["", "42", "user-7", "u9"]).prop_map(String::from),
+                    arb_context(),
+                ),
+                1..10,
+            ),
+        );
+        let result = runner.run(&strategy, |(targeting, enabled, contexts)| {
+            runtime.block_on(check(client.clone(), targeting, enabled, contexts))
+        });
+        runtime.block_on(server.stop());
+        drop(db);
+        if let Err(err) = result {
+            panic!("{err}");
+        }
+    }
+}
