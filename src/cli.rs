@@ -46,6 +46,8 @@ pub enum Command {
     Health(crate::client::health::HealthArgs),
     /// Read, change and evaluate feature flags of a running readyd.
     Flags(crate::client::flags::FlagsArgs),
+    /// Read and change segments: named constraint sets flag rules share.
+    Segments(crate::client::segments::SegmentsArgs),
     /// Read and change configuration of a running readyd.
     Config(crate::client::config::ConfigArgs),
     /// Turn maintenance mode on or off, or show it.
@@ -119,6 +121,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         }
         Command::Health(args) => crate::client::health::run(args).await,
         Command::Flags(args) => crate::client::finish(crate::client::flags::run(args).await),
+        Command::Segments(args) => crate::client::finish(crate::client::segments::run(args).await),
         Command::Config(args) => crate::client::finish(crate::client::config::run(args).await),
         Command::Maintenance(args) => {
             crate::client::finish(crate::client::config::run_maintenance(args).await)

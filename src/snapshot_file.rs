@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ConfigRow;
 use crate::flags::Flag;
+use crate::flags::segment::Segment;
 use crate::state::State;
 use crate::state::snapshot::Snapshot;
 
@@ -60,6 +61,9 @@ struct Header {
 struct Payload {
     flags: Vec<Flag>,
     configs: Vec<ConfigRow>,
+    /// Absent in files written before segments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    segments: Vec<Segment>,
 }
 
 /// A snapshot read back from disk.
@@ -136,8 +140,15 @@ pub fn encode(
             .values()
             .map(|row| ConfigRow::clone(row))
             .collect(),
+        segments: snapshot
+            .segments_sorted()
+            .into_iter()
+            .map(|segment| segment.segment().clone())
+            .collect(),
     };
-    let format_version = if payload.flags.iter().any(|flag| flag.targeting.is_some()) {
+    let format_version = if !payload.segments.is_empty()
+        || payload.flags.iter().any(|flag| flag.targeting.is_some())
+    {
         FORMAT_VERSION
     } else {
         FORMAT_VERSION_FIRST_MODEL
@@ -186,7 +197,8 @@ pub fn decode(bytes: &[u8], environment: &str) -> Result<SavedSnapshot, Snapshot
     let payload: Payload = serde_json::from_slice(payload)
         .map_err(|err| SnapshotFileError::Payload(err.to_string()))?;
     Ok(SavedSnapshot {
-        snapshot: Snapshot::from_rows(header.version, payload.flags, payload.configs),
+        snapshot: Snapshot::from_rows(header.version, payload.flags, payload.configs)
+            .with_segments(payload.segments),
         written_at: header.written_at,
     })
 }

@@ -180,6 +180,10 @@ impl View {
                             self.problem(format!("change {version} deletes unknown {key}"));
                         }
                     }
+                    Some(
+                        flag_change::Change::SegmentUpserted(_)
+                        | flag_change::Change::SegmentDeletedKey(_),
+                    ) => self.problem(format!("change {version} is a segment's; none are written")),
                     None => self.problem(format!("change {version} without a change")),
                 }
             }

@@ -68,6 +68,7 @@ fn checkout_targeting() -> pb::FlagTargeting {
             .collect(),
         off_variant: "blue".into(),
         rules: vec![pb::TargetingRule {
+            segments: Vec::new(),
             name: "germany".into(),
             constraints: vec![constraint("country", "in", &["DE"])],
             serve: serve_variant("green"),
@@ -290,6 +291,7 @@ async fn bad_targeting_is_refused_naming_the_rule_and_constraint_and_changes_not
 
     let mut targeting = checkout_targeting();
     targeting.rules.push(pb::TargetingRule {
+        segments: Vec::new(),
         name: "new app".into(),
         constraints: vec![
             constraint("plan", "in", &["pro"]),
@@ -590,6 +592,7 @@ mod property {
                     .into_iter()
                     .enumerate()
                     .map(|(i, (constraints, serve))| pb::TargetingRule {
+                        segments: Vec::new(),
                         name: format!("rule-{i}"),
                         constraints,
                         serve,

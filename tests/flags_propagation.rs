@@ -56,6 +56,9 @@ impl Watched {
                     flag_change::Change::DeletedKey(key) => {
                         self.flags.remove(&key);
                     }
+                    // No segments in these tests.
+                    flag_change::Change::SegmentUpserted(_)
+                    | flag_change::Change::SegmentDeletedKey(_) => {}
                 }
             }
         }

@@ -856,3 +856,105 @@ async fn a_follower_that_falls_behind_gets_a_fresh_snapshot_without_slowing_the_
     );
     u.stop().await;
 }
+
+/// Segments replicate like flags: a follower (and a follower started
+/// after the segment exists, from its upstream's snapshot) evaluates a rule
+/// that names one, and follows the segment's changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_replicate_to_followers_in_snapshots_and_changes() {
+    let db = TestDb::new().await;
+    let dirs = [(); 3].map(|()| tempfile::tempdir().expect("dir"));
+    let u = upstream(&db, dirs[0].path()).start().await;
+    let a = follower(&u.url(), "follower-a", dirs[1].path())
+        .start()
+        .await;
+    let a_ch = a.channel().await;
+    let mut through_a = FlagServiceClient::new(a_ch.clone());
+    let segment = |plans: &[&str]| pb::UpsertSegmentRequest {
+        key: "paying".into(),
+        constraints: vec![pb::Constraint {
+            attribute: "plan".into(),
+            operator: "in".into(),
+            values: plans.iter().map(|p| (*p).to_owned()).collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    through_a
+        .upsert_segment(support::admin(segment(&["pro"])))
+        .await
+        .expect("a segment through A");
+    through_a
+        .upsert_flag(support::admin(pb::UpsertFlagRequest {
+            key: "reports".into(),
+            enabled: Some(true),
+            rollout_percentage: Some(0),
+            targeting: Some(pb::FlagTargeting {
+                rules: vec![pb::TargetingRule {
+                    segments: vec!["paying".into()],
+                    serve: Some(pb::Serve {
+                        serve: Some(pb::serve::Serve::Variant("on".into())),
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+        .await
+        .expect("a flag through A");
+    let for_plan = |plan: &str| {
+        let mut map = serde_json::Map::new();
+        map.insert("plan".into(), serde_json::json!(plan));
+        pb::EvaluateFlagRequest {
+            key: "reports".into(),
+            context: Some(pb::EvaluationContext {
+                user_id: "u1".into(),
+                roles: Vec::new(),
+                attributes: Some(readyd::api::convert::to_pb_struct(&map)),
+            }),
+            explain: false,
+        }
+    };
+    let variant = |channel: Channel, plan: &'static str| async move {
+        FlagServiceClient::new(channel)
+            .evaluate_flag(for_plan(plan))
+            .await
+            .expect("evaluate")
+            .into_inner()
+            .variant
+    };
+    assert_eq!(variant(a_ch.clone(), "pro").await, "on");
+    assert_eq!(variant(a_ch.clone(), "team").await, "off");
+
+    // A follower started now gets the segment in its first snapshot.
+    let b = follower(&u.url(), "follower-b", dirs[2].path())
+        .start()
+        .await;
+    let b_ch = b.channel().await;
+    let segments = FlagServiceClient::new(b_ch.clone())
+        .list_segments(pb::ListSegmentsRequest {})
+        .await
+        .expect("list on B")
+        .into_inner()
+        .segments;
+    assert_eq!(segments.len(), 1);
+    assert_eq!(variant(b_ch.clone(), "pro").await, "on");
+
+    // A change through B reaches A.
+    let written = FlagServiceClient::new(b_ch.clone())
+        .upsert_segment(support::admin(segment(&["pro", "team"])))
+        .await
+        .expect("update through B")
+        .into_inner()
+        .segment
+        .expect("segment")
+        .version;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while version(&a_ch).await < written {
+        assert!(tokio::time::Instant::now() < deadline, "A never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(variant(a_ch, "team").await, "on");
+    assert_eq!(variant(b_ch, "team").await, "on");
+}

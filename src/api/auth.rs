@@ -102,6 +102,10 @@ const METHODS: &[(&str, Access)] = &[
     ("/readyd.v1.FlagService/UpsertFlag", Access::Admin),
     ("/readyd.v1.FlagService/DeleteFlag", Access::Admin),
     ("/readyd.v1.FlagService/ApplyFlags", Access::Admin),
+    ("/readyd.v1.FlagService/GetSegment", Access::Read),
+    ("/readyd.v1.FlagService/ListSegments", Access::Read),
+    ("/readyd.v1.FlagService/UpsertSegment", Access::Admin),
+    ("/readyd.v1.FlagService/DeleteSegment", Access::Admin),
     // Flags hold no secrets: whoever may read them may read their history.
     ("/readyd.v1.FlagService/ListFlagAudit", Access::Read),
     // Config reads show sensitive values to admins only (handlers decide

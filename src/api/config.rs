@@ -392,6 +392,7 @@ impl WatchKind for ConfigStream {
 
     fn part(
         &self,
+        _snapshot: &Snapshot,
         version: i64,
         entries: Vec<pb::ConfigEntry>,
         first: bool,

@@ -317,6 +317,11 @@ impl FlagdCore {
                                     vec![(flag.key().to_owned(), kind)]
                                 }
                                 Event::FlagDeleted { key, .. } => vec![(key.clone(), "delete")],
+                                // The flags that name the segment may answer
+                                // differently now.
+                                Event::SegmentChanged { flags, .. } => {
+                                    flags.iter().map(|key| (key.clone(), "update")).collect()
+                                }
                                 Event::Resync { .. } => resync(&state, &mut known, &mut told),
                                 Event::ConfigChanged { .. } | Event::Progress { .. } => Vec::new(),
                             }

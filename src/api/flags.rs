@@ -425,6 +425,88 @@ impl FlagService for FlagApi {
         ))
     }
 
+    async fn get_segment(
+        &self,
+        request: Request<pb::GetSegmentRequest>,
+    ) -> Result<Response<pb::Segment>, Status> {
+        let key = &request.get_ref().key;
+        checked_key(key)?;
+        let snapshot = self.state.snapshot();
+        let segment = snapshot.segment(key).ok_or_else(|| {
+            Status::not_found(format!(
+                "segment {:?} does not exist",
+                crate::echo::truncate(key)
+            ))
+        })?;
+        Ok(Response::new(segment.segment().into()))
+    }
+
+    async fn list_segments(
+        &self,
+        _request: Request<pb::ListSegmentsRequest>,
+    ) -> Result<Response<pb::ListSegmentsResponse>, Status> {
+        let snapshot = self.state.snapshot();
+        Ok(Response::new(pb::ListSegmentsResponse {
+            segments: snapshot
+                .segments_sorted()
+                .into_iter()
+                .map(|segment| segment.segment().into())
+                .collect(),
+        }))
+    }
+
+    async fn upsert_segment(
+        &self,
+        request: Request<pb::UpsertSegmentRequest>,
+    ) -> Result<Response<pb::UpsertSegmentResponse>, Status> {
+        let actor = crate::api::actor(&request)?;
+        let request = request.into_inner();
+        checked_version("expected_version", request.expected_version)?;
+        let constraints: Vec<_> = request
+            .constraints
+            .into_iter()
+            .map(crate::api::targeting::constraint)
+            .collect();
+        let (segment, created) = self
+            .store
+            .get()?
+            .upsert_segment(
+                &request.key,
+                &request.description,
+                &constraints,
+                request.expected_version,
+                &actor,
+            )
+            .await
+            .map_err(ApiError::from)?;
+        read_your_write(&self.state, segment.version).await;
+        Ok(written(
+            segment.version,
+            pb::UpsertSegmentResponse {
+                segment: Some((&segment).into()),
+                created,
+            },
+        ))
+    }
+
+    async fn delete_segment(
+        &self,
+        request: Request<pb::DeleteSegmentRequest>,
+    ) -> Result<Response<pb::DeleteSegmentResponse>, Status> {
+        let actor = crate::api::actor(&request)?;
+        let request = request.into_inner();
+        checked_key(&request.key)?;
+        checked_version("expected_version", request.expected_version)?;
+        let version = self
+            .store
+            .get()?
+            .delete_segment(&request.key, request.expected_version, &actor)
+            .await
+            .map_err(ApiError::from)?;
+        read_your_write(&self.state, version).await;
+        Ok(written(version, pb::DeleteSegmentResponse { version }))
+    }
+
     async fn list_flag_audit(
         &self,
         request: Request<pb::ListFlagAuditRequest>,
@@ -647,11 +729,21 @@ impl WatchKind for FlagStream {
 
     fn part(
         &self,
+        snapshot: &Snapshot,
         version: i64,
         flags: Vec<pb::Flag>,
         first: bool,
         last: bool,
     ) -> pb::WatchFlagsResponse {
+        let segments = if first {
+            snapshot
+                .segments_sorted()
+                .into_iter()
+                .map(|segment| pb::Segment::from(segment.segment()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         pb::WatchFlagsResponse {
             event: Some(pb::watch_flags_response::Event::Snapshot(
                 pb::FlagSnapshot {
@@ -659,6 +751,7 @@ impl WatchKind for FlagStream {
                     flags,
                     first,
                     last,
+                    segments,
                 },
             )),
         }
@@ -683,6 +776,20 @@ impl WatchKind for FlagStream {
             Event::FlagDeleted { version, key } if self.wanted(key) => Some(flag_change(
                 *version,
                 pb::flag_change::Change::DeletedKey(key.clone()),
+            )),
+            Event::SegmentChanged {
+                version,
+                key,
+                segment,
+                ..
+            } => Some(flag_change(
+                *version,
+                match segment {
+                    Some(segment) => {
+                        pb::flag_change::Change::SegmentUpserted(segment.segment().into())
+                    }
+                    None => pb::flag_change::Change::SegmentDeletedKey(key.clone()),
+                },
             )),
             _ => None,
         }

@@ -7,6 +7,7 @@ use crate::api::error::ApiError;
 use crate::api::invalid;
 use crate::api::pb::readyd::v1 as pb;
 use crate::flags::rules::{Rule, Serve, Split, Weight};
+use crate::flags::segment::Segment;
 use crate::flags::{Constraint, NamedVariant, Prerequisite, Step, Targeting};
 
 impl From<&Targeting> for pb::FlagTargeting {
@@ -27,6 +28,7 @@ impl From<&Targeting> for pb::FlagTargeting {
                 .map(|rule| pb::TargetingRule {
                     name: rule.name.clone(),
                     constraints: rule.constraints.iter().map(pb_constraint).collect(),
+                    segments: rule.segments.clone(),
                     serve: rule.serve.as_ref().map(pb_serve),
                 })
                 .collect(),
@@ -43,7 +45,32 @@ impl From<&Targeting> for pb::FlagTargeting {
     }
 }
 
-fn pb_constraint(constraint: &Constraint) -> pb::Constraint {
+/// A constraint as written.
+pub fn constraint(c: pb::Constraint) -> Constraint {
+    Constraint {
+        attribute: c.attribute,
+        operator: c.operator,
+        values: c.values,
+        inverted: c.inverted,
+        case_insensitive: c.case_insensitive,
+    }
+}
+
+impl From<&Segment> for pb::Segment {
+    fn from(segment: &Segment) -> Self {
+        pb::Segment {
+            key: segment.key.clone(),
+            description: segment.description.clone(),
+            constraints: segment.constraints.iter().map(pb_constraint).collect(),
+            version: segment.version,
+            updated_at: Some(crate::api::convert::to_timestamp(segment.updated_at)),
+            updated_by: segment.updated_by.clone(),
+        }
+    }
+}
+
+/// A constraint as the API shows it.
+pub fn pb_constraint(constraint: &Constraint) -> pb::Constraint {
     pb::Constraint {
         attribute: constraint.attribute.clone(),
         operator: constraint.operator.clone(),
@@ -118,18 +145,8 @@ impl TryFrom<pb::FlagTargeting> for Targeting {
                 .into_iter()
                 .map(|rule| Rule {
                     name: rule.name,
-                    constraints: rule
-                        .constraints
-                        .into_iter()
-                        .map(|c| Constraint {
-                            attribute: c.attribute,
-                            operator: c.operator,
-                            values: c.values,
-                            inverted: c.inverted,
-                            case_insensitive: c.case_insensitive,
-                        })
-                        .collect(),
-                    segments: Vec::new(),
+                    constraints: rule.constraints.into_iter().map(constraint).collect(),
+                    segments: rule.segments,
                     serve: rule.serve.and_then(serve),
                 })
                 .collect(),

@@ -44,8 +44,15 @@ pub trait WatchKind: Send + Sync + 'static {
     /// time as the stream sends them.
     fn items(&self, snapshot: Arc<Snapshot>) -> Box<dyn Iterator<Item = Self::Item> + Send>;
 
-    /// One part of a snapshot at `version`.
-    fn part(&self, version: i64, items: Vec<Self::Item>, first: bool, last: bool) -> Self::Message;
+    /// One part of `snapshot` (at `version`).
+    fn part(
+        &self,
+        snapshot: &Snapshot,
+        version: i64,
+        items: Vec<Self::Item>,
+        first: bool,
+        last: bool,
+    ) -> Self::Message;
 
     /// The message for one change, when this stream wants it.
     fn change(&self, event: &Event) -> Option<Self::Message>;
@@ -223,13 +230,13 @@ impl<K: WatchKind> Watcher<K> {
         let version = snapshot.version;
         self.last_version = version;
         self.started = true;
-        let mut items = self.kind.items(snapshot).peekable();
+        let mut items = self.kind.items(Arc::clone(&snapshot)).peekable();
         let mut first = true;
         loop {
             let room = self.tx.reserve().await.map_err(|_| Gone)?;
             let part = next_part(&mut items);
             let last = items.peek().is_none();
-            room.send(Ok(self.kind.part(version, part, first, last)));
+            room.send(Ok(self.kind.part(&snapshot, version, part, first, last)));
             if last {
                 return Ok(());
             }

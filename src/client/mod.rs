@@ -10,6 +10,7 @@ pub mod flags;
 pub mod flags_file;
 pub mod health;
 mod output;
+pub mod segments;
 
 use std::process::ExitCode;
 use std::time::Duration;

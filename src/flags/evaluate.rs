@@ -18,11 +18,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use super::bucket::bucket;
+use super::constraint::CompiledConstraint;
 use super::constraint::Surroundings;
 use super::explain::Step;
 use super::model::{Evaluation, EvaluationContext, Flag, Reason};
+use super::rules::SegmentLookup;
 use super::rules::{Served, decide};
-use super::targeting::{CompiledTargeting, MAX_PREREQUISITE_DEPTH, NoSegments, OFF, ON};
+use super::targeting::{CompiledTargeting, MAX_PREREQUISITE_DEPTH, OFF, ON};
 use super::validate::{FlagDraft, ValidationErrors};
 
 /// Index of the `on` variant.
@@ -69,13 +71,29 @@ impl PartialEq for CompiledFlag {
 /// colliding ones; foldhash is still seeded per process.
 type StringSet = HashSet<String, RandomState>;
 
-/// The other flags, for prerequisites.
+/// The other flags (for prerequisites) and the segments (for rules) an
+/// evaluation may read: the snapshot, in readyd.
 pub trait FlagLookup {
     /// Flag `key`, compiled, if it exists.
     fn compiled_flag(&self, key: &str) -> Option<&CompiledFlag>;
+
+    /// The compiled constraints of segment `key`, if it exists.
+    fn segment_constraints(&self, _key: &str) -> Option<&[CompiledConstraint]> {
+        None
+    }
 }
 
-/// No other flags: every prerequisite is unmet.
+/// The segments of a [`FlagLookup`], as rules look them up.
+struct SegmentsOf<'a>(&'a dyn FlagLookup);
+
+impl SegmentLookup for SegmentsOf<'_> {
+    fn constraints(&self, key: &str) -> Option<&[CompiledConstraint]> {
+        self.0.segment_constraints(key)
+    }
+}
+
+/// No other flags and no segments: every prerequisite is unmet, and a
+/// rule naming a segment matches nobody.
 pub struct NoFlags;
 
 impl FlagLookup for NoFlags {
@@ -365,7 +383,7 @@ fn run<'a>(
             targeting.default_serve.as_ref(),
             ctx,
             &around,
-            &NoSegments,
+            &SegmentsOf(flags),
             path.as_deref_mut(),
         ) {
             Some(Served::Matched { variant, .. }) => {

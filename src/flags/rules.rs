@@ -16,6 +16,7 @@ use super::constraint::{CompiledConstraint, Constraint, Surroundings};
 use super::explain::Step;
 use super::model::EvaluationContext;
 use super::split;
+use super::validate::is_valid_key;
 use crate::echo::truncate;
 
 /// Most rules one flag may have.
@@ -183,12 +184,10 @@ impl Serve {
 
 impl Rule {
     /// Checks and compiles rule number `number` (1-based, for messages).
-    pub fn compile(
-        &self,
-        number: usize,
-        variants: &[String],
-        segments: &dyn SegmentLookup,
-    ) -> Result<CompiledRule, RuleError> {
+    /// Segment keys are checked for form only: whether they exist is for
+    /// the writer to check against the database (a rule whose segment is
+    /// gone matches nobody).
+    pub fn compile(&self, number: usize, variants: &[String]) -> Result<CompiledRule, RuleError> {
         let what = if self.name.is_empty() {
             format!("rule {number}")
         } else {
@@ -216,13 +215,11 @@ impl Rule {
                     .map_err(|err| RuleError(format!("{what}, constraint {}: {err}", i + 1)))
             })
             .collect::<Result<Box<[_]>, _>>()?;
-        for segment in &self.segments {
-            if segments.constraints(segment).is_none() {
-                return Err(RuleError(format!(
-                    "{what}: segment {:?} does not exist",
-                    truncate(segment)
-                )));
-            }
+        if let Some(bad) = self.segments.iter().find(|s| !is_valid_key(s)) {
+            return Err(RuleError(format!(
+                "{what}: {:?} is not a valid segment key",
+                truncate(bad)
+            )));
         }
         let serve = self
             .serve
@@ -494,10 +491,7 @@ mod tests {
         let compiled: Vec<_> = rules
             .iter()
             .enumerate()
-            .map(|(i, rule)| {
-                rule.compile(i + 1, &variants(), &segments)
-                    .expect("compiles")
-            })
+            .map(|(i, rule)| rule.compile(i + 1, &variants()).expect("compiles"))
             .collect();
         let mut path = Vec::new();
         let served = decide(
@@ -575,7 +569,7 @@ mod tests {
             })),
             ..Rule::default()
         }
-        .compile(1, &variants(), &segments)
+        .compile(1, &variants())
         .expect("compiles");
         let default = Serve::Variant("off".into())
             .compile(&variants(), "default")
@@ -623,7 +617,7 @@ mod tests {
             serve: Some(Serve::Variant("on".into())),
             ..Rule::default()
         }
-        .compile(1, &variants(), &segments)
+        .compile(1, &variants())
         .expect("compiles");
         let inside = ctx(Some("u"), json!({"email": "a@example.com"}));
         let outside = ctx(Some("u"), json!({"email": "a@other.com"}));
@@ -662,7 +656,6 @@ mod tests {
 
     #[test]
     fn bad_rules_name_the_rule_and_constraint() {
-        let segments = Segments::default();
         let cases: Vec<(Rule, &str)> = vec![
             (
                 Rule {
@@ -683,11 +676,11 @@ mod tests {
             (Rule::default(), "rule 3: serves nothing"),
             (
                 Rule {
-                    segments: vec!["nope".into()],
+                    segments: vec!["No Segment".into()],
                     serve: Some(Serve::Variant("on".into())),
                     ..Rule::default()
                 },
-                "rule 3: segment \"nope\" does not exist",
+                "rule 3: \"No Segment\" is not a valid segment key",
             ),
             (
                 Rule {
@@ -723,9 +716,7 @@ mod tests {
             ),
         ];
         for (rule, expected) in cases {
-            let err = rule
-                .compile(3, &variants(), &segments)
-                .expect_err("refused");
+            let err = rule.compile(3, &variants()).expect_err("refused");
             assert!(err.0.contains(expected), "{err} lacks {expected:?}");
         }
     }
@@ -752,7 +743,7 @@ mod tests {
             let compiled: Vec<_> = rules
                 .iter()
                 .enumerate()
-                .map(|(i, rule)| rule.compile(i + 1, &variants(), &segments).expect("compiles"))
+                .map(|(i, rule)| rule.compile(i + 1, &variants()).expect("compiles"))
                 .collect();
             let served = decide(
                 "k",
@@ -784,7 +775,7 @@ mod tests {
                     serve: Some(rgb()),
                     ..Rule::default()
                 }
-                .compile(1, &variants(), &segments)
+                .compile(1, &variants())
                 .expect("compiles"),
             ];
             let default = Serve::Variant("off".into()).compile(&variants(), "default").expect("compiles");

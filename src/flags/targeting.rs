@@ -15,11 +15,8 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::constraint::CompiledConstraint;
 use super::model::ValueType;
-use super::rules::{
-    CompiledRule, CompiledServe, MAX_RULES, MAX_VARIANTS, Rule, SegmentLookup, Serve,
-};
+use super::rules::{CompiledRule, CompiledServe, MAX_RULES, MAX_VARIANTS, Rule, Serve};
 use super::validate::{
     MAX_VALUE_BYTES, ValidationError, contains_nul, is_valid_key, json_len, json_type_name,
     nul_error,
@@ -117,15 +114,6 @@ pub fn is_valid_variant_name(name: &str) -> bool {
     }
 }
 
-/// Segments as the flag sees them when none exist.
-pub struct NoSegments;
-
-impl SegmentLookup for NoSegments {
-    fn constraints(&self, _key: &str) -> Option<&[CompiledConstraint]> {
-        None
-    }
-}
-
 impl Targeting {
     /// Whether it says nothing today's model does not: such a flag is stored
     /// as a flag of today's model.
@@ -137,6 +125,18 @@ impl Targeting {
             && self.prerequisites.is_empty()
     }
 
+    /// The keys of the segments its rules name, each once.
+    pub fn named_segments(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .rules
+            .iter()
+            .flat_map(|rule| rule.segments.iter().cloned())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
     /// The keys of the flags it requires.
     pub fn required_flags(&self) -> impl Iterator<Item = &str> {
         self.prerequisites.iter().map(|p| p.flag.as_str())
@@ -144,11 +144,12 @@ impl Targeting {
 
     /// Checks and compiles it for flag `key` of type `value_type`; every
     /// problem, at most one per field, each naming the rule and constraint.
+    /// Whether named segments and prerequisite flags exist is the writer's
+    /// to check, against the database.
     pub fn compile(
         &self,
         key: &str,
         value_type: ValueType,
-        segments: &dyn SegmentLookup,
     ) -> Result<CompiledTargeting, Vec<ValidationError>> {
         let mut errors = Vec::new();
 
@@ -200,7 +201,7 @@ impl Targeting {
             ));
         } else {
             for (i, rule) in self.rules.iter().enumerate() {
-                match rule.compile(i + 1, &names, segments) {
+                match rule.compile(i + 1, &names) {
                     Ok(rule) => rules.push(rule),
                     Err(err) => {
                         errors.push(ValidationError::new("targeting.rules", err.0));
@@ -526,7 +527,7 @@ mod tests {
                 variants,
                 ..Targeting::default()
             }
-            .compile("f", ValueType::String, &NoSegments)
+            .compile("f", ValueType::String)
         };
         assert!(
             compile(vec![
@@ -554,15 +555,13 @@ mod tests {
             off_variant: "control".into(),
             ..Targeting::default()
         };
-        let compiled = targeting
-            .compile("f", ValueType::String, &NoSegments)
-            .expect("compiles");
+        let compiled = targeting.compile("f", ValueType::String).expect("compiles");
         assert_eq!(compiled.name(compiled.off_variant), "control");
         let bad = Targeting {
             off_variant: "nope".into(),
             ..Targeting::default()
         };
-        let errors = bad.compile("f", ValueType::Bool, &NoSegments).unwrap_err();
+        let errors = bad.compile("f", ValueType::Bool).unwrap_err();
         assert_eq!(errors[0].field, "targeting.off_variant");
     }
 
@@ -579,9 +578,7 @@ mod tests {
             ]
         }))
         .expect("json");
-        let errors = targeting
-            .compile("f", ValueType::Bool, &NoSegments)
-            .unwrap_err();
+        let errors = targeting.compile("f", ValueType::Bool).unwrap_err();
         assert_eq!(errors[0].field, "targeting.rules");
         assert!(
             errors[0]

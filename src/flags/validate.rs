@@ -17,7 +17,7 @@ use serde_json::Value;
 use std::sync::Arc;
 
 use super::model::{Flag, ValueType};
-use super::targeting::{CompiledTargeting, NoSegments, Targeting};
+use super::targeting::{CompiledTargeting, Targeting};
 
 /// Longest flag key, in bytes (all key bytes are ASCII).
 pub const MAX_KEY_LEN: usize = 128;
@@ -303,7 +303,7 @@ impl FlagDraft {
         let targeting_given = self.targeting.is_some();
         let targeting = self.targeting.filter(|t| !t.is_legacy());
         let compiled = match &targeting {
-            Some(targeting) => match targeting.compile(&self.key, value_type, &NoSegments) {
+            Some(targeting) => match targeting.compile(&self.key, value_type) {
                 Ok(compiled) => Some(Arc::new(compiled)),
                 Err(problems) => {
                     errors.extend(problems);
@@ -565,7 +565,7 @@ impl ValidFlagDraft {
         let Some(stored) = stored.filter(|t| !t.is_legacy()) else {
             return Ok(self);
         };
-        match stored.compile(&self.key, self.value_type, &NoSegments) {
+        match stored.compile(&self.key, self.value_type) {
             Ok(compiled) => {
                 self.targeting = Some(stored);
                 self.compiled = Some(Arc::new(compiled));

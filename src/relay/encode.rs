@@ -17,6 +17,7 @@ use prost::Message;
 use crate::api::pb::readyd::v1 as pb;
 use crate::config::ConfigRow;
 use crate::flags::Flag;
+use crate::flags::segment::Segment;
 use crate::state::{Event, Snapshot};
 
 /// Snapshot messages are cut at about this size: small, since a transport
@@ -132,13 +133,25 @@ fn config_json(row: &ConfigRow) -> String {
     serde_json::to_string(row).unwrap_or_default()
 }
 
+fn segment_json(segment: &Segment) -> String {
+    serde_json::to_string(segment).unwrap_or_default()
+}
+
 /// Every flag, and the configuration rows of `environments` and `*`, in
 /// parts of about [`PART_BYTES`] (at least one, even when empty).
 fn snapshot_parts(snapshot: &Snapshot, environments: &BTreeSet<String>) -> Vec<Bytes> {
     let flags = snapshot.flags_sorted();
-    let rows = flags
-        .iter()
-        .map(|flag| pb::replica_row::Row::FlagJson(flag_json(flag.flag())))
+    // Segments first, so a follower never holds a rule whose segment has
+    // not arrived yet.
+    let rows = snapshot
+        .segments_sorted()
+        .into_iter()
+        .map(|segment| pb::replica_row::Row::SegmentJson(segment_json(segment.segment())))
+        .chain(
+            flags
+                .iter()
+                .map(|flag| pb::replica_row::Row::FlagJson(flag_json(flag.flag()))),
+        )
         .chain(
             snapshot
                 .configs
@@ -214,6 +227,15 @@ fn encode_event(event: &Event) -> EncodedEvent {
             };
             (change(message), Some(environment.clone()))
         }
+        Event::SegmentChanged { key, segment, .. } => (
+            change(match segment {
+                Some(segment) => {
+                    pb::replica_change::Change::SegmentUpsertedJson(segment_json(segment.segment()))
+                }
+                None => pb::replica_change::Change::SegmentDeleted(key.clone()),
+            }),
+            None,
+        ),
         // A resync is sent as a snapshot, never through here.
         Event::Resync { .. } | Event::Progress { .. } => (None, None),
     };
@@ -303,6 +325,9 @@ mod tests {
                     pb::replica_row::Row::ConfigJson(json) => {
                         let row: ConfigRow = serde_json::from_str(&json).expect("a row");
                         configs.push((row.key, row.environment));
+                    }
+                    pb::replica_row::Row::SegmentJson(json) => {
+                        panic!("no segments in these snapshots: {json}")
                     }
                 }
             }

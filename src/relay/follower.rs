@@ -29,8 +29,18 @@ use crate::api::pb::readyd::v1::replication_service_client::ReplicationServiceCl
 use crate::client::channel::RetryingChannel;
 use crate::config::ConfigRow;
 use crate::flags::Flag;
+use crate::flags::segment::Segment;
 use crate::settings::Secret;
 use crate::state::{Snapshot, State};
+
+/// The parts of a snapshot received so far.
+#[derive(Debug, Default)]
+struct PartialSnapshot {
+    version: i64,
+    flags: Vec<Flag>,
+    configs: Vec<ConfigRow>,
+    segments: Vec<Segment>,
+}
 
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -112,7 +122,7 @@ struct Progress {
     /// The upstream's data is stale, by this much.
     upstream_stale_for: Option<Duration>,
     /// Rows of a snapshot being received, and its version.
-    partial: Option<(i64, Vec<Flag>, Vec<ConfigRow>)>,
+    partial: Option<PartialSnapshot>,
 }
 
 impl Follower {
@@ -328,34 +338,44 @@ impl Follower {
                 });
             }
             Some(Event::Snapshot(part)) => {
-                let (version, flags, configs) = match progress.partial.take() {
+                let mut partial = match progress.partial.take() {
                     Some(partial) if !part.first => partial,
-                    _ if part.first => (part.version, Vec::new(), Vec::new()),
+                    _ if part.first => PartialSnapshot {
+                        version: part.version,
+                        ..PartialSnapshot::default()
+                    },
                     _ => {
                         return Err(FollowError::Protocol(
                             "a snapshot part without its first part".into(),
                         ));
                     }
                 };
-                if version != part.version {
+                if partial.version != part.version {
                     return Err(FollowError::Protocol(
                         "snapshot parts of different versions".into(),
                     ));
                 }
-                let (mut flags, mut configs) = (flags, configs);
                 for row in part.rows {
                     match row.row {
-                        Some(pb::replica_row::Row::FlagJson(json)) => flags.push(decode(&json)?),
+                        Some(pb::replica_row::Row::FlagJson(json)) => {
+                            partial.flags.push(decode(&json)?)
+                        }
                         Some(pb::replica_row::Row::ConfigJson(json)) => {
-                            configs.push(decode(&json)?)
+                            partial.configs.push(decode(&json)?)
+                        }
+                        Some(pb::replica_row::Row::SegmentJson(json)) => {
+                            partial.segments.push(decode(&json)?)
                         }
                         None => return Err(FollowError::Protocol("an empty row".into())),
                     }
                 }
                 if part.last {
-                    return Ok(Some(Snapshot::from_rows(version, flags, configs)));
+                    return Ok(Some(
+                        Snapshot::from_rows(partial.version, partial.flags, partial.configs)
+                            .with_segments(partial.segments),
+                    ));
                 }
-                progress.partial = Some((version, flags, configs));
+                progress.partial = Some(partial);
             }
             Some(Event::Change(_) | Event::Progress(_)) if progress.target.is_none() => {
                 return Err(FollowError::Protocol("a change before the hello".into()));
@@ -411,6 +431,14 @@ impl Follower {
                             None,
                             &self.environment,
                         );
+                    }
+                    Some(pb::replica_change::Change::SegmentUpsertedJson(json)) => {
+                        let segment: Segment = decode(&json)?;
+                        let key = segment.key.clone();
+                        state.segment_changed(version, &key, Some(segment));
+                    }
+                    Some(pb::replica_change::Change::SegmentDeleted(key)) => {
+                        state.segment_changed(version, &key, None);
                     }
                     None => return Err(FollowError::Protocol("a change without a change".into())),
                 }

@@ -37,6 +37,8 @@ const LOCAL: &[&str] = &[
     "/readyd.v1.FlagService/EvaluateFlag",
     "/readyd.v1.FlagService/EvaluateFlags",
     "/readyd.v1.FlagService/WatchFlags",
+    "/readyd.v1.FlagService/GetSegment",
+    "/readyd.v1.FlagService/ListSegments",
     "/readyd.v1.ConfigService/GetConfig",
     "/readyd.v1.ConfigService/ListConfigs",
     "/readyd.v1.ConfigService/GetMaintenanceMode",

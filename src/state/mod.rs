@@ -18,6 +18,7 @@ use metrics::gauge;
 use tokio::sync::{broadcast, watch};
 
 use crate::config::{ConfigRow, resolve};
+use crate::flags::segment::{CompiledSegment, Segment};
 use crate::flags::{CompiledFlag, Flag};
 use crate::telemetry::{SNAPSHOT_CONFIGS, SNAPSHOT_FLAGS, SNAPSHOT_LAST_CHANGE, SNAPSHOT_VERSION};
 pub use freshness::Freshness;
@@ -66,6 +67,17 @@ pub enum Event {
         /// environment, or one hidden by this environment's own row, does not).
         resolved_changed: bool,
     },
+    /// A segment was written or deleted.
+    SegmentChanged {
+        /// Version of the change.
+        version: i64,
+        /// The segment's key.
+        key: String,
+        /// The segment as it is now; `None`: deleted.
+        segment: Option<Arc<CompiledSegment>>,
+        /// The flags whose rules name it: their answers may have changed.
+        flags: Arc<[String]>,
+    },
     /// The snapshot was replaced whole (a full reload): subscribers send a
     /// fresh snapshot if its version differs from what they sent.
     Resync {
@@ -89,6 +101,7 @@ impl Event {
             Event::FlagUpserted { version, .. }
             | Event::FlagDeleted { version, .. }
             | Event::ConfigChanged { version, .. }
+            | Event::SegmentChanged { version, .. }
             | Event::Resync { version }
             | Event::Progress { version } => *version,
         }
@@ -237,6 +250,32 @@ impl State {
             ),
             None => self.advance(version),
         }
+    }
+
+    /// Segment `key` changed at `version`: `Some` as it is now, `None`
+    /// deleted. An invalid segment row is left out, as a flag row is.
+    pub fn segment_changed(&self, version: i64, key: &str, segment: Option<Segment>) {
+        let current = self.snapshot();
+        if version <= current.version {
+            return;
+        }
+        let existed = current.segment(key).is_some();
+        let snapshot = current.with_segment(version, key, segment);
+        let segment = snapshot.segment(key).cloned();
+        if segment.is_none() && !existed {
+            self.publish(snapshot, Event::Progress { version });
+            return;
+        }
+        let flags = snapshot.flags_using_segment(key).into();
+        self.publish(
+            snapshot,
+            Event::SegmentChanged {
+                version,
+                key: key.to_owned(),
+                segment,
+                flags,
+            },
+        );
     }
 
     /// Configuration row (`key`, `environment`) changed at `version`: `Some`

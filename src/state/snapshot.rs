@@ -7,12 +7,16 @@ use std::sync::{Arc, OnceLock};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigRow, ConfigRows};
-use crate::flags::{CompiledFlag, Flag, FlagLookup};
+use crate::flags::segment::{CompiledSegment, Segment};
+use crate::flags::{CompiledConstraint, CompiledFlag, Flag, FlagLookup};
 
 /// Flags by key. Hashed with foldhash rather than SipHash: a look-up is on
 /// every evaluation, and clients can only look keys up, never insert them,
 /// so SipHash's flooding protection buys nothing here.
 pub type FlagMap = HashMap<String, Arc<CompiledFlag>, foldhash::fast::RandomState>;
+
+/// Segments by key.
+pub type SegmentMap = HashMap<String, Arc<CompiledSegment>, foldhash::fast::RandomState>;
 
 /// Every flag and configuration row at one version. Readers hold an `Arc` to it; a change builds
 /// a new snapshot and swaps it in whole, so no reader sees half a change.
@@ -26,6 +30,9 @@ pub struct Snapshot {
     pub flags: Arc<FlagMap>,
     /// Configuration rows of every environment, by (key, environment).
     pub configs: Arc<ConfigRows>,
+    /// Segments by key, compiled for the rules that name them.
+    #[serde(skip)]
+    pub segments: Arc<SegmentMap>,
     /// The flags ordered by key, made once when first asked for and shared
     /// by every stream that sends this snapshot.
     #[serde(skip)]
@@ -55,17 +62,83 @@ impl Snapshot {
             version,
             flags: Arc::new(flags),
             configs: Arc::new(configs),
+            segments: Arc::default(),
             sorted_flags: OnceLock::new(),
         }
     }
 
-    /// A snapshot of `flags` and `configs` as they are.
-    pub fn new(version: i64, flags: Arc<FlagMap>, configs: Arc<ConfigRows>) -> Snapshot {
+    /// This snapshot with `segments` (rows as read from the database; an
+    /// invalid one is left out with a warning, as a flag row is).
+    #[must_use]
+    pub fn with_segments(mut self, segments: Vec<Segment>) -> Snapshot {
+        self.segments = Arc::new(
+            segments
+                .into_iter()
+                .filter_map(|segment| {
+                    compiled_segment(segment).map(|s| (s.segment().key.clone(), Arc::new(s)))
+                })
+                .collect(),
+        );
+        self
+    }
+
+    /// A snapshot at `version` with these flags and rows and this
+    /// snapshot's segments.
+    fn derived(&self, version: i64, flags: Arc<FlagMap>, configs: Arc<ConfigRows>) -> Snapshot {
         Snapshot {
             version,
             flags,
             configs,
+            segments: Arc::clone(&self.segments),
             sorted_flags: OnceLock::new(),
+        }
+    }
+
+    /// One segment by key.
+    pub fn segment(&self, key: &str) -> Option<&Arc<CompiledSegment>> {
+        self.segments.get(key)
+    }
+
+    /// Every segment, ordered by key.
+    pub fn segments_sorted(&self) -> Vec<&Arc<CompiledSegment>> {
+        let mut segments: Vec<_> = self.segments.values().collect();
+        segments.sort_unstable_by(|a, b| a.segment().key.cmp(&b.segment().key));
+        segments
+    }
+
+    /// The keys of the flags whose rules name segment `key`, ordered.
+    pub fn flags_using_segment(&self, key: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .flags
+            .values()
+            .filter(|flag| {
+                flag.flag().targeting.as_ref().is_some_and(|t| {
+                    t.rules
+                        .iter()
+                        .any(|rule| rule.segments.iter().any(|s| s == key))
+                })
+            })
+            .map(|flag| flag.key().to_owned())
+            .collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// This snapshot with one segment changed: `Some` upserts it, `None`
+    /// deletes `key`. An invalid segment row is treated like a deleted one.
+    pub fn with_segment(&self, version: i64, key: &str, segment: Option<Segment>) -> Snapshot {
+        let mut segments = SegmentMap::clone(&self.segments);
+        match segment.and_then(compiled_segment) {
+            Some(segment) => {
+                segments.insert(segment.segment().key.clone(), Arc::new(segment));
+            }
+            None => {
+                segments.remove(key);
+            }
+        }
+        Snapshot {
+            segments: Arc::new(segments),
+            ..self.derived(version, Arc::clone(&self.flags), Arc::clone(&self.configs))
         }
     }
 
@@ -98,7 +171,7 @@ impl Snapshot {
     pub fn at_version(&self, version: i64) -> Snapshot {
         Snapshot {
             sorted_flags: self.sorted_flags.clone(),
-            ..Snapshot::new(version, Arc::clone(&self.flags), Arc::clone(&self.configs))
+            ..self.derived(version, Arc::clone(&self.flags), Arc::clone(&self.configs))
         }
     }
 
@@ -119,7 +192,7 @@ impl Snapshot {
                 flags.remove(key);
             }
         }
-        Snapshot::new(version, Arc::new(flags), Arc::clone(&self.configs))
+        self.derived(version, Arc::new(flags), Arc::clone(&self.configs))
     }
 
     /// This snapshot with one configuration row changed: `Some` upserts
@@ -139,7 +212,7 @@ impl Snapshot {
         };
         Snapshot {
             sorted_flags: self.sorted_flags.clone(),
-            ..Snapshot::new(version, Arc::clone(&self.flags), Arc::new(configs))
+            ..self.derived(version, Arc::clone(&self.flags), Arc::new(configs))
         }
     }
 }
@@ -150,8 +223,25 @@ fn compiled(flag: Flag) -> Result<CompiledFlag, (String, String)> {
     CompiledFlag::new(flag).map_err(|errors| (key, errors.to_string()))
 }
 
+/// A stored segment, checked and compiled; `None` (logged) when invalid.
+fn compiled_segment(segment: Segment) -> Option<CompiledSegment> {
+    let key = segment.key.clone();
+    match CompiledSegment::new(segment) {
+        Ok(segment) => Some(segment),
+        Err(errors) => {
+            let problems: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            tracing::warn!(segment = %key, problem = %problems.join("; "), "segment row is invalid; it is left out of the snapshot");
+            None
+        }
+    }
+}
+
 impl FlagLookup for Snapshot {
     fn compiled_flag(&self, key: &str) -> Option<&CompiledFlag> {
         self.flags.get(key).map(|flag| &**flag)
+    }
+
+    fn segment_constraints(&self, key: &str) -> Option<&[CompiledConstraint]> {
+        self.segments.get(key).map(|segment| segment.constraints())
     }
 }

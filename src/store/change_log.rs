@@ -41,6 +41,8 @@ pub enum ChangedRow {
     Flag(Flag),
     /// A configuration row.
     Config(ConfigRow),
+    /// A segment.
+    Segment(crate::flags::segment::Segment),
     /// A row that does not decode (bad data written by plain SQL): to a
     /// reader it is gone, as a full load would leave it out.
     Unreadable,
@@ -146,6 +148,15 @@ fn decoded(table: &str, row: serde_json::Value) -> Option<ChangedRow> {
             }
         })),
         "app_config" => Some(decode(row, ChangedRow::Config)),
+        "flag_segments" => Some(decode(row, |row: super::segments::SegmentRow| {
+            match row.into_segment() {
+                Ok(segment) => ChangedRow::Segment(segment),
+                Err(problem) => {
+                    tracing::warn!(%problem, "a changed segment row is invalid; it is left out");
+                    ChangedRow::Unreadable
+                }
+            }
+        })),
         _ => None,
     }
 }

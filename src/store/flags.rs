@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::config::AuditQuery;
+use super::segments::missing_segments;
 use super::{Store, StoreError, begin_change, deletion_version};
 use std::collections::HashMap;
 
@@ -338,6 +339,23 @@ async fn write_flag(
         _ => None,
     };
     let draft = draft.clone().keeping(kept).map_err(StoreError::Invalid)?;
+    if let Some(targeting) = draft.targeting() {
+        let missing = missing_segments(&mut *tx, &targeting.named_segments()).await?;
+        if !missing.is_empty() {
+            return Err(StoreError::Invalid(ValidationErrors::single(
+                crate::flags::ValidationError::new(
+                    "targeting.rules",
+                    format!(
+                        "segment{} {} {} not exist; create {} first",
+                        if missing.len() == 1 { "" } else { "s" },
+                        missing.join(", "),
+                        if missing.len() == 1 { "does" } else { "do" },
+                        if missing.len() == 1 { "it" } else { "them" },
+                    ),
+                ),
+            )));
+        }
+    }
     if let Some(targeting) = draft.targeting()
         && !targeting.prerequisites.is_empty()
     {

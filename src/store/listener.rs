@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::change_log::{ChangedRow, LoggedChange};
 use super::flags::decode_rows;
+use super::segments::decode_segments;
 use super::{CHANGE_CHANNEL, CHANGE_LOCK_KEY, Store, StoreError};
 use crate::state::{Snapshot, State};
 
@@ -48,9 +49,11 @@ impl Store {
                 .await?;
         let flags = self.flag_rows(&mut *tx).await?;
         let configs = self.config_rows(&mut *tx).await?;
+        let segments = self.segment_rows(&mut *tx).await?;
         tx.commit().await?;
         let version = if is_called { last_value } else { 0 };
-        Ok(Snapshot::from_rows(version, decode_rows(flags), configs))
+        Ok(Snapshot::from_rows(version, decode_rows(flags), configs)
+            .with_segments(decode_segments(segments)))
     }
 }
 
@@ -323,6 +326,18 @@ impl ChangeListener {
             }
             ("feature_flags", "delete", Some(key)) => {
                 state.flag_changed(version, &key, None);
+                None
+            }
+            ("flag_segments", op, Some(key)) => {
+                let segment = match (op, change.row) {
+                    ("insert" | "update", Some(ChangedRow::Segment(segment)))
+                        if segment.version == version =>
+                    {
+                        Some(segment)
+                    }
+                    _ => None,
+                };
+                state.segment_changed(version, &key, segment);
                 None
             }
             ("app_config", op, Some(key)) => {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod deployments;
 pub mod flags;
 pub mod listener;
+pub mod segments;
 pub mod system_health;
 
 use std::time::Duration;
@@ -128,11 +129,13 @@ async fn set_actor(tx: &mut sqlx::PgConnection, actor: &str) -> Result<(), Store
 }
 
 /// Tables readyd cannot run without.
-pub const REQUIRED_TABLES: [&str; 6] = [
+pub const REQUIRED_TABLES: [&str; 8] = [
     "app_config",
     "config_audit",
     "feature_flags",
     "flag_audit",
+    "flag_segments",
+    "segment_audit",
     "deployment_history",
     "system_health",
 ];
