@@ -54,6 +54,19 @@ async fn export_then_apply_round_trips_and_a_stale_file_changes_nothing() {
             .expect("seed");
     }
     client
+        .upsert_segment(admin(pb::UpsertSegmentRequest {
+            key: "paying".into(),
+            constraints: vec![pb::Constraint {
+                attribute: "plan".into(),
+                operator: "in".into(),
+                values: vec!["pro".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }))
+        .await
+        .expect("seed a segment");
+    client
         .upsert_flag(admin(pb::UpsertFlagRequest {
             key: "checkout.v2".into(),
             value_type: pb::FlagValueType::String.into(),
@@ -65,6 +78,13 @@ async fn export_then_apply_round_trips_and_a_stale_file_changes_nothing() {
                     value: Some(readyd::api::convert::to_pb_value(&json!("blue"))),
                 }],
                 off_variant: "blue".into(),
+                rules: vec![pb::TargetingRule {
+                    segments: vec!["paying".into()],
+                    serve: Some(pb::Serve {
+                        serve: Some(pb::serve::Serve::Variant("blue".into())),
+                    }),
+                    ..Default::default()
+                }],
                 ..Default::default()
             }),
             ..Default::default()
@@ -93,12 +113,14 @@ async fn export_then_apply_round_trips_and_a_stale_file_changes_nothing() {
         "blue"
     );
 
+    assert_eq!(exported["segments"][0]["key"], "paying");
+
     // Applying what was exported changes nothing.
     let before = versions(&db).await;
     let apply = readyd(&server, &["flags", "apply", "-f", file]).await;
     assert!(apply.status.success(), "{}", stderr(&apply));
     assert!(
-        stderr(&apply).contains(&format!("0 to write, {count} unchanged")),
+        stderr(&apply).contains(&format!("0 to write, {} unchanged", count + 1)),
         "{}",
         stderr(&apply)
     );
@@ -120,6 +142,7 @@ async fn export_then_apply_round_trips_and_a_stale_file_changes_nothing() {
     // An edit: the dry run shows it and writes nothing; the apply writes it.
     let mut edited = exported.clone();
     edited["flags"][at("alpha")]["rollout_percentage"] = json!(75);
+    edited["segments"][0]["constraints"][0]["values"] = json!(["pro", "team"]);
     edited["flags"]
         .as_array_mut()
         .expect("flags")
@@ -133,6 +156,11 @@ async fn export_then_apply_round_trips_and_a_stale_file_changes_nothing() {
         stderr(&dry)
     );
     assert!(stderr(&dry).contains("+ gamma (new)"), "{}", stderr(&dry));
+    assert!(
+        stderr(&dry).contains("~ segment paying: constraints"),
+        "{}",
+        stderr(&dry)
+    );
     assert_eq!(versions(&db).await, before);
     let apply = readyd(&server, &["flags", "apply", "-f", file]).await;
     assert!(apply.status.success(), "{}", stderr(&apply));
@@ -146,6 +174,13 @@ async fn export_then_apply_round_trips_and_a_stale_file_changes_nothing() {
     assert!(version_of(&after, "alpha") > version_of(&before, "alpha"));
     assert_eq!(version_of(&after, "beta"), version_of(&before, "beta"));
     assert!(version_of(&after, "gamma").is_some());
+    let values: Value = sqlx::query_scalar(
+        "SELECT constraints -> 0 -> 'values' FROM flag_segments WHERE key = 'paying'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("the segment");
+    assert_eq!(values, json!(["pro", "team"]));
 
     // The same file again: alpha is now newer than the file says. Nothing
     // at all is applied, not even the flag that would be fine.
@@ -176,6 +211,7 @@ async fn apply_flags_writes_all_or_nothing() {
 
     let applied = client
         .apply_flags(admin(pb::ApplyFlagsRequest {
+            segments: Vec::new(),
             flags: vec![write("one", Some(0)), write("two", None)],
         }))
         .await
@@ -188,6 +224,7 @@ async fn apply_flags_writes_all_or_nothing() {
     // A stale second write: the first is not kept either.
     let status = client
         .apply_flags(admin(pb::ApplyFlagsRequest {
+            segments: Vec::new(),
             flags: vec![write("three", Some(0)), write("one", Some(0))],
         }))
         .await
@@ -198,6 +235,7 @@ async fn apply_flags_writes_all_or_nothing() {
     // Bad input names the write it is in; a key twice is refused.
     let status = client
         .apply_flags(admin(pb::ApplyFlagsRequest {
+            segments: Vec::new(),
             flags: vec![
                 write("four", None),
                 pb::UpsertFlagRequest {
@@ -217,6 +255,7 @@ async fn apply_flags_writes_all_or_nothing() {
     );
     let status = client
         .apply_flags(admin(pb::ApplyFlagsRequest {
+            segments: Vec::new(),
             flags: vec![write("six", None), write("six", None)],
         }))
         .await
@@ -227,6 +266,7 @@ async fn apply_flags_writes_all_or_nothing() {
     // Without the admin token: refused.
     let status = client
         .apply_flags(pb::ApplyFlagsRequest {
+            segments: Vec::new(),
             flags: vec![write("seven", None)],
         })
         .await

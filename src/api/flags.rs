@@ -26,6 +26,7 @@ use crate::flags::{
 use crate::paging::{fill_page, key_page_size, key_position, key_token, next_page_token};
 use crate::state::{Event, Snapshot, State};
 use crate::store::flags::FlagAuditRow;
+use crate::store::segments::SegmentDraft;
 use crate::telemetry::{EvaluationCounters, Tally};
 
 /// The FlagService handlers.
@@ -245,6 +246,32 @@ fn in_write(i: usize, key: &str, status: Status) -> Status {
     )
 }
 
+/// `status` about segment write `i` (key `key`) of an `ApplyFlags` call.
+fn in_segment_write(i: usize, key: &str, status: Status) -> Status {
+    Status::new(
+        status.code(),
+        format!(
+            "segments[{i}] ({:?}): {}",
+            crate::echo::truncate(key),
+            status.message()
+        ),
+    )
+}
+
+/// A segment write as the store takes it.
+fn segment_draft(request: pb::UpsertSegmentRequest) -> SegmentDraft {
+    SegmentDraft {
+        key: request.key,
+        description: request.description,
+        constraints: request
+            .constraints
+            .into_iter()
+            .map(crate::api::targeting::constraint)
+            .collect(),
+        expected_version: request.expected_version,
+    }
+}
+
 /// One audit row as the API shows it.
 fn audit_entry(row: &FlagAuditRow) -> pb::FlagAuditEntry {
     let action = match row.action.as_str() {
@@ -381,15 +408,31 @@ impl FlagService for FlagApi {
     ) -> Result<Response<pb::ApplyFlagsResponse>, Status> {
         let actor = crate::api::actor(&request)?;
         let request = request.into_inner();
-        if request.flags.len() > MAX_APPLY_FLAGS {
-            return Err(invalid(
-                "flags",
-                format!(
-                    "{} flags in one call; at most {MAX_APPLY_FLAGS}",
-                    request.flags.len()
-                ),
-            )
-            .into());
+        for (field, count) in [
+            ("flags", request.flags.len()),
+            ("segments", request.segments.len()),
+        ] {
+            if count > MAX_APPLY_FLAGS {
+                return Err(invalid(
+                    field,
+                    format!("{count} {field} in one call; at most {MAX_APPLY_FLAGS}"),
+                )
+                .into());
+            }
+        }
+        let mut segment_keys = HashSet::new();
+        let mut segments = Vec::with_capacity(request.segments.len());
+        for (i, segment) in request.segments.into_iter().enumerate() {
+            if !segment_keys.insert(segment.key.clone()) {
+                return Err(in_segment_write(
+                    i,
+                    &segment.key,
+                    invalid("key", "is written twice").into(),
+                ));
+            }
+            checked_version("expected_version", segment.expected_version)
+                .map_err(|err| in_segment_write(i, &segment.key, err.into()))?;
+            segments.push(segment_draft(segment));
         }
         let mut keys = HashSet::new();
         let mut drafts = Vec::with_capacity(request.flags.len());
@@ -406,13 +449,18 @@ impl FlagService for FlagApi {
                 .map_err(|err| in_write(i, &key, err.into()))?;
             drafts.push((draft, expected_version));
         }
-        let upserted = self
+        let (segments, upserted) = self
             .store
             .get()?
-            .apply_flags(&drafts, &actor)
+            .apply_flags(&segments, &drafts, &actor)
             .await
             .map_err(ApiError::from)?;
-        let version = upserted.iter().map(|u| u.flag.version).max().unwrap_or(0);
+        let version = upserted
+            .iter()
+            .map(|u| u.flag.version)
+            .chain(segments.iter().map(|s| s.version))
+            .max()
+            .unwrap_or(0);
         if version > 0 {
             read_your_write(&self.state, version).await;
         }
@@ -421,6 +469,7 @@ impl FlagService for FlagApi {
             pb::ApplyFlagsResponse {
                 flags: upserted.iter().map(|u| pb::Flag::from(&u.flag)).collect(),
                 version,
+                segments: segments.iter().map(pb::Segment::from).collect(),
             },
         ))
     }
@@ -462,21 +511,10 @@ impl FlagService for FlagApi {
         let actor = crate::api::actor(&request)?;
         let request = request.into_inner();
         checked_version("expected_version", request.expected_version)?;
-        let constraints: Vec<_> = request
-            .constraints
-            .into_iter()
-            .map(crate::api::targeting::constraint)
-            .collect();
         let (segment, created) = self
             .store
             .get()?
-            .upsert_segment(
-                &request.key,
-                &request.description,
-                &constraints,
-                request.expected_version,
-                &actor,
-            )
+            .upsert_segment(&segment_draft(request), &actor)
             .await
             .map_err(ApiError::from)?;
         read_your_write(&self.state, segment.version).await;

@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 
-use super::flags_file::{FileFlag, FileFormat, FlagsFile, Step, plan};
+use super::flags_file::{FileFlag, FileFormat, FileSegment, FlagsFile, Step, plan};
 use super::output::{self, cell, fields, table};
 use super::{Client, ClientArgs, ClientError, json_arg};
 use crate::api::convert::{to_pb_struct, to_pb_value};
@@ -386,7 +386,13 @@ pub async fn run(args: FlagsArgs) -> Result<(), ClientError> {
             let format = FileFormat::choose(format.as_deref(), file.as_deref())
                 .map_err(ClientError::Usage)?;
             let all = all_flags(&mut flags, &client, &prefix).await?;
+            let segments = flags
+                .list_segments(client.request(pb::ListSegmentsRequest {})?)
+                .await?
+                .into_inner()
+                .segments;
             let document = FlagsFile {
+                segments: segments.iter().map(FileSegment::from_pb).collect(),
                 flags: all.iter().map(FileFlag::from_pb).collect(),
             };
             let text = format.write(&document).map_err(ClientError::Usage)?;
@@ -413,7 +419,13 @@ pub async fn run(args: FlagsArgs) -> Result<(), ClientError> {
                     ))
                 })?;
             let server = all_flags(&mut flags, &client, "").await?;
-            let (steps, writes) = plan(&document, &server).map_err(ClientError::Usage)?;
+            let server_segments = flags
+                .list_segments(client.request(pb::ListSegmentsRequest {})?)
+                .await?
+                .into_inner()
+                .segments;
+            let (steps, writes) =
+                plan(&document, &server_segments, &server).map_err(ClientError::Usage)?;
             let stale = steps.iter().any(|s| matches!(s, Step::Stale { .. }));
             for step in &steps {
                 if !matches!(step, Step::Unchanged { .. }) {
@@ -440,7 +452,10 @@ pub async fn run(args: FlagsArgs) -> Result<(), ClientError> {
             }
             let count = writes.len();
             let answer = flags
-                .apply_flags(client.request(pb::ApplyFlagsRequest { flags: writes })?)
+                .apply_flags(client.request(pb::ApplyFlagsRequest {
+                    flags: writes.flags,
+                    segments: writes.segments,
+                })?)
                 .await?
                 .into_inner();
             client.print(

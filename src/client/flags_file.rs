@@ -12,16 +12,78 @@ use serde_json::Value;
 
 use crate::api::convert::{from_pb_value, to_pb_value};
 use crate::api::pb::readyd::v1 as pb;
-use crate::flags::Targeting;
 use crate::flags::targeting::reshuffle_warnings;
+use crate::flags::{Constraint, Targeting};
 
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlagsFile {
+    /// The segments, by key (written before the flags).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<FileSegment>,
     /// The flags, by key.
     #[serde(default)]
     pub flags: Vec<FileFlag>,
+}
+
+/// One segment in the file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSegment {
+    /// The key.
+    pub key: String,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// All must hold.
+    pub constraints: Vec<Constraint>,
+    /// The version it was exported at (absent: no check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+}
+
+impl FileSegment {
+    /// The segment as the server holds it.
+    pub fn from_pb(segment: &pb::Segment) -> Self {
+        FileSegment {
+            key: segment.key.clone(),
+            description: segment.description.clone(),
+            constraints: segment
+                .constraints
+                .iter()
+                .cloned()
+                .map(crate::api::targeting::constraint)
+                .collect(),
+            version: Some(segment.version),
+        }
+    }
+
+    /// The write that makes the server hold it, at `expected_version`.
+    fn to_request(&self, expected_version: i64) -> pb::UpsertSegmentRequest {
+        pb::UpsertSegmentRequest {
+            key: self.key.clone(),
+            description: self.description.clone(),
+            constraints: self
+                .constraints
+                .iter()
+                .map(crate::api::targeting::pb_constraint)
+                .collect(),
+            expected_version: Some(expected_version),
+        }
+    }
+
+    /// The fields that differ from `other`, version aside.
+    fn differences(&self, other: &FileSegment) -> Vec<&'static str> {
+        let mut fields = Vec::new();
+        if self.description != other.description {
+            fields.push("description");
+        }
+        if self.constraints != other.constraints {
+            fields.push("constraints");
+        }
+        fields
+    }
 }
 
 /// One flag in the file.
@@ -252,16 +314,78 @@ pub enum Step {
     },
 }
 
-/// The plan for `file` against the server's flags: one step per flag of
-/// the file, and the writes (with the version each expects) when nothing
-/// is stale.
+/// What applying a file writes: segments first, then flags.
+#[derive(Debug, Default)]
+pub struct Writes {
+    /// Segment writes, each with the version it expects.
+    pub segments: Vec<pb::UpsertSegmentRequest>,
+    /// Flag writes, each with the version it expects.
+    pub flags: Vec<pb::UpsertFlagRequest>,
+}
+
+impl Writes {
+    /// How many writes.
+    pub fn len(&self) -> usize {
+        self.segments.len() + self.flags.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The plan for `file` against the server's segments and flags: one step
+/// per segment and flag of the file, and the writes (each with the version
+/// it expects).
 pub fn plan(
     file: &FlagsFile,
+    server_segments: &[pb::Segment],
     server: &[pb::Flag],
-) -> Result<(Vec<Step>, Vec<pb::UpsertFlagRequest>), String> {
-    let mut seen = std::collections::HashSet::new();
+) -> Result<(Vec<Step>, Writes), String> {
     let mut steps = Vec::new();
-    let mut writes = Vec::new();
+    let mut writes = Writes::default();
+    let mut seen = std::collections::HashSet::new();
+    for segment in &file.segments {
+        if !seen.insert(segment.key.as_str()) {
+            return Err(format!(
+                "segment {:?} appears twice in the file",
+                segment.key
+            ));
+        }
+        let current = server_segments.iter().find(|s| s.key == segment.key);
+        let key = format!("segment {}", segment.key);
+        if let Some(exported) = segment.version
+            && current.map_or(0, |s| s.version) != exported
+        {
+            steps.push(Step::Stale {
+                key,
+                exported,
+                current: current.map(|s| s.version),
+            });
+            continue;
+        }
+        match current {
+            None => {
+                steps.push(Step::Create { key });
+                writes.segments.push(segment.to_request(0));
+            }
+            Some(current) => {
+                let fields = segment.differences(&FileSegment::from_pb(current));
+                if fields.is_empty() {
+                    steps.push(Step::Unchanged { key });
+                } else {
+                    steps.push(Step::Update {
+                        key,
+                        fields,
+                        warnings: Vec::new(),
+                    });
+                    writes.segments.push(segment.to_request(current.version));
+                }
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
     for flag in &file.flags {
         if !seen.insert(flag.key.as_str()) {
             return Err(format!("flag {:?} appears twice in the file", flag.key));
@@ -284,7 +408,7 @@ pub fn plan(
                 steps.push(Step::Create {
                     key: flag.key.clone(),
                 });
-                writes.push(flag.to_request(0)?);
+                writes.flags.push(flag.to_request(0)?);
             }
             Some(current) => {
                 let stored = FileFlag::from_pb(current);
@@ -302,7 +426,7 @@ pub fn plan(
                             flag.targeting.as_ref(),
                         ),
                     });
-                    writes.push(flag.to_request(current.version)?);
+                    writes.flags.push(flag.to_request(current.version)?);
                 }
             }
         }
@@ -365,11 +489,12 @@ mod tests {
         let server = vec![server_flag("a", 3), server_flag("b", 7)];
         let file = FlagsFile {
             flags: server.iter().map(FileFlag::from_pb).collect(),
+            ..FlagsFile::default()
         };
         let text = serde_json::to_string_pretty(&file).expect("json");
         let back: FlagsFile = serde_json::from_str(&text).expect("parse");
         assert_eq!(back, file);
-        let (steps, writes) = plan(&back, &server).expect("plan");
+        let (steps, writes) = plan(&back, &[], &server).expect("plan");
         assert!(writes.is_empty());
         assert!(steps.iter().all(|s| matches!(s, Step::Unchanged { .. })));
     }
@@ -379,6 +504,7 @@ mod tests {
         let server = vec![server_flag("a", 3), server_flag("b", 7)];
         let mut file = FlagsFile {
             flags: server.iter().map(FileFlag::from_pb).collect(),
+            ..FlagsFile::default()
         };
         file.flags[0].rollout_percentage = 25;
         file.flags[1].version = Some(6);
@@ -387,7 +513,7 @@ mod tests {
             key: "c".into(),
             ..file.flags[0].clone()
         });
-        let (steps, writes) = plan(&file, &server).expect("plan");
+        let (steps, writes) = plan(&file, &[], &server).expect("plan");
         assert_eq!(
             steps,
             [
@@ -404,8 +530,8 @@ mod tests {
                 Step::Create { key: "c".into() },
             ]
         );
-        assert_eq!(writes[0].expected_version, Some(3));
-        assert_eq!(writes[1].expected_version, Some(0));
+        assert_eq!(writes.flags[0].expected_version, Some(3));
+        assert_eq!(writes.flags[1].expected_version, Some(0));
     }
 
     #[test]
@@ -435,7 +561,10 @@ mod tests {
             }))
             .expect("targeting"),
         );
-        let file = FlagsFile { flags: vec![flag] };
+        let file = FlagsFile {
+            flags: vec![flag],
+            ..FlagsFile::default()
+        };
         for format in [FileFormat::Json, FileFormat::Yaml] {
             let text = format.write(&file).expect("write");
             assert_eq!(format.read(&text).expect("read"), file, "{text}");

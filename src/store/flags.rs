@@ -3,8 +3,9 @@
 use chrono::{DateTime, Utc};
 
 use super::config::AuditQuery;
-use super::segments::missing_segments;
+use super::segments::{SegmentDraft, missing_segments, write_segment};
 use super::{Store, StoreError, begin_change, deletion_version};
+use crate::flags::segment::Segment;
 use std::collections::HashMap;
 
 use crate::flags::targeting::check_prerequisite_chain;
@@ -219,21 +220,28 @@ impl Store {
         Ok(upserted)
     }
 
-    /// Creates or replaces every flag of `drafts`, in order, in one
-    /// transaction: all are written or, when one cannot be (a stale
-    /// expected version, a rule that no longer holds), none.
+    /// Creates or replaces every segment of `segments`, then every flag of
+    /// `drafts`, in order, in one transaction: all are written or, when one
+    /// cannot be (a stale expected version, a rule that no longer holds),
+    /// none.
     pub async fn apply_flags(
         &self,
+        segments: &[SegmentDraft],
         drafts: &[(ValidFlagDraft, Option<i64>)],
         actor: &str,
-    ) -> Result<Vec<UpsertedFlag>, StoreError> {
+    ) -> Result<(Vec<Segment>, Vec<UpsertedFlag>), StoreError> {
         let mut tx = begin_change(self.pool(), actor).await?;
+        // Segments first: the flags' rules may name them.
+        let mut written = Vec::with_capacity(segments.len());
+        for segment in segments {
+            written.push(write_segment(&mut tx, segment).await?.0);
+        }
         let mut upserted = Vec::with_capacity(drafts.len());
         for (draft, expected_version) in drafts {
             upserted.push(write_flag(&mut tx, draft, *expected_version).await?);
         }
         tx.commit().await?;
-        Ok(upserted)
+        Ok((written, upserted))
     }
 
     /// Flag audit rows, newest first.

@@ -75,53 +75,16 @@ impl Store {
 
     /// Creates or replaces a segment in one transaction; with
     /// `expected_version`, only if the stored version equals it (0: must
-    /// not exist yet).
+    /// not exist yet). The bool: whether it is new.
     pub async fn upsert_segment(
         &self,
-        key: &str,
-        description: &str,
-        constraints: &[Constraint],
-        expected_version: Option<i64>,
+        draft: &SegmentDraft,
         actor: &str,
     ) -> Result<(Segment, bool), StoreError> {
-        check_segment(key, description, constraints)
-            .map_err(|errors| StoreError::Invalid(validation_errors(errors)))?;
-        let document = serde_json::to_value(constraints)
-            .map_err(|err| StoreError::Decode(format!("constraints: {err}")))?;
         let mut tx = begin_change(self.pool(), actor).await?;
-        let current: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM flag_segments WHERE key = $1")
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await?;
-        check_expected(key, current, expected_version)?;
-        let returning = format!("RETURNING {COLUMNS}");
-        let sql = if current.is_some() {
-            format!(
-                "UPDATE flag_segments SET description = $2, constraints = $3 WHERE key = $1 {returning}"
-            )
-        } else {
-            let count: i64 = sqlx::query_scalar("SELECT count(*) FROM flag_segments")
-                .fetch_one(&mut *tx)
-                .await?;
-            if count >= MAX_SEGMENTS as i64 {
-                return Err(StoreError::FailedPrecondition(format!(
-                    "there are {count} segments, the most one database may hold; delete unused ones first"
-                )));
-            }
-            format!(
-                "INSERT INTO flag_segments (key, description, constraints) VALUES ($1, $2, $3) {returning}"
-            )
-        };
-        let row: SegmentRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(key)
-            .bind(description)
-            .bind(document)
-            .fetch_one(&mut *tx)
-            .await?;
+        let written = write_segment(&mut tx, draft).await?;
         tx.commit().await?;
-        let segment = row.into_segment().map_err(StoreError::Decode)?;
-        Ok((segment, current.is_none()))
+        Ok(written)
     }
 
     /// Deletes a segment; refused while a flag's rule names it.
@@ -163,6 +126,62 @@ impl Store {
         tx.commit().await?;
         Ok(version)
     }
+}
+
+/// A segment to write, as a request says it.
+#[derive(Debug, Clone)]
+pub struct SegmentDraft {
+    /// Its key.
+    pub key: String,
+    /// Free text.
+    pub description: String,
+    /// All must hold.
+    pub constraints: Vec<Constraint>,
+    /// Write only if the stored version equals it (0: must not exist).
+    pub expected_version: Option<i64>,
+}
+
+/// Creates or replaces one segment inside `tx`, which holds the change lock.
+pub(crate) async fn write_segment(
+    tx: &mut sqlx::PgConnection,
+    draft: &SegmentDraft,
+) -> Result<(Segment, bool), StoreError> {
+    check_segment(&draft.key, &draft.description, &draft.constraints)
+        .map_err(|errors| StoreError::Invalid(validation_errors(errors)))?;
+    let document = serde_json::to_value(&draft.constraints)
+        .map_err(|err| StoreError::Decode(format!("constraints: {err}")))?;
+    let current: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM flag_segments WHERE key = $1")
+            .bind(&draft.key)
+            .fetch_optional(&mut *tx)
+            .await?;
+    check_expected(&draft.key, current, draft.expected_version)?;
+    let returning = format!("RETURNING {COLUMNS}");
+    let sql = if current.is_some() {
+        format!(
+            "UPDATE flag_segments SET description = $2, constraints = $3 WHERE key = $1 {returning}"
+        )
+    } else {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM flag_segments")
+            .fetch_one(&mut *tx)
+            .await?;
+        if count >= MAX_SEGMENTS as i64 {
+            return Err(StoreError::FailedPrecondition(format!(
+                "there are {count} segments, the most one database may hold; delete unused ones first"
+            )));
+        }
+        format!(
+            "INSERT INTO flag_segments (key, description, constraints) VALUES ($1, $2, $3) {returning}"
+        )
+    };
+    let row: SegmentRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(&draft.key)
+        .bind(&draft.description)
+        .bind(document)
+        .fetch_one(&mut *tx)
+        .await?;
+    let segment = row.into_segment().map_err(StoreError::Decode)?;
+    Ok((segment, current.is_none()))
 }
 
 /// Which of `keys` name no segment (read inside the writer's transaction,
