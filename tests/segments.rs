@@ -206,13 +206,27 @@ async fn a_rule_naming_a_segment_follows_the_segment_on_every_server() {
         }))
         .await
         .expect("delete");
-    let audit: Vec<(String, String)> =
-        sqlx::query_as("SELECT action, actor FROM segment_audit ORDER BY id")
-            .fetch_all(&db.pool)
-            .await
-            .expect("segment audit");
-    let actions: Vec<&str> = audit.iter().map(|(action, _)| action.as_str()).collect();
-    assert_eq!(actions, ["insert", "update", "delete"]);
+    let audit = client_a
+        .list_segment_audit(pb::ListFlagAuditRequest {
+            key: "paying".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("segment audit")
+        .into_inner()
+        .entries;
+    let actions: Vec<pb::FlagAuditAction> = audit.iter().map(|e| e.action()).collect();
+    assert_eq!(
+        actions,
+        [
+            pb::FlagAuditAction::Delete,
+            pb::FlagAuditAction::Update,
+            pb::FlagAuditAction::Insert
+        ]
+    );
+    assert_eq!(audit[1].new_segment.as_ref(), Some(&updated));
+    assert_eq!(audit[0].new_segment, None);
+    assert_eq!(audit[0].actor, "admin");
 }
 
 #[tokio::test]

@@ -106,6 +106,7 @@ const METHODS: &[(&str, Access)] = &[
     ("/readyd.v1.FlagService/ListSegments", Access::Read),
     ("/readyd.v1.FlagService/UpsertSegment", Access::Admin),
     ("/readyd.v1.FlagService/DeleteSegment", Access::Admin),
+    ("/readyd.v1.FlagService/ListSegmentAudit", Access::Read),
     // Flags hold no secrets: whoever may read them may read their history.
     ("/readyd.v1.FlagService/ListFlagAudit", Access::Read),
     // Config reads show sensitive values to admins only (handlers decide

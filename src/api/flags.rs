@@ -272,18 +272,22 @@ fn segment_draft(request: pb::UpsertSegmentRequest) -> SegmentDraft {
     }
 }
 
-/// One audit row as the API shows it.
-fn audit_entry(row: &FlagAuditRow) -> pb::FlagAuditEntry {
-    let action = match row.action.as_str() {
+/// An audit row's action as the API names it.
+fn audit_action(action: &str) -> pb::FlagAuditAction {
+    match action {
         "insert" => pb::FlagAuditAction::Insert,
         "update" => pb::FlagAuditAction::Update,
         "delete" => pb::FlagAuditAction::Delete,
         _ => pb::FlagAuditAction::Unspecified,
-    };
+    }
+}
+
+/// One audit row as the API shows it.
+fn audit_entry(row: &FlagAuditRow) -> pb::FlagAuditEntry {
     pb::FlagAuditEntry {
         id: row.id,
         key: row.key.clone(),
-        action: action.into(),
+        action: audit_action(&row.action).into(),
         old_flag: row.old_flag.as_ref().map(pb::Flag::from),
         new_flag: row.new_flag.as_ref().map(pb::Flag::from),
         actor: row.actor.clone(),
@@ -543,6 +547,44 @@ impl FlagService for FlagApi {
             .map_err(ApiError::from)?;
         read_your_write(&self.state, version).await;
         Ok(written(version, pb::DeleteSegmentResponse { version }))
+    }
+
+    async fn list_segment_audit(
+        &self,
+        request: Request<pb::ListFlagAuditRequest>,
+    ) -> Result<Response<pb::ListSegmentAuditResponse>, Status> {
+        let request = request.into_inner();
+        let (query, page_size) = audit_query(
+            request.key,
+            request.since,
+            request.until,
+            request.page_size,
+            &request.page_token,
+            "ListSegmentAudit",
+        )?;
+        let mut rows = self
+            .store
+            .get()?
+            .segment_audit_rows(&query)
+            .await
+            .map_err(ApiError::from)?;
+        let next_page_token = next_page_token(&mut rows, page_size, |row| row.id);
+        Ok(Response::new(pb::ListSegmentAuditResponse {
+            entries: rows
+                .iter()
+                .map(|row| pb::SegmentAuditEntry {
+                    id: row.id,
+                    key: row.key.clone(),
+                    action: audit_action(&row.action).into(),
+                    old_segment: row.old_segment.as_ref().map(pb::Segment::from),
+                    new_segment: row.new_segment.as_ref().map(pb::Segment::from),
+                    actor: row.actor.clone(),
+                    changed_at: Some(to_timestamp(row.changed_at)),
+                    version: row.version,
+                })
+                .collect(),
+            next_page_token,
+        }))
     }
 
     async fn list_flag_audit(

@@ -49,6 +49,15 @@ pub enum SegmentsCommand {
         #[arg(long)]
         expected_version: Option<i64>,
     },
+    /// Who changed which segment, newest first.
+    #[command(after_help = "Example:\n  readyd segments history beta-testers")]
+    History {
+        /// Only this segment; every segment when omitted.
+        key: Option<String>,
+        /// At most this many changes (1 to 1000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
     /// Delete a segment (needs the admin token); refused while a flag's
     /// rule names it.
     #[command(after_help = "Example:\n  readyd segments delete beta-testers")]
@@ -163,6 +172,45 @@ pub async fn run(args: SegmentsArgs) -> Result<(), ClientError> {
             client.print(segment_json(&segment), || {
                 let verb = if answer.created { "created" } else { "updated" };
                 format!("{verb} {} at version {}\n", segment.key, segment.version)
+            });
+        }
+        SegmentsCommand::History { key, limit } => {
+            let entries = flags
+                .list_segment_audit(client.request(pb::ListFlagAuditRequest {
+                    key: key.unwrap_or_default(),
+                    page_size: limit,
+                    ..Default::default()
+                })?)
+                .await?
+                .into_inner()
+                .entries;
+            let rows: Vec<serde_json::Value> = entries
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "id": e.id,
+                        "key": e.key,
+                        "action": e.action().as_str_name().trim_start_matches("FLAG_AUDIT_ACTION_").to_lowercase(),
+                        "old_segment": e.old_segment.as_ref().map(segment_json),
+                        "new_segment": e.new_segment.as_ref().map(segment_json),
+                        "actor": e.actor,
+                        "changed_at": super::output::time(e.changed_at.as_ref()),
+                        "version": e.version,
+                    })
+                })
+                .collect();
+            client.print(serde_json::Value::Array(rows.clone()), || {
+                table(
+                    &["VERSION", "CHANGED AT", "ACTOR", "KEY", "ACTION"],
+                    rows.iter()
+                        .map(|row| {
+                            ["version", "changed_at", "actor", "key", "action"]
+                                .iter()
+                                .map(|field| super::output::cell(&row[*field]))
+                                .collect()
+                        })
+                        .collect(),
+                )
             });
         }
         SegmentsCommand::Delete {
