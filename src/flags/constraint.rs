@@ -17,6 +17,7 @@
 //! - `case_insensitive` applies to `in`, `not_in`, the `str_*` operators and
 //!   `regex`.
 
+use std::cell::Cell;
 use std::cmp::Ordering;
 use std::fmt;
 
@@ -189,7 +190,13 @@ enum Attribute {
     Roles,
     Environment,
     CurrentTime,
-    Field(String),
+    /// A field of the context's attributes; `slot` is where a
+    /// [`ContextReader`] keeps its look-up (numbered per flag or segment by
+    /// [`number_attributes`]; `None`: looked up each time).
+    Field {
+        name: String,
+        slot: Option<u8>,
+    },
 }
 
 /// The operand, parsed once.
@@ -204,6 +211,81 @@ enum Test {
     Semver(semver::Version),
     Regex(regex::Regex),
     Exists,
+}
+
+/// How many distinct attributes of one flag (or one segment) a
+/// [`ContextReader`] remembers; constraints on attributes past these look
+/// theirs up each time.
+pub const REMEMBERED_ATTRIBUTES: usize = 16;
+
+/// What a [`ContextReader`] knows of one attribute.
+#[derive(Clone, Copy, Debug)]
+enum Looked<'a> {
+    NotYet,
+    Absent,
+    Found(&'a Value),
+}
+
+/// The context as one evaluation reads it: each attribute the constraints
+/// name is looked up in the context's map once, however many constraints
+/// read it. A flag's rules typically name a handful of attributes in
+/// dozens of constraints, and the look-up (string comparisons in an
+/// ordered map) was most of a rule's cost.
+pub struct ContextReader<'a> {
+    ctx: &'a EvaluationContext,
+    looked: [Cell<Looked<'a>>; REMEMBERED_ATTRIBUTES],
+}
+
+impl<'a> ContextReader<'a> {
+    /// A reader that has looked nothing up yet.
+    pub fn new(ctx: &'a EvaluationContext) -> Self {
+        ContextReader {
+            ctx,
+            looked: std::array::from_fn(|_| Cell::new(Looked::NotYet)),
+        }
+    }
+
+    /// The context read.
+    pub fn context(&self) -> &'a EvaluationContext {
+        self.ctx
+    }
+
+    /// Attribute `name`, remembered in `slot`.
+    fn field(&self, name: &str, slot: Option<u8>) -> Option<&'a Value> {
+        let Some(cell) = slot.and_then(|slot| self.looked.get(usize::from(slot))) else {
+            return self.ctx.attributes.get(name);
+        };
+        match cell.get() {
+            Looked::Found(value) => Some(value),
+            Looked::Absent => None,
+            Looked::NotYet => {
+                let value = self.ctx.attributes.get(name);
+                cell.set(value.map_or(Looked::Absent, Looked::Found));
+                value
+            }
+        }
+    }
+}
+
+/// Numbers the attributes `constraints` read, one slot per distinct name
+/// (the first [`REMEMBERED_ATTRIBUTES`] of them), for constraints that are
+/// evaluated together through one [`ContextReader`].
+pub fn number_attributes<'c>(constraints: impl IntoIterator<Item = &'c mut CompiledConstraint>) {
+    let mut names: Vec<String> = Vec::new();
+    for constraint in constraints {
+        if let Attribute::Field { name, slot } = &mut constraint.attribute {
+            let at = match names.iter().position(|seen| seen == name) {
+                Some(at) => at,
+                None => {
+                    names.push(name.clone());
+                    names.len() - 1
+                }
+            };
+            *slot = u8::try_from(at)
+                .ok()
+                .filter(|&at| usize::from(at) < REMEMBERED_ATTRIBUTES);
+        }
+    }
 }
 
 /// A constraint ready to evaluate.
@@ -248,7 +330,10 @@ impl Constraint {
                     truncate(name)
                 )));
             }
-            name => Attribute::Field(name.to_owned()),
+            name => Attribute::Field {
+                name: name.to_owned(),
+                slot: None,
+            },
         };
         if self.case_insensitive && !operator.compares_text() {
             return Err(refuse(format!(
@@ -381,13 +466,20 @@ impl CompiledConstraint {
         matches!(self.attribute, Attribute::CurrentTime)
     }
 
-    /// Whether it holds for `ctx`.
+    /// Whether it holds for `ctx`, on its own (evaluation reads through one
+    /// [`ContextReader`] for all of a flag's constraints).
     pub fn holds(&self, ctx: &EvaluationContext, around: &Surroundings<'_>) -> bool {
-        self.check(ctx, around) != self.inverted
+        self.holds_for(&ContextReader::new(ctx), around)
+    }
+
+    /// Whether it holds for the context `reader` reads.
+    pub fn holds_for(&self, reader: &ContextReader<'_>, around: &Surroundings<'_>) -> bool {
+        self.check(reader, around) != self.inverted
     }
 
     /// The operator's own answer, before `inverted`.
-    fn check(&self, ctx: &EvaluationContext, around: &Surroundings<'_>) -> bool {
+    fn check(&self, reader: &ContextReader<'_>, around: &Surroundings<'_>) -> bool {
+        let ctx = reader.ctx;
         match &self.attribute {
             Attribute::UserId => ctx.effective_user_id().is_some_and(|id| self.test_text(id)),
             Attribute::Roles => ctx.roles.iter().any(|role| self.test_text(role)),
@@ -398,7 +490,7 @@ impl CompiledConstraint {
                 // Other operators on the time read its RFC 3339 text.
                 _ => self.test_text(&around.now.to_rfc3339()),
             },
-            Attribute::Field(name) => match ctx.attributes.get(name) {
+            Attribute::Field { name, slot } => match reader.field(name, *slot) {
                 None | Some(Value::Null) => false,
                 Some(Value::Array(items)) => items.iter().any(|item| self.test_value(item)),
                 Some(value) => self.test_value(value),
@@ -407,6 +499,7 @@ impl CompiledConstraint {
     }
 
     /// One attribute value (not an array).
+    #[inline]
     fn test_value(&self, value: &Value) -> bool {
         match value {
             Value::String(text) => self.test_text(text),
@@ -424,6 +517,7 @@ impl CompiledConstraint {
     }
 
     /// One value as text.
+    #[inline]
     fn test_text(&self, text: &str) -> bool {
         match &self.test {
             Test::Exists => true,
@@ -511,7 +605,7 @@ impl CompiledConstraint {
             Attribute::Roles => "roles",
             Attribute::Environment => "environment",
             Attribute::CurrentTime => "current_time",
-            Attribute::Field(name) => name.as_str(),
+            Attribute::Field { name, .. } => name.as_str(),
         };
         let not = if self.inverted { "not " } else { "" };
         let case = if self.case_insensitive {
@@ -912,6 +1006,49 @@ mod tests {
             let eq = constraint("v", "semver_eq", &[&format!("{version}+build.7")]);
             let equal = holds(&eq, json!({ "v": version }));
             prop_assert!(equal, "{} equals itself with build metadata", version);
+        }
+
+        /// Reading through one shared reader (attributes numbered, the
+        /// first 16 remembered) answers exactly as each constraint alone,
+        /// in any order and with more distinct attributes than remembered.
+        #[test]
+        fn a_shared_reader_answers_as_each_constraint_alone(
+            picks in prop::collection::vec(
+                (0usize..24, prop::sample::select(vec!["in", "not_in", "exists", "num_gt", "str_starts_with"]), "[a-c]"),
+                1..60,
+            ),
+            present in prop::collection::vec(prop::option::of(prop_oneof![
+                "[a-c]{1,2}".prop_map(Value::String),
+                (0i64..5).prop_map(|n| json!(n)),
+            ]), 24),
+            order in prop::collection::vec(any::<prop::sample::Index>(), 1..120),
+        ) {
+            let mut compiled: Vec<CompiledConstraint> = picks
+                .iter()
+                .map(|(attribute, operator, value)| {
+                    let values: &[&str] = match *operator {
+                        "exists" => &[],
+                        "num_gt" => &["2"],
+                        _ => &[value.as_str()],
+                    };
+                    constraint(&format!("attr{attribute}"), operator, values)
+                        .compile()
+                        .expect("compiles")
+                })
+                .collect();
+            number_attributes(compiled.iter_mut());
+            let mut attributes = serde_json::Map::new();
+            for (i, value) in present.iter().enumerate() {
+                if let Some(value) = value {
+                    attributes.insert(format!("attr{i}"), value.clone());
+                }
+            }
+            let context = ctx(Value::Object(attributes));
+            let reader = ContextReader::new(&context);
+            for index in order {
+                let c = index.get(&compiled);
+                prop_assert_eq!(c.holds_for(&reader, &around()), c.holds(&context, &around()));
+            }
         }
     }
 }

@@ -12,7 +12,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::constraint::{CompiledConstraint, Constraint, Surroundings};
+use super::constraint::{
+    CompiledConstraint, Constraint, ContextReader, Surroundings, number_attributes,
+};
 use super::explain::Step;
 use super::model::EvaluationContext;
 use super::split;
@@ -235,6 +237,16 @@ impl Rule {
     }
 }
 
+/// Numbers the attributes all of `rules`' constraints read, so that one
+/// evaluation looks each up once (see [`ContextReader`]).
+pub fn number_rule_attributes(rules: &mut [CompiledRule]) {
+    number_attributes(
+        rules
+            .iter_mut()
+            .flat_map(|rule| rule.constraints.iter_mut()),
+    );
+}
+
 impl CompiledRule {
     /// Whether a constraint reads the clock.
     pub fn reads_time(&self) -> bool {
@@ -246,12 +258,16 @@ impl CompiledRule {
     fn matches(
         &self,
         number: usize,
-        ctx: &EvaluationContext,
+        reader: &ContextReader<'_>,
         around: &Surroundings<'_>,
         segments: &dyn SegmentLookup,
         path: Option<&mut Vec<Step>>,
     ) -> bool {
-        if let Some(failed) = self.constraints.iter().position(|c| !c.holds(ctx, around)) {
+        if let Some(failed) = self
+            .constraints
+            .iter()
+            .position(|c| !c.holds_for(reader, around))
+        {
             if let Some(path) = path {
                 path.push(Step::ConstraintFailed {
                     rule: number,
@@ -265,7 +281,14 @@ impl CompiledRule {
             // A segment deleted since the rule was compiled matches nobody.
             let failed = match segments.constraints(segment) {
                 None => Some(None),
-                Some(constraints) => constraints.iter().find(|c| !c.holds(ctx, around)).map(Some),
+                Some(constraints) => {
+                    // A segment numbers its attributes on its own.
+                    let reader = ContextReader::new(reader.context());
+                    constraints
+                        .iter()
+                        .find(|c| !c.holds_for(&reader, around))
+                        .map(Some)
+                }
             };
             if let Some(failed) = failed {
                 if let Some(path) = path {
@@ -346,8 +369,9 @@ pub fn decide(
     segments: &dyn SegmentLookup,
     mut path: Option<&mut Vec<Step>>,
 ) -> Option<Served> {
+    let reader = ContextReader::new(ctx);
     for (number, rule) in rules.iter().enumerate() {
-        if !rule.matches(number, ctx, around, segments, path.as_deref_mut()) {
+        if !rule.matches(number, &reader, around, segments, path.as_deref_mut()) {
             continue;
         }
         if let Some(path) = path.as_deref_mut() {

@@ -10,7 +10,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::constraint::{CompiledConstraint, Constraint};
+use super::constraint::{CompiledConstraint, Constraint, number_attributes};
 use super::rules::MAX_CONSTRAINTS;
 use super::validate::{MAX_DESCRIPTION_BYTES, ValidationError, is_valid_key};
 use crate::echo::truncate;
@@ -96,7 +96,10 @@ pub fn check_segment(
             })
             .collect::<Result<Box<[_]>, _>>()
         {
-            Ok(compiled) => Some(compiled),
+            Ok(mut compiled) => {
+                number_attributes(compiled.iter_mut());
+                Some(compiled)
+            }
             Err(problem) => {
                 errors.push(ValidationError::new("constraints", problem));
                 None

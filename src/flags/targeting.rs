@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::model::ValueType;
-use super::rules::{CompiledRule, CompiledServe, MAX_RULES, MAX_VARIANTS, Rule, Serve};
+use super::rules::{
+    CompiledRule, CompiledServe, MAX_RULES, MAX_VARIANTS, Rule, Serve, number_rule_attributes,
+};
 use super::validate::{
     MAX_VALUE_BYTES, ValidationError, contains_nul, is_valid_key, json_len, json_type_name,
     nul_error,
@@ -228,6 +230,7 @@ impl Targeting {
 
         match off_variant {
             Some(off_variant) if errors.is_empty() => {
+                number_rule_attributes(&mut rules);
                 let reads_time = rules.iter().any(CompiledRule::reads_time);
                 Ok(CompiledTargeting {
                     names: names.into(),
