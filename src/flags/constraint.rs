@@ -202,10 +202,14 @@ enum Attribute {
 /// The operand, parsed once.
 #[derive(Clone, Debug)]
 enum Test {
-    /// `in`, `not_in`, `str_*`: the values (lower case when case-insensitive).
-    Text {
-        values: Box<[String]>,
-    },
+    // The text operators, each with its values (lower case when
+    // case-insensitive); one variant per operator so that evaluation
+    // dispatches once.
+    In(Box<[String]>),
+    NotIn(Box<[String]>),
+    Contains(Box<[String]>),
+    StartsWith(Box<[String]>),
+    EndsWith(Box<[String]>),
     Number(f64),
     Date(DateTime<Utc>),
     Semver(semver::Version),
@@ -294,6 +298,9 @@ pub struct CompiledConstraint {
     attribute: Attribute,
     operator: Operator,
     test: Test,
+    /// For the comparing operators: whether the attribute being less than,
+    /// equal to and greater than the operand satisfies it.
+    accepts: [bool; 3],
     inverted: bool,
     case_insensitive: bool,
 }
@@ -385,7 +392,13 @@ impl Constraint {
                         }
                     })
                     .collect();
-                Test::Text { values }
+                match operator {
+                    Operator::In => Test::In(values),
+                    Operator::NotIn => Test::NotIn(values),
+                    Operator::StrContains => Test::Contains(values),
+                    Operator::StrStartsWith => Test::StartsWith(values),
+                    _ => Test::EndsWith(values),
+                }
             }
             Operator::NumEq
             | Operator::NumGt
@@ -449,10 +462,25 @@ impl Constraint {
                 Test::Exists
             }
         };
+        let accepts = [Ordering::Less, Ordering::Equal, Ordering::Greater].map(|ordering| {
+            match operator {
+                Operator::NumEq | Operator::SemverEq => ordering == Ordering::Equal,
+                Operator::NumGt | Operator::SemverGt | Operator::DateAfter => {
+                    ordering == Ordering::Greater
+                }
+                Operator::NumGte | Operator::SemverGte => ordering != Ordering::Less,
+                Operator::NumLt | Operator::SemverLt | Operator::DateBefore => {
+                    ordering == Ordering::Less
+                }
+                Operator::NumLte | Operator::SemverLte => ordering != Ordering::Greater,
+                _ => false,
+            }
+        });
         Ok(CompiledConstraint {
             attribute,
             operator,
             test,
+            accepts,
             inverted: self.inverted,
             case_insensitive: self.case_insensitive,
         })
@@ -521,20 +549,17 @@ impl CompiledConstraint {
     fn test_text(&self, text: &str) -> bool {
         match &self.test {
             Test::Exists => true,
-            Test::Text { values } => match self.operator {
-                Operator::In => values.iter().any(|value| self.text_eq(text, value)),
-                Operator::NotIn => !values.iter().any(|value| self.text_eq(text, value)),
-                Operator::StrContains => self.with_case(text, |text| {
-                    values.iter().any(|value| text.contains(value.as_str()))
-                }),
-                Operator::StrStartsWith => self.with_case(text, |text| {
-                    values.iter().any(|value| text.starts_with(value.as_str()))
-                }),
-                Operator::StrEndsWith => self.with_case(text, |text| {
-                    values.iter().any(|value| text.ends_with(value.as_str()))
-                }),
-                _ => false,
-            },
+            Test::In(values) => values.iter().any(|value| self.text_eq(text, value)),
+            Test::NotIn(values) => !values.iter().any(|value| self.text_eq(text, value)),
+            Test::Contains(values) => self.with_case(text, |text| {
+                values.iter().any(|value| text.contains(value.as_str()))
+            }),
+            Test::StartsWith(values) => self.with_case(text, |text| {
+                values.iter().any(|value| text.starts_with(value.as_str()))
+            }),
+            Test::EndsWith(values) => self.with_case(text, |text| {
+                values.iter().any(|value| text.ends_with(value.as_str()))
+            }),
             Test::Number(operand) => {
                 parse_number(text).is_some_and(|n| self.compare_numbers(n, *operand))
             }
@@ -575,25 +600,19 @@ impl CompiledConstraint {
 
     /// Whether `ordering` (the attribute against the operand) satisfies
     /// the operator.
+    #[inline]
     fn compare(&self, ordering: Ordering) -> bool {
-        match self.operator {
-            Operator::NumEq | Operator::SemverEq => ordering == Ordering::Equal,
-            Operator::NumGt | Operator::SemverGt | Operator::DateAfter => {
-                ordering == Ordering::Greater
-            }
-            Operator::NumGte | Operator::SemverGte => ordering != Ordering::Less,
-            Operator::NumLt | Operator::SemverLt | Operator::DateBefore => {
-                ordering == Ordering::Less
-            }
-            Operator::NumLte | Operator::SemverLte => ordering != Ordering::Greater,
-            _ => false,
-        }
+        self.accepts[(ordering as i8 + 1) as usize]
     }
 
     /// Why it did not hold for `ctx`, for the explain answer.
     pub fn describe(&self) -> String {
         let values = match &self.test {
-            Test::Text { values } => format!("{values:?}"),
+            Test::In(values)
+            | Test::NotIn(values)
+            | Test::Contains(values)
+            | Test::StartsWith(values)
+            | Test::EndsWith(values) => format!("{values:?}"),
             Test::Number(number) => number.to_string(),
             Test::Date(date) => date.to_rfc3339(),
             Test::Semver(version) => version.to_string(),
