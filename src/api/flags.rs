@@ -25,8 +25,9 @@ use crate::flags::{
 };
 use crate::paging::{fill_page, key_page_size, key_position, key_token, next_page_token};
 use crate::state::{Event, Snapshot, State};
-use crate::store::flags::FlagAuditRow;
-use crate::store::segments::SegmentDraft;
+use crate::store::audit::{ObjectAuditRow, Trail};
+use crate::store::flags::{FLAG_TRAIL, FlagAuditRow};
+use crate::store::segments::{SEGMENT_TRAIL, SegmentDraft};
 use crate::telemetry::{EvaluationCounters, Tally};
 
 /// The FlagService handlers.
@@ -282,14 +283,39 @@ fn audit_action(action: &str) -> pb::FlagAuditAction {
     }
 }
 
+/// One page of a flag or segment audit trail (`rpc` names the call in
+/// errors about the request), and the token of the next.
+async fn trail_page<T>(
+    store: &Database,
+    request: pb::ListFlagAuditRequest,
+    rpc: &str,
+    trail: &Trail<T>,
+) -> Result<(Vec<ObjectAuditRow<T>>, String), Status> {
+    let (query, page_size) = audit_query(
+        request.key,
+        request.since,
+        request.until,
+        request.page_size,
+        &request.page_token,
+        rpc,
+    )?;
+    let mut rows = store
+        .get()?
+        .trail_rows(trail, &query)
+        .await
+        .map_err(ApiError::from)?;
+    let next_page_token = next_page_token(&mut rows, page_size, |row| row.id);
+    Ok((rows, next_page_token))
+}
+
 /// One audit row as the API shows it.
 fn audit_entry(row: &FlagAuditRow) -> pb::FlagAuditEntry {
     pb::FlagAuditEntry {
         id: row.id,
         key: row.key.clone(),
         action: audit_action(&row.action).into(),
-        old_flag: row.old_flag.as_ref().map(pb::Flag::from),
-        new_flag: row.new_flag.as_ref().map(pb::Flag::from),
+        old_flag: row.old.as_ref().map(pb::Flag::from),
+        new_flag: row.new.as_ref().map(pb::Flag::from),
         actor: row.actor.clone(),
         changed_at: Some(to_timestamp(row.changed_at)),
         version: row.version,
@@ -554,21 +580,8 @@ impl FlagService for FlagApi {
         request: Request<pb::ListFlagAuditRequest>,
     ) -> Result<Response<pb::ListSegmentAuditResponse>, Status> {
         let request = request.into_inner();
-        let (query, page_size) = audit_query(
-            request.key,
-            request.since,
-            request.until,
-            request.page_size,
-            &request.page_token,
-            "ListSegmentAudit",
-        )?;
-        let mut rows = self
-            .store
-            .get()?
-            .segment_audit_rows(&query)
-            .await
-            .map_err(ApiError::from)?;
-        let next_page_token = next_page_token(&mut rows, page_size, |row| row.id);
+        let (rows, next_page_token) =
+            trail_page(&self.store, request, "ListSegmentAudit", &SEGMENT_TRAIL).await?;
         Ok(Response::new(pb::ListSegmentAuditResponse {
             entries: rows
                 .iter()
@@ -576,8 +589,8 @@ impl FlagService for FlagApi {
                     id: row.id,
                     key: row.key.clone(),
                     action: audit_action(&row.action).into(),
-                    old_segment: row.old_segment.as_ref().map(pb::Segment::from),
-                    new_segment: row.new_segment.as_ref().map(pb::Segment::from),
+                    old_segment: row.old.as_ref().map(pb::Segment::from),
+                    new_segment: row.new.as_ref().map(pb::Segment::from),
                     actor: row.actor.clone(),
                     changed_at: Some(to_timestamp(row.changed_at)),
                     version: row.version,
@@ -592,21 +605,8 @@ impl FlagService for FlagApi {
         request: Request<pb::ListFlagAuditRequest>,
     ) -> Result<Response<pb::ListFlagAuditResponse>, Status> {
         let request = request.into_inner();
-        let (query, page_size) = audit_query(
-            request.key,
-            request.since,
-            request.until,
-            request.page_size,
-            &request.page_token,
-            "ListFlagAudit",
-        )?;
-        let mut rows = self
-            .store
-            .get()?
-            .flag_audit_rows(&query)
-            .await
-            .map_err(ApiError::from)?;
-        let next_page_token = next_page_token(&mut rows, page_size, |row| row.id);
+        let (rows, next_page_token) =
+            trail_page(&self.store, request, "ListFlagAudit", &FLAG_TRAIL).await?;
         Ok(Response::new(pb::ListFlagAuditResponse {
             entries: rows.iter().map(audit_entry).collect(),
             next_page_token,

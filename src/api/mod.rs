@@ -120,7 +120,7 @@ pub fn audit_query(
     page_size: u32,
     page_token: &str,
     listing: &str,
-) -> Result<(crate::store::config::AuditQuery, u32), ApiError> {
+) -> Result<(crate::store::audit::AuditQuery, u32), ApiError> {
     let key = if key.is_empty() {
         None
     } else {
@@ -142,7 +142,7 @@ pub fn audit_query(
     )?;
     let before_id = crate::paging::page_token(page_token, listing)?;
     Ok((
-        crate::store::config::AuditQuery {
+        crate::store::audit::AuditQuery {
             key,
             since,
             until,

@@ -462,8 +462,8 @@ impl Constraint {
                 Test::Exists
             }
         };
-        let accepts = [Ordering::Less, Ordering::Equal, Ordering::Greater].map(|ordering| {
-            match operator {
+        let accepts =
+            [Ordering::Less, Ordering::Equal, Ordering::Greater].map(|ordering| match operator {
                 Operator::NumEq | Operator::SemverEq => ordering == Ordering::Equal,
                 Operator::NumGt | Operator::SemverGt | Operator::DateAfter => {
                     ordering == Ordering::Greater
@@ -474,8 +474,7 @@ impl Constraint {
                 }
                 Operator::NumLte | Operator::SemverLte => ordering != Ordering::Greater,
                 _ => false,
-            }
-        });
+            });
         Ok(CompiledConstraint {
             attribute,
             operator,

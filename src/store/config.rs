@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::audit::AuditQuery;
 use super::flags::check_expected;
 use super::{Store, StoreError, begin_change, deletion_version};
 use crate::config::{ConfigRow, ValidConfigDraft};
@@ -61,21 +62,6 @@ pub struct AuditRow {
     pub changed_at: DateTime<Utc>,
     /// Version of the change.
     pub version: i64,
-}
-
-/// Which audit rows to list.
-#[derive(Debug, Clone, Default)]
-pub struct AuditQuery {
-    /// Only this key, when set.
-    pub key: Option<String>,
-    /// Only changes at or after this time.
-    pub since: Option<DateTime<Utc>>,
-    /// Only changes before this time.
-    pub until: Option<DateTime<Utc>>,
-    /// Only rows with a smaller id (the page token).
-    pub before_id: Option<i64>,
-    /// At most this many rows.
-    pub limit: i64,
 }
 
 impl Store {
@@ -198,22 +184,12 @@ impl Store {
 
     /// Audit rows, newest first.
     pub async fn audit_rows(&self, query: &AuditQuery) -> Result<Vec<AuditRow>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT id, key, environment, action, old_value, new_value, actor, changed_at, version \
-             FROM config_audit \
-             WHERE ($1::text IS NULL OR key = $1) \
-               AND ($2::timestamptz IS NULL OR changed_at >= $2) \
-               AND ($3::timestamptz IS NULL OR changed_at < $3) \
-               AND ($4::bigint IS NULL OR id < $4) \
-             ORDER BY id DESC LIMIT $5",
+        self.audit_rows_of(
+            "config_audit",
+            "id, key, environment, action, old_value, new_value, actor, changed_at, version",
+            query,
         )
-        .bind(&query.key)
-        .bind(query.since)
-        .bind(query.until)
-        .bind(query.before_id)
-        .bind(query.limit)
-        .fetch_all(self.pool())
-        .await?)
+        .await
     }
 }
 

@@ -2,9 +2,9 @@
 
 use chrono::{DateTime, Utc};
 
-use super::config::AuditQuery;
+use super::audit::{ObjectAuditRow, Trail};
 use super::segments::{SegmentDraft, missing_segments, write_segment};
-use super::{Store, StoreError, begin_change, deletion_version};
+use super::{Store, StoreError, begin_change, check_deletable, delete_row};
 use crate::flags::segment::Segment;
 use std::collections::HashMap;
 
@@ -130,39 +130,16 @@ pub(crate) fn decode_rows(rows: Vec<FlagRow>) -> Vec<Flag> {
         .collect()
 }
 
-/// One row of `flag_audit` as stored.
-#[derive(Debug, sqlx::FromRow)]
-struct RawFlagAuditRow {
-    id: i64,
-    key: String,
-    action: String,
-    old_flag: Option<serde_json::Value>,
-    new_flag: Option<serde_json::Value>,
-    actor: String,
-    changed_at: DateTime<Utc>,
-    version: i64,
-}
-
 /// One recorded flag change.
-#[derive(Debug, Clone)]
-pub struct FlagAuditRow {
-    /// Row id; grows with time.
-    pub id: i64,
-    /// The flag's key.
-    pub key: String,
-    /// insert, update or delete.
-    pub action: String,
-    /// The flag before; `None` for an insert or a row that is no valid flag.
-    pub old_flag: Option<Flag>,
-    /// The flag after; `None` for a delete or a row that is no valid flag.
-    pub new_flag: Option<Flag>,
-    /// Who made the change.
-    pub actor: String,
-    /// When.
-    pub changed_at: DateTime<Utc>,
-    /// Version of the change.
-    pub version: i64,
-}
+pub type FlagAuditRow = ObjectAuditRow<Flag>;
+
+/// The flags' audit trail.
+pub const FLAG_TRAIL: Trail<Flag> = Trail {
+    table: "flag_audit",
+    old: "old_flag",
+    new: "new_flag",
+    decode: audited_flag,
+};
 
 /// A flag as the audit trail recorded it, when it is one.
 fn audited_flag(row: serde_json::Value) -> Option<Flag> {
@@ -244,42 +221,6 @@ impl Store {
         Ok((written, upserted))
     }
 
-    /// Flag audit rows, newest first.
-    pub async fn flag_audit_rows(
-        &self,
-        query: &AuditQuery,
-    ) -> Result<Vec<FlagAuditRow>, StoreError> {
-        let rows: Vec<RawFlagAuditRow> = sqlx::query_as(
-            "SELECT id, key, action, old_flag, new_flag, actor, changed_at, version \
-             FROM flag_audit \
-             WHERE ($1::text IS NULL OR key = $1) \
-               AND ($2::timestamptz IS NULL OR changed_at >= $2) \
-               AND ($3::timestamptz IS NULL OR changed_at < $3) \
-               AND ($4::bigint IS NULL OR id < $4) \
-             ORDER BY id DESC LIMIT $5",
-        )
-        .bind(&query.key)
-        .bind(query.since)
-        .bind(query.until)
-        .bind(query.before_id)
-        .bind(query.limit)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| FlagAuditRow {
-                id: row.id,
-                key: row.key,
-                action: row.action,
-                old_flag: row.old_flag.and_then(audited_flag),
-                new_flag: row.new_flag.and_then(audited_flag),
-                actor: row.actor,
-                changed_at: row.changed_at,
-                version: row.version,
-            })
-            .collect())
-    }
-
     /// Deletes a flag; returns the version of the deletion.
     pub async fn delete_flag(
         &self,
@@ -288,20 +229,8 @@ impl Store {
         actor: &str,
     ) -> Result<i64, StoreError> {
         let mut tx = begin_change(self.pool(), actor).await?;
-        let current: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM feature_flags WHERE key = $1")
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if current.is_none() {
-            return Err(StoreError::NotFound(format!("flag {key:?} does not exist")));
-        }
-        check_expected(key, current, expected_version)?;
-        sqlx::query("DELETE FROM feature_flags WHERE key = $1")
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
-        let version = deletion_version(&mut tx).await?;
+        check_deletable(&mut tx, "feature_flags", "flag", key, expected_version).await?;
+        let version = delete_row(&mut tx, "feature_flags", key).await?;
         tx.commit().await?;
         Ok(version)
     }

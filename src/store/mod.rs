@@ -2,6 +2,7 @@
 //! embedded migrations, the schema checks of start-up, and one module per
 //! table.
 
+pub mod audit;
 pub mod change_log;
 pub mod config;
 pub mod deployments;
@@ -106,6 +107,42 @@ pub(crate) async fn begin_change(
         .await?;
     set_actor(&mut tx, actor).await?;
     Ok(tx)
+}
+
+/// Inside a change transaction: checks that `key` exists in `table` (a
+/// flag or a segment, `what` in the error) at the version the caller
+/// expects, if it said one.
+pub(crate) async fn check_deletable(
+    tx: &mut sqlx::PgConnection,
+    table: &str,
+    what: &str,
+    key: &str,
+    expected_version: Option<i64>,
+) -> Result<(), StoreError> {
+    let sql = sqlx::AssertSqlSafe(format!("SELECT version FROM {table} WHERE key = $1"));
+    let current: Option<i64> = sqlx::query_scalar(sql)
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if current.is_none() {
+        return Err(StoreError::NotFound(format!(
+            "{what} {:?} does not exist",
+            crate::echo::truncate(key)
+        )));
+    }
+    flags::check_expected(key, current, expected_version)
+}
+
+/// Deletes `key` from `table` inside a change transaction and returns the
+/// version the triggers gave the deletion.
+pub(crate) async fn delete_row(
+    tx: &mut sqlx::PgConnection,
+    table: &str,
+    key: &str,
+) -> Result<i64, StoreError> {
+    let sql = sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE key = $1"));
+    sqlx::query(sql).bind(key).execute(&mut *tx).await?;
+    deletion_version(tx).await
 }
 
 /// The version the triggers gave the deletion just made in this session's

@@ -4,8 +4,9 @@
 
 use chrono::{DateTime, Utc};
 
+use super::audit::{ObjectAuditRow, Trail};
 use super::flags::check_expected;
-use super::{Store, StoreError, begin_change, deletion_version};
+use super::{Store, StoreError, begin_change, check_deletable, delete_row};
 use crate::flags::segment::{MAX_SEGMENTS, Segment, check_segment};
 use crate::flags::{Constraint, ValidationError, ValidationErrors};
 
@@ -95,18 +96,7 @@ impl Store {
         actor: &str,
     ) -> Result<i64, StoreError> {
         let mut tx = begin_change(self.pool(), actor).await?;
-        let current: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM flag_segments WHERE key = $1")
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if current.is_none() {
-            return Err(StoreError::NotFound(format!(
-                "segment {:?} does not exist",
-                crate::echo::truncate(key)
-            )));
-        }
-        check_expected(key, current, expected_version)?;
+        check_deletable(&mut tx, "flag_segments", "segment", key, expected_version).await?;
         let users: Vec<String> = sqlx::query_scalar(FLAGS_USING)
             .bind(key)
             .fetch_all(&mut *tx)
@@ -118,92 +108,28 @@ impl Store {
                 users.join(", ")
             )));
         }
-        sqlx::query("DELETE FROM flag_segments WHERE key = $1")
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
-        let version = deletion_version(&mut tx).await?;
+        let version = delete_row(&mut tx, "flag_segments", key).await?;
         tx.commit().await?;
         Ok(version)
     }
 }
 
 /// One recorded segment change.
-#[derive(Debug, Clone)]
-pub struct SegmentAuditRow {
-    /// Row id; grows with time.
-    pub id: i64,
-    /// The segment's key.
-    pub key: String,
-    /// insert, update or delete.
-    pub action: String,
-    /// Before; `None` for an insert or a row that is no valid segment.
-    pub old_segment: Option<Segment>,
-    /// After; `None` for a delete or a row that is no valid segment.
-    pub new_segment: Option<Segment>,
-    /// Who made the change.
-    pub actor: String,
-    /// When.
-    pub changed_at: DateTime<Utc>,
-    /// Version of the change.
-    pub version: i64,
-}
+pub type SegmentAuditRow = ObjectAuditRow<Segment>;
+
+/// The segments' audit trail.
+pub const SEGMENT_TRAIL: Trail<Segment> = Trail {
+    table: "segment_audit",
+    old: "old_segment",
+    new: "new_segment",
+    decode: audited_segment,
+};
 
 /// A segment as the audit trail recorded it, when it is one.
-fn audited_segment(row: Option<serde_json::Value>) -> Option<Segment> {
-    serde_json::from_value::<SegmentRow>(row?)
+fn audited_segment(row: serde_json::Value) -> Option<Segment> {
+    serde_json::from_value::<SegmentRow>(row)
         .ok()
         .and_then(|row| row.into_segment().ok())
-}
-
-impl Store {
-    /// Segment audit rows, newest first.
-    pub async fn segment_audit_rows(
-        &self,
-        query: &super::config::AuditQuery,
-    ) -> Result<Vec<SegmentAuditRow>, StoreError> {
-        type Raw = (
-            i64,
-            String,
-            String,
-            Option<serde_json::Value>,
-            Option<serde_json::Value>,
-            String,
-            DateTime<Utc>,
-            i64,
-        );
-        let rows: Vec<Raw> = sqlx::query_as(
-            "SELECT id, key, action, old_segment, new_segment, actor, changed_at, version \
-             FROM segment_audit \
-             WHERE ($1::text IS NULL OR key = $1) \
-               AND ($2::timestamptz IS NULL OR changed_at >= $2) \
-               AND ($3::timestamptz IS NULL OR changed_at < $3) \
-               AND ($4::bigint IS NULL OR id < $4) \
-             ORDER BY id DESC LIMIT $5",
-        )
-        .bind(&query.key)
-        .bind(query.since)
-        .bind(query.until)
-        .bind(query.before_id)
-        .bind(query.limit)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(id, key, action, old, new, actor, changed_at, version)| SegmentAuditRow {
-                    id,
-                    key,
-                    action,
-                    old_segment: audited_segment(old),
-                    new_segment: audited_segment(new),
-                    actor,
-                    changed_at,
-                    version,
-                },
-            )
-            .collect())
-    }
 }
 
 /// A segment to write, as a request says it.
