@@ -10,7 +10,9 @@ use readyd::api::pb::readyd::v1::config_service_client::ConfigServiceClient;
 use readyd::api::pb::readyd::v1::flag_service_client::FlagServiceClient;
 use readyd::api::pb::readyd::v1::health_service_client::HealthServiceClient;
 use readyd::api::pb::readyd::v1::{
-    CheckDatabaseRequest, GetFlagRequest, SetConfigRequest, UpsertFlagRequest,
+    ApplyFlagsRequest, CheckDatabaseRequest, Constraint, DeleteSegmentRequest, GetFlagRequest,
+    GetSegmentRequest, ListFlagAuditRequest, ListSegmentsRequest, SetConfigRequest,
+    UpsertFlagRequest, UpsertSegmentRequest,
 };
 use support::{TestDb, TestServer, serve_args};
 use tonic::{Code, Request};
@@ -182,6 +184,125 @@ async fn a_read_token_guards_reads_but_never_probes_or_reflection() {
         services.contains(&"readyd.v1.FlagService".to_owned()),
         "{services:?}"
     );
+    server.stop().await;
+}
+
+/// The code a call ended with (OK when it succeeded).
+fn code<T>(result: Result<T, tonic::Status>) -> Code {
+    result.err().map_or(Code::Ok, |status| status.code())
+}
+
+#[tokio::test]
+async fn segment_and_audit_calls_follow_the_token_rules_and_refusals_change_nothing() {
+    let db = TestDb::new().await;
+    let mut args = serve_args(&db.url);
+    args.admin_token = Some(ADMIN.into());
+    args.read_token = Some(READER.into());
+    let server = TestServer::start(args).await;
+    let mut flags = FlagServiceClient::new(server.channel().await);
+    let segment = || UpsertSegmentRequest {
+        key: "beta-testers".into(),
+        constraints: vec![Constraint {
+            attribute: "plan".into(),
+            operator: "in".into(),
+            values: vec!["beta".into()],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    flags
+        .upsert_segment(with_token(segment(), Some(ADMIN)))
+        .await
+        .expect("the admin writes a segment");
+    let before = (
+        db.count("flag_segments").await,
+        db.count("segment_audit").await,
+        db.count("feature_flags").await,
+    );
+
+    // Writes: the admin token only.
+    for token in [None, Some(READER), Some("guess")] {
+        let expected = if token.is_none() {
+            Code::Unauthenticated
+        } else {
+            Code::PermissionDenied
+        };
+        let delete = DeleteSegmentRequest {
+            key: "beta-testers".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            code(flags.delete_segment(with_token(delete, token)).await),
+            expected,
+            "DeleteSegment with {token:?}"
+        );
+        let mut changed = segment();
+        changed.description = "changed".into();
+        assert_eq!(
+            code(flags.upsert_segment(with_token(changed, token)).await),
+            expected,
+            "UpsertSegment with {token:?}"
+        );
+        let apply = ApplyFlagsRequest {
+            flags: vec![upsert()],
+            segments: vec![segment()],
+        };
+        assert_eq!(
+            code(flags.apply_flags(with_token(apply, token)).await),
+            expected,
+            "ApplyFlags with {token:?}"
+        );
+    }
+    let after = (
+        db.count("flag_segments").await,
+        db.count("segment_audit").await,
+        db.count("feature_flags").await,
+    );
+    assert_eq!(after, before, "refused calls changed the database");
+
+    // Reads: the read token (or the admin token), never no token.
+    for (token, expected) in [
+        (None, Code::Unauthenticated),
+        (Some("guess"), Code::PermissionDenied),
+        (Some(READER), Code::Ok),
+        (Some(ADMIN), Code::Ok),
+    ] {
+        let get = GetSegmentRequest {
+            key: "beta-testers".into(),
+        };
+        assert_eq!(
+            code(flags.get_segment(with_token(get, token)).await),
+            expected,
+            "GetSegment with {token:?}"
+        );
+        assert_eq!(
+            code(
+                flags
+                    .list_segments(with_token(ListSegmentsRequest {}, token))
+                    .await
+            ),
+            expected,
+            "ListSegments with {token:?}"
+        );
+        assert_eq!(
+            code(
+                flags
+                    .list_segment_audit(with_token(ListFlagAuditRequest::default(), token))
+                    .await
+            ),
+            expected,
+            "ListSegmentAudit with {token:?}"
+        );
+        assert_eq!(
+            code(
+                flags
+                    .list_flag_audit(with_token(ListFlagAuditRequest::default(), token))
+                    .await
+            ),
+            expected,
+            "ListFlagAudit with {token:?}"
+        );
+    }
     server.stop().await;
 }
 

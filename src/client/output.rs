@@ -108,20 +108,56 @@ pub fn flag(flag: &pb::Flag) -> Value {
     json
 }
 
-/// A recorded flag change as JSON.
-pub fn flag_audit(entry: &pb::FlagAuditEntry) -> Value {
-    let action = match entry.action() {
+/// The name of a recorded change's action.
+fn audit_action(action: pb::FlagAuditAction) -> &'static str {
+    match action {
         pb::FlagAuditAction::Insert => "insert",
         pb::FlagAuditAction::Update => "update",
         pb::FlagAuditAction::Delete => "delete",
         pb::FlagAuditAction::Unspecified => "unspecified",
-    };
+    }
+}
+
+/// A recorded flag change as JSON.
+pub fn flag_audit(entry: &pb::FlagAuditEntry) -> Value {
     json!({
         "id": entry.id,
         "key": entry.key,
-        "action": action,
+        "action": audit_action(entry.action()),
         "old_flag": entry.old_flag.as_ref().map(flag),
         "new_flag": entry.new_flag.as_ref().map(flag),
+        "actor": entry.actor,
+        "changed_at": time(entry.changed_at.as_ref()),
+        "version": entry.version,
+    })
+}
+
+/// A segment as JSON, constraints in the shape `readyd segments set
+/// --constraints` takes.
+pub fn segment(segment: &pb::Segment) -> Value {
+    let constraints: Vec<crate::flags::Constraint> = segment
+        .constraints
+        .iter()
+        .cloned()
+        .map(crate::api::targeting::constraint)
+        .collect();
+    json!({
+        "key": segment.key,
+        "description": segment.description,
+        "constraints": constraints,
+        "version": segment.version,
+        "updated_by": segment.updated_by,
+    })
+}
+
+/// A recorded segment change as JSON.
+pub fn segment_audit(entry: &pb::SegmentAuditEntry) -> Value {
+    json!({
+        "id": entry.id,
+        "key": entry.key,
+        "action": audit_action(entry.action()),
+        "old_segment": entry.old_segment.as_ref().map(segment),
+        "new_segment": entry.new_segment.as_ref().map(segment),
         "actor": entry.actor,
         "changed_at": time(entry.changed_at.as_ref()),
         "version": entry.version,

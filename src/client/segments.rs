@@ -3,7 +3,7 @@
 
 use clap::Subcommand;
 
-use super::output::{fields, table};
+use super::output::{self, fields, segment_audit, table};
 use super::{Client, ClientArgs, ClientError};
 use crate::api::pb::readyd::v1 as pb;
 use crate::api::pb::readyd::v1::flag_service_client::FlagServiceClient;
@@ -70,23 +70,6 @@ pub enum SegmentsCommand {
     },
 }
 
-/// The segment as JSON, constraints in the shape `--constraints` takes.
-fn segment_json(segment: &pb::Segment) -> serde_json::Value {
-    let constraints: Vec<Constraint> = segment
-        .constraints
-        .iter()
-        .cloned()
-        .map(crate::api::targeting::constraint)
-        .collect();
-    serde_json::json!({
-        "key": segment.key,
-        "description": segment.description,
-        "constraints": constraints,
-        "version": segment.version,
-        "updated_by": segment.updated_by,
-    })
-}
-
 /// `--constraints`: JSON, or `@FILE` holding it.
 fn constraints_arg(raw: &str) -> Result<Vec<Constraint>, ClientError> {
     let text = match raw.strip_prefix('@') {
@@ -113,7 +96,7 @@ pub async fn run(args: SegmentsArgs) -> Result<(), ClientError> {
                 .into_inner()
                 .segments;
             client.print(
-                serde_json::Value::Array(segments.iter().map(segment_json).collect()),
+                serde_json::Value::Array(segments.iter().map(output::segment).collect()),
                 || {
                     table(
                         &["KEY", "CONSTRAINTS", "VERSION", "DESCRIPTION"],
@@ -137,7 +120,7 @@ pub async fn run(args: SegmentsArgs) -> Result<(), ClientError> {
                 .get_segment(client.request(pb::GetSegmentRequest { key })?)
                 .await?
                 .into_inner();
-            let json = segment_json(&segment);
+            let json = output::segment(&segment);
             client.print(json.clone(), || {
                 fields(vec![
                     ("key", segment.key.clone()),
@@ -169,7 +152,7 @@ pub async fn run(args: SegmentsArgs) -> Result<(), ClientError> {
                 .await?
                 .into_inner();
             let segment = answer.segment.unwrap_or_default();
-            client.print(segment_json(&segment), || {
+            client.print(output::segment(&segment), || {
                 let verb = if answer.created { "created" } else { "updated" };
                 format!("{verb} {} at version {}\n", segment.key, segment.version)
             });
@@ -184,21 +167,7 @@ pub async fn run(args: SegmentsArgs) -> Result<(), ClientError> {
                 .await?
                 .into_inner()
                 .entries;
-            let rows: Vec<serde_json::Value> = entries
-                .iter()
-                .map(|e| {
-                    serde_json::json!({
-                        "id": e.id,
-                        "key": e.key,
-                        "action": e.action().as_str_name().trim_start_matches("FLAG_AUDIT_ACTION_").to_lowercase(),
-                        "old_segment": e.old_segment.as_ref().map(segment_json),
-                        "new_segment": e.new_segment.as_ref().map(segment_json),
-                        "actor": e.actor,
-                        "changed_at": super::output::time(e.changed_at.as_ref()),
-                        "version": e.version,
-                    })
-                })
-                .collect();
+            let rows: Vec<serde_json::Value> = entries.iter().map(segment_audit).collect();
             client.print(serde_json::Value::Array(rows.clone()), || {
                 table(
                     &["VERSION", "CHANGED AT", "ACTOR", "KEY", "ACTION"],
