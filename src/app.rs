@@ -29,6 +29,7 @@ use crate::health::Probes;
 use crate::health::history::{self, HistorySettings, HistorySink, UpstreamHistory};
 use crate::health::monitor::HealthMonitor;
 use crate::health::redact::redact_url;
+use crate::http::HttpSurface;
 use crate::relay::forward::ForwardLayer;
 use crate::relay::upstream::{Replication, ReplicationServer};
 use crate::relay::verifiers;
@@ -69,6 +70,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         source,
         listener,
         flagd_listener,
+        http_listener,
         probe_listener,
         tls,
         metrics_addr,
@@ -146,16 +148,18 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
     };
-    let health = pb::readyd::v1::health_service_server::HealthServiceServer::new(HealthApi::new(
+    let health_api = HealthApi::new(
         database.clone(),
         Arc::clone(&monitor),
         Arc::clone(&state),
         settings.instance.clone(),
         settings.environment.clone(),
         Arc::clone(&streams),
-    ))
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    );
+    let health =
+        pb::readyd::v1::health_service_server::HealthServiceServer::new(health_api.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
     let flags = pb::readyd::v1::flag_service_server::FlagServiceServer::new(FlagApi::new(
         Arc::clone(&state),
@@ -293,6 +297,25 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         )
     });
 
+    // The HTTP surface: it keeps answering (probes 503) while the gRPC
+    // port drains, and stops after it.
+    let http_stop = CancellationToken::new();
+    let http_addr = http_listener
+        .as_ref()
+        .and_then(|listener| listener.local_addr().ok());
+    let http_server = http_listener.map(|listener| {
+        let surface = Arc::new(HttpSurface {
+            probes: Arc::clone(&probes),
+            monitor: Arc::clone(&monitor),
+            health: health_api.clone(),
+            tokens: Arc::clone(&tokens),
+        });
+        let stop = http_stop.clone();
+        tokio::spawn(crate::http::serve(listener, surface, async move {
+            stop.cancelled().await;
+        }))
+    });
+
     let router = Server::builder()
         .max_concurrent_streams(Some(settings.limits.per_connection))
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
@@ -334,6 +357,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         listen = %local_addr.map_or_else(|| "?".to_owned(), |addr| addr.to_string()),
         tls = is_tls,
         probe = %probe_addr.map_or_else(|| "off".to_owned(), |addr| addr.to_string()),
+        http = %http_addr.map_or_else(|| "off".to_owned(), |addr| addr.to_string()),
         metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |addr| addr.to_string()),
         environment = %settings.environment,
         instance = %settings.instance,
@@ -381,6 +405,14 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
 
     flagd_stop.cancel();
     tls_end.cancel();
+    http_stop.cancel();
+    if let Some(mut http_server) = http_server
+        && tokio::time::timeout(Duration::from_secs(1), &mut http_server)
+            .await
+            .is_err()
+    {
+        http_server.abort();
+    }
     if let Some(mut probe_server) = probe_server
         && tokio::time::timeout(Duration::from_secs(1), &mut probe_server)
             .await

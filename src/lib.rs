@@ -4,6 +4,7 @@ pub mod api;
 pub mod app;
 pub mod embedded_pg;
 pub mod health;
+pub mod http;
 pub mod settings;
 pub mod startup;
 pub mod store;

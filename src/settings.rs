@@ -134,6 +134,12 @@ pub struct ServeArgs {
     #[arg(long, env = "READYD_FLAGD_LISTEN", default_value = "off")]
     pub flagd_listen: String,
 
+    /// An address serving readyd's HTTP surface (HTTP/1.1 and HTTP/2):
+    /// /livez, /readyz, /startupz and /api/health, e.g. 0.0.0.0:8014,
+    /// or `off`.
+    #[arg(long, env = "READYD_HTTP_LISTEN", default_value = "off")]
+    pub http_listen: String,
+
     /// Concurrent HTTP/2 streams (calls) one connection may have open; a
     /// client past it waits for one to finish.
     #[arg(long, env = "READYD_MAX_STREAMS_PER_CONNECTION", default_value_t = DEFAULT_MAX_STREAMS_PER_CONNECTION)]
@@ -229,6 +235,7 @@ impl fmt::Debug for ServeArgs {
             tls_key,
             probe_listen,
             flagd_listen,
+            http_listen,
             max_streams_per_connection,
             max_watch_streams,
             max_follow_streams,
@@ -267,6 +274,7 @@ impl fmt::Debug for ServeArgs {
             .field("tls_key", tls_key)
             .field("probe_listen", probe_listen)
             .field("flagd_listen", flagd_listen)
+            .field("http_listen", http_listen)
             .field("max_streams_per_connection", max_streams_per_connection)
             .field("max_watch_streams", max_watch_streams)
             .field("max_follow_streams", max_follow_streams)
@@ -422,6 +430,8 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     /// The extra flagd-only address; None when off.
     pub flagd_listen: Option<SocketAddr>,
+    /// The HTTP surface's address, when on.
+    pub http_listen: Option<SocketAddr>,
     /// Certificate and key to serve TLS with; None for plaintext.
     pub tls: Option<TlsFiles>,
     /// The extra plaintext grpc.health.v1-only address; None when off.
@@ -700,6 +710,12 @@ impl Settings {
             "0.0.0.0:8013",
             &mut errors,
         );
+        let http_listen = optional_address(
+            "--http-listen (READYD_HTTP_LISTEN)",
+            &args.http_listen,
+            "0.0.0.0:8014",
+            &mut errors,
+        );
         let probe_listen = optional_address(
             "--probe-listen (READYD_PROBE_LISTEN)",
             &args.probe_listen,
@@ -760,6 +776,7 @@ impl Settings {
             stale_after,
             metrics_listen,
             flagd_listen,
+            http_listen,
             probe_listen,
         ) {
             (
@@ -773,6 +790,7 @@ impl Settings {
                 Some(stale_after),
                 Some(metrics_listen),
                 Some(flagd_listen),
+                Some(http_listen),
                 Some(probe_listen),
             ) if errors.is_empty() => Ok(Self {
                 listen,
@@ -793,6 +811,7 @@ impl Settings {
                 stale_after,
                 metrics_listen,
                 flagd_listen,
+                http_listen,
                 tls,
                 probe_listen,
                 limits,

@@ -83,6 +83,8 @@ pub struct Started {
     pub listener: TcpListener,
     /// The bound flagd-only listener, when `--flagd-listen` is set.
     pub flagd_listener: Option<TcpListener>,
+    /// The HTTP surface's listener, when asked for.
+    pub http_listener: Option<TcpListener>,
     /// The bound plaintext probe listener, when `--probe-listen` is set.
     pub probe_listener: Option<TcpListener>,
     /// TLS for the gRPC listener, when `--tls-cert` is set.
@@ -174,6 +176,7 @@ pub async fn prepare(args: &ServeArgs) -> Result<Started, StartupReport> {
     let Bound {
         listener,
         flagd_listener,
+        http_listener,
         probe_listener,
         tls,
         metrics_addr,
@@ -202,6 +205,7 @@ pub async fn prepare(args: &ServeArgs) -> Result<Started, StartupReport> {
                     },
                     listener,
                     flagd_listener,
+                    http_listener,
                     probe_listener,
                     tls,
                     metrics_addr,
@@ -234,6 +238,8 @@ struct Bound {
     listener: Option<TcpListener>,
     /// The flagd-only listener, when asked for.
     flagd_listener: Option<TcpListener>,
+    /// The HTTP surface's listener, when asked for.
+    http_listener: Option<TcpListener>,
     /// The plaintext probe listener, when asked for.
     probe_listener: Option<TcpListener>,
     /// The loaded certificate, when TLS is asked for.
@@ -264,6 +270,19 @@ async fn bind(settings: Option<&Settings>, report: &mut StartupReport) -> Bound 
             Err(err) => {
                 report.push(
                     "--flagd-listen (READYD_FLAGD_LISTEN)",
+                    format!("cannot listen on {addr}: {err}"),
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let http_listener = match settings.as_ref().and_then(|settings| settings.http_listen) {
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(err) => {
+                report.push(
+                    "--http-listen (READYD_HTTP_LISTEN)",
                     format!("cannot listen on {addr}: {err}"),
                 );
                 None
@@ -309,6 +328,7 @@ async fn bind(settings: Option<&Settings>, report: &mut StartupReport) -> Bound 
     Bound {
         listener,
         flagd_listener,
+        http_listener,
         probe_listener,
         tls,
         metrics_addr,
@@ -391,6 +411,7 @@ async fn prepare_follower(
     let Bound {
         listener,
         flagd_listener,
+        http_listener,
         probe_listener,
         tls,
         metrics_addr,
@@ -411,6 +432,7 @@ async fn prepare_follower(
                 settings,
                 listener,
                 flagd_listener,
+                http_listener,
                 probe_listener,
                 tls,
                 metrics_addr,

@@ -117,7 +117,7 @@ impl HealthApi {
     }
 
     /// The report as of now, from memory only.
-    fn report(&self) -> HealthReport {
+    pub(crate) fn report(&self) -> HealthReport {
         let checks = self.monitor.checks();
         let overall = self.monitor.overall_of(&checks);
         let snapshot = self.state.snapshot();

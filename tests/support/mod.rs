@@ -231,6 +231,7 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
         // One exporter per process; the metrics tests run the binary.
         metrics_listen: "off".into(),
         flagd_listen: "off".into(),
+        http_listen: "off".into(),
         tls_cert: None,
         tls_key: None,
         probe_listen: "off".into(),
@@ -250,6 +251,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// Where its flagd-only port listens, when `flagd_listen` is set.
     pub flagd_addr: Option<SocketAddr>,
+    /// Where its HTTP surface listens, when `http_listen` is set.
+    pub http_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), readyd::app::ServeError>>>,
 }
@@ -266,6 +269,10 @@ impl TestServer {
             .flagd_listener
             .as_ref()
             .map(|listener| listener.local_addr().expect("flagd local addr"));
+        let http_addr = started
+            .http_listener
+            .as_ref()
+            .map(|listener| listener.local_addr().expect("http local addr"));
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(readyd::serve(started, async move {
             let _ = rx.await;
@@ -273,6 +280,7 @@ impl TestServer {
         TestServer {
             addr,
             flagd_addr,
+            http_addr,
             shutdown: Some(tx),
             handle: Some(handle),
         }

@@ -1,0 +1,364 @@
+//! The HTTP surface over real connections: raw HTTP/1.1 requests as `curl`
+//! sends them and HTTP/2 with prior knowledge, probes that follow the gRPC
+//! probes through start-up, a failing critical check and shutdown, the
+//! JSON health report and its tokens, and clear errors for what it does
+//! not serve.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use readyd::api::pb::grpc_health_v1::health_check_response::ServingStatus;
+use support::{TestDb, TestServer, serve_args, wait_for_probe};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const READER: &str = "read-token-for-http-tests";
+
+/// One answer: status code, headers (lower-case names) and body.
+#[derive(Debug)]
+struct Answer {
+    code: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|err| panic!("not JSON ({err}): {:?}", self.body))
+    }
+}
+
+/// Sends `request` (a whole HTTP/1.1 request) as written and reads the
+/// answer until the server closes.
+async fn raw(addr: SocketAddr, request: &str) -> Answer {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send request");
+    let mut bytes = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut bytes))
+        .await
+        .expect("an answer within 10 s")
+        .expect("read answer");
+    let text = String::from_utf8(bytes).expect("UTF-8 answer");
+    let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+    let mut lines = head.lines();
+    let status = lines.next().expect("status line");
+    let code = status
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("status line {status:?}"));
+    assert!(status.starts_with("HTTP/1.1 "), "{status:?}");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_lowercase(), value.trim().to_owned()))
+        .collect();
+    let body = if headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v == "chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Answer {
+        code,
+        headers,
+        body,
+    }
+}
+
+/// The body of a chunked HTTP/1.1 answer.
+fn dechunk(mut rest: &str) -> String {
+    let mut body = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").expect("chunk size");
+        let size = usize::from_str_radix(size.trim(), 16).expect("hex chunk size");
+        if size == 0 {
+            return body;
+        }
+        body.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+}
+
+/// `GET path` as curl sends it, with an optional bearer token.
+async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Answer {
+    let authorization = token
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
+    raw(
+        addr,
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n{authorization}Connection: close\r\n\r\n"
+        ),
+    )
+    .await
+}
+
+/// `GET path` over HTTP/2 with prior knowledge (h2c), as gRPC clients and
+/// `curl --http2-prior-knowledge` connect.
+async fn get_h2(addr: SocketAddr, path: &str) -> (u16, String) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get(format!("http://{addr}{path}"))
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let response = sender.send_request(request).await.expect("HTTP/2 answer");
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let code = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    connection.abort();
+    (code, String::from_utf8(body.to_vec()).expect("UTF-8"))
+}
+
+/// A peer that accepts connections and closes them at once: an HTTP check
+/// against it fails on every attempt.
+async fn slamming_peer() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            drop(stream);
+        }
+    });
+    addr
+}
+
+async fn start(db: &TestDb, edit: impl FnOnce(&mut readyd::settings::ServeArgs)) -> TestServer {
+    let mut args = serve_args(&db.url);
+    args.http_listen = "127.0.0.1:0".into();
+    edit(&mut args);
+    TestServer::start(args).await
+}
+
+#[tokio::test]
+async fn probes_answer_like_the_grpc_probes_over_http1_and_http2() {
+    let db = TestDb::new().await;
+    let server = start(&db, |_| {}).await;
+    let http = server.http_addr.expect("an HTTP address");
+    wait_for_probe(server.channel().await, "readiness", ServingStatus::Serving).await;
+
+    for path in ["/livez", "/readyz", "/startupz"] {
+        let answer = get(http, path, None).await;
+        assert_eq!((answer.code, answer.body.as_str()), (200, "ok\n"), "{path}");
+        assert_eq!(
+            answer.header("content-type"),
+            Some("text/plain; charset=utf-8")
+        );
+        assert_eq!(answer.header("cache-control"), Some("no-store"));
+        assert_eq!(get_h2(http, path).await, (200, "ok\n".to_owned()), "{path}");
+    }
+    let verbose = get(http, "/readyz?verbose", None).await;
+    assert_eq!(verbose.code, 200);
+    assert_eq!(
+        verbose.body,
+        "[+]startup ok\n[+]shutdown ok\n[+]database ok\nreadyz check passed\n"
+    );
+    assert_eq!(
+        get(http, "/livez?verbose=1", None).await.body,
+        "[+]ping ok\nlivez check passed\n"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_critical_check_makes_readyz_503_naming_it_without_its_error() {
+    let db = TestDb::new().await;
+    let peer = slamming_peer().await;
+    let server = start(&db, |args| {
+        args.checks = vec![format!(
+            "payments=http://user:hunter2@{peer}/healthz?interval=100ms&timeout=500ms&failures=1"
+        )];
+    })
+    .await;
+    let http = server.http_addr.expect("an HTTP address");
+    let channel = server.channel().await;
+    wait_for_probe(channel.clone(), "startup", ServingStatus::Serving).await;
+    wait_for_probe(channel.clone(), "dep.payments", ServingStatus::NotServing).await;
+    wait_for_probe(channel, "readiness", ServingStatus::NotServing).await;
+
+    let ready = get(http, "/readyz", None).await;
+    assert_eq!(ready.code, 503, "{ready:?}");
+    assert_eq!(
+        ready.body,
+        "[-]payments failed: reason withheld\nreadyz check failed\n"
+    );
+    let verbose = get(http, "/readyz?verbose", None).await;
+    assert_eq!(verbose.code, 503);
+    assert!(verbose.body.contains("[+]database ok\n"), "{verbose:?}");
+    for secret in ["hunter2", "user:", &peer.to_string()] {
+        assert!(!verbose.body.contains(secret), "{verbose:?}");
+    }
+    // Alive and started all the same: the kubelet must not restart it.
+    assert_eq!(get(http, "/livez", None).await.code, 200);
+    assert_eq!(get(http, "/startupz", None).await.code, 200);
+
+    // The full report is data, not an error: 503 because it is UNHEALTHY,
+    // with the check, its target without the password, and its error.
+    let health = get(http, "/api/health", None).await;
+    assert_eq!(health.code, 503, "{health:?}");
+    assert_eq!(health.header("content-type"), Some("application/json"));
+    let report = health.json();
+    assert_eq!(report["status"], "HEALTH_STATUS_UNHEALTHY", "{report}");
+    let payments = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|check| check["name"] == "payments")
+        .expect("the payments check");
+    assert_eq!(payments["state"], "CHECK_STATE_FAILING", "{payments}");
+    assert_eq!(payments["critical"], true);
+    assert!(
+        !payments["lastError"]
+            .as_str()
+            .expect("lastError")
+            .is_empty()
+    );
+    assert!(!health.body.contains("hunter2"), "{}", health.body);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn api_health_is_the_grpc_report_in_the_protobuf_json_mapping() {
+    let db = TestDb::new().await;
+    let server = start(&db, |_| {}).await;
+    let http = server.http_addr.expect("an HTTP address");
+    wait_for_probe(server.channel().await, "readiness", ServingStatus::Serving).await;
+
+    let answer = get(http, "/api/health", None).await;
+    assert_eq!(answer.code, 200, "{answer:?}");
+    let report = answer.json();
+    assert_eq!(report["status"], "HEALTH_STATUS_HEALTHY", "{report}");
+    assert_eq!(report["readydVersion"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(report["environment"], "test");
+    assert_eq!(report["instance"], "test-instance");
+    assert_eq!(report["maintenanceMode"], false);
+    let uptime = report["uptime"].as_str().expect("uptime is a string");
+    assert!(uptime.ends_with('s'), "{uptime}");
+    let timestamp = report["timestamp"].as_str().expect("timestamp");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(timestamp).is_ok(),
+        "{timestamp}"
+    );
+    let database = &report["checks"][0];
+    assert_eq!(database["name"], "database", "{report}");
+    assert_eq!(database["state"], "CHECK_STATE_PASSING");
+    assert!(
+        database["latency"]
+            .as_str()
+            .is_some_and(|l| l.ends_with('s')),
+        "{database}"
+    );
+    let (code, body) = get_h2(http, "/api/health").await;
+    assert_eq!(code, 200);
+    let over_h2: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(over_h2["status"], "HEALTH_STATUS_HEALTHY");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_read_token_guards_api_health_but_never_the_probes() {
+    let db = TestDb::new().await;
+    let server = start(&db, |args| {
+        args.read_token = Some(READER.into());
+    })
+    .await;
+    let http = server.http_addr.expect("an HTTP address");
+    wait_for_probe(server.channel().await, "readiness", ServingStatus::Serving).await;
+
+    let refused = get(http, "/api/health", None).await;
+    assert_eq!(refused.code, 401, "{refused:?}");
+    assert_eq!(refused.json()["code"], "UNAUTHENTICATED");
+    assert!(
+        refused.json()["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Bearer")),
+        "{refused:?}"
+    );
+    let wrong = get(http, "/api/health", Some("a-guess")).await;
+    assert_eq!(wrong.code, 403, "{wrong:?}");
+    assert_eq!(wrong.json()["code"], "PERMISSION_DENIED");
+    assert!(!wrong.body.contains("a-guess"), "{wrong:?}");
+    assert_eq!(get(http, "/api/health", Some(READER)).await.code, 200);
+    assert_eq!(get(http, "/readyz", None).await.code, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_paths_methods_and_garbage_get_clear_errors() {
+    let db = TestDb::new().await;
+    let server = start(&db, |_| {}).await;
+    let http = server.http_addr.expect("an HTTP address");
+
+    let missing = get(http, "/api/nothing-here", None).await;
+    assert_eq!(missing.code, 404, "{missing:?}");
+    assert_eq!(missing.json()["code"], "NOT_FOUND");
+    assert!(
+        missing.json()["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("/api/nothing-here")),
+        "{missing:?}"
+    );
+    let post = raw(
+        http,
+        "POST /livez HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    )
+    .await;
+    assert_eq!(post.code, 405, "{post:?}");
+    assert_eq!(post.json()["code"], "METHOD_NOT_ALLOWED");
+    let garbage = raw(http, "NOT HTTP AT ALL\r\n\r\n").await;
+    assert_eq!(garbage.code, 400, "{garbage:?}");
+    // Still serving after all of it.
+    assert_eq!(get(http, "/livez", None).await.code, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn while_leaving_readyz_is_503_and_livez_still_200() {
+    let db = TestDb::new().await;
+    let mut server = start(&db, |args| {
+        // Long enough that the test never races it.
+        args.drain_delay = "10m".into();
+    })
+    .await;
+    let http = server.http_addr.expect("an HTTP address");
+    let channel = server.channel().await;
+    wait_for_probe(channel.clone(), "readiness", ServingStatus::Serving).await;
+    server.begin_shutdown();
+    wait_for_probe(channel, "readiness", ServingStatus::NotServing).await;
+
+    let ready = get(http, "/readyz", None).await;
+    assert_eq!(ready.code, 503, "{ready:?}");
+    assert_eq!(
+        ready.body,
+        "[-]shutdown shutting down\nreadyz check failed\n"
+    );
+    assert_eq!(get(http, "/livez", None).await.code, 200);
+    assert_eq!(get(http, "/startupz", None).await.code, 200);
+}
