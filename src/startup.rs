@@ -248,6 +248,23 @@ struct Bound {
     metrics_addr: Option<std::net::SocketAddr>,
 }
 
+/// Binds an extra port when its setting asks for one; a port that cannot
+/// be bound is a start-up problem named after `setting`.
+async fn bind_extra(
+    addr: Option<std::net::SocketAddr>,
+    setting: &'static str,
+    report: &mut StartupReport,
+) -> Option<TcpListener> {
+    let addr = addr?;
+    match TcpListener::bind(addr).await {
+        Ok(listener) => Some(listener),
+        Err(err) => {
+            report.push(setting, format!("cannot listen on {addr}: {err}"));
+            None
+        }
+    }
+}
+
 /// Binds the listeners and the metrics endpoint; a port that cannot be
 /// bound is a start-up problem.
 async fn bind(settings: Option<&Settings>, report: &mut StartupReport) -> Bound {
@@ -264,45 +281,24 @@ async fn bind(settings: Option<&Settings>, report: &mut StartupReport) -> Bound 
         },
         None => None,
     };
-    let flagd_listener = match settings.as_ref().and_then(|settings| settings.flagd_listen) {
-        Some(addr) => match TcpListener::bind(addr).await {
-            Ok(listener) => Some(listener),
-            Err(err) => {
-                report.push(
-                    "--flagd-listen (READYD_FLAGD_LISTEN)",
-                    format!("cannot listen on {addr}: {err}"),
-                );
-                None
-            }
-        },
-        None => None,
-    };
-    let http_listener = match settings.as_ref().and_then(|settings| settings.http_listen) {
-        Some(addr) => match TcpListener::bind(addr).await {
-            Ok(listener) => Some(listener),
-            Err(err) => {
-                report.push(
-                    "--http-listen (READYD_HTTP_LISTEN)",
-                    format!("cannot listen on {addr}: {err}"),
-                );
-                None
-            }
-        },
-        None => None,
-    };
-    let probe_listener = match settings.as_ref().and_then(|settings| settings.probe_listen) {
-        Some(addr) => match TcpListener::bind(addr).await {
-            Ok(listener) => Some(listener),
-            Err(err) => {
-                report.push(
-                    "--probe-listen (READYD_PROBE_LISTEN)",
-                    format!("cannot listen on {addr}: {err}"),
-                );
-                None
-            }
-        },
-        None => None,
-    };
+    let flagd_listener = bind_extra(
+        settings.and_then(|settings| settings.flagd_listen),
+        "--flagd-listen (READYD_FLAGD_LISTEN)",
+        report,
+    )
+    .await;
+    let http_listener = bind_extra(
+        settings.and_then(|settings| settings.http_listen),
+        "--http-listen (READYD_HTTP_LISTEN)",
+        report,
+    )
+    .await;
+    let probe_listener = bind_extra(
+        settings.and_then(|settings| settings.probe_listen),
+        "--probe-listen (READYD_PROBE_LISTEN)",
+        report,
+    )
+    .await;
     let tls = match settings.as_ref().and_then(|settings| settings.tls.as_ref()) {
         Some(files) => match ServingTls::load(files) {
             Ok(tls) => Some(tls),

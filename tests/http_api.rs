@@ -362,3 +362,20 @@ async fn while_leaving_readyz_is_503_and_livez_still_200() {
     assert_eq!(get(http, "/livez", None).await.code, 200);
     assert_eq!(get(http, "/startupz", None).await.code, 200);
 }
+
+#[tokio::test]
+async fn a_taken_http_port_is_a_startup_error_naming_the_setting() {
+    let db = TestDb::new().await;
+    let taken = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let mut args = serve_args(&db.url);
+    args.http_listen = taken.local_addr().expect("addr").to_string();
+    let report = match readyd::startup::prepare(&args).await {
+        Ok(_) => panic!("start-up must fail on a taken --http-listen port"),
+        Err(report) => report.to_string(),
+    };
+    assert!(
+        report.contains("--http-listen (READYD_HTTP_LISTEN)"),
+        "{report}"
+    );
+    assert!(report.contains("cannot listen on"), "{report}");
+}
