@@ -161,24 +161,27 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
-    let flags = pb::readyd::v1::flag_service_server::FlagServiceServer::new(FlagApi::new(
+    let flag_api = FlagApi::new(
         Arc::clone(&state),
         database.clone(),
         &settings.environment,
         Arc::clone(&streams),
-    ))
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    );
+    let flags = pb::readyd::v1::flag_service_server::FlagServiceServer::new(flag_api.clone())
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
-    let config = pb::readyd::v1::config_service_server::ConfigServiceServer::new(ConfigApi::new(
+    let config_api = ConfigApi::new(
         Arc::clone(&state),
         database.clone(),
         &settings.environment,
         Arc::clone(&streams),
         upstream.as_ref().map(|(channel, _)| channel.clone()),
-    ))
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    );
+    let config =
+        pb::readyd::v1::config_service_server::ConfigServiceServer::new(config_api.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
     let deployments = pb::readyd::v1::deployment_service_server::DeploymentServiceServer::new(
         DeploymentApi::new(Arc::clone(&state), database.clone()),
@@ -308,6 +311,8 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
             probes: Arc::clone(&probes),
             monitor: Arc::clone(&monitor),
             health: health_api.clone(),
+            flags: flag_api.clone(),
+            config: config_api.clone(),
             tokens: Arc::clone(&tokens),
         });
         let stop = http_stop.clone();

@@ -379,3 +379,195 @@ async fn a_taken_http_port_is_a_startup_error_naming_the_setting() {
     );
     assert!(report.contains("cannot listen on"), "{report}");
 }
+
+const ADMIN: &str = "admin-token-for-http-tests";
+
+/// A three-variant string flag: Germany gets green, everyone else red.
+async fn upsert_button_color(channel: tonic::transport::Channel) {
+    use readyd::api::pb::readyd::v1 as pb;
+    let variant = |name: &str| pb::FlagVariant {
+        name: name.into(),
+        value: Some(prost_types::Value {
+            kind: Some(prost_types::value::Kind::StringValue(format!(
+                "{name}-button"
+            ))),
+        }),
+    };
+    let serve = |name: &str| {
+        Some(pb::Serve {
+            serve: Some(pb::serve::Serve::Variant(name.into())),
+        })
+    };
+    let mut request = tonic::Request::new(pb::UpsertFlagRequest {
+        key: "button_color".into(),
+        enabled: Some(true),
+        value_type: pb::FlagValueType::String.into(),
+        on_value: Some(prost_types::Value {
+            kind: Some(prost_types::value::Kind::StringValue("on".into())),
+        }),
+        off_value: Some(prost_types::Value {
+            kind: Some(prost_types::value::Kind::StringValue("off".into())),
+        }),
+        targeting: Some(pb::FlagTargeting {
+            variants: vec![variant("red"), variant("green")],
+            rules: vec![pb::TargetingRule {
+                name: "germany".into(),
+                constraints: vec![pb::Constraint {
+                    attribute: "country".into(),
+                    operator: "in".into(),
+                    values: vec!["DE".into()],
+                    ..Default::default()
+                }],
+                serve: serve("green"),
+                ..Default::default()
+            }],
+            default_serve: serve("red"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN}").parse().expect("header"),
+    );
+    readyd::api::pb::readyd::v1::flag_service_client::FlagServiceClient::new(channel)
+        .upsert_flag(request)
+        .await
+        .expect("upsert button_color");
+}
+
+#[tokio::test]
+async fn feature_flag_endpoints_answer_as_list_flags_and_evaluate_flag() {
+    use readyd::api::pb::readyd::v1 as pb;
+    let db = TestDb::new().await;
+    let server = start(&db, |args| args.admin_token = Some(ADMIN.into())).await;
+    let http = server.http_addr.expect("an HTTP address");
+    let channel = server.channel().await;
+    upsert_button_color(channel.clone()).await;
+
+    let listed = get(http, "/api/feature-flags?prefix=button", None).await;
+    assert_eq!(listed.code, 200, "{listed:?}");
+    let listed = listed.json();
+    let flags = listed["flags"].as_array().expect("flags");
+    assert_eq!(flags.len(), 1, "{listed}");
+    assert_eq!(flags[0]["key"], "button_color");
+    assert_eq!(flags[0]["valueType"], "FLAG_VALUE_TYPE_STRING");
+    assert!(
+        flags[0]["version"].is_string(),
+        "int64 is a string: {listed}"
+    );
+    assert_eq!(
+        flags[0]["targeting"]["rules"][0]["constraints"][0]["values"][0],
+        "DE"
+    );
+    let all = get(http, "/api/feature-flags", None).await.json();
+    assert!(
+        all["flags"].as_array().expect("flags").len() > 1,
+        "the seeded flags too: {all}"
+    );
+
+    // Each answer equals EvaluateFlag's for the same context.
+    let mut grpc = pb::flag_service_client::FlagServiceClient::new(channel);
+    for (query, country) in [("user_id=u1&country=DE", Some("DE")), ("user_id=u2", None)] {
+        let answer = get(
+            http,
+            &format!("/api/feature-flags/button_color?{query}"),
+            None,
+        )
+        .await;
+        assert_eq!(answer.code, 200, "{answer:?}");
+        let answer = answer.json();
+        let mut context = pb::EvaluationContext {
+            user_id: query[8..10].to_owned(),
+            ..Default::default()
+        };
+        if let Some(country) = country {
+            context.attributes = Some(prost_types::Struct {
+                fields: [(
+                    "country".to_owned(),
+                    prost_types::Value {
+                        kind: Some(prost_types::value::Kind::StringValue(country.into())),
+                    },
+                )]
+                .into(),
+            });
+        }
+        let expected = grpc
+            .evaluate_flag(pb::EvaluateFlagRequest {
+                key: "button_color".into(),
+                context: Some(context),
+                explain: false,
+            })
+            .await
+            .expect("EvaluateFlag")
+            .into_inner();
+        assert_eq!(answer["variant"], expected.variant, "{answer}");
+        assert_eq!(answer["reason"], expected.reason().as_str_name());
+        assert_eq!(
+            answer["value"],
+            format!("{}-button", expected.variant),
+            "{answer}"
+        );
+    }
+    let explained = get(
+        http,
+        "/api/feature-flags/button_color?user_id=u1&country=FR&explain=true",
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(explained["variant"], "red");
+    assert!(
+        !explained["explanation"]
+            .as_array()
+            .expect("explanation")
+            .is_empty(),
+        "{explained}"
+    );
+
+    let missing = get(http, "/api/feature-flags/no_such_flag", None).await;
+    assert_eq!(missing.code, 404, "{missing:?}");
+    assert_eq!(missing.json()["code"], "NOT_FOUND");
+    let bad_key = get(http, "/api/feature-flags/Bad%20Key!", None).await;
+    assert_eq!(bad_key.code, 400, "{bad_key:?}");
+    assert_eq!(bad_key.json()["code"], "INVALID_ARGUMENT");
+    let bad_size = get(http, "/api/feature-flags?page_size=many", None).await;
+    assert_eq!(bad_size.code, 400, "{bad_size:?}");
+    assert!(bad_size.body.contains("page_size"), "{bad_size:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn api_config_redacts_sensitive_values_unless_the_admin_token_is_presented() {
+    let db = TestDb::new().await;
+    sqlx::query(
+        "INSERT INTO app_config (key, environment, value, is_sensitive) VALUES \
+         ('payments.timeout_ms', '*', '2500', false), \
+         ('payments.api_key', 'test', '\"sk_live_very_secret\"', true)",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("config rows");
+    let server = start(&db, |args| args.admin_token = Some(ADMIN.into())).await;
+    let http = server.http_addr.expect("an HTTP address");
+
+    let public = get(http, "/api/config?prefix=payments.", None).await;
+    assert_eq!(public.code, 200, "{public:?}");
+    assert!(!public.body.contains("sk_live_very_secret"), "{public:?}");
+    let entries = public.json()["entries"].clone();
+    let entries = entries.as_array().expect("entries");
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let timeout = entries
+        .iter()
+        .find(|e| e["key"] == "payments.timeout_ms")
+        .expect("timeout row");
+    assert_eq!(timeout["value"], 2500.0, "{timeout}");
+    let admin = get(http, "/api/config?prefix=payments.", Some(ADMIN)).await;
+    assert_eq!(admin.code, 200, "{admin:?}");
+    assert!(admin.body.contains("sk_live_very_secret"), "{admin:?}");
+    // Another environment's rows are the admin's to list.
+    let other = get(http, "/api/config?environment=prod", None).await;
+    assert_eq!(other.code, 403, "{other:?}");
+    assert_eq!(other.json()["code"], "PERMISSION_DENIED");
+    server.stop().await;
+}

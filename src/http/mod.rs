@@ -1,8 +1,9 @@
 //! readyd's HTTP surface, on `--http-listen` (HTTP/1.1 and HTTP/2 over
-//! cleartext, both on one port): plain HTTP probes and the JSON health
-//! report, for clients that cannot speak gRPC. It answers from memory with
-//! the same rules and the same tokens as the gRPC API; a path means the same
-//! as its gRPC call (`/api/health` is `HealthService/GetHealth`).
+//! cleartext, both on one port): plain HTTP probes, and JSON endpoints for
+//! clients that cannot speak gRPC. Each JSON endpoint is a gRPC call made
+//! in-process: the same handler, the same token rules (decided by the
+//! call's gRPC path), the answer in the protobuf JSON mapping
+//! (`/api/health` is `HealthService/GetHealth`).
 //!
 //! It has its own port rather than sharing the gRPC one: the gRPC server's
 //! HTTP/2 settings, limits and two-step GOAWAY shutdown stay as they are,
@@ -22,8 +23,13 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 
 use crate::api::auth::{TokenCheck, authorize};
+use crate::api::config::ConfigApi;
+use crate::api::flags::FlagApi;
 use crate::api::health::HealthApi;
+use crate::api::pb::readyd::v1 as pb;
 use crate::api::pb::readyd::v1::HealthStatus;
+use crate::api::pb::readyd::v1::config_service_server::ConfigService;
+use crate::api::pb::readyd::v1::flag_service_server::FlagService;
 use crate::health::monitor::HealthMonitor;
 use crate::health::probes::{Probes, ServingStatus};
 use probes::Probe;
@@ -36,6 +42,10 @@ pub struct HttpSurface {
     pub monitor: Arc<HealthMonitor>,
     /// The health report, as `GetHealth` builds it.
     pub health: HealthApi,
+    /// The FlagService handlers.
+    pub flags: FlagApi,
+    /// The ConfigService handlers.
+    pub config: ConfigApi,
     /// The tokens, as the gRPC API checks them.
     pub tokens: Arc<dyn TokenCheck>,
 }
@@ -47,6 +57,9 @@ pub fn router(surface: Arc<HttpSurface>) -> Router {
         .route("/readyz", get(|s, uri| probe(s, uri, Probe::Ready)))
         .route("/startupz", get(|s, uri| probe(s, uri, Probe::Started)))
         .route("/api/health", get(api_health))
+        .route("/api/feature-flags", get(list_flags))
+        .route("/api/feature-flags/{key}", get(evaluate_flag))
+        .route("/api/config", get(list_configs))
         .fallback(|uri: Uri| async move {
             error(
                 StatusCode::NOT_FOUND,
@@ -112,7 +125,196 @@ async fn api_health(State(surface): State<Arc<HttpSurface>>, headers: HeaderMap)
     } else {
         StatusCode::OK
     };
-    json_response(code, &json::health_report(&report))
+    match json::to_json("readyd.v1.HealthReport", &report) {
+        Ok(body) => json_response(code, &body),
+        Err(problem) => {
+            tracing::error!(%problem, "an HTTP answer could not be written");
+            status_error(&tonic::Status::internal(problem.to_string()))
+        }
+    }
+}
+
+/// The query string's pairs, percent-decoded.
+fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+        .map(|(name, value)| (name.into_owned(), value.into_owned()))
+        .collect()
+}
+
+/// A query parameter that must be a number, or a 400 naming it.
+fn number_param(pairs: &[(String, String)], name: &str) -> Result<u32, Response> {
+    match pairs.iter().rev().find(|(n, _)| n == name) {
+        None => Ok(0),
+        Some((_, value)) => value.parse().map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_ARGUMENT",
+                &format!(
+                    "{name}: {:?} is not a whole number",
+                    crate::echo::truncate(value)
+                ),
+            )
+        }),
+    }
+}
+
+/// The last value of query parameter `name`, or empty.
+fn text_param(pairs: &[(String, String)], name: &str) -> String {
+    pairs
+        .iter()
+        .rev()
+        .find(|(n, _)| n == name)
+        .map(|(_, value)| value.clone())
+        .unwrap_or_default()
+}
+
+/// Makes the gRPC call `path` in-process with `message`: the token rules
+/// of `path` decide first, then `handler` answers, and its response (named
+/// `response` in the protobuf package) is written as JSON.
+async fn call<Req, Resp, Fut>(
+    surface: &HttpSurface,
+    headers: &HeaderMap,
+    path: &str,
+    response: &str,
+    message: Req,
+    handler: impl FnOnce(tonic::Request<Req>) -> Fut,
+) -> Response
+where
+    Resp: prost::Message,
+    Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+{
+    let authorization = headers.get(header::AUTHORIZATION);
+    let caller = match authorize(&*surface.tokens, path, authorization) {
+        Ok(caller) => caller,
+        Err(refused) => return status_error(&refused),
+    };
+    let mut request = tonic::Request::new(message);
+    request.extensions_mut().insert(caller);
+    // Handlers that ask an upstream pass the caller's own token on.
+    if let Some(value) = authorization.and_then(|value| value.to_str().ok())
+        && let Ok(value) = value.parse()
+    {
+        request.metadata_mut().insert("authorization", value);
+    }
+    match handler(request).await {
+        Ok(answer) => match json::to_json(response, answer.get_ref()) {
+            Ok(body) => json_response(StatusCode::OK, &body),
+            Err(problem) => {
+                tracing::error!(%problem, "an HTTP answer could not be written");
+                status_error(&tonic::Status::internal(problem.to_string()))
+            }
+        },
+        Err(status) => status_error(&status),
+    }
+}
+
+/// `GET /api/feature-flags[?prefix=…&page_size=…&page_token=…]`: one page of
+/// flag definitions, as `ListFlags` answers (`nextPageToken` names the next).
+async fn list_flags(
+    State(surface): State<Arc<HttpSurface>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let pairs = query_pairs(&uri);
+    let page_size = match number_param(&pairs, "page_size") {
+        Ok(size) => size,
+        Err(refused) => return refused,
+    };
+    let message = pb::ListFlagsRequest {
+        prefix: text_param(&pairs, "prefix"),
+        page_size,
+        page_token: text_param(&pairs, "page_token"),
+    };
+    let flags = surface.flags.clone();
+    call(
+        &surface,
+        &headers,
+        "/readyd.v1.FlagService/ListFlags",
+        "readyd.v1.ListFlagsResponse",
+        message,
+        |request| async move { flags.list_flags(request).await },
+    )
+    .await
+}
+
+/// `GET /api/feature-flags/{key}?user_id=…&role=…&<attribute>=…`: the flag
+/// evaluated for that context, as `EvaluateFlag` answers. `role` may repeat;
+/// every other parameter is a context attribute, as a string; `explain`
+/// (`true`) adds the path that decided.
+async fn evaluate_flag(
+    State(surface): State<Arc<HttpSurface>>,
+    axum::extract::Path(key): axum::extract::Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let mut context = pb::EvaluationContext::default();
+    let mut attributes = prost_types::Struct::default();
+    let mut explain = false;
+    for (name, value) in query_pairs(&uri) {
+        match name.as_str() {
+            "user_id" => context.user_id = value,
+            "role" => context.roles.push(value),
+            "explain" => explain = matches!(value.as_str(), "" | "true" | "1"),
+            _ => {
+                attributes.fields.insert(
+                    name,
+                    prost_types::Value {
+                        kind: Some(prost_types::value::Kind::StringValue(value)),
+                    },
+                );
+            }
+        }
+    }
+    if !attributes.fields.is_empty() {
+        context.attributes = Some(attributes);
+    }
+    let message = pb::EvaluateFlagRequest {
+        key,
+        context: Some(context),
+        explain,
+    };
+    let flags = surface.flags.clone();
+    call(
+        &surface,
+        &headers,
+        "/readyd.v1.FlagService/EvaluateFlag",
+        "readyd.v1.EvaluateFlagResponse",
+        message,
+        |request| async move { flags.evaluate_flag(request).await },
+    )
+    .await
+}
+
+/// `GET /api/config[?prefix=…&environment=…&all_environments=true&page_size=…&page_token=…]`:
+/// the configuration as `ListConfigs` answers: this instance's environment
+/// resolved, sensitive values redacted unless the admin token is presented.
+async fn list_configs(
+    State(surface): State<Arc<HttpSurface>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let pairs = query_pairs(&uri);
+    let page_size = match number_param(&pairs, "page_size") {
+        Ok(size) => size,
+        Err(refused) => return refused,
+    };
+    let message = pb::ListConfigsRequest {
+        prefix: text_param(&pairs, "prefix"),
+        environment: text_param(&pairs, "environment"),
+        all_environments: text_param(&pairs, "all_environments") == "true",
+        page_size,
+        page_token: text_param(&pairs, "page_token"),
+    };
+    let config = surface.config.clone();
+    call(
+        &surface,
+        &headers,
+        "/readyd.v1.ConfigService/ListConfigs",
+        "readyd.v1.ListConfigsResponse",
+        message,
+        |request| async move { config.list_configs(request).await },
+    )
+    .await
 }
 
 /// Headers every answer carries: answers are live state, never cached.
