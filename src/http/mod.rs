@@ -141,21 +141,23 @@ fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A query parameter that must be a number, or a 400 naming it.
-fn number_param(pairs: &[(String, String)], name: &str) -> Result<u32, Response> {
+/// A query parameter that must be a number (0 when absent); the error says
+/// which and why.
+fn number_param(pairs: &[(String, String)], name: &str) -> Result<u32, String> {
     match pairs.iter().rev().find(|(n, _)| n == name) {
         None => Ok(0),
         Some((_, value)) => value.parse().map_err(|_| {
-            error(
-                StatusCode::BAD_REQUEST,
-                "INVALID_ARGUMENT",
-                &format!(
-                    "{name}: {:?} is not a whole number",
-                    crate::echo::truncate(value)
-                ),
+            format!(
+                "{name}: {:?} is not a whole number",
+                crate::echo::truncate(value)
             )
         }),
     }
+}
+
+/// A 400 answer for a bad query parameter.
+fn bad_param(message: &str) -> Response {
+    error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message)
 }
 
 /// The last value of query parameter `name`, or empty.
@@ -218,7 +220,7 @@ async fn list_flags(
     let pairs = query_pairs(&uri);
     let page_size = match number_param(&pairs, "page_size") {
         Ok(size) => size,
-        Err(refused) => return refused,
+        Err(problem) => return bad_param(&problem),
     };
     let message = pb::ListFlagsRequest {
         prefix: text_param(&pairs, "prefix"),
@@ -296,7 +298,7 @@ async fn list_configs(
     let pairs = query_pairs(&uri);
     let page_size = match number_param(&pairs, "page_size") {
         Ok(size) => size,
-        Err(refused) => return refused,
+        Err(problem) => return bad_param(&problem),
     };
     let message = pb::ListConfigsRequest {
         prefix: text_param(&pairs, "prefix"),
