@@ -571,3 +571,110 @@ async fn api_config_redacts_sensitive_values_unless_the_admin_token_is_presented
     assert_eq!(other.json()["code"], "PERMISSION_DENIED");
     server.stop().await;
 }
+
+/// `POST path` with a JSON body, optional token and extra header lines.
+async fn post(
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+    extra: &str,
+) -> Answer {
+    let authorization = token
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
+    raw(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\n{authorization}{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await
+}
+
+const JSON: &str = "Content-Type: application/json\r\n";
+
+#[tokio::test]
+async fn posts_change_flags_and_config_with_the_admin_token_only() {
+    let db = TestDb::new().await;
+    let server = start(&db, |args| args.admin_token = Some(ADMIN.into())).await;
+    let http = server.http_addr.expect("an HTTP address");
+    let flag = r#"{"key": "http_flag", "enabled": true, "valueType": "FLAG_VALUE_TYPE_BOOL", "rolloutPercentage": 100}"#;
+    let before = (
+        db.count("feature_flags").await,
+        db.count("app_config").await,
+    );
+
+    // Refused before the body is read, and nothing changes.
+    let refused = post(http, "/api/feature-flags", flag, None, JSON).await;
+    assert_eq!(refused.code, 401, "{refused:?}");
+    assert_eq!(refused.json()["code"], "UNAUTHENTICATED");
+    let wrong = post(http, "/api/feature-flags", flag, Some("guess"), JSON).await;
+    assert_eq!(wrong.code, 403, "{wrong:?}");
+    for (body, extra, code) in [
+        ("{not json", JSON, 400),
+        (r#"{"key": 5}"#, JSON, 400),
+        (r#"{"key": "x", "noSuchField": 1}"#, JSON, 400),
+        (flag, "Content-Type: text/plain\r\n", 415),
+        (r#"{"key": "Bad Key!", "enabled": true}"#, JSON, 400),
+    ] {
+        let answer = post(http, "/api/feature-flags", body, Some(ADMIN), extra).await;
+        assert_eq!(answer.code, code, "{body}: {answer:?}");
+        assert!(answer.json()["message"].is_string(), "{answer:?}");
+    }
+    let huge = format!(
+        r#"{{"key": "big", "description": "{}"}}"#,
+        "x".repeat(readyd::http::MAX_BODY_BYTES)
+    );
+    let too_large = post(http, "/api/feature-flags", &huge, Some(ADMIN), JSON).await;
+    assert_eq!(too_large.code, 413, "{:?}", too_large.code);
+    assert_eq!(
+        (
+            db.count("feature_flags").await,
+            db.count("app_config").await
+        ),
+        before,
+        "refused posts changed the database"
+    );
+
+    let created = post(
+        http,
+        "/api/feature-flags",
+        flag,
+        Some(ADMIN),
+        "Content-Type: application/json\r\nX-Readyd-Actor: alice@http\r\n",
+    )
+    .await;
+    assert_eq!(created.code, 200, "{created:?}");
+    let created = created.json();
+    assert_eq!(created["flag"]["key"], "http_flag", "{created}");
+    assert_eq!(created["created"], true);
+    let actor: String =
+        sqlx::query_scalar("SELECT updated_by FROM feature_flags WHERE key = 'http_flag'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("the flag row");
+    assert_eq!(actor, "alice@http");
+    let evaluated = get(http, "/api/feature-flags/http_flag?user_id=u1", None)
+        .await
+        .json();
+    assert_eq!(evaluated["value"], true, "{evaluated}");
+
+    let set = post(
+        http,
+        "/api/config",
+        r#"{"key": "http.limit", "value": 7}"#,
+        Some(ADMIN),
+        JSON,
+    )
+    .await;
+    assert_eq!(set.code, 200, "{set:?}");
+    let value: serde_json::Value =
+        sqlx::query_scalar("SELECT value FROM app_config WHERE key = 'http.limit'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("the config row");
+    assert_eq!(value, serde_json::json!(7));
+    server.stop().await;
+}

@@ -40,6 +40,34 @@ pub fn to_json<M: prost::Message>(name: &str, message: &M) -> Result<Value, NoMa
         .map_err(|_| missing())
 }
 
+/// A request body in the protobuf JSON mapping (lowerCamelCase or the
+/// `.proto` field names both accepted, unknown fields refused) as the
+/// message `name`; the error says what is wrong, for a 400.
+pub fn from_json<M: prost::Message + Default>(name: &str, body: &[u8]) -> Result<M, String> {
+    let descriptor = POOL
+        .as_ref()
+        .and_then(|pool| pool.get_message_by_name(name))
+        .ok_or_else(|| format!("no JSON mapping for {name}"))?;
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let dynamic = DynamicMessage::deserialize(descriptor, &mut deserializer).map_err(|err| {
+        format!(
+            "the body is not a valid {name}: {}",
+            truncate(&err.to_string())
+        )
+    })?;
+    deserializer
+        .end()
+        .map_err(|err| format!("the body has data after the JSON: {err}"))?;
+    dynamic
+        .transcode_to::<M>()
+        .map_err(|err| format!("the body is not a valid {name}: {err}"))
+}
+
+/// At most 200 characters of an error message (they may quote the body).
+fn truncate(message: &str) -> String {
+    crate::echo::truncate(message).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +124,33 @@ mod tests {
                 .is_some()
         );
         assert!(to_json("readyd.v1.NoSuchMessage", &flag).is_err());
+    }
+
+    #[test]
+    fn bodies_read_in_either_field_spelling_and_bad_ones_are_refused() {
+        let camel: v1::UpsertFlagRequest = from_json(
+            "readyd.v1.UpsertFlagRequest",
+            br#"{"key": "dark_mode", "enabled": true, "rolloutPercentage": 25}"#,
+        )
+        .expect("camelCase");
+        let snake: v1::UpsertFlagRequest = from_json(
+            "readyd.v1.UpsertFlagRequest",
+            br#"{"key": "dark_mode", "enabled": true, "rollout_percentage": 25}"#,
+        )
+        .expect("proto names");
+        assert_eq!(camel, snake);
+        assert_eq!(camel.enabled, Some(true));
+        assert_eq!(camel.rollout_percentage, Some(25));
+        for bad in [
+            &br#"{"key": 5}"#[..],
+            br#"{"noSuchField": 1}"#,
+            br#"{"key": "a""#,
+            br#"{"key": "a"} trailing"#,
+            b"",
+        ] {
+            let err = from_json::<v1::UpsertFlagRequest>("readyd.v1.UpsertFlagRequest", bad)
+                .expect_err("refused");
+            assert!(!err.is_empty());
+        }
     }
 }

@@ -34,6 +34,10 @@ use crate::health::monitor::HealthMonitor;
 use crate::health::probes::{Probes, ServingStatus};
 use probes::Probe;
 
+/// The largest request body: a flag with every rule and variant the
+/// limits allow fits well within it.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
 /// What the HTTP handlers answer from.
 pub struct HttpSurface {
     /// The probe states (the gRPC probes').
@@ -57,9 +61,10 @@ pub fn router(surface: Arc<HttpSurface>) -> Router {
         .route("/readyz", get(|s, uri| probe(s, uri, Probe::Ready)))
         .route("/startupz", get(|s, uri| probe(s, uri, Probe::Started)))
         .route("/api/health", get(api_health))
-        .route("/api/feature-flags", get(list_flags))
+        .route("/api/feature-flags", get(list_flags).post(upsert_flag))
         .route("/api/feature-flags/{key}", get(evaluate_flag))
-        .route("/api/config", get(list_configs))
+        .route("/api/config", get(list_configs).post(set_config))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .fallback(|uri: Uri| async move {
             error(
                 StatusCode::NOT_FOUND,
@@ -192,11 +197,14 @@ where
     };
     let mut request = tonic::Request::new(message);
     request.extensions_mut().insert(caller);
-    // Handlers that ask an upstream pass the caller's own token on.
-    if let Some(value) = authorization.and_then(|value| value.to_str().ok())
-        && let Ok(value) = value.parse()
-    {
-        request.metadata_mut().insert("authorization", value);
+    // Handlers that ask an upstream pass the caller's own token on; a
+    // change names its actor as over gRPC.
+    for name in [header::AUTHORIZATION.as_str(), crate::api::ACTOR_HEADER] {
+        if let Some(value) = headers.get(name).and_then(|value| value.to_str().ok())
+            && let Ok(value) = value.parse()
+        {
+            request.metadata_mut().insert(name, value);
+        }
     }
     match handler(request).await {
         Ok(answer) => match json::to_json(response, answer.get_ref()) {
@@ -315,6 +323,94 @@ async fn list_configs(
         "readyd.v1.ListConfigsResponse",
         message,
         |request| async move { config.list_configs(request).await },
+    )
+    .await
+}
+
+/// A JSON request body as message `name`, or the 4xx that says why not.
+fn body_message<M: prost::Message + Default>(
+    name: &str,
+    headers: &HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<M, Box<Response>> {
+    let body = body.map_err(|rejected| {
+        Box::new(error(
+            rejected.status(),
+            if rejected.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                "RESOURCE_EXHAUSTED"
+            } else {
+                "INVALID_ARGUMENT"
+            },
+            &format!("the body could not be read: {rejected} (at most {MAX_BODY_BYTES} bytes)"),
+        ))
+    })?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("application/json");
+    if !content_type.starts_with("application/json") {
+        return Err(Box::new(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "INVALID_ARGUMENT",
+            "the body must be JSON (Content-Type: application/json)",
+        )));
+    }
+    json::from_json(name, &body).map_err(|problem| Box::new(bad_param(&problem)))
+}
+
+/// `POST /api/feature-flags` with an `UpsertFlagRequest` in JSON: creates or
+/// replaces a flag, as `UpsertFlag` does (admin token).
+async fn upsert_flag(
+    State(surface): State<Arc<HttpSurface>>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    const PATH: &str = "/readyd.v1.FlagService/UpsertFlag";
+    // The token first: a refused caller learns nothing about the body.
+    if let Err(refused) = authorize(&*surface.tokens, PATH, headers.get(header::AUTHORIZATION)) {
+        return status_error(&refused);
+    }
+    let message: pb::UpsertFlagRequest =
+        match body_message("readyd.v1.UpsertFlagRequest", &headers, body) {
+            Ok(message) => message,
+            Err(refused) => return *refused,
+        };
+    let flags = surface.flags.clone();
+    call(
+        &surface,
+        &headers,
+        PATH,
+        "readyd.v1.UpsertFlagResponse",
+        message,
+        |request| async move { flags.upsert_flag(request).await },
+    )
+    .await
+}
+
+/// `POST /api/config` with a `SetConfigRequest` in JSON: sets one row, as
+/// `SetConfig` does (admin token).
+async fn set_config(
+    State(surface): State<Arc<HttpSurface>>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    const PATH: &str = "/readyd.v1.ConfigService/SetConfig";
+    if let Err(refused) = authorize(&*surface.tokens, PATH, headers.get(header::AUTHORIZATION)) {
+        return status_error(&refused);
+    }
+    let message: pb::SetConfigRequest =
+        match body_message("readyd.v1.SetConfigRequest", &headers, body) {
+            Ok(message) => message,
+            Err(refused) => return *refused,
+        };
+    let config = surface.config.clone();
+    call(
+        &surface,
+        &headers,
+        PATH,
+        "readyd.v1.SetConfigResponse",
+        message,
+        |request| async move { config.set_config(request).await },
     )
     .await
 }
