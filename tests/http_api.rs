@@ -678,3 +678,52 @@ async fn posts_change_flags_and_config_with_the_admin_token_only() {
     assert_eq!(value, serde_json::json!(7));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_follower_serves_reads_and_answers_writes_503() {
+    const REPLICATION: &str = "replication-token-for-http-tests";
+    let db = TestDb::new().await;
+    let upstream = start(&db, |args| {
+        args.admin_token = Some(ADMIN.into());
+        args.replication_token = Some(REPLICATION.into());
+    })
+    .await;
+    let data_dir = std::env::temp_dir().join(format!(
+        "readyd-http-follower-{}-{}",
+        std::process::id(),
+        upstream.addr.port()
+    ));
+    let mut args = serve_args("");
+    args.database.database_url = None;
+    args.database.data_dir = data_dir.clone();
+    args.upstream = Some(upstream.url());
+    args.replication_token = Some(REPLICATION.into());
+    args.http_listen = "127.0.0.1:0".into();
+    args.instance = Some("http-follower".into());
+    let follower = TestServer::start(args).await;
+    let http = follower.http_addr.expect("an HTTP address");
+    wait_for_probe(
+        follower.channel().await,
+        "readiness",
+        ServingStatus::Serving,
+    )
+    .await;
+
+    let flags = get(http, "/api/feature-flags", None).await;
+    assert_eq!(flags.code, 200, "{flags:?}");
+    let rows = db.count("app_config").await;
+    let write = post(
+        http,
+        "/api/config",
+        r#"{"key": "from.follower", "value": 1}"#,
+        Some(ADMIN),
+        JSON,
+    )
+    .await;
+    assert_eq!(write.code, 503, "{write:?}");
+    assert_eq!(write.json()["code"], "UNAVAILABLE");
+    assert_eq!(db.count("app_config").await, rows);
+    follower.stop().await;
+    upstream.stop().await;
+    let _ = std::fs::remove_dir_all(data_dir);
+}
