@@ -313,6 +313,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
             health: health_api.clone(),
             flags: flag_api.clone(),
             config: config_api.clone(),
+            flagd: flagd.clone(),
             tokens: Arc::clone(&tokens),
         });
         let stop = http_stop.clone();

@@ -727,3 +727,153 @@ async fn a_follower_serves_reads_and_answers_writes_503() {
     upstream.stop().await;
     let _ = std::fs::remove_dir_all(data_dir);
 }
+
+#[tokio::test]
+async fn ofrep_evaluates_as_evaluate_flag_with_its_error_shapes_and_etags() {
+    use readyd::api::pb::readyd::v1 as pb;
+    let db = TestDb::new().await;
+    let server = start(&db, |args| {
+        args.admin_token = Some(ADMIN.into());
+        args.read_token = Some(READER.into());
+    })
+    .await;
+    let http = server.http_addr.expect("an HTTP address");
+    let channel = server.channel().await;
+    upsert_button_color(channel.clone()).await;
+    let key = "X-API-Key: read-token-for-http-tests\r\n";
+    let with_key = format!("{JSON}{key}");
+
+    // Tokens: the read token, as a bearer token or an X-API-Key.
+    let body = r#"{"context": {"targetingKey": "u1", "country": "DE"}}"#;
+    let path = "/ofrep/v1/evaluate/flags/button_color";
+    assert_eq!(post(http, path, body, None, JSON).await.code, 401);
+    assert_eq!(post(http, path, body, Some("guess"), JSON).await.code, 403);
+    let bearer = post(http, path, body, Some(READER), JSON).await;
+    assert_eq!(bearer.code, 200, "{bearer:?}");
+    let answer = post(http, path, body, None, &with_key).await;
+    assert_eq!(answer.code, 200, "{answer:?}");
+    let answer = answer.json();
+    assert_eq!(answer, bearer.json());
+    assert_eq!(answer["key"], "button_color");
+    assert_eq!(answer["value"], "green-button", "{answer}");
+    assert_eq!(answer["variant"], "green");
+    assert_eq!(answer["reason"], "TARGETING_MATCH");
+    assert_eq!(answer["metadata"]["provider"], "readyd");
+
+    // The same as EvaluateFlag, for contexts on either side of the rule.
+    let mut grpc = pb::flag_service_client::FlagServiceClient::new(channel.clone());
+    for (user, country) in [("u1", "DE"), ("u2", "FR")] {
+        let body =
+            format!(r#"{{"context": {{"targetingKey": "{user}", "country": "{country}"}}}}"#);
+        let ofrep = post(http, path, &body, None, &with_key).await.json();
+        let mut request = tonic::Request::new(pb::EvaluateFlagRequest {
+            key: "button_color".into(),
+            context: Some(pb::EvaluationContext {
+                user_id: user.into(),
+                roles: Vec::new(),
+                attributes: Some(prost_types::Struct {
+                    fields: [(
+                        "country".to_owned(),
+                        prost_types::Value {
+                            kind: Some(prost_types::value::Kind::StringValue(country.into())),
+                        },
+                    )]
+                    .into(),
+                }),
+            }),
+            explain: false,
+        });
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {READER}").parse().expect("header"),
+        );
+        let expected = grpc
+            .evaluate_flag(request)
+            .await
+            .expect("EvaluateFlag")
+            .into_inner();
+        assert_eq!(ofrep["variant"], expected.variant, "{ofrep}");
+        assert_eq!(ofrep["value"], format!("{}-button", expected.variant));
+    }
+
+    // Errors in OFREP's shapes.
+    let missing = post(http, "/ofrep/v1/evaluate/flags/nope", body, None, &with_key).await;
+    assert_eq!(missing.code, 404, "{missing:?}");
+    assert_eq!(missing.json()["errorCode"], "FLAG_NOT_FOUND");
+    assert_eq!(missing.json()["key"], "nope");
+    let parse = post(http, path, "{not json", None, &with_key).await;
+    assert_eq!(parse.code, 400, "{parse:?}");
+    assert_eq!(parse.json()["errorCode"], "PARSE_ERROR");
+    let invalid = post(
+        http,
+        path,
+        r#"{"context": {"targetingKey": 7}}"#,
+        None,
+        &with_key,
+    )
+    .await;
+    assert_eq!(invalid.code, 400, "{invalid:?}");
+    assert_eq!(invalid.json()["errorCode"], "INVALID_CONTEXT");
+    assert_eq!(invalid.json()["key"], "button_color");
+
+    // Bulk: an ETag; the same answers are 304; a change makes it 200.
+    let bulk_path = "/ofrep/v1/evaluate/flags";
+    let bulk = post(http, bulk_path, body, None, &with_key).await;
+    assert_eq!(bulk.code, 200, "{bulk:?}");
+    let etag = bulk.header("etag").expect("an ETag").to_owned();
+    let flags = bulk.json()["flags"].clone();
+    let button = flags
+        .as_array()
+        .expect("flags")
+        .iter()
+        .find(|flag| flag["key"] == "button_color")
+        .expect("button_color in the bulk answer")
+        .clone();
+    assert_eq!(button, answer);
+    let unchanged = post(
+        http,
+        bulk_path,
+        body,
+        None,
+        &format!("{with_key}If-None-Match: {etag}\r\n"),
+    )
+    .await;
+    assert_eq!(unchanged.code, 304, "{unchanged:?}");
+    assert!(unchanged.body.is_empty());
+    // Another context answers differently, so its tag differs.
+    let other = post(
+        http,
+        bulk_path,
+        r#"{"context": {"targetingKey": "u1", "country": "FR"}}"#,
+        None,
+        &format!("{with_key}If-None-Match: {etag}\r\n"),
+    )
+    .await;
+    assert_eq!(other.code, 200, "{other:?}");
+    assert_ne!(other.header("etag"), Some(etag.as_str()));
+    // A change to any flag: 200 and a new tag.
+    sqlx::query("UPDATE feature_flags SET enabled = NOT enabled WHERE key = 'dark_mode'")
+        .execute(&db.pool)
+        .await
+        .expect("change a flag");
+    let mut changed = None;
+    for _ in 0..400 {
+        let answer = post(
+            http,
+            bulk_path,
+            body,
+            None,
+            &format!("{with_key}If-None-Match: {etag}\r\n"),
+        )
+        .await;
+        if answer.code == 200 {
+            changed = Some(answer);
+            break;
+        }
+        // The change reaches this server through the change feed.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let changed = changed.expect("a changed flag makes the bulk answer 200 within 20 s");
+    assert_ne!(changed.header("etag"), Some(etag.as_str()));
+    server.stop().await;
+}

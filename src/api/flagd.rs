@@ -47,6 +47,8 @@ pub enum Wanted {
     Int,
     /// ResolveObject.
     Object,
+    /// Any type (OFREP, whose answer carries the value's own type).
+    Any,
 }
 
 /// One flag's answer in flagd's terms.
@@ -147,7 +149,8 @@ fn type_matches(wanted: Wanted, value_type: ValueType, value: &serde_json::Value
         (Wanted::Bool, ValueType::Bool)
         | (Wanted::String, ValueType::String)
         | (Wanted::Float, ValueType::Number)
-        | (Wanted::Object, ValueType::Object) => true,
+        | (Wanted::Object, ValueType::Object)
+        | (Wanted::Any, _) => true,
         (Wanted::Int, ValueType::Number) => {
             value.is_i64()
                 || value
@@ -220,17 +223,30 @@ impl FlagdCore {
         wanted: Wanted,
     ) -> Result<Resolved, Status> {
         let context = context_of(context)?;
-        let snapshot = self.state.snapshot();
-        let Some(flag) = snapshot.flag(key) else {
-            return Err(Status::not_found(format!(
+        self.resolve_context(key, &context, wanted)?.ok_or_else(|| {
+            Status::not_found(format!(
                 "flag {:?} does not exist",
                 crate::echo::truncate(key)
-            )));
+            ))
+        })
+    }
+
+    /// [`FlagdCore::resolve`] for a context already read; `None` when the
+    /// flag does not exist.
+    pub fn resolve_context(
+        &self,
+        key: &str,
+        context: &EvaluationContext,
+        wanted: Wanted,
+    ) -> Result<Option<Resolved>, Status> {
+        let snapshot = self.state.snapshot();
+        let Some(flag) = snapshot.flag(key) else {
+            return Ok(None);
         };
         let value_type = flag.flag().value_type;
         let mut tally = Tally::default();
         let stale = self.state.freshness().is_stale();
-        let resolved = self.answer(flag, &snapshot, &context, stale, &mut tally);
+        let resolved = self.answer(flag, &snapshot, context, stale, &mut tally);
         self.evaluations.record_tally(&tally);
         if !type_matches(wanted, value_type, &resolved.value) {
             return Err(Status::invalid_argument(format!(
@@ -244,7 +260,7 @@ impl FlagdCore {
                 }
             )));
         }
-        Ok(resolved)
+        Ok(Some(resolved))
     }
 
     /// Evaluates every flag for `context`, with the snapshot's version.
@@ -253,6 +269,15 @@ impl FlagdCore {
         context: Option<Struct>,
     ) -> Result<(Vec<(String, Resolved)>, i64), Status> {
         let context = context_of(context)?;
+        Ok(self.resolve_all_at(&context))
+    }
+
+    /// Every flag evaluated for a context already read, in key order.
+    pub fn resolve_all_context(&self, context: &EvaluationContext) -> Vec<(String, Resolved)> {
+        self.resolve_all_at(context).0
+    }
+
+    fn resolve_all_at(&self, context: &EvaluationContext) -> (Vec<(String, Resolved)>, i64) {
         let snapshot = self.state.snapshot();
         let stale = self.state.freshness().is_stale();
         let mut tally = Tally::default();
@@ -262,12 +287,12 @@ impl FlagdCore {
             .map(|flag| {
                 (
                     flag.key().to_owned(),
-                    self.answer(flag, &snapshot, &context, stale, &mut tally),
+                    self.answer(flag, &snapshot, context, stale, &mut tally),
                 )
             })
             .collect();
         self.evaluations.record_tally(&tally);
-        Ok((answers, snapshot.version))
+        (answers, snapshot.version)
     }
 
     /// EventStream: `provider_ready` at once, `configuration_change` on

@@ -10,6 +10,7 @@
 //! and a pod can expose the probes without exposing the API.
 
 mod json;
+mod ofrep;
 pub mod probes;
 
 use std::future::Future;
@@ -19,11 +20,12 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
 use crate::api::auth::{TokenCheck, authorize};
 use crate::api::config::ConfigApi;
+use crate::api::flagd::FlagdCore;
 use crate::api::flags::FlagApi;
 use crate::api::health::HealthApi;
 use crate::api::pb::readyd::v1 as pb;
@@ -50,6 +52,8 @@ pub struct HttpSurface {
     pub flags: FlagApi,
     /// The ConfigService handlers.
     pub config: ConfigApi,
+    /// Evaluation in OpenFeature's terms (flagd's, and OFREP's).
+    pub flagd: FlagdCore,
     /// The tokens, as the gRPC API checks them.
     pub tokens: Arc<dyn TokenCheck>,
 }
@@ -64,6 +68,8 @@ pub fn router(surface: Arc<HttpSurface>) -> Router {
         .route("/api/feature-flags", get(list_flags).post(upsert_flag))
         .route("/api/feature-flags/{key}", get(evaluate_flag))
         .route("/api/config", get(list_configs).post(set_config))
+        .route("/ofrep/v1/evaluate/flags/{key}", post(ofrep_evaluate))
+        .route("/ofrep/v1/evaluate/flags", post(ofrep_evaluate_all))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .fallback(|uri: Uri| async move {
             error(
@@ -413,6 +419,61 @@ async fn set_config(
         |request| async move { config.set_config(request).await },
     )
     .await
+}
+
+/// The request body of an OFREP call, or the error answer in OFREP's
+/// shape (`{"errorDetails": …}`) when it cannot be read.
+fn ofrep_body(
+    surface: &HttpSurface,
+    headers: &HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<axum::body::Bytes, Box<Response>> {
+    if let Err(refused) = authorize(
+        &*surface.tokens,
+        ofrep::ACCESS_PATH,
+        ofrep::authorization(headers).as_ref(),
+    ) {
+        return Err(Box::new(status_error(&refused)));
+    }
+    body.map_err(|rejected| {
+        Box::new(
+            (
+                rejected.status(),
+                plain_headers("application/json"),
+                serde_json::json!({
+                    "errorCode": "PARSE_ERROR",
+                    "errorDetails": format!("the body could not be read: {rejected}"),
+                })
+                .to_string(),
+            )
+                .into_response(),
+        )
+    })
+}
+
+/// `POST /ofrep/v1/evaluate/flags/{key}` (see [`ofrep`]).
+async fn ofrep_evaluate(
+    State(surface): State<Arc<HttpSurface>>,
+    axum::extract::Path(key): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    match ofrep_body(&surface, &headers, body) {
+        Ok(body) => ofrep::evaluate(&surface.flagd, &key, &body),
+        Err(refused) => *refused,
+    }
+}
+
+/// `POST /ofrep/v1/evaluate/flags` (see [`ofrep`]).
+async fn ofrep_evaluate_all(
+    State(surface): State<Arc<HttpSurface>>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    match ofrep_body(&surface, &headers, body) {
+        Ok(body) => ofrep::evaluate_all(&surface.flagd, &headers, &body),
+        Err(refused) => *refused,
+    }
 }
 
 /// Headers every answer carries: answers are live state, never cached.

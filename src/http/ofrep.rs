@@ -1,0 +1,217 @@
+//! OFREP, the OpenFeature Remote Evaluation Protocol
+//! (`open-feature/protocol`, `service/openapi.yaml`): single and bulk
+//! evaluation over HTTP for OpenFeature's OFREP providers (web, mobile,
+//! server). Answers are the flagd protocol's (the same OpenFeature context
+//! reading, values, variants and reason names), which are `EvaluateFlag`'s.
+//!
+//! The bulk answer carries an `ETag` computed from the evaluated answers
+//! themselves (each with its flag's version in `metadata`), not from the
+//! data version alone: a time-based rule that flips changes it too.
+
+use std::hash::{Hash, Hasher};
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::api::convert::{from_pb_value, to_pb_struct};
+use crate::api::flagd::{FlagdCore, Resolved, Wanted, context_of};
+
+/// The gRPC call whose token rules OFREP follows (the read token when
+/// one is set).
+pub const ACCESS_PATH: &str = "/readyd.v1.FlagService/EvaluateFlag";
+
+/// The token of an OFREP request: `Authorization: Bearer …`, or the
+/// `X-API-Key` header the providers also offer, as a bearer value.
+pub fn authorization(headers: &HeaderMap) -> Option<HeaderValue> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        return Some(value.clone());
+    }
+    let key = headers.get("x-api-key")?.to_str().ok()?.trim();
+    HeaderValue::from_str(&format!("Bearer {key}")).ok()
+}
+
+/// Why a request's context cannot be read: `(errorCode, errorDetails)`.
+type Refusal = (&'static str, String);
+
+/// The evaluation context of a request body `{"context": {…}}` (an empty
+/// body or no `context` is an empty context).
+fn context(body: &[u8]) -> Result<crate::flags::EvaluationContext, Refusal> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(crate::flags::EvaluationContext::default());
+    }
+    let request: Value = serde_json::from_slice(body)
+        .map_err(|err| ("PARSE_ERROR", format!("the body is not JSON: {err}")))?;
+    let context = match request.get("context") {
+        None | Some(Value::Null) => return Ok(crate::flags::EvaluationContext::default()),
+        Some(Value::Object(context)) => context,
+        Some(_) => {
+            return Err((
+                "INVALID_CONTEXT",
+                "context must be a JSON object".to_owned(),
+            ));
+        }
+    };
+    context_of(Some(to_pb_struct(context)))
+        .map_err(|status| ("INVALID_CONTEXT", status.message().to_owned()))
+}
+
+/// One successful evaluation as OFREP writes it.
+fn success(key: &str, resolved: &Resolved) -> Value {
+    let metadata = from_pb_value(prost_types::Value {
+        kind: Some(prost_types::value::Kind::StructValue(
+            resolved.metadata.clone(),
+        )),
+    })
+    .unwrap_or_else(|_| json!({}));
+    json!({
+        "key": key,
+        "value": resolved.value,
+        "variant": resolved.variant,
+        "reason": resolved.reason,
+        "metadata": metadata,
+    })
+}
+
+fn answer(
+    code: StatusCode,
+    body: &Value,
+    extra: Option<(header::HeaderName, HeaderValue)>,
+) -> Response {
+    let mut response = (
+        code,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        body.to_string(),
+    )
+        .into_response();
+    if let Some((name, value)) = extra {
+        response.headers_mut().insert(name, value);
+    }
+    response
+}
+
+/// `POST /ofrep/v1/evaluate/flags/{key}`.
+pub fn evaluate(flagd: &FlagdCore, key: &str, body: &[u8]) -> Response {
+    let context = match context(body) {
+        Ok(context) => context,
+        Err((code, details)) => {
+            return answer(
+                StatusCode::BAD_REQUEST,
+                &json!({ "key": key, "errorCode": code, "errorDetails": details }),
+                None,
+            );
+        }
+    };
+    match flagd.resolve_context(key, &context, Wanted::Any) {
+        Ok(Some(resolved)) => answer(StatusCode::OK, &success(key, &resolved), None),
+        Ok(None) => answer(
+            StatusCode::NOT_FOUND,
+            &json!({
+                "key": key,
+                "errorCode": "FLAG_NOT_FOUND",
+                "errorDetails": format!("flag {:?} does not exist", crate::echo::truncate(key)),
+            }),
+            None,
+        ),
+        Err(status) => answer(
+            StatusCode::BAD_REQUEST,
+            &json!({ "key": key, "errorCode": "GENERAL", "errorDetails": status.message() }),
+            None,
+        ),
+    }
+}
+
+/// `POST /ofrep/v1/evaluate/flags`: every flag, with an `ETag`; `304`
+/// when `If-None-Match` names it.
+pub fn evaluate_all(flagd: &FlagdCore, headers: &HeaderMap, body: &[u8]) -> Response {
+    let context = match context(body) {
+        Ok(context) => context,
+        Err((code, details)) => {
+            return answer(
+                StatusCode::BAD_REQUEST,
+                &json!({ "errorCode": code, "errorDetails": details }),
+                None,
+            );
+        }
+    };
+    let answers = flagd.resolve_all_context(&context);
+    let flags: Vec<Value> = answers
+        .iter()
+        .map(|(key, resolved)| success(key, resolved))
+        .collect();
+    let body = json!({ "flags": flags });
+    let etag = etag(&body);
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|wanted| {
+            wanted
+                .split(',')
+                .map(|tag| tag.trim().trim_start_matches("W/"))
+                .any(|tag| tag == etag || tag == "*")
+        });
+    let etag_header = HeaderValue::from_str(&etag)
+        .ok()
+        .map(|value| (header::ETAG, value));
+    if matches {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        if let Some((name, value)) = etag_header {
+            response.headers_mut().insert(name, value);
+        }
+        return response;
+    }
+    answer(StatusCode::OK, &body, etag_header)
+}
+
+/// The entity tag of a bulk answer: a hash of exactly what it says.
+fn etag(body: &Value) -> String {
+    let mut hasher = std::hash::DefaultHasher::new();
+    body.to_string().hash(&mut hasher);
+    format!("\"{:016x}\"", hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contexts_read_as_openfeature_ones_and_bad_ones_are_named() {
+        let ctx =
+            context(br#"{"context": {"targetingKey": "u1", "country": "DE", "roles": ["beta"]}}"#)
+                .expect("a context");
+        assert_eq!(ctx.user_id.as_deref(), Some("u1"));
+        assert_eq!(ctx.roles, vec!["beta".to_owned()]);
+        assert_eq!(ctx.attributes["country"], json!("DE"));
+        assert!(context(b"").expect("empty").user_id.is_none());
+        assert!(context(b"{}").expect("no context").user_id.is_none());
+        assert_eq!(context(b"{nope").expect_err("parse").0, "PARSE_ERROR");
+        assert_eq!(
+            context(br#"{"context": [1]}"#)
+                .expect_err("not an object")
+                .0,
+            "INVALID_CONTEXT"
+        );
+        assert_eq!(
+            context(br#"{"context": {"targetingKey": 5}}"#)
+                .expect_err("bad key")
+                .0,
+            "INVALID_CONTEXT"
+        );
+    }
+
+    #[test]
+    fn the_etag_follows_the_answer() {
+        let a = etag(&json!({"flags": [{"key": "a", "value": true}]}));
+        let same = etag(&json!({"flags": [{"key": "a", "value": true}]}));
+        let other = etag(&json!({"flags": [{"key": "a", "value": false}]}));
+        assert_eq!(a, same);
+        assert_ne!(a, other);
+        assert!(a.starts_with('"') && a.ends_with('"'));
+    }
+}
