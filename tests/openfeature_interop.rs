@@ -1,6 +1,7 @@
 //! OpenFeature's own SDKs, unmodified, against readyd: the Python SDK with
-//! `openfeature-provider-flagd` and the Node.js server SDK with
-//! `@openfeature/flagd-provider` (pinned in `tests/interop/`, installed under
+//! `openfeature-provider-flagd` and `openfeature-provider-ofrep`, and the
+//! Node.js server SDK with `@openfeature/flagd-provider` and
+//! `@openfeature/ofrep-provider` (pinned in `tests/interop/`, installed under
 //! `target/interop` by `tests/interop/setup.sh`). Each resolves the cases of
 //! `tests/interop/cases.json` (targeted and untargeted users, a rollout, a
 //! string and an object flag, an unknown flag, a type mismatch) and must
@@ -54,7 +55,9 @@ async fn setup() {
     }
 }
 
-async fn seeded() -> (TestDb, TestServer) {
+/// A database with the cases' flags and a readyd on it; `http`: with its
+/// HTTP surface on.
+async fn seeded(http: bool) -> (TestDb, TestServer) {
     let db = TestDb::new().await;
     support::insert_typed_flags(&db).await;
     // A three-variant string flag of flag model v2: a 50/30/20 split.
@@ -72,7 +75,11 @@ async fn seeded() -> (TestDb, TestServer) {
     .execute(&db.pool)
     .await
     .expect("a three-variant flag");
-    let server = TestServer::start(serve_args(&db.url)).await;
+    let mut args = serve_args(&db.url);
+    if http {
+        args.http_listen = "127.0.0.1:0".into();
+    }
+    let server = TestServer::start(args).await;
     (db, server)
 }
 
@@ -154,17 +161,34 @@ async fn next_line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildS
         .expect("the SDK client ended early")
 }
 
-/// Runs one SDK's client against readyd and checks every answer and the
-/// change event.
-async fn check_sdk(program: &Path, args: &[PathBuf], node_path: Option<PathBuf>) {
-    let (db, server) = seeded().await;
+/// Which protocol a client speaks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// The flagd protocol on readyd's gRPC port; it then waits for a change.
+    Flagd,
+    /// OFREP on the HTTP surface; it evaluates and exits.
+    Ofrep,
+}
+
+/// Runs one SDK's client against readyd and checks every answer and, over
+/// the flagd protocol, the change event.
+async fn check_sdk(
+    program: &Path,
+    args: &[PathBuf],
+    node_path: Option<PathBuf>,
+    protocol: Protocol,
+) {
+    let (db, server) = seeded(protocol == Protocol::Ofrep).await;
     let cases_path = root().join("tests/interop/cases.json");
     let cases: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(&cases_path).expect("cases")).expect("json");
     let mut command = Command::new(program);
     command
         .args(args)
-        .arg(server.addr.port().to_string())
+        .arg(match protocol {
+            Protocol::Flagd => server.addr.port().to_string(),
+            Protocol::Ofrep => format!("http://{}", server.http_addr.expect("an HTTP address")),
+        })
         .arg(&cases_path)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -197,6 +221,15 @@ async fn check_sdk(program: &Path, args: &[PathBuf], node_path: Option<PathBuf>)
         "{answers:?}"
     );
 
+    if protocol == Protocol::Ofrep {
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .expect("the SDK client exits")
+            .expect("wait");
+        assert!(status.success(), "{status:?}");
+        server.stop().await;
+        return;
+    }
     assert_eq!(next_line(&mut lines).await, "waiting for a change");
     sqlx::query("UPDATE feature_flags SET rollout_percentage = 80 WHERE key = 'beta'")
         .execute(&db.pool)
@@ -224,6 +257,7 @@ async fn python_sdk_with_the_flagd_provider_resolves_readyd_flags() {
         &root().join("target/interop/venv/bin/python"),
         &[root().join("tests/interop/openfeature_client.py")],
         None,
+        Protocol::Flagd,
     )
     .await;
 }
@@ -235,6 +269,31 @@ async fn node_sdk_with_the_flagd_provider_resolves_readyd_flags() {
         Path::new("node"),
         &[root().join("tests/interop/openfeature_client.js")],
         Some(root().join("target/interop/node/node_modules")),
+        Protocol::Flagd,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn python_sdk_with_the_ofrep_provider_resolves_readyd_flags() {
+    setup().await;
+    check_sdk(
+        &root().join("target/interop/venv/bin/python"),
+        &[root().join("tests/interop/ofrep_client.py")],
+        None,
+        Protocol::Ofrep,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn node_sdk_with_the_ofrep_provider_resolves_readyd_flags() {
+    setup().await;
+    check_sdk(
+        Path::new("node"),
+        &[root().join("tests/interop/ofrep_client.js")],
+        Some(root().join("target/interop/node/node_modules")),
+        Protocol::Ofrep,
     )
     .await;
 }

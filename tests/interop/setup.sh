@@ -2,7 +2,9 @@
 # Installs the OpenFeature SDKs used by tests/openfeature_interop.rs, pinned,
 # under target/interop (kept between runs; reinstalled when a pin changes).
 #   - Python: openfeature-sdk with openfeature-provider-flagd (gRPC resolver)
-#   - Node.js: @openfeature/server-sdk with @openfeature/flagd-provider
+#     and openfeature-provider-ofrep
+#   - Node.js: @openfeature/server-sdk with @openfeature/flagd-provider and
+#     @openfeature/ofrep-provider
 # Prints nothing on success but the tools' own errors.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -14,7 +16,7 @@ mkdir -p "$dir"
 exec 9>"$dir/.lock"
 flock 9
 
-python_pins="openfeature-sdk==0.10.0 openfeature-provider-flagd==0.6.1"
+python_pins="openfeature-sdk==0.10.0 openfeature-provider-flagd==0.6.1 openfeature-provider-ofrep==0.3.0"
 if [ "$(cat "$dir/python.pins" 2>/dev/null)" != "$python_pins" ]; then
     rm -rf "$dir/venv"
     python3 -m venv "$dir/venv"
@@ -24,7 +26,8 @@ if [ "$(cat "$dir/python.pins" 2>/dev/null)" != "$python_pins" ]; then
 fi
 
 if ! cmp -s "$here/package.json" "$dir/node/package.json" 2>/dev/null \
-    || [ ! -d "$dir/node/node_modules/@openfeature/flagd-provider" ]; then
+    || [ ! -d "$dir/node/node_modules/@openfeature/flagd-provider" ] \
+    || [ ! -d "$dir/node/node_modules/@openfeature/ofrep-provider" ]; then
     rm -rf "$dir/node"
     mkdir -p "$dir/node"
     cp "$here/package.json" "$dir/node/package.json"
