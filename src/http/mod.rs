@@ -333,12 +333,18 @@ async fn list_configs(
     .await
 }
 
-/// A JSON request body as message `name`, or the 4xx that says why not.
+/// The JSON request body of the gRPC call `path` as message `name`, or the
+/// 4xx that says why not. The token comes first: a refused caller learns
+/// nothing about the body.
 fn body_message<M: prost::Message + Default>(
+    surface: &HttpSurface,
+    path: &str,
     name: &str,
     headers: &HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<M, Box<Response>> {
+    authorize(&*surface.tokens, path, headers.get(header::AUTHORIZATION))
+        .map_err(|refused| Box::new(status_error(&refused)))?;
     let body = body.map_err(|rejected| {
         Box::new(error(
             rejected.status(),
@@ -372,15 +378,16 @@ async fn upsert_flag(
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     const PATH: &str = "/readyd.v1.FlagService/UpsertFlag";
-    // The token first: a refused caller learns nothing about the body.
-    if let Err(refused) = authorize(&*surface.tokens, PATH, headers.get(header::AUTHORIZATION)) {
-        return status_error(&refused);
-    }
-    let message: pb::UpsertFlagRequest =
-        match body_message("readyd.v1.UpsertFlagRequest", &headers, body) {
-            Ok(message) => message,
-            Err(refused) => return *refused,
-        };
+    let message: pb::UpsertFlagRequest = match body_message(
+        &surface,
+        PATH,
+        "readyd.v1.UpsertFlagRequest",
+        &headers,
+        body,
+    ) {
+        Ok(message) => message,
+        Err(refused) => return *refused,
+    };
     let flags = surface.flags.clone();
     call(
         &surface,
@@ -401,11 +408,8 @@ async fn set_config(
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     const PATH: &str = "/readyd.v1.ConfigService/SetConfig";
-    if let Err(refused) = authorize(&*surface.tokens, PATH, headers.get(header::AUTHORIZATION)) {
-        return status_error(&refused);
-    }
     let message: pb::SetConfigRequest =
-        match body_message("readyd.v1.SetConfigRequest", &headers, body) {
+        match body_message(&surface, PATH, "readyd.v1.SetConfigRequest", &headers, body) {
             Ok(message) => message,
             Err(refused) => return *refused,
         };
