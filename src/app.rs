@@ -315,6 +315,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
             config: config_api.clone(),
             flagd: flagd.clone(),
             tokens: Arc::clone(&tokens),
+            cors_origins: settings.cors_origins.clone(),
         });
         let stop = http_stop.clone();
         tokio::spawn(crate::http::serve(listener, surface, async move {

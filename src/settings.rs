@@ -140,6 +140,16 @@ pub struct ServeArgs {
     #[arg(long, env = "READYD_HTTP_LISTEN", default_value = "off")]
     pub http_listen: String,
 
+    /// A web origin whose pages may call the HTTP surface from a browser
+    /// (CORS), e.g. https://app.example.com (repeatable; READYD_CORS_ORIGIN
+    /// takes them separated by commas), or `*` for any. None by default.
+    #[arg(
+        long = "cors-origin",
+        env = "READYD_CORS_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub cors_origin: Vec<String>,
+
     /// Concurrent HTTP/2 streams (calls) one connection may have open; a
     /// client past it waits for one to finish.
     #[arg(long, env = "READYD_MAX_STREAMS_PER_CONNECTION", default_value_t = DEFAULT_MAX_STREAMS_PER_CONNECTION)]
@@ -236,6 +246,7 @@ impl fmt::Debug for ServeArgs {
             probe_listen,
             flagd_listen,
             http_listen,
+            cors_origin,
             max_streams_per_connection,
             max_watch_streams,
             max_follow_streams,
@@ -275,6 +286,7 @@ impl fmt::Debug for ServeArgs {
             .field("probe_listen", probe_listen)
             .field("flagd_listen", flagd_listen)
             .field("http_listen", http_listen)
+            .field("cors_origin", cors_origin)
             .field("max_streams_per_connection", max_streams_per_connection)
             .field("max_watch_streams", max_watch_streams)
             .field("max_follow_streams", max_follow_streams)
@@ -432,6 +444,8 @@ pub struct Settings {
     pub flagd_listen: Option<SocketAddr>,
     /// The HTTP surface's address, when on.
     pub http_listen: Option<SocketAddr>,
+    /// Origins allowed to call the HTTP surface from a browser (`*`: any).
+    pub cors_origins: Vec<String>,
     /// Certificate and key to serve TLS with; None for plaintext.
     pub tls: Option<TlsFiles>,
     /// The extra plaintext grpc.health.v1-only address; None when off.
@@ -710,6 +724,7 @@ impl Settings {
             "0.0.0.0:8013",
             &mut errors,
         );
+        let cors_origins = cors_origins(&args.cors_origin, &mut errors);
         let http_listen = optional_address(
             "--http-listen (READYD_HTTP_LISTEN)",
             &args.http_listen,
@@ -812,6 +827,7 @@ impl Settings {
                 metrics_listen,
                 flagd_listen,
                 http_listen,
+                cors_origins,
                 tls,
                 probe_listen,
                 limits,
@@ -841,6 +857,40 @@ fn optional_address(
             }
         },
     }
+}
+
+/// `--cors-origin`: each a web origin (`scheme://host[:port]`, nothing
+/// after) or `*`.
+fn cors_origins(raw: &[String], errors: &mut Vec<SettingsError>) -> Vec<String> {
+    const SETTING: &str = "--cors-origin (READYD_CORS_ORIGIN)";
+    let mut origins = Vec::new();
+    for origin in raw
+        .iter()
+        .map(|origin| origin.trim())
+        .filter(|o| !o.is_empty())
+    {
+        if origin == "*" {
+            origins.push(origin.to_owned());
+            continue;
+        }
+        let valid = url::Url::parse(origin).ok().is_some_and(|url| {
+            matches!(url.scheme(), "http" | "https")
+                && url.host_str().is_some()
+                && url.origin().ascii_serialization() == origin
+        });
+        if valid {
+            origins.push(origin.to_owned());
+        } else {
+            errors.push(SettingsError::new(
+                SETTING,
+                format!(
+                    "{:?} is not a web origin; expected scheme://host[:port] with nothing after, e.g. https://app.example.com, or *",
+                    crate::echo::truncate(origin)
+                ),
+            ));
+        }
+    }
+    origins
 }
 
 /// `--upstream` and what goes with it: a follower has no database and
@@ -1161,6 +1211,41 @@ mod tests {
         raw.database.database_url = Some("postgres://u:hunter2@[bad".into());
         let errors = Settings::from_args(&raw).expect_err("invalid");
         assert!(errors.iter().all(|e| !e.to_string().contains("hunter2")));
+    }
+
+    #[test]
+    fn cors_origins_are_web_origins_or_any() {
+        let raw = args(&[
+            "--cors-origin",
+            "https://app.example.com,http://localhost:3000",
+        ]);
+        let mut raw = raw;
+        raw.database.database_url = Some("postgres://localhost/db".into());
+        let settings = Settings::from_args(&raw).expect("valid origins");
+        assert_eq!(
+            settings.cors_origins,
+            ["https://app.example.com", "http://localhost:3000"]
+        );
+        for bad in [
+            "app.example.com",
+            "https://app.example.com/",
+            "https://app.example.com/path",
+            "ftp://files.example.com",
+            "https://user@app.example.com",
+        ] {
+            let mut raw = args(&["--cors-origin", bad]);
+            raw.database.database_url = Some("postgres://localhost/db".into());
+            let errors = Settings::from_args(&raw).expect_err(bad);
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.to_string().contains("--cors-origin (READYD_CORS_ORIGIN)")),
+                "{bad}: {errors:?}"
+            );
+        }
+        let mut any = args(&["--cors-origin", "*"]);
+        any.database.database_url = Some("postgres://localhost/db".into());
+        assert_eq!(Settings::from_args(&any).expect("any").cors_origins, ["*"]);
     }
 
     #[test]

@@ -877,3 +877,77 @@ async fn ofrep_evaluates_as_evaluate_flag_with_its_error_shapes_and_etags() {
     assert_ne!(changed.header("etag"), Some(etag.as_str()));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn cors_answers_preflights_for_listed_origins_only() {
+    let db = TestDb::new().await;
+    let server = start(&db, |args| {
+        args.cors_origin = vec!["https://app.example.com".into()];
+    })
+    .await;
+    let http = server.http_addr.expect("an HTTP address");
+    let preflight = |origin: &str| {
+        format!(
+            "OPTIONS /ofrep/v1/evaluate/flags HTTP/1.1\r\nHost: localhost\r\nOrigin: {origin}\r\n\
+             Access-Control-Request-Method: POST\r\n\
+             Access-Control-Request-Headers: content-type, x-api-key, if-none-match\r\n\
+             Connection: close\r\n\r\n"
+        )
+    };
+    let allowed = raw(http, &preflight("https://app.example.com")).await;
+    assert_eq!(allowed.code, 200, "{allowed:?}");
+    assert_eq!(
+        allowed.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    let headers = allowed
+        .header("access-control-allow-headers")
+        .expect("allowed headers")
+        .to_lowercase();
+    for wanted in [
+        "content-type",
+        "x-api-key",
+        "if-none-match",
+        "authorization",
+    ] {
+        assert!(headers.contains(wanted), "{headers}");
+    }
+    let other = raw(http, &preflight("https://evil.example.net")).await;
+    assert_eq!(
+        other.header("access-control-allow-origin"),
+        None,
+        "{other:?}"
+    );
+
+    // A real call from the listed origin may read the answer and its ETag.
+    let bulk = post(
+        http,
+        "/ofrep/v1/evaluate/flags",
+        "{}",
+        None,
+        "Content-Type: application/json\r\nOrigin: https://app.example.com\r\n",
+    )
+    .await;
+    assert_eq!(bulk.code, 200, "{bulk:?}");
+    assert_eq!(
+        bulk.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert!(
+        bulk.header("access-control-expose-headers")
+            .is_some_and(|h| h.to_lowercase().contains("etag")),
+        "{bulk:?}"
+    );
+    server.stop().await;
+
+    // Without --cors-origin, no CORS headers at all.
+    let plain = start(&db, |_| {}).await;
+    let http = plain.http_addr.expect("an HTTP address");
+    let refused = raw(http, &preflight("https://app.example.com")).await;
+    assert_eq!(
+        refused.header("access-control-allow-origin"),
+        None,
+        "{refused:?}"
+    );
+    plain.stop().await;
+}

@@ -56,11 +56,15 @@ pub struct HttpSurface {
     pub flagd: FlagdCore,
     /// The tokens, as the gRPC API checks them.
     pub tokens: Arc<dyn TokenCheck>,
+    /// Origins whose pages may call from a browser (`*`: any); none: no
+    /// CORS headers at all, so browsers refuse cross-origin calls.
+    pub cors_origins: Vec<String>,
 }
 
 /// Every route of the surface.
 pub fn router(surface: Arc<HttpSurface>) -> Router {
-    Router::new()
+    let cors = cors(&surface.cors_origins);
+    let router = Router::new()
         .route("/livez", get(|s, uri| probe(s, uri, Probe::Live)))
         .route("/readyz", get(|s, uri| probe(s, uri, Probe::Ready)))
         .route("/startupz", get(|s, uri| probe(s, uri, Probe::Started)))
@@ -84,8 +88,44 @@ pub fn router(surface: Arc<HttpSurface>) -> Router {
                 "METHOD_NOT_ALLOWED",
                 "this path does not take that method",
             )
-        })
-        .with_state(surface)
+        });
+    match cors {
+        Some(cors) => router.layer(cors).with_state(surface),
+        None => router.with_state(surface),
+    }
+}
+
+/// The CORS answers for `origins`: preflights answered, the headers a
+/// browser client sends allowed (tokens, OFREP's `X-API-Key` and
+/// `If-None-Match`), `ETag` readable. `None` without origins.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::IF_NONE_MATCH,
+                header::HeaderName::from_static("x-api-key"),
+                header::HeaderName::from_static(crate::api::ACTOR_HEADER),
+            ])
+            .expose_headers([header::ETAG, header::RETRY_AFTER])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 /// Serves `surface` on `listener` until `stop` completes, then finishes the

@@ -232,6 +232,7 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
         metrics_listen: "off".into(),
         flagd_listen: "off".into(),
         http_listen: "off".into(),
+        cors_origin: Vec::new(),
         tls_cert: None,
         tls_key: None,
         probe_listen: "off".into(),
