@@ -269,15 +269,15 @@ impl FlagdCore {
         context: Option<Struct>,
     ) -> Result<(Vec<(String, Resolved)>, i64), Status> {
         let context = context_of(context)?;
-        Ok(self.resolve_all_at(&context))
+        Ok(self.resolve_all_context(&context))
     }
 
-    /// Every flag evaluated for a context already read, in key order.
-    pub fn resolve_all_context(&self, context: &EvaluationContext) -> Vec<(String, Resolved)> {
-        self.resolve_all_at(context).0
-    }
-
-    fn resolve_all_at(&self, context: &EvaluationContext) -> (Vec<(String, Resolved)>, i64) {
+    /// [`FlagdCore::resolve_all`] for a context already read: every flag in
+    /// key order, with the snapshot's version.
+    pub fn resolve_all_context(
+        &self,
+        context: &EvaluationContext,
+    ) -> (Vec<(String, Resolved)>, i64) {
         let snapshot = self.state.snapshot();
         let stale = self.state.freshness().is_stale();
         let mut tally = Tally::default();

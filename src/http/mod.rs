@@ -221,14 +221,25 @@ fn text_param(pairs: &[(String, String)], name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The full name of the request or response message (`kind`: `Request` or
+/// `Response`) of the gRPC call `path`, by the API's naming:
+/// `/readyd.v1.FlagService/ListFlags` → `readyd.v1.ListFlagsResponse`.
+fn message_name(path: &str, kind: &str) -> String {
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or(("", path));
+    let package = service.rsplit_once('.').map_or("", |(package, _)| package);
+    format!("{package}.{method}{kind}")
+}
+
 /// Makes the gRPC call `path` in-process with `message`: the token rules
-/// of `path` decide first, then `handler` answers, and its response (named
-/// `response` in the protobuf package) is written as JSON.
+/// of `path` decide first, then `handler` answers, and its response is
+/// written as JSON.
 async fn call<Req, Resp, Fut>(
     surface: &HttpSurface,
     headers: &HeaderMap,
     path: &str,
-    response: &str,
     message: Req,
     handler: impl FnOnce(tonic::Request<Req>) -> Fut,
 ) -> Response
@@ -253,7 +264,7 @@ where
         }
     }
     match handler(request).await {
-        Ok(answer) => match json::to_json(response, answer.get_ref()) {
+        Ok(answer) => match json::to_json(&message_name(path, "Response"), answer.get_ref()) {
             Ok(body) => json_response(StatusCode::OK, &body),
             Err(problem) => {
                 tracing::error!(%problem, "an HTTP answer could not be written");
@@ -286,7 +297,6 @@ async fn list_flags(
         &surface,
         &headers,
         "/readyd.v1.FlagService/ListFlags",
-        "readyd.v1.ListFlagsResponse",
         message,
         |request| async move { flags.list_flags(request).await },
     )
@@ -334,7 +344,6 @@ async fn evaluate_flag(
         &surface,
         &headers,
         "/readyd.v1.FlagService/EvaluateFlag",
-        "readyd.v1.EvaluateFlagResponse",
         message,
         |request| async move { flags.evaluate_flag(request).await },
     )
@@ -366,20 +375,18 @@ async fn list_configs(
         &surface,
         &headers,
         "/readyd.v1.ConfigService/ListConfigs",
-        "readyd.v1.ListConfigsResponse",
         message,
         |request| async move { config.list_configs(request).await },
     )
     .await
 }
 
-/// The JSON request body of the gRPC call `path` as message `name`, or the
-/// 4xx that says why not. The token comes first: a refused caller learns
-/// nothing about the body.
+/// The JSON request body of the gRPC call `path` as its request message,
+/// or the 4xx that says why not. The token comes first: a refused caller
+/// learns nothing about the body.
 fn body_message<M: prost::Message + Default>(
     surface: &HttpSurface,
     path: &str,
-    name: &str,
     headers: &HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<M, Box<Response>> {
@@ -407,7 +414,8 @@ fn body_message<M: prost::Message + Default>(
             "the body must be JSON (Content-Type: application/json)",
         )));
     }
-    json::from_json(name, &body).map_err(|problem| Box::new(bad_param(&problem)))
+    json::from_json(&message_name(path, "Request"), &body)
+        .map_err(|problem| Box::new(bad_param(&problem)))
 }
 
 /// `POST /api/feature-flags` with an `UpsertFlagRequest` in JSON: creates or
@@ -418,25 +426,14 @@ async fn upsert_flag(
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     const PATH: &str = "/readyd.v1.FlagService/UpsertFlag";
-    let message: pb::UpsertFlagRequest = match body_message(
-        &surface,
-        PATH,
-        "readyd.v1.UpsertFlagRequest",
-        &headers,
-        body,
-    ) {
+    let message: pb::UpsertFlagRequest = match body_message(&surface, PATH, &headers, body) {
         Ok(message) => message,
         Err(refused) => return *refused,
     };
     let flags = surface.flags.clone();
-    call(
-        &surface,
-        &headers,
-        PATH,
-        "readyd.v1.UpsertFlagResponse",
-        message,
-        |request| async move { flags.upsert_flag(request).await },
-    )
+    call(&surface, &headers, PATH, message, |request| async move {
+        flags.upsert_flag(request).await
+    })
     .await
 }
 
@@ -448,20 +445,14 @@ async fn set_config(
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     const PATH: &str = "/readyd.v1.ConfigService/SetConfig";
-    let message: pb::SetConfigRequest =
-        match body_message(&surface, PATH, "readyd.v1.SetConfigRequest", &headers, body) {
-            Ok(message) => message,
-            Err(refused) => return *refused,
-        };
+    let message: pb::SetConfigRequest = match body_message(&surface, PATH, &headers, body) {
+        Ok(message) => message,
+        Err(refused) => return *refused,
+    };
     let config = surface.config.clone();
-    call(
-        &surface,
-        &headers,
-        PATH,
-        "readyd.v1.SetConfigResponse",
-        message,
-        |request| async move { config.set_config(request).await },
-    )
+    call(&surface, &headers, PATH, message, |request| async move {
+        config.set_config(request).await
+    })
     .await
 }
 
@@ -480,18 +471,13 @@ fn ofrep_body(
         return Err(Box::new(status_error(&refused)));
     }
     body.map_err(|rejected| {
-        Box::new(
-            (
-                rejected.status(),
-                plain_headers("application/json"),
-                serde_json::json!({
-                    "errorCode": "PARSE_ERROR",
-                    "errorDetails": format!("the body could not be read: {rejected}"),
-                })
-                .to_string(),
-            )
-                .into_response(),
-        )
+        Box::new(json_response(
+            rejected.status(),
+            &serde_json::json!({
+                "errorCode": "PARSE_ERROR",
+                "errorDetails": format!("the body could not be read: {rejected}"),
+            }),
+        ))
     })
 }
 
@@ -532,7 +518,7 @@ fn plain_headers(content_type: &'static str) -> [(header::HeaderName, HeaderValu
     ]
 }
 
-fn json_response(code: StatusCode, body: &serde_json::Value) -> Response {
+pub(super) fn json_response(code: StatusCode, body: &serde_json::Value) -> Response {
     (code, plain_headers("application/json"), body.to_string()).into_response()
 }
 
@@ -572,4 +558,19 @@ fn status_error(status: &tonic::Status) -> Response {
         }
     };
     error(http, name, status.message())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn message_names_follow_the_call() {
+        assert_eq!(
+            super::message_name("/readyd.v1.FlagService/ListFlags", "Response"),
+            "readyd.v1.ListFlagsResponse"
+        );
+        assert_eq!(
+            super::message_name("/readyd.v1.ConfigService/SetConfig", "Request"),
+            "readyd.v1.SetConfigRequest"
+        );
+    }
 }

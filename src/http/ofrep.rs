@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::json_response;
 use crate::api::convert::{from_pb_value, to_pb_struct};
 use crate::api::flagd::{FlagdCore, Resolved, Wanted, context_of};
 
@@ -73,56 +74,30 @@ fn success(key: &str, resolved: &Resolved) -> Value {
     })
 }
 
-fn answer(
-    code: StatusCode,
-    body: &Value,
-    extra: Option<(header::HeaderName, HeaderValue)>,
-) -> Response {
-    let mut response = (
-        code,
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            ),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        ],
-        body.to_string(),
-    )
-        .into_response();
-    if let Some((name, value)) = extra {
-        response.headers_mut().insert(name, value);
-    }
-    response
-}
-
 /// `POST /ofrep/v1/evaluate/flags/{key}`.
 pub fn evaluate(flagd: &FlagdCore, key: &str, body: &[u8]) -> Response {
     let context = match context(body) {
         Ok(context) => context,
         Err((code, details)) => {
-            return answer(
+            return json_response(
                 StatusCode::BAD_REQUEST,
                 &json!({ "key": key, "errorCode": code, "errorDetails": details }),
-                None,
             );
         }
     };
     match flagd.resolve_context(key, &context, Wanted::Any) {
-        Ok(Some(resolved)) => answer(StatusCode::OK, &success(key, &resolved), None),
-        Ok(None) => answer(
+        Ok(Some(resolved)) => json_response(StatusCode::OK, &success(key, &resolved)),
+        Ok(None) => json_response(
             StatusCode::NOT_FOUND,
             &json!({
                 "key": key,
                 "errorCode": "FLAG_NOT_FOUND",
                 "errorDetails": format!("flag {:?} does not exist", crate::echo::truncate(key)),
             }),
-            None,
         ),
-        Err(status) => answer(
+        Err(status) => json_response(
             StatusCode::BAD_REQUEST,
             &json!({ "key": key, "errorCode": "GENERAL", "errorDetails": status.message() }),
-            None,
         ),
     }
 }
@@ -133,14 +108,13 @@ pub fn evaluate_all(flagd: &FlagdCore, headers: &HeaderMap, body: &[u8]) -> Resp
     let context = match context(body) {
         Ok(context) => context,
         Err((code, details)) => {
-            return answer(
+            return json_response(
                 StatusCode::BAD_REQUEST,
                 &json!({ "errorCode": code, "errorDetails": details }),
-                None,
             );
         }
     };
-    let answers = flagd.resolve_all_context(&context);
+    let (answers, _) = flagd.resolve_all_context(&context);
     let flags: Vec<Value> = answers
         .iter()
         .map(|(key, resolved)| success(key, resolved))
@@ -166,7 +140,11 @@ pub fn evaluate_all(flagd: &FlagdCore, headers: &HeaderMap, body: &[u8]) -> Resp
         }
         return response;
     }
-    answer(StatusCode::OK, &body, etag_header)
+    let mut response = json_response(StatusCode::OK, &body);
+    if let Some((name, value)) = etag_header {
+        response.headers_mut().insert(name, value);
+    }
+    response
 }
 
 /// The entity tag of a bulk answer: a hash of exactly what it says.
