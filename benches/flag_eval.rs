@@ -30,6 +30,7 @@ use serde_json::json;
 fn flag() -> CompiledFlag {
     CompiledFlag::new(Flag {
         targeting: None,
+        client_visible: false,
         key: "checkout.new_payment_flow".to_owned(),
         description: "benchmark flag".to_owned(),
         enabled: true,

@@ -92,6 +92,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         admin: settings.admin_token.clone(),
         read: settings.read_token.clone(),
         replication: settings.replication_token.clone(),
+        client: settings.client_tokens.clone(),
     });
     let database = Database::new(store.clone());
     let local_addr: Option<SocketAddr> = listener.local_addr().ok();

@@ -54,6 +54,18 @@ pub struct ServeArgs {
     #[arg(long, env = "READYD_REPLICATION_TOKEN", hide_env_values = true)]
     pub replication_token: Option<String>,
 
+    /// A token browsers and phones present to evaluate the flags marked
+    /// client-visible over HTTP (OFREP, GET /api/feature-flags/{key}), and
+    /// nothing else (repeatable; READYD_CLIENT_TOKEN takes them separated by
+    /// commas). Prefer the environment variable.
+    #[arg(
+        long = "client-token",
+        env = "READYD_CLIENT_TOKEN",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub client_token: Vec<String>,
+
     /// Follow this readyd (`http://host:port` or `https://…`) instead of a
     /// database: no database connection, no private PostgreSQL; writes and
     /// database reads are forwarded there. See README, "Scaling out".
@@ -231,6 +243,7 @@ impl fmt::Debug for ServeArgs {
             admin_token,
             read_token,
             replication_token,
+            client_token,
             upstream,
             upstream_ca,
             shutdown_timeout,
@@ -270,6 +283,7 @@ impl fmt::Debug for ServeArgs {
                 "replication_token",
                 &token_shown(replication_token.as_ref()),
             )
+            .field("client_token", &format!("{} set", client_token.len()))
             .field("upstream", &upstream.as_deref().map(redact_url))
             .field("upstream_ca", upstream_ca)
             .field("shutdown_timeout", shutdown_timeout)
@@ -420,6 +434,8 @@ pub struct Settings {
     pub read_token: Option<Secret>,
     /// Replication token: accepted from followers; sent to the upstream.
     pub replication_token: Option<Secret>,
+    /// Client tokens: evaluation of client-visible flags over HTTP.
+    pub client_tokens: Vec<Secret>,
     /// The readyd this one follows, when it is a follower.
     pub upstream: Option<Upstream>,
     /// Grace period after SIGTERM.
@@ -651,6 +667,24 @@ impl Settings {
             args.replication_token.as_deref(),
             &mut errors,
         );
+        let client_tokens: Vec<Secret> = args
+            .client_token
+            .iter()
+            .filter_map(|raw| parse_token("READYD_CLIENT_TOKEN", Some(raw), &mut errors))
+            .collect();
+        // A client token ships in web pages and apps: one that is also the
+        // admin or read token would hand those out.
+        if client_tokens.iter().any(|client| {
+            [admin_token.as_ref(), read_token.as_ref()]
+                .into_iter()
+                .flatten()
+                .any(|other| other.expose() == client.expose())
+        }) {
+            errors.push(SettingsError::new(
+                "READYD_CLIENT_TOKEN",
+                "a client token must differ from the admin and read tokens: it ships in web pages and apps",
+            ));
+        }
         let upstream = parse_upstream(args, &mut errors);
         let shutdown_timeout = parse_duration(
             "--shutdown-timeout (READYD_SHUTDOWN_TIMEOUT)",
@@ -814,6 +848,7 @@ impl Settings {
                 admin_token,
                 read_token,
                 replication_token,
+                client_tokens,
                 upstream,
                 shutdown_timeout,
                 // Parsed above; an unparsable value is among `errors`.
@@ -951,10 +986,10 @@ fn parse_upstream(args: &ServeArgs, errors: &mut Vec<SettingsError>) -> Option<U
             "a follower has no database: unset DATABASE_URL (--database-url), or unset --upstream to use the database",
         ));
     }
-    if args.admin_token.is_some() || args.read_token.is_some() {
+    if args.admin_token.is_some() || args.read_token.is_some() || !args.client_token.is_empty() {
         errors.push(SettingsError::new(
             SETTING,
-            "a follower takes its tokens from its upstream: unset READYD_ADMIN_TOKEN and READYD_READ_TOKEN",
+            "a follower takes its tokens from its upstream: unset READYD_ADMIN_TOKEN, READYD_READ_TOKEN and READYD_CLIENT_TOKEN",
         ));
     }
     if args.replication_token.is_none() {
@@ -1246,6 +1281,30 @@ mod tests {
         let mut any = args(&["--cors-origin", "*"]);
         any.database.database_url = Some("postgres://localhost/db".into());
         assert_eq!(Settings::from_args(&any).expect("any").cors_origins, ["*"]);
+    }
+
+    #[test]
+    fn client_tokens_are_several_and_never_the_admin_or_read_token() {
+        let mut raw = args(&["--client-token", "web-1,ios-1"]);
+        raw.database.database_url = Some("postgres://localhost/db".into());
+        raw.admin_token = Some("admin-1".into());
+        let settings = Settings::from_args(&raw).expect("two client tokens");
+        assert_eq!(settings.client_tokens.len(), 2);
+        assert!(!format!("{raw:?}").contains("web-1"), "never printed");
+        raw.client_token = vec!["web-1".into(), "admin-1".into()];
+        let errors = Settings::from_args(&raw).expect_err("the admin token as a client token");
+        assert!(
+            errors.iter().any(|e| e.to_string().contains("must differ")),
+            "{errors:?}"
+        );
+        raw.client_token = vec!["web-1".into(), "".into()];
+        let errors = Settings::from_args(&raw).expect_err("an empty client token");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.to_string().contains("READYD_CLIENT_TOKEN")),
+            "{errors:?}"
+        );
     }
 
     #[test]

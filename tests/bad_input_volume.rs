@@ -440,6 +440,7 @@ const METHODS: &[Method] = &[
         |rng, refused| {
             pb::UpsertFlagRequest {
                 targeting: None,
+                client_visible: rng.percent(50).then(|| rng.percent(50)),
                 key: if refused {
                     invalid_name(rng)
                 } else {

@@ -451,6 +451,7 @@ async fn without_a_database_only_a_valid_snapshot_of_this_environment_starts_rea
         "{stderr}"
     );
     let flag = Flag {
+        client_visible: false,
         targeting: None,
         key: "checkout".into(),
         description: String::new(),

@@ -234,6 +234,7 @@ async fn an_old_clients_write_keeps_the_targeting_and_an_empty_one_removes_it() 
     let toggled = upsert(
         &mut client,
         pb::UpsertFlagRequest {
+            client_visible: None,
             targeting: None,
             enabled: Some(false),
             ..checkout_request()
@@ -252,6 +253,7 @@ async fn an_old_clients_write_keeps_the_targeting_and_an_empty_one_removes_it() 
     // A kept part that the new write breaks is refused, naming why.
     let status = client
         .upsert_flag(admin(pb::UpsertFlagRequest {
+            client_visible: None,
             targeting: None,
             value_type: FlagValueType::Number.into(),
             on_value: pb_json(json!(1)),
@@ -270,6 +272,7 @@ async fn an_old_clients_write_keeps_the_targeting_and_an_empty_one_removes_it() 
     let plain = upsert(
         &mut client,
         pb::UpsertFlagRequest {
+            client_visible: None,
             targeting: Some(pb::FlagTargeting::default()),
             ..checkout_request()
         },
@@ -336,6 +339,7 @@ async fn bad_targeting_is_refused_naming_the_rule_and_constraint_and_changes_not
     for (targeting, wanted) in cases {
         let status = client
             .upsert_flag(admin(pb::UpsertFlagRequest {
+                client_visible: None,
                 targeting: Some(targeting),
                 ..checkout_request()
             }))
@@ -663,6 +667,7 @@ mod property {
                 .targeting
                 .clone()
                 .map(|t| Box::new(readyd::flags::Targeting::try_from(t).expect("targeting"))),
+            client_visible: stored.client_visible,
         };
         let compiled = CompiledFlag::new(flag).expect("the stored flag is valid");
         for (user, attributes) in contexts {

@@ -141,6 +141,7 @@ fn assert_answer(answer: &pb::EvaluateFlagResponse, variant: &str, reason: Why, 
 fn to_flag(flag: &pb::Flag) -> Flag {
     Flag {
         targeting: None,
+        client_visible: flag.client_visible,
         key: flag.key.clone(),
         description: flag.description.clone(),
         enabled: flag.enabled,
@@ -192,6 +193,7 @@ async fn stored(db: &TestDb, key: &str) -> Option<Flag> {
     .expect("read the row");
     row.map(|r| Flag {
         targeting: None,
+        client_visible: false,
         key: r.0,
         description: r.1,
         enabled: r.2,
@@ -1250,6 +1252,7 @@ impl RandomUpsert {
         };
         pb::UpsertFlagRequest {
             targeting: None,
+            client_visible: None,
             key: self.key.into(),
             description: String::new(),
             enabled: Some(self.enabled),

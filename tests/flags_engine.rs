@@ -270,6 +270,7 @@ fn arb_flag() -> impl Strategy<Value = Flag> {
             |(key, enabled, (value_type, on_value, off_value), envs, users, roles, rollout, v)| {
                 Flag {
                     targeting: None,
+                    client_visible: false,
                     key,
                     description: String::new(),
                     enabled,
@@ -401,6 +402,7 @@ proptest! {
 fn plain_flag(key: &str, rollout: u8) -> Flag {
     Flag {
         targeting: None,
+        client_visible: false,
         key: key.to_owned(),
         description: String::new(),
         enabled: true,

@@ -951,3 +951,151 @@ async fn cors_answers_preflights_for_listed_origins_only() {
     );
     plain.stop().await;
 }
+
+const CLIENT: &str = "client-token-for-http-tests";
+const OTHER_CLIENT: &str = "second-client-token-for-http-tests";
+
+#[tokio::test]
+async fn client_tokens_evaluate_client_visible_flags_only_and_never_list_them() {
+    use readyd::api::pb::readyd::v1 as pb;
+    let db = TestDb::new().await;
+    let server = start(&db, |args| {
+        args.admin_token = Some(ADMIN.into());
+        args.read_token = Some(READER.into());
+        args.client_token = vec![CLIENT.into(), OTHER_CLIENT.into()];
+    })
+    .await;
+    let http = server.http_addr.expect("an HTTP address");
+    let channel = server.channel().await;
+    let mut grpc = pb::flag_service_client::FlagServiceClient::new(channel.clone());
+    let upsert = |key: &str, client_visible: Option<bool>| {
+        let mut request = tonic::Request::new(pb::UpsertFlagRequest {
+            key: key.into(),
+            enabled: Some(true),
+            client_visible,
+            ..Default::default()
+        });
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {ADMIN}").parse().expect("header"),
+        );
+        request
+    };
+    let shown = grpc
+        .upsert_flag(upsert("new_checkout", Some(true)))
+        .await
+        .expect("upsert a client-visible flag")
+        .into_inner();
+    assert!(shown.flag.expect("the flag").client_visible);
+    let hidden = grpc
+        .upsert_flag(upsert("internal_tool", None))
+        .await
+        .expect("upsert a flag without the mark")
+        .into_inner();
+    assert!(
+        !hidden.flag.expect("the flag").client_visible,
+        "off by default"
+    );
+    // A write that does not say keeps the mark.
+    let kept = grpc
+        .upsert_flag(upsert("new_checkout", None))
+        .await
+        .expect("rewrite without the mark")
+        .into_inner();
+    assert!(kept.flag.expect("the flag").client_visible, "kept");
+
+    // OFREP: either client token evaluates the marked flag; the other one
+    // does not exist for it, alone or in bulk.
+    let body = r#"{"context": {"targetingKey": "u1"}}"#;
+    for token in [CLIENT, OTHER_CLIENT] {
+        let answer = post(
+            http,
+            "/ofrep/v1/evaluate/flags/new_checkout",
+            body,
+            Some(token),
+            JSON,
+        )
+        .await;
+        assert_eq!(answer.code, 200, "{answer:?}");
+        assert_eq!(answer.json()["value"], true);
+    }
+    let hidden = post(
+        http,
+        "/ofrep/v1/evaluate/flags/internal_tool",
+        body,
+        Some(CLIENT),
+        JSON,
+    )
+    .await;
+    assert_eq!(hidden.code, 404, "{hidden:?}");
+    assert_eq!(hidden.json()["errorCode"], "FLAG_NOT_FOUND");
+    let keys = |answer: &Answer| -> Vec<String> {
+        answer.json()["flags"]
+            .as_array()
+            .expect("flags")
+            .iter()
+            .map(|flag| flag["key"].as_str().expect("key").to_owned())
+            .collect()
+    };
+    let bulk = post(http, "/ofrep/v1/evaluate/flags", body, Some(CLIENT), JSON).await;
+    assert_eq!(bulk.code, 200, "{bulk:?}");
+    assert_eq!(keys(&bulk), ["new_checkout"]);
+    let bulk = post(http, "/ofrep/v1/evaluate/flags", body, Some(READER), JSON).await;
+    let all = keys(&bulk);
+    assert!(
+        all.len() > 2 && all.iter().any(|key| key == "internal_tool"),
+        "the read token sees every flag: {all:?}"
+    );
+    let x_api_key = format!("{JSON}X-API-Key: {CLIENT}\r\n");
+    let bulk = post(http, "/ofrep/v1/evaluate/flags", body, None, &x_api_key).await;
+    assert_eq!(keys(&bulk), ["new_checkout"]);
+
+    // The plain evaluation endpoint: the same rule, and no explain path.
+    let answer = get(
+        http,
+        "/api/feature-flags/new_checkout?user_id=u1",
+        Some(CLIENT),
+    )
+    .await;
+    assert_eq!(answer.code, 200, "{answer:?}");
+    assert_eq!(answer.json()["value"], true);
+    let answer = get(
+        http,
+        "/api/feature-flags/internal_tool?user_id=u1",
+        Some(CLIENT),
+    )
+    .await;
+    assert_eq!(answer.code, 404, "{answer:?}");
+    assert_eq!(
+        answer.json()["message"],
+        "flag \"internal_tool\" does not exist"
+    );
+    let answer = get(
+        http,
+        "/api/feature-flags/new_checkout?explain=true",
+        Some(CLIENT),
+    )
+    .await;
+    assert_eq!(answer.code, 403, "{answer:?}");
+
+    // Never a definition: no list, no GetFlag, no gRPC evaluation.
+    let list = get(http, "/api/feature-flags", Some(CLIENT)).await;
+    assert_eq!(list.code, 403, "{list:?}");
+    assert!(!list.body.contains("new_checkout"), "{list:?}");
+    let mut request = tonic::Request::new(pb::GetFlagRequest {
+        key: "new_checkout".into(),
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {CLIENT}").parse().expect("header"),
+    );
+    let refused = grpc.get_flag(request).await.expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(
+        refused.message().contains("client token"),
+        "{}",
+        refused.message()
+    );
+    let config = get(http, "/api/config", Some(CLIENT)).await;
+    assert_eq!(config.code, 403, "{config:?}");
+}

@@ -194,6 +194,7 @@ async fn a_rule_naming_a_segment_follows_the_segment_on_every_server() {
     // Once no flag names it, it goes.
     client_a
         .upsert_flag(admin(pb::UpsertFlagRequest {
+            client_visible: None,
             targeting: Some(pb::FlagTargeting::default()),
             ..gated_flag()
         }))

@@ -38,11 +38,14 @@ pub enum Role {
     Read,
     /// READYD_REPLICATION_TOKEN: following this readyd.
     Replication,
+    /// READYD_CLIENT_TOKEN (several): browsers and phones evaluating the
+    /// flags marked `client_visible`, over HTTP, and nothing else.
+    Client,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 3] = [Role::Admin, Role::Read, Role::Replication];
+    pub const ALL: [Role; 4] = [Role::Admin, Role::Read, Role::Replication, Role::Client];
 
     /// The role's name, as in token verifiers.
     pub fn as_str(self) -> &'static str {
@@ -50,6 +53,7 @@ impl Role {
             Role::Admin => "admin",
             Role::Read => "read",
             Role::Replication => "replication",
+            Role::Client => "client",
         }
     }
 
@@ -195,26 +199,34 @@ pub struct Tokens {
     pub read: Option<Secret>,
     /// Lets followers follow.
     pub replication: Option<Secret>,
+    /// Let browsers and phones evaluate client-visible flags (several, so
+    /// each app has its own and one can be replaced without the others).
+    pub client: Vec<Secret>,
 }
 
 impl Tokens {
-    fn secret(&self, role: Role) -> Option<&Secret> {
+    /// The tokens of `role`.
+    pub fn secrets(&self, role: Role) -> &[Secret] {
         match role {
-            Role::Admin => self.admin.as_ref(),
-            Role::Read => self.read.as_ref(),
-            Role::Replication => self.replication.as_ref(),
+            Role::Admin => self.admin.as_slice(),
+            Role::Read => self.read.as_slice(),
+            Role::Replication => self.replication.as_slice(),
+            Role::Client => &self.client,
         }
     }
 }
 
 impl TokenCheck for Tokens {
     fn has(&self, role: Role) -> bool {
-        self.secret(role).is_some()
+        !self.secrets(role).is_empty()
     }
 
     fn matches(&self, role: Role, presented: &str) -> bool {
-        self.secret(role)
-            .is_some_and(|secret| matches(presented, secret))
+        // Every token is compared, so the time taken does not tell which
+        // one (or whether any) matched.
+        self.secrets(role)
+            .iter()
+            .fold(false, |found, secret| matches(presented, secret) | found)
     }
 }
 
@@ -287,6 +299,11 @@ pub fn authorize(
     let is_reader = is(Role::Read);
     let is_replicator = access == Access::Replication && is(Role::Replication);
     if presented.is_some() && !is_admin && !is_reader && !is_replicator {
+        if tokens.has(Role::Client) && is(Role::Client) {
+            return Err(Status::permission_denied(
+                "a client token evaluates client-visible flags over HTTP only (OFREP, GET /api/feature-flags/{key})",
+            ));
+        }
         return Err(Status::permission_denied(
             "the presented token is not valid",
         ));
@@ -312,6 +329,49 @@ pub fn authorize(
         }
         Access::Admin | Access::Read | Access::Replication => Ok(Caller { is_admin }),
     }
+}
+
+/// Which flags a caller may evaluate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// Every flag: a caller with the read or admin token, or anyone when
+    /// reads are open.
+    Everyone,
+    /// Only flags marked `client_visible`: a caller with a client token.
+    Clients,
+}
+
+impl Audience {
+    /// Whether this audience may evaluate `flag`; to the others it does
+    /// not exist.
+    pub fn sees(self, flag: &crate::flags::Flag) -> bool {
+        self == Audience::Everyone || flag.client_visible
+    }
+}
+
+/// Decides an evaluation over HTTP (OFREP, `GET /api/feature-flags/{key}`):
+/// a client token may make it, for client-visible flags; any other caller
+/// as for `EvaluateFlag`.
+pub fn authorize_evaluation(
+    tokens: &dyn TokenCheck,
+    authorization: Option<&http::HeaderValue>,
+) -> Result<Audience, Status> {
+    let presented = authorization
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| {
+            value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    if let Some(token) = presented
+        && tokens.has(Role::Client)
+        && tokens.matches(Role::Client, token)
+    {
+        return Ok(Audience::Clients);
+    }
+    authorize(tokens, "/readyd.v1.FlagService/EvaluateFlag", authorization)
+        .map(|_| Audience::Everyone)
 }
 
 /// Tower layer applying [`authorize`] to every request.
@@ -399,6 +459,7 @@ mod tests {
             admin: admin.map(Secret::new),
             read: read.map(Secret::new),
             replication: None,
+            client: Vec::new(),
         }
     }
 
@@ -549,6 +610,56 @@ mod tests {
                 Code::Ok
             };
             prop_assert_eq!(got, expected);
+        }
+    }
+
+    #[test]
+    fn client_tokens_evaluate_over_http_and_are_refused_everywhere_else() {
+        let mut t = tokens(Some("admin-secret"), Some("read-secret"));
+        t.client = vec![Secret::new("web-client"), Secret::new("ios-client")];
+        for client in ["web-client", "ios-client"] {
+            assert_eq!(
+                authorize_evaluation(&t, Some(&header(client))).ok(),
+                Some(Audience::Clients)
+            );
+            for path in [READ, MUTATION, "/readyd.v1.FlagService/EvaluateFlag"] {
+                let refused = t.authorize(path, Some(&header(client))).unwrap_err();
+                assert_eq!(refused.code(), Code::PermissionDenied, "{path}");
+                assert!(refused.message().contains("client token"), "{path}");
+            }
+        }
+        for everyone in ["read-secret", "admin-secret"] {
+            assert_eq!(
+                authorize_evaluation(&t, Some(&header(everyone))).ok(),
+                Some(Audience::Everyone)
+            );
+        }
+        assert_eq!(
+            authorize_evaluation(&t, None).unwrap_err().code(),
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            authorize_evaluation(&t, Some(&header("guess")))
+                .unwrap_err()
+                .code(),
+            Code::PermissionDenied
+        );
+    }
+
+    proptest! {
+        /// Whatever is presented, a client token never yields more than
+        /// the client audience, and only the configured ones yield it.
+        #[test]
+        fn only_configured_client_tokens_are_clients(presented in "[a-z-]{1,20}") {
+            let mut t = tokens(Some("admin-secret"), Some("read-secret"));
+            t.client = vec![Secret::new("web-client")];
+            let audience = authorize_evaluation(&t, Some(&header(&presented))).ok();
+            let expected = match presented.as_str() {
+                "web-client" => Some(Audience::Clients),
+                "read-secret" | "admin-secret" => Some(Audience::Everyone),
+                _ => None,
+            };
+            prop_assert_eq!(audience, expected);
         }
     }
 }

@@ -24,6 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
+use crate::api::auth::Audience;
 use crate::api::convert::{from_pb_value, to_pb_struct};
 use crate::api::pb::flagd::{evaluation_v1 as v1, evaluation_v2 as v2};
 use crate::api::streams::StreamGate;
@@ -223,12 +224,13 @@ impl FlagdCore {
         wanted: Wanted,
     ) -> Result<Resolved, Status> {
         let context = context_of(context)?;
-        self.resolve_context(key, &context, wanted)?.ok_or_else(|| {
-            Status::not_found(format!(
-                "flag {:?} does not exist",
-                crate::echo::truncate(key)
-            ))
-        })
+        self.resolve_context(key, &context, wanted, Audience::Everyone)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "flag {:?} does not exist",
+                    crate::echo::truncate(key)
+                ))
+            })
     }
 
     /// [`FlagdCore::resolve`] for a context already read; `None` when the
@@ -238,9 +240,10 @@ impl FlagdCore {
         key: &str,
         context: &EvaluationContext,
         wanted: Wanted,
+        audience: Audience,
     ) -> Result<Option<Resolved>, Status> {
         let snapshot = self.state.snapshot();
-        let Some(flag) = snapshot.flag(key) else {
+        let Some(flag) = snapshot.flag(key).filter(|flag| audience.sees(flag.flag())) else {
             return Ok(None);
         };
         let value_type = flag.flag().value_type;
@@ -263,13 +266,21 @@ impl FlagdCore {
         Ok(Some(resolved))
     }
 
+    /// Whether flag `key` exists and client tokens may evaluate it.
+    pub fn client_visible(&self, key: &str) -> bool {
+        self.state
+            .snapshot()
+            .flag(key)
+            .is_some_and(|flag| flag.flag().client_visible)
+    }
+
     /// Evaluates every flag for `context`, with the snapshot's version.
     pub fn resolve_all(
         &self,
         context: Option<Struct>,
     ) -> Result<(Vec<(String, Resolved)>, i64), Status> {
         let context = context_of(context)?;
-        Ok(self.resolve_all_context(&context))
+        Ok(self.resolve_all_context(&context, Audience::Everyone))
     }
 
     /// [`FlagdCore::resolve_all`] for a context already read: every flag in
@@ -277,6 +288,7 @@ impl FlagdCore {
     pub fn resolve_all_context(
         &self,
         context: &EvaluationContext,
+        audience: Audience,
     ) -> (Vec<(String, Resolved)>, i64) {
         let snapshot = self.state.snapshot();
         let stale = self.state.freshness().is_stale();
@@ -284,6 +296,7 @@ impl FlagdCore {
         let answers = snapshot
             .flags_with_prefix("")
             .into_iter()
+            .filter(|flag| audience.sees(flag.flag()))
             .map(|flag| {
                 (
                     flag.key().to_owned(),

@@ -151,6 +151,7 @@ impl From<&Flag> for pb::Flag {
             updated_at: Some(to_timestamp(flag.updated_at)),
             updated_by: flag.updated_by.clone(),
             targeting: flag.targeting.as_deref().map(pb::FlagTargeting::from),
+            client_visible: flag.client_visible,
         }
     }
 }
@@ -196,6 +197,7 @@ impl TryFrom<pb::UpsertFlagRequest> for FlagDraft {
             target_roles: request.target_roles,
             rollout_percentage: request.rollout_percentage,
             targeting: request.targeting.map(Targeting::try_from).transpose()?,
+            client_visible: request.client_visible,
         })
     }
 }

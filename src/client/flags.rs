@@ -81,6 +81,11 @@ pub enum FlagsCommand {
         /// the ones it has.
         #[arg(long)]
         targeting: Option<String>,
+        /// Whether client tokens (browsers, phones, over OFREP) may
+        /// evaluate the flag. Without it the flag keeps its mark (off for a
+        /// new flag).
+        #[arg(long)]
+        client_visible: Option<bool>,
     },
     /// Write every flag (or those with a prefix) to a file that `apply` reads.
     #[command(after_help = "Example:\n  readyd flags export --file flags.json")]
@@ -295,6 +300,7 @@ fn flag_fields(f: &pb::Flag) -> String {
         ("target users", f.target_users.join(", ")),
         ("target roles", f.target_roles.join(", ")),
         ("rollout", format!("{}%", f.rollout_percentage)),
+        ("client visible", f.client_visible.to_string()),
         ("version", f.version.to_string()),
         (
             "updated",
@@ -338,6 +344,7 @@ pub async fn run(args: FlagsArgs) -> Result<(), ClientError> {
             description,
             expected_version,
             targeting,
+            client_visible,
         } => {
             let targeting = targeting.as_deref().map(targeting_arg).transpose()?;
             if let Some(new) = &targeting {
@@ -367,6 +374,7 @@ pub async fn run(args: FlagsArgs) -> Result<(), ClientError> {
                 rollout_percentage: rollout,
                 expected_version,
                 targeting: targeting.as_ref().map(pb::FlagTargeting::from),
+                client_visible,
             };
             let answer = flags
                 .upsert_flag(client.request(request)?)

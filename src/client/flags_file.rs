@@ -122,6 +122,9 @@ pub struct FileFlag {
     /// Variants, rules, default serve, prerequisites.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub targeting: Option<Targeting>,
+    /// Whether client tokens may evaluate the flag.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub client_visible: bool,
     /// The version the flag was exported at: applying refuses when the
     /// server's differs. Absent in a hand-written file: no check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -168,6 +171,7 @@ impl FileFlag {
                 .targeting
                 .clone()
                 .and_then(|t| Targeting::try_from(t).ok()),
+            client_visible: flag.client_visible,
             version: Some(flag.version),
         }
     }
@@ -206,6 +210,7 @@ impl FileFlag {
                     .map(pb::FlagTargeting::from)
                     .unwrap_or_default(),
             ),
+            client_visible: Some(self.client_visible),
         })
     }
 
@@ -233,6 +238,10 @@ impl FileFlag {
         check(
             "targeting",
             targeting(&self.targeting) == targeting(&other.targeting),
+        );
+        check(
+            "client_visible",
+            self.client_visible == other.client_visible,
         );
         fields
     }

@@ -95,6 +95,7 @@ pub fn flag(flag: &pb::Flag) -> Value {
         "target_users": flag.target_users,
         "target_roles": flag.target_roles,
         "rollout_percentage": flag.rollout_percentage,
+        "client_visible": flag.client_visible,
         "version": flag.version,
         "updated_at": time(flag.updated_at.as_ref()),
         "updated_by": flag.updated_by,

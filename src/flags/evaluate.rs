@@ -484,6 +484,7 @@ mod tests {
             updated_at: DateTime::UNIX_EPOCH,
             updated_by: "test".to_owned(),
             targeting: None,
+            client_visible: false,
         }
     }
 

@@ -131,6 +131,10 @@ pub struct Flag {
     /// before. Boxed: most flags have none, and a flag stays small.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub targeting: Option<Box<Targeting>>,
+    /// Whether client tokens (browsers, phones) may evaluate the flag; off
+    /// unless marked, since a client sees whatever it evaluates.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub client_visible: bool,
 }
 
 /// Who a flag is evaluated for.

@@ -198,6 +198,9 @@ pub struct FlagDraft {
     /// old client never wipes what it does not know); `Some` of an empty
     /// [`Targeting`]: none, the flag is of today's model again.
     pub targeting: Option<Targeting>,
+    /// Whether client tokens may evaluate the flag. `None`: not given, so a
+    /// write keeps the stored mark (off for a new flag).
+    pub client_visible: Option<bool>,
 }
 
 impl FlagDraft {
@@ -224,6 +227,7 @@ impl FlagDraft {
             target_roles: flag.target_roles.clone(),
             rollout_percentage: Some(u32::from(flag.rollout_percentage)),
             targeting: Some(flag.targeting.as_deref().cloned().unwrap_or_default()),
+            client_visible: Some(flag.client_visible),
         }
     }
 
@@ -329,6 +333,7 @@ impl FlagDraft {
                     targeting_given,
                     targeting,
                     compiled,
+                    client_visible: self.client_visible,
                 })
             }
             // Every `None` above pushed an error, so `errors` is not empty.
@@ -458,6 +463,8 @@ pub struct ValidFlagDraft {
     targeting: Option<Targeting>,
     /// `targeting`, compiled while checking it.
     compiled: Option<Arc<CompiledTargeting>>,
+    /// Whether client tokens may evaluate it; `None`: keep the stored mark.
+    client_visible: Option<bool>,
 }
 
 impl PartialEq for ValidFlagDraft {
@@ -475,6 +482,7 @@ impl PartialEq for ValidFlagDraft {
             && self.rollout_percentage == other.rollout_percentage
             && self.targeting_given == other.targeting_given
             && self.targeting == other.targeting
+            && self.client_visible == other.client_visible
     }
 }
 
@@ -538,6 +546,12 @@ impl ValidFlagDraft {
     /// The v2 parts; `None` for a flag of today's model.
     pub fn targeting(&self) -> Option<&Targeting> {
         self.targeting.as_ref()
+    }
+
+    /// Whether client tokens may evaluate the flag; `None` when the draft
+    /// did not say (a write keeps the stored mark).
+    pub fn client_visible(&self) -> Option<bool> {
+        self.client_visible
     }
 
     /// The v2 parts, compiled.
@@ -611,6 +625,7 @@ impl ValidFlagDraft {
             updated_at,
             updated_by: updated_by.into(),
             targeting: self.targeting.map(Box::new),
+            client_visible: self.client_visible.unwrap_or(false),
         }
     }
 }

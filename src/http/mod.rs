@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
-use crate::api::auth::{TokenCheck, authorize};
+use crate::api::auth::{Audience, Caller, TokenCheck, authorize, authorize_evaluation};
 use crate::api::config::ConfigApi;
 use crate::api::flagd::FlagdCore;
 use crate::api::flags::FlagApi;
@@ -247,11 +247,24 @@ where
     Resp: prost::Message,
     Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
 {
-    let authorization = headers.get(header::AUTHORIZATION);
-    let caller = match authorize(&*surface.tokens, path, authorization) {
-        Ok(caller) => caller,
-        Err(refused) => return status_error(&refused),
-    };
+    match authorize(&*surface.tokens, path, headers.get(header::AUTHORIZATION)) {
+        Ok(caller) => call_as(caller, headers, path, message, handler).await,
+        Err(refused) => status_error(&refused),
+    }
+}
+
+/// [`call`] for a caller already decided.
+async fn call_as<Req, Resp, Fut>(
+    caller: Caller,
+    headers: &HeaderMap,
+    path: &str,
+    message: Req,
+    handler: impl FnOnce(tonic::Request<Req>) -> Fut,
+) -> Response
+where
+    Resp: prost::Message,
+    Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+{
     let mut request = tonic::Request::new(message);
     request.extensions_mut().insert(caller);
     // Handlers that ask an upstream pass the caller's own token on; a
@@ -334,14 +347,34 @@ async fn evaluate_flag(
     if !attributes.fields.is_empty() {
         context.attributes = Some(attributes);
     }
+    let audience = match authorize_evaluation(&*surface.tokens, headers.get(header::AUTHORIZATION))
+    {
+        Ok(audience) => audience,
+        Err(refused) => return status_error(&refused),
+    };
+    if audience == Audience::Clients {
+        // A client sees answers only: the path that decided can name
+        // targeted users and rules.
+        if explain {
+            return status_error(&tonic::Status::permission_denied(
+                "explain needs the read or admin token, not a client token",
+            ));
+        }
+        if !surface.flagd.client_visible(&key) {
+            return status_error(&tonic::Status::not_found(format!(
+                "flag {:?} does not exist",
+                crate::echo::truncate(&key)
+            )));
+        }
+    }
     let message = pb::EvaluateFlagRequest {
         key,
         context: Some(context),
         explain,
     };
     let flags = surface.flags.clone();
-    call(
-        &surface,
+    call_as(
+        Caller { is_admin: false },
         &headers,
         "/readyd.v1.FlagService/EvaluateFlag",
         message,
@@ -462,15 +495,10 @@ fn ofrep_body(
     surface: &HttpSurface,
     headers: &HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<axum::body::Bytes, Box<Response>> {
-    if let Err(refused) = authorize(
-        &*surface.tokens,
-        ofrep::ACCESS_PATH,
-        ofrep::authorization(headers).as_ref(),
-    ) {
-        return Err(Box::new(status_error(&refused)));
-    }
-    body.map_err(|rejected| {
+) -> Result<(Audience, axum::body::Bytes), Box<Response>> {
+    let audience = authorize_evaluation(&*surface.tokens, ofrep::authorization(headers).as_ref())
+        .map_err(|refused| Box::new(status_error(&refused)))?;
+    let body = body.map_err(|rejected| {
         Box::new(json_response(
             rejected.status(),
             &serde_json::json!({
@@ -478,7 +506,8 @@ fn ofrep_body(
                 "errorDetails": format!("the body could not be read: {rejected}"),
             }),
         ))
-    })
+    })?;
+    Ok((audience, body))
 }
 
 /// `POST /ofrep/v1/evaluate/flags/{key}` (see [`ofrep`]).
@@ -489,7 +518,7 @@ async fn ofrep_evaluate(
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     match ofrep_body(&surface, &headers, body) {
-        Ok(body) => ofrep::evaluate(&surface.flagd, &key, &body),
+        Ok((audience, body)) => ofrep::evaluate(&surface.flagd, audience, &key, &body),
         Err(refused) => *refused,
     }
 }
@@ -501,7 +530,7 @@ async fn ofrep_evaluate_all(
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     match ofrep_body(&surface, &headers, body) {
-        Ok(body) => ofrep::evaluate_all(&surface.flagd, &headers, &body),
+        Ok((audience, body)) => ofrep::evaluate_all(&surface.flagd, audience, &headers, &body),
         Err(refused) => *refused,
     }
 }

@@ -15,12 +15,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::json_response;
+use crate::api::auth::Audience;
 use crate::api::convert::{from_pb_value, to_pb_struct};
 use crate::api::flagd::{FlagdCore, Resolved, Wanted, context_of};
-
-/// The gRPC call whose token rules OFREP follows (the read token when
-/// one is set).
-pub const ACCESS_PATH: &str = "/readyd.v1.FlagService/EvaluateFlag";
 
 /// The token of an OFREP request: `Authorization: Bearer …`, or the
 /// `X-API-Key` header the providers also offer, as a bearer value.
@@ -75,7 +72,7 @@ fn success(key: &str, resolved: &Resolved) -> Value {
 }
 
 /// `POST /ofrep/v1/evaluate/flags/{key}`.
-pub fn evaluate(flagd: &FlagdCore, key: &str, body: &[u8]) -> Response {
+pub fn evaluate(flagd: &FlagdCore, audience: Audience, key: &str, body: &[u8]) -> Response {
     let context = match context(body) {
         Ok(context) => context,
         Err((code, details)) => {
@@ -85,7 +82,7 @@ pub fn evaluate(flagd: &FlagdCore, key: &str, body: &[u8]) -> Response {
             );
         }
     };
-    match flagd.resolve_context(key, &context, Wanted::Any) {
+    match flagd.resolve_context(key, &context, Wanted::Any, audience) {
         Ok(Some(resolved)) => json_response(StatusCode::OK, &success(key, &resolved)),
         Ok(None) => json_response(
             StatusCode::NOT_FOUND,
@@ -104,7 +101,12 @@ pub fn evaluate(flagd: &FlagdCore, key: &str, body: &[u8]) -> Response {
 
 /// `POST /ofrep/v1/evaluate/flags`: every flag, with an `ETag`; `304`
 /// when `If-None-Match` names it.
-pub fn evaluate_all(flagd: &FlagdCore, headers: &HeaderMap, body: &[u8]) -> Response {
+pub fn evaluate_all(
+    flagd: &FlagdCore,
+    audience: Audience,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
     let context = match context(body) {
         Ok(context) => context,
         Err((code, details)) => {
@@ -114,7 +116,7 @@ pub fn evaluate_all(flagd: &FlagdCore, headers: &HeaderMap, body: &[u8]) -> Resp
             );
         }
     };
-    let (answers, _) = flagd.resolve_all_context(&context);
+    let (answers, _) = flagd.resolve_all_context(&context, audience);
     let flags: Vec<Value> = answers
         .iter()
         .map(|(key, resolved)| success(key, resolved))

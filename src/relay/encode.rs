@@ -290,6 +290,7 @@ mod tests {
             updated_at: chrono::Utc::now(),
             updated_by: "test".into(),
             targeting: None,
+            client_visible: false,
         }
     }
 

@@ -99,21 +99,22 @@ impl Verifier {
 /// The verifiers of one upstream's tokens.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Verifiers {
-    /// At most one per role.
+    /// At most one per role, but for client tokens (several).
     pub list: Vec<Verifier>,
 }
 
 impl Verifiers {
     /// Verifiers of `tokens` (an upstream's own), with fresh salts.
     pub fn of(tokens: &Tokens) -> Verifiers {
-        let list = [
-            (Role::Admin, &tokens.admin),
-            (Role::Read, &tokens.read),
-            (Role::Replication, &tokens.replication),
-        ]
-        .into_iter()
-        .filter_map(|(role, secret)| Verifier::make(role, secret.as_ref()?.expose()))
-        .collect();
+        let list = Role::ALL
+            .into_iter()
+            .flat_map(|role| {
+                tokens
+                    .secrets(role)
+                    .iter()
+                    .filter_map(move |secret| Verifier::make(role, secret.expose()))
+            })
+            .collect();
         Verifiers { list }
     }
 
@@ -146,8 +147,13 @@ impl TryFrom<pb::TokenVerifiers> for Verifiers {
     fn try_from(message: pb::TokenVerifiers) -> Result<Self, Self::Error> {
         let mut list: Vec<Verifier> = Vec::new();
         for verifier in message.verifiers {
-            let role = Role::from_name(&verifier.role)
-                .ok_or_else(|| format!("a verifier of unknown role {:?}", verifier.role))?;
+            // A role a newer upstream has and this readyd does not know
+            // grants nothing here: left out, so followers can be upgraded
+            // after their upstream.
+            let Some(role) = Role::from_name(&verifier.role) else {
+                tracing::warn!(role = %crate::echo::truncate(&verifier.role), "the upstream sent a verifier of a role this readyd does not know; it is ignored");
+                continue;
+            };
             if verifier.algorithm != ALGORITHM {
                 return Err(format!(
                     "a verifier made with {:?}; this readyd knows {ALGORITHM}",
@@ -159,7 +165,7 @@ impl TryFrom<pb::TokenVerifiers> for Verifiers {
             if verifier.hash.len() != HASH_LEN || verifier.salt.is_empty() {
                 return Err("a verifier with a malformed salt or hash".to_owned());
             }
-            if list.iter().any(|known| known.role == role) {
+            if role != Role::Client && list.iter().any(|known| known.role == role) {
                 return Err(format!("two verifiers for the {} role", role.as_str()));
             }
             list.push(Verifier {
@@ -313,6 +319,7 @@ mod tests {
             admin: admin.map(Secret::new),
             read: read.map(Secret::new),
             replication: replication.map(Secret::new),
+            client: Vec::new(),
         }
     }
 
@@ -352,9 +359,17 @@ mod tests {
         let verifiers = Verifiers::of(&tokens(Some("a"), Some("b"), Some("c")));
         let message = pb::TokenVerifiers::from(&verifiers);
         assert_eq!(Verifiers::try_from(message.clone()), Ok(verifiers));
+        // A role this readyd does not know is left out, not an error.
         let mut unknown = message.clone();
         unknown.verifiers[0].role = "root".into();
-        assert!(Verifiers::try_from(unknown).is_err());
+        let known = Verifiers::try_from(unknown).expect("the others");
+        assert_eq!(known.list.len(), 2);
+        assert!(
+            known
+                .list
+                .iter()
+                .all(|verifier| verifier.role != Role::Admin)
+        );
         let mut other = message.clone();
         other.verifiers[0].algorithm = "md5".into();
         assert!(Verifiers::try_from(other).is_err());
@@ -421,5 +436,26 @@ mod tests {
         upstream.send_replace(Arc::new(Verifiers::of(&tokens(Some("new"), None, None))));
         assert!(!check.matches(Role::Admin, "old"));
         assert!(check.matches(Role::Admin, "new"));
+    }
+
+    #[test]
+    fn several_client_tokens_travel_and_unknown_roles_grant_nothing() {
+        let mut upstream = tokens(Some("admin"), None, None);
+        upstream.client = vec![Secret::new("web"), Secret::new("ios")];
+        let mut message = pb::TokenVerifiers::from(&Verifiers::of(&upstream));
+        message.verifiers.push(pb::TokenVerifier {
+            role: "from-the-future".into(),
+            ..message.verifiers[0].clone()
+        });
+        let verifiers = Verifiers::try_from(message).expect("decodes");
+        assert_eq!(verifiers.list.len(), 3, "admin and two client verifiers");
+        let (_keep, rx) = watch::channel(Arc::new(verifiers));
+        let check = VerifiedTokens::new(rx);
+        assert!(check.matches(Role::Client, "web"));
+        assert!(check.matches(Role::Client, "ios"));
+        assert!(!check.matches(Role::Client, "admin"));
+        assert!(!check.matches(Role::Admin, "web"));
+        let audience = crate::api::auth::authorize_evaluation(&*check, Some(&header("ios")));
+        assert_eq!(audience.ok(), Some(crate::api::auth::Audience::Clients));
     }
 }

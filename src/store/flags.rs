@@ -14,7 +14,7 @@ use crate::flags::{Flag, Prerequisite, Targeting, ValidFlagDraft, ValidationErro
 /// Every column, in the order of [`FlagRow`].
 const COLUMNS: &str = "key, description, enabled, value_type, on_value, off_value, environments, \
                        target_users, target_roles, rollout_percentage, version, updated_at, updated_by, \
-                       targeting";
+                       targeting, client_visible";
 
 /// The flag model this readyd evaluates (DESIGN.md, "Flag model v2"): a
 /// flag with v2 parts has `@2` after its value type in `value_type`, which
@@ -40,6 +40,10 @@ pub(crate) struct FlagRow {
     /// The v2 parts; NULL for a flag of the first model.
     #[serde(default)]
     targeting: Option<serde_json::Value>,
+    /// Whether client tokens may evaluate it (absent in rows from before
+    /// the mark existed).
+    #[serde(default)]
+    client_visible: bool,
 }
 
 /// `value_type` as stored: the type, marked `@2` when the flag has v2 parts.
@@ -110,6 +114,7 @@ impl FlagRow {
             updated_at: self.updated_at,
             updated_by: self.updated_by,
             targeting,
+            client_visible: self.client_visible,
         })
     }
 }
@@ -313,13 +318,15 @@ async fn write_flag(
         format!(
             "UPDATE feature_flags SET description = $2, enabled = $3, value_type = $4, on_value = $5, \
              off_value = $6, environments = $7, target_users = $8, target_roles = $9, \
-             rollout_percentage = $10, targeting = $11 WHERE key = $1 {returning}"
+             rollout_percentage = $10, targeting = $11, \
+             client_visible = coalesce($12, client_visible) WHERE key = $1 {returning}"
         )
     } else {
         format!(
             "INSERT INTO feature_flags (key, description, enabled, value_type, on_value, off_value, \
-             environments, target_users, target_roles, rollout_percentage, targeting) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) {returning}"
+             environments, target_users, target_roles, rollout_percentage, targeting, \
+             client_visible) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, false)) {returning}"
         )
     };
     let row: FlagRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -334,6 +341,7 @@ async fn write_flag(
         .bind(draft.target_roles())
         .bind(i32::from(draft.rollout_percentage()))
         .bind(targeting)
+        .bind(draft.client_visible())
         .fetch_one(&mut *tx)
         .await?;
     let flag = row.into_flag().map_err(StoreError::Decode)?;

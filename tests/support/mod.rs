@@ -219,6 +219,7 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
         read_token: None,
         replication_token: None,
         upstream: None,
+        client_token: Vec::new(),
         upstream_ca: None,
         shutdown_timeout: "5s".into(),
         drain_delay: "0s".into(),
