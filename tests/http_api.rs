@@ -1099,3 +1099,124 @@ async fn client_tokens_evaluate_client_visible_flags_only_and_never_list_them() 
     let config = get(http, "/api/config", Some(CLIENT)).await;
     assert_eq!(config.code, 403, "{config:?}");
 }
+
+/// Opens `path` as a stream over HTTP/1.1 and returns the connection once
+/// the head has arrived, with what was read so far.
+async fn open_stream(addr: SocketAddr, path: &str) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("send request");
+    let seen = read_until(&mut stream, String::new(), "\r\n\r\n").await;
+    (stream, seen)
+}
+
+/// Reads from `stream` onto `seen` until it holds `needle` (10 s at most).
+async fn read_until(stream: &mut TcpStream, mut seen: String, needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains(needle) {
+        let mut buffer = [0u8; 4096];
+        let read = tokio::time::timeout_at(deadline, stream.read(&mut buffer))
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} within 10 s; got {seen:?}"))
+            .expect("read");
+        assert!(read > 0, "closed before {needle:?}; got {seen:?}");
+        seen.push_str(&String::from_utf8_lossy(&buffer[..read]));
+    }
+    seen
+}
+
+#[tokio::test]
+async fn the_bulk_answer_names_an_event_stream_that_says_refetch_when_a_flag_changes() {
+    use readyd::api::pb::readyd::v1 as pb;
+    let db = TestDb::new().await;
+    let server = start(&db, |args| {
+        args.admin_token = Some(ADMIN.into());
+        args.read_token = Some(READER.into());
+        args.client_token = vec![CLIENT.into()];
+    })
+    .await;
+    let http = server.http_addr.expect("an HTTP address");
+    let body = r#"{"context": {"targetingKey": "u1"}}"#;
+    let bulk = post(http, "/ofrep/v1/evaluate/flags", body, Some(CLIENT), JSON).await;
+    assert_eq!(bulk.code, 200, "{bulk:?}");
+    let streams = &bulk.json()["eventStreams"];
+    assert_eq!(streams[0]["type"], "sse", "{streams}");
+    assert_eq!(streams[0]["inactivityDelaySec"], 120);
+    let uri = streams[0]["endpoint"]["requestUri"]
+        .as_str()
+        .expect("a request URI")
+        .to_owned();
+    assert!(uri.starts_with("/ofrep/v1/events?ticket="), "{uri}");
+    assert!(!uri.contains(CLIENT), "the token never travels in a URL");
+    // The same ticket window: the same ETag, so a 304.
+    let etag = bulk.header("etag").expect("an ETag").to_owned();
+    let again = post(
+        http,
+        "/ofrep/v1/evaluate/flags",
+        body,
+        Some(CLIENT),
+        &format!("{JSON}If-None-Match: {etag}\r\n"),
+    )
+    .await;
+    assert_eq!(again.code, 304, "{again:?}");
+
+    // Without a ticket, or with a made-up one: refused.
+    for path in [
+        "/ofrep/v1/events",
+        "/ofrep/v1/events?ticket=",
+        "/ofrep/v1/events?ticket=99999999.00000000000000000000000000000000",
+    ] {
+        let refused = get(http, path, None).await;
+        assert_eq!(refused.code, 401, "{path}: {refused:?}");
+    }
+
+    // With it: an event stream that says refetchEvaluation on a change.
+    let (mut stream, head) = open_stream(http, &uri).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{head}"
+    );
+    let mut grpc = pb::flag_service_client::FlagServiceClient::new(server.channel().await);
+    let mut request = tonic::Request::new(pb::UpsertFlagRequest {
+        key: "banner".into(),
+        enabled: Some(true),
+        client_visible: Some(true),
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN}").parse().expect("header"),
+    );
+    grpc.upsert_flag(request).await.expect("upsert");
+    let seen = read_until(&mut stream, head, "refetchEvaluation").await;
+    let data = seen
+        .lines()
+        .find(|line| line.contains("refetchEvaluation"))
+        .expect("the data line");
+    assert!(
+        seen.contains("event: message"),
+        "OFREP's event name: {seen}"
+    );
+    let data: serde_json::Value = serde_json::from_str(data.trim_start_matches(|c: char| c != '{'))
+        .unwrap_or_else(|err| panic!("{data:?}: {err}"));
+    assert_eq!(data["type"], "refetchEvaluation");
+
+    // And the refetch the provider then makes is a 200 with the new flag.
+    let refetched = post(
+        http,
+        "/ofrep/v1/evaluate/flags",
+        body,
+        Some(CLIENT),
+        &format!("{JSON}If-None-Match: {etag}\r\n"),
+    )
+    .await;
+    assert_eq!(refetched.code, 200, "{refetched:?}");
+    assert!(refetched.body.contains("banner"), "{refetched:?}");
+}

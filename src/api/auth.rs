@@ -70,6 +70,24 @@ pub trait TokenCheck: Send + Sync + std::fmt::Debug {
     fn has(&self, role: Role) -> bool;
     /// Whether `presented` is the token of `role`. Never logs it.
     fn matches(&self, role: Role, presented: &str) -> bool;
+    /// The key of tickets for what a browser cannot send a token to (the
+    /// OFREP event stream): derived from the tokens, so every readyd with
+    /// the same tokens derives the same key, and a new token voids old
+    /// tickets.
+    fn ticket_key(&self) -> [u8; 32];
+}
+
+/// A ticket key from secret parts, each given with its role.
+pub fn derive_ticket_key<'a>(parts: impl Iterator<Item = (Role, &'a [u8])>) -> [u8; 32] {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(b"readyd ticket key v1");
+    for (role, part) in parts {
+        hash.update(role.as_str().as_bytes());
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    hash.finalize().into()
 }
 
 /// Every method readyd serves, by full path, and what it needs. The table
@@ -219,6 +237,14 @@ impl Tokens {
 impl TokenCheck for Tokens {
     fn has(&self, role: Role) -> bool {
         !self.secrets(role).is_empty()
+    }
+
+    fn ticket_key(&self) -> [u8; 32] {
+        derive_ticket_key(Role::ALL.into_iter().flat_map(|role| {
+            self.secrets(role)
+                .iter()
+                .map(move |secret| (role, secret.expose().as_bytes()))
+        }))
     }
 
     fn matches(&self, role: Role, presented: &str) -> bool {

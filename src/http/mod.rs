@@ -9,6 +9,7 @@
 //! HTTP/2 settings, limits and two-step GOAWAY shutdown stay as they are,
 //! and a pod can expose the probes without exposing the API.
 
+mod events;
 mod json;
 mod ofrep;
 pub mod probes;
@@ -74,6 +75,7 @@ pub fn router(surface: Arc<HttpSurface>) -> Router {
         .route("/api/config", get(list_configs).post(set_config))
         .route("/ofrep/v1/evaluate/flags/{key}", post(ofrep_evaluate))
         .route("/ofrep/v1/evaluate/flags", post(ofrep_evaluate_all))
+        .route(events::PATH, get(ofrep_events))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .fallback(|uri: Uri| async move {
             error(
@@ -530,8 +532,31 @@ async fn ofrep_evaluate_all(
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     match ofrep_body(&surface, &headers, body) {
-        Ok((audience, body)) => ofrep::evaluate_all(&surface.flagd, audience, &headers, &body),
+        Ok((audience, body)) => {
+            let window = events::window_at(std::time::SystemTime::now());
+            let ticket = events::ticket(&surface.tokens.ticket_key(), window);
+            ofrep::evaluate_all(&surface.flagd, audience, &headers, &body, (&ticket, window))
+        }
         Err(refused) => *refused,
+    }
+}
+
+/// `GET /ofrep/v1/events?ticket=…` (see [`events`]): the ticket from a
+/// bulk evaluation instead of a token, which `EventSource` cannot send.
+async fn ofrep_events(State(surface): State<Arc<HttpSurface>>, uri: Uri) -> Response {
+    let now = events::window_at(std::time::SystemTime::now());
+    let admitted = events::ticket_of(uri.query())
+        .is_some_and(|ticket| events::admits(&surface.tokens.ticket_key(), &ticket, now));
+    if !admitted {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            "the event stream needs the ticket of a recent bulk evaluation (POST /ofrep/v1/evaluate/flags names the stream with it)",
+        );
+    }
+    match events::stream(&surface.flagd) {
+        Ok(stream) => stream,
+        Err(refused) => status_error(&refused),
     }
 }
 

@@ -54,19 +54,40 @@ fn context(body: &[u8]) -> Result<crate::flags::EvaluationContext, Refusal> {
         .map_err(|status| ("INVALID_CONTEXT", status.message().to_owned()))
 }
 
+/// The reason OFREP allows for one of readyd's (OpenFeature names, as the
+/// flagd protocol gives them). OFREP knows `STATIC`, `TARGETING_MATCH`,
+/// `SPLIT`, `DISABLED` and `UNKNOWN`; readyd's others (`DEFAULT`: no rule
+/// matched; `STALE`: the answer may be out of date) read `UNKNOWN`, and
+/// the answer's metadata keeps readyd's own as `readydReason`.
+pub fn reason(open_feature: &str) -> &'static str {
+    match open_feature {
+        "STATIC" => "STATIC",
+        "TARGETING_MATCH" => "TARGETING_MATCH",
+        "SPLIT" => "SPLIT",
+        "DISABLED" => "DISABLED",
+        _ => "UNKNOWN",
+    }
+}
+
 /// One successful evaluation as OFREP writes it.
 fn success(key: &str, resolved: &Resolved) -> Value {
-    let metadata = from_pb_value(prost_types::Value {
+    let mut metadata = from_pb_value(prost_types::Value {
         kind: Some(prost_types::value::Kind::StructValue(
             resolved.metadata.clone(),
         )),
     })
     .unwrap_or_else(|_| json!({}));
+    let reason = reason(resolved.reason);
+    if reason != resolved.reason
+        && let Some(metadata) = metadata.as_object_mut()
+    {
+        metadata.insert("readydReason".to_owned(), json!(resolved.reason));
+    }
     json!({
         "key": key,
         "value": resolved.value,
         "variant": resolved.variant,
-        "reason": resolved.reason,
+        "reason": reason,
         "metadata": metadata,
     })
 }
@@ -100,12 +121,15 @@ pub fn evaluate(flagd: &FlagdCore, audience: Audience, key: &str, body: &[u8]) -
 }
 
 /// `POST /ofrep/v1/evaluate/flags`: every flag, with an `ETag`; `304`
-/// when `If-None-Match` names it.
+/// when `If-None-Match` names it. The answer names the event stream, with
+/// a ticket of window `window` (see [`super::events`]); the `ETag` covers
+/// the window too, so a page whose ticket has expired gets a new one.
 pub fn evaluate_all(
     flagd: &FlagdCore,
     audience: Audience,
     headers: &HeaderMap,
     body: &[u8],
+    (ticket, window): (&str, u64),
 ) -> Response {
     let context = match context(body) {
         Ok(context) => context,
@@ -121,8 +145,9 @@ pub fn evaluate_all(
         .iter()
         .map(|(key, resolved)| success(key, resolved))
         .collect();
-    let body = json!({ "flags": flags });
-    let etag = etag(&body);
+    let mut body = json!({ "flags": flags });
+    let etag = etag(&body, window);
+    body["eventStreams"] = super::events::descriptor(ticket);
     let matches = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|value| value.to_str().ok())
@@ -149,10 +174,12 @@ pub fn evaluate_all(
     response
 }
 
-/// The entity tag of a bulk answer: a hash of exactly what it says.
-fn etag(body: &Value) -> String {
+/// The entity tag of a bulk answer: a hash of exactly what it says, and
+/// of the ticket window it was given in.
+fn etag(body: &Value, window: u64) -> String {
     let mut hasher = std::hash::DefaultHasher::new();
     body.to_string().hash(&mut hasher);
+    window.hash(&mut hasher);
     format!("\"{:016x}\"", hasher.finish())
 }
 
@@ -187,11 +214,27 @@ mod tests {
 
     #[test]
     fn the_etag_follows_the_answer() {
-        let a = etag(&json!({"flags": [{"key": "a", "value": true}]}));
-        let same = etag(&json!({"flags": [{"key": "a", "value": true}]}));
-        let other = etag(&json!({"flags": [{"key": "a", "value": false}]}));
+        let a = etag(&json!({"flags": [{"key": "a", "value": true}]}), 1);
+        let same = etag(&json!({"flags": [{"key": "a", "value": true}]}), 1);
+        let other = etag(&json!({"flags": [{"key": "a", "value": false}]}), 1);
+        let later = etag(&json!({"flags": [{"key": "a", "value": true}]}), 2);
         assert_eq!(a, same);
         assert_ne!(a, other);
+        assert_ne!(a, later, "a new ticket window is a new answer");
         assert!(a.starts_with('"') && a.ends_with('"'));
+    }
+
+    #[test]
+    fn reasons_are_the_ones_ofrep_allows() {
+        for (readyd, ofrep) in [
+            ("STATIC", "STATIC"),
+            ("TARGETING_MATCH", "TARGETING_MATCH"),
+            ("SPLIT", "SPLIT"),
+            ("DISABLED", "DISABLED"),
+            ("DEFAULT", "UNKNOWN"),
+            ("STALE", "UNKNOWN"),
+        ] {
+            assert_eq!(reason(readyd), ofrep, "{readyd}");
+        }
     }
 }

@@ -245,6 +245,18 @@ impl TokenCheck for VerifiedTokens {
     fn matches(&self, role: Role, presented: &str) -> bool {
         self.has(role) && self.roles(presented).contains(&role)
     }
+
+    /// From the verifiers: followers of one upstream derive the same key
+    /// (not the upstream's own, which derives it from the tokens).
+    fn ticket_key(&self) -> [u8; 32] {
+        let verifiers = self.current();
+        crate::api::auth::derive_ticket_key(
+            verifiers
+                .list
+                .iter()
+                .map(|verifier| (verifier.role, verifier.hash.as_slice())),
+        )
+    }
 }
 
 /// Where a follower keeps its upstream's verifiers, beside the snapshot on
