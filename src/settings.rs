@@ -162,6 +162,13 @@ pub struct ServeArgs {
     )]
     pub cors_origin: Vec<String>,
 
+    /// Requests per second each token (and "no token") may make to the
+    /// client-facing HTTP endpoints (OFREP evaluation, GET
+    /// /api/feature-flags/{key}), in bursts of up to one second's; past it
+    /// the answer is 429 with Retry-After. 0: no limit.
+    #[arg(long, env = "READYD_CLIENT_RATE_LIMIT", default_value_t = crate::http::limit::DEFAULT_PER_SECOND)]
+    pub client_rate_limit: u32,
+
     /// Concurrent HTTP/2 streams (calls) one connection may have open; a
     /// client past it waits for one to finish.
     #[arg(long, env = "READYD_MAX_STREAMS_PER_CONNECTION", default_value_t = DEFAULT_MAX_STREAMS_PER_CONNECTION)]
@@ -260,6 +267,7 @@ impl fmt::Debug for ServeArgs {
             flagd_listen,
             http_listen,
             cors_origin,
+            client_rate_limit,
             max_streams_per_connection,
             max_watch_streams,
             max_follow_streams,
@@ -301,6 +309,7 @@ impl fmt::Debug for ServeArgs {
             .field("flagd_listen", flagd_listen)
             .field("http_listen", http_listen)
             .field("cors_origin", cors_origin)
+            .field("client_rate_limit", client_rate_limit)
             .field("max_streams_per_connection", max_streams_per_connection)
             .field("max_watch_streams", max_watch_streams)
             .field("max_follow_streams", max_follow_streams)
@@ -462,6 +471,8 @@ pub struct Settings {
     pub http_listen: Option<SocketAddr>,
     /// Origins allowed to call the HTTP surface from a browser (`*`: any).
     pub cors_origins: Vec<String>,
+    /// Requests per second per token on the client-facing endpoints; 0: none.
+    pub client_rate_limit: u32,
     /// Certificate and key to serve TLS with; None for plaintext.
     pub tls: Option<TlsFiles>,
     /// The extra plaintext grpc.health.v1-only address; None when off.
@@ -863,6 +874,7 @@ impl Settings {
                 flagd_listen,
                 http_listen,
                 cors_origins,
+                client_rate_limit: args.client_rate_limit,
                 tls,
                 probe_listen,
                 limits,

@@ -1220,3 +1220,69 @@ async fn the_bulk_answer_names_an_event_stream_that_says_refetch_when_a_flag_cha
     assert_eq!(refetched.code, 200, "{refetched:?}");
     assert!(refetched.body.contains("banner"), "{refetched:?}");
 }
+
+#[tokio::test]
+async fn a_token_past_its_rate_limit_gets_429_with_retry_after_and_others_go_on() {
+    let db = TestDb::new().await;
+    let server = start(&db, |args| {
+        args.read_token = Some(READER.into());
+        args.client_token = vec![CLIENT.into(), OTHER_CLIENT.into()];
+        args.client_rate_limit = 1;
+    })
+    .await;
+    let http = server.http_addr.expect("an HTTP address");
+    let body = r#"{"context": {"targetingKey": "u1"}}"#;
+    // One a second: the second of a quick series is refused (a series of
+    // twenty cannot take twenty seconds).
+    let mut refused = None;
+    for _ in 0..20 {
+        let answer = post(http, "/ofrep/v1/evaluate/flags", body, Some(CLIENT), JSON).await;
+        if answer.code == 429 {
+            refused = Some(answer);
+            break;
+        }
+        assert_eq!(answer.code, 200, "{answer:?}");
+    }
+    let refused = refused.expect("a 429 within twenty quick requests");
+    let retry_after: u64 = refused
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("whole seconds");
+    assert!((1..=2).contains(&retry_after), "{refused:?}");
+    assert_eq!(refused.json()["code"], "RESOURCE_EXHAUSTED");
+    // The plain evaluation endpoint counts against the same token.
+    let mut codes = Vec::new();
+    for _ in 0..20 {
+        let plain = get(
+            http,
+            "/api/feature-flags/dark_mode?user_id=u1",
+            Some(CLIENT),
+        )
+        .await;
+        codes.push(plain.code);
+        if plain.code == 429 {
+            break;
+        }
+    }
+    assert_eq!(codes.last(), Some(&429), "{codes:?}");
+    // Another token has its own budget; probes have none.
+    let other = post(
+        http,
+        "/ofrep/v1/evaluate/flags",
+        body,
+        Some(OTHER_CLIENT),
+        JSON,
+    )
+    .await;
+    assert_eq!(other.code, 200, "{other:?}");
+    assert_eq!(get(http, "/livez", None).await.code, 200);
+    // A wrong token is refused before it counts, so guesses cannot fill
+    // the table.
+    assert_eq!(
+        post(http, "/ofrep/v1/evaluate/flags", body, Some("guess"), JSON)
+            .await
+            .code,
+        403
+    );
+}

@@ -11,6 +11,7 @@
 
 mod events;
 mod json;
+pub mod limit;
 mod ofrep;
 pub mod probes;
 
@@ -60,6 +61,9 @@ pub struct HttpSurface {
     /// Origins whose pages may call from a browser (`*`: any); none: no
     /// CORS headers at all, so browsers refuse cross-origin calls.
     pub cors_origins: Vec<String>,
+    /// Requests per second per token on the client-facing endpoints;
+    /// `None`: no limit.
+    pub client_limit: Option<limit::RateLimit>,
 }
 
 /// Every route of the surface.
@@ -349,10 +353,9 @@ async fn evaluate_flag(
     if !attributes.fields.is_empty() {
         context.attributes = Some(attributes);
     }
-    let audience = match authorize_evaluation(&*surface.tokens, headers.get(header::AUTHORIZATION))
-    {
+    let audience = match evaluation_caller(&surface, headers.get(header::AUTHORIZATION)) {
         Ok(audience) => audience,
-        Err(refused) => return status_error(&refused),
+        Err(refused) => return *refused,
     };
     if audience == Audience::Clients {
         // A client sees answers only: the path that decided can name
@@ -491,6 +494,32 @@ async fn set_config(
     .await
 }
 
+/// Decides an evaluation request (see [`authorize_evaluation`]) and
+/// counts it against its token's rate limit: `429` with `Retry-After` past
+/// it.
+fn evaluation_caller(
+    surface: &HttpSurface,
+    authorization: Option<&HeaderValue>,
+) -> Result<Audience, Box<Response>> {
+    let audience = authorize_evaluation(&*surface.tokens, authorization)
+        .map_err(|refused| Box::new(status_error(&refused)))?;
+    if let Some(limit) = &surface.client_limit
+        && let Err(wait) = limit.admit(authorization.map(HeaderValue::as_bytes))
+    {
+        let mut refused = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RESOURCE_EXHAUSTED",
+            "this token is past its rate limit (--client-rate-limit); retry after the time Retry-After gives",
+        );
+        refused.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(limit::retry_after_secs(wait)),
+        );
+        return Err(Box::new(refused));
+    }
+    Ok(audience)
+}
+
 /// The request body of an OFREP call, or the error answer in OFREP's
 /// shape (`{"errorDetails": …}`) when it cannot be read.
 fn ofrep_body(
@@ -498,8 +527,8 @@ fn ofrep_body(
     headers: &HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(Audience, axum::body::Bytes), Box<Response>> {
-    let audience = authorize_evaluation(&*surface.tokens, ofrep::authorization(headers).as_ref())
-        .map_err(|refused| Box::new(status_error(&refused)))?;
+    let authorization = ofrep::authorization(headers);
+    let audience = evaluation_caller(surface, authorization.as_ref())?;
     let body = body.map_err(|rejected| {
         Box::new(json_response(
             rejected.status(),

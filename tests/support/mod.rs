@@ -234,6 +234,7 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
         flagd_listen: "off".into(),
         http_listen: "off".into(),
         cors_origin: Vec::new(),
+        client_rate_limit: readyd::http::limit::DEFAULT_PER_SECOND,
         tls_cert: None,
         tls_key: None,
         probe_listen: "off".into(),
