@@ -25,6 +25,10 @@ use crate::store::Store;
 pub const RPC_REQUESTS: &str = "readyd_rpc_requests_total";
 /// Call latency by service and method, until the response headers.
 pub const RPC_DURATION: &str = "readyd_rpc_duration_seconds";
+/// HTTP requests by route, method and status.
+pub const HTTP_REQUESTS: &str = "readyd_http_requests_total";
+/// HTTP request latency by route, until the response headers.
+pub const HTTP_DURATION: &str = "readyd_http_request_duration_seconds";
 /// Flag evaluations by reason.
 pub const FLAG_EVALUATIONS: &str = "readyd_flag_evaluations_total";
 /// 1 when a check serves (passing or warning), 0 otherwise, by check.
@@ -167,6 +171,15 @@ fn describe() {
         RPC_DURATION,
         Unit::Seconds,
         "gRPC call latency until the response starts, by service and method."
+    );
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests by route (the router's pattern), method and status."
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "HTTP request latency until the response starts, by route."
     );
     describe_counter!(FLAG_EVALUATIONS, "Flag evaluations by reason.");
     describe_gauge!(CHECK_UP, "1 when the dependency check serves, else 0.");

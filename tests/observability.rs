@@ -111,12 +111,29 @@ async fn metrics_hold_the_named_series_after_traffic() {
         &[
             "--metrics-listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
             "--database-check",
             "interval=200ms",
         ],
         true,
     )
     .await;
+    // HTTP requests: two probes and one to no route.
+    let http = daemon.http.expect("the HTTP surface's address");
+    for path in ["/livez", "/livez", "/no/such/path"] {
+        let mut stream = tokio::net::TcpStream::connect(http).await.expect("connect");
+        tokio::io::AsyncWriteExt::write_all(
+            &mut stream,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("send");
+        let mut answer = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer)
+            .await
+            .expect("answer");
+    }
     let metrics_addr = daemon.metrics_addr();
     let channel = daemon.channel().await;
     wait_for_probe(channel.clone(), "startup", ServingStatus::Serving).await;
@@ -186,6 +203,31 @@ async fn metrics_hold_the_named_series_after_traffic() {
         assert!(tokio::time::Instant::now() < deadline, "{scraped:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    assert_eq!(
+        value(
+            &scraped,
+            "readyd_http_requests_total",
+            &[("route", "/livez"), ("method", "GET"), ("status", "200")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &scraped,
+            "readyd_http_requests_total",
+            &[("route", "unknown"), ("method", "GET"), ("status", "404")]
+        ),
+        1.0,
+        "the raw path never becomes a label"
+    );
+    assert_eq!(
+        value(
+            &scraped,
+            "readyd_http_request_duration_seconds_count",
+            &[("route", "/livez")]
+        ),
+        2.0
+    );
     let flag_service = ("service", "readyd.v1.FlagService");
     assert_eq!(
         value(

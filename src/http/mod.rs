@@ -12,6 +12,7 @@
 mod events;
 mod json;
 pub mod limit;
+mod observe;
 mod ofrep;
 pub mod probes;
 
@@ -95,6 +96,8 @@ pub fn router(surface: Arc<HttpSurface>) -> Router {
                 "this path does not take that method",
             )
         });
+    // After the fallbacks, so requests to no route are observed too.
+    let router = router.layer(axum::middleware::from_fn(observe::observe));
     match cors {
         Some(cors) => router.layer(cors).with_state(surface),
         None => router.with_state(surface),
@@ -141,9 +144,12 @@ pub async fn serve(
     surface: Arc<HttpSurface>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(surface))
-        .with_graceful_shutdown(stop)
-        .await
+    axum::serve(
+        listener,
+        router(surface).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop)
+    .await
 }
 
 /// `/livez`, `/readyz`, `/startupz` (see [`probes`]).

@@ -113,7 +113,7 @@ impl DaemonCommand {
         drop(tx);
         let json = self.json;
         let mut seen = Vec::new();
-        let (addr, metrics, probe) = tokio::time::timeout(START_TIMEOUT, async {
+        let (addr, metrics, probe, http) = tokio::time::timeout(START_TIMEOUT, async {
             while let Some(line) = lines.recv().await {
                 seen.push(line.clone());
                 if let Some(addr) = serving_field(&line, json, "listen") {
@@ -121,6 +121,7 @@ impl DaemonCommand {
                         addr,
                         serving_field(&line, json, "metrics"),
                         serving_field(&line, json, "probe"),
+                        serving_field(&line, json, "http"),
                     );
                 }
             }
@@ -145,6 +146,7 @@ impl DaemonCommand {
             addr,
             metrics,
             probe,
+            http,
             lines: replay,
             read: Vec::new(),
         }
@@ -177,6 +179,9 @@ pub struct Daemon {
     /// Where it serves `/metrics`, when it does (`--metrics-listen
     /// 127.0.0.1:0` picks a free port, race-free).
     pub metrics: Option<SocketAddr>,
+    /// Where it serves the HTTP surface, when it does (`--http-listen
+    /// 127.0.0.1:0`).
+    pub http: Option<SocketAddr>,
     /// Where it serves plaintext probes, when it does (`--probe-listen`).
     pub probe: Option<SocketAddr>,
     lines: mpsc::UnboundedReceiver<String>,
