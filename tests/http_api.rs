@@ -1286,3 +1286,46 @@ async fn a_token_past_its_rate_limit_gets_429_with_retry_after_and_others_go_on(
         403
     );
 }
+
+#[tokio::test]
+async fn oversized_or_too_many_headers_are_refused_before_any_handler() {
+    let db = TestDb::new().await;
+    let server = start(&db, |_| {}).await;
+    let http = server.http_addr.expect("an HTTP address");
+    let huge = "x".repeat(512 * 1024);
+    let answer = raw_lossy(
+        http,
+        &format!(
+            "GET /livez HTTP/1.1\r\nHost: localhost\r\nX-Big: {huge}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "{:?}",
+        &answer[..answer.len().min(200)]
+    );
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let answer = raw_lossy(
+        http,
+        &format!("GET /livez HTTP/1.1\r\nHost: localhost\r\n{many}Connection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "{:?}",
+        &answer[..answer.len().min(200)]
+    );
+    // The server is none the worse.
+    assert_eq!(get(http, "/livez", None).await.code, 200);
+}
+
+/// Sends `request` and reads whatever comes back until the server closes
+/// (or stops reading: a refused request may be cut short).
+async fn raw_lossy(addr: SocketAddr, request: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut bytes)).await;
+    String::from_utf8_lossy(&bytes).into_owned()
+}
