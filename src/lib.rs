@@ -14,6 +14,7 @@ pub use app::serve;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod deployments;
 pub mod echo;
 pub mod flags;

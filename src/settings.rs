@@ -169,6 +169,12 @@ pub struct ServeArgs {
     #[arg(long, env = "READYD_CLIENT_RATE_LIMIT", default_value_t = crate::http::limit::DEFAULT_PER_SECOND)]
     pub client_rate_limit: u32,
 
+    /// Serve the web console under /console on the HTTP surface (needs
+    /// --http-listen and an admin token). Off by default: sidecars do not
+    /// need it.
+    #[arg(long, env = "READYD_CONSOLE")]
+    pub console: bool,
+
     /// Concurrent HTTP/2 streams (calls) one connection may have open; a
     /// client past it waits for one to finish.
     #[arg(long, env = "READYD_MAX_STREAMS_PER_CONNECTION", default_value_t = DEFAULT_MAX_STREAMS_PER_CONNECTION)]
@@ -268,6 +274,7 @@ impl fmt::Debug for ServeArgs {
             http_listen,
             cors_origin,
             client_rate_limit,
+            console,
             max_streams_per_connection,
             max_watch_streams,
             max_follow_streams,
@@ -310,6 +317,7 @@ impl fmt::Debug for ServeArgs {
             .field("http_listen", http_listen)
             .field("cors_origin", cors_origin)
             .field("client_rate_limit", client_rate_limit)
+            .field("console", console)
             .field("max_streams_per_connection", max_streams_per_connection)
             .field("max_watch_streams", max_watch_streams)
             .field("max_follow_streams", max_follow_streams)
@@ -473,6 +481,8 @@ pub struct Settings {
     pub cors_origins: Vec<String>,
     /// Requests per second per token on the client-facing endpoints; 0: none.
     pub client_rate_limit: u32,
+    /// Whether the web console is served.
+    pub console: bool,
     /// Certificate and key to serve TLS with; None for plaintext.
     pub tls: Option<TlsFiles>,
     /// The extra plaintext grpc.health.v1-only address; None when off.
@@ -776,6 +786,26 @@ impl Settings {
             "0.0.0.0:8014",
             &mut errors,
         );
+        if args.console {
+            const CONSOLE: &str = "--console (READYD_CONSOLE)";
+            if matches!(&http_listen, Some(None)) {
+                errors.push(SettingsError::new(
+                    CONSOLE,
+                    "the console is served on the HTTP surface: set --http-listen (e.g. 0.0.0.0:8014)",
+                ));
+            }
+            if args.upstream.is_some() {
+                errors.push(SettingsError::new(
+                    CONSOLE,
+                    "run the console on a readyd with a database, not on a follower",
+                ));
+            } else if args.admin_token.is_none() {
+                errors.push(SettingsError::new(
+                    CONSOLE,
+                    "the console needs an admin token to sign in with: set READYD_ADMIN_TOKEN (e.g. to the output of `openssl rand -hex 32`)",
+                ));
+            }
+        }
         let probe_listen = optional_address(
             "--probe-listen (READYD_PROBE_LISTEN)",
             &args.probe_listen,
@@ -875,6 +905,7 @@ impl Settings {
                 http_listen,
                 cors_origins,
                 client_rate_limit: args.client_rate_limit,
+                console: args.console,
                 tls,
                 probe_listen,
                 limits,
@@ -1315,6 +1346,29 @@ mod tests {
             errors
                 .iter()
                 .any(|e| e.to_string().contains("READYD_CLIENT_TOKEN")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn the_console_needs_the_http_surface_and_an_admin_token() {
+        let mut raw = args(&["--console", "--http-listen", "127.0.0.1:0"]);
+        raw.database.database_url = Some("postgres://localhost/db".into());
+        let errors = Settings::from_args(&raw).expect_err("no admin token");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.to_string().contains("READYD_ADMIN_TOKEN")),
+            "{errors:?}"
+        );
+        raw.admin_token = Some("admin-1".into());
+        assert!(Settings::from_args(&raw).expect("console").console);
+        raw.http_listen = "off".into();
+        let errors = Settings::from_args(&raw).expect_err("no HTTP surface");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.to_string().contains("--http-listen")),
             "{errors:?}"
         );
     }

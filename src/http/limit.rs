@@ -10,7 +10,8 @@
 //! rather than taken from `governor` because the rule is these few lines
 //! and that crate brings a dozen more for it. Keys are the tokens that
 //! passed the token check (and "no token" where reads are open), so the
-//! table cannot grow past the configured tokens.
+//! table cannot grow past the configured tokens; the console's sign-in
+//! throttle keys by peer address, and the table is capped for it.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -19,6 +20,10 @@ use std::time::{Duration, Instant};
 
 /// Requests per second per token by default; the burst is one second's.
 pub const DEFAULT_PER_SECOND: u32 = 1000;
+
+/// Most keys remembered (keyed by peer address, as the console's sign-in
+/// is, a table could otherwise grow with every address seen).
+const MAX_KEYS: usize = 10_000;
 
 /// A limit of `per_second` requests per second per key, with bursts of
 /// up to `per_second`.
@@ -40,13 +45,24 @@ impl RateLimit {
         if per_second == 0 {
             return None;
         }
-        let interval = 1_000_000_000 / u64::from(per_second);
-        Some(RateLimit {
+        Some(RateLimit::every(
+            Duration::from_nanos(1_000_000_000 / u64::from(per_second)),
+            per_second,
+        ))
+    }
+
+    /// A limit of one request per `interval` per key, with bursts of up
+    /// to `burst` (at least 1).
+    pub fn every(interval: Duration, burst: u32) -> RateLimit {
+        let interval = u64::try_from(interval.as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        RateLimit {
             interval,
-            tolerance: interval * u64::from(per_second - 1),
+            tolerance: interval.saturating_mul(u64::from(burst.max(1) - 1)),
             start: Instant::now(),
             arrivals: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     /// Admits one request of the caller presenting `credential` (`None`:
@@ -60,6 +76,15 @@ impl RateLimit {
             .arrivals
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if arrivals.len() >= MAX_KEYS && !arrivals.contains_key(&key) {
+            // A key whose arrival time has passed is back to a full burst:
+            // forgetting it changes nothing. Past that, forget everyone
+            // rather than grow (or refuse keys never seen).
+            arrivals.retain(|_, arrival| *arrival > now);
+            if arrivals.len() >= MAX_KEYS {
+                arrivals.clear();
+            }
+        }
         let arrival = arrivals.entry(key).or_insert(0);
         match decide(*arrival, now, self.interval, self.tolerance) {
             Ok(next) => {

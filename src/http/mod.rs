@@ -65,12 +65,20 @@ pub struct HttpSurface {
     /// Requests per second per token on the client-facing endpoints;
     /// `None`: no limit.
     pub client_limit: Option<limit::RateLimit>,
+    /// The web console, when `--console` is on.
+    pub console: Option<crate::console::Console>,
 }
 
 /// Every route of the surface.
 pub fn router(surface: Arc<HttpSurface>) -> Router {
     let cors = cors(&surface.cors_origins);
+    let console = if surface.console.is_some() {
+        crate::console::routes()
+    } else {
+        Router::new()
+    };
     let router = Router::new()
+        .merge(console)
         .route("/livez", get(|s, uri| probe(s, uri, Probe::Live)))
         .route("/readyz", get(|s, uri| probe(s, uri, Probe::Ready)))
         .route("/startupz", get(|s, uri| probe(s, uri, Probe::Started)))
@@ -182,6 +190,11 @@ async fn api_health(State(surface): State<Arc<HttpSurface>>, headers: HeaderMap)
     ) {
         return status_error(&refused);
     }
+    health_report(&surface)
+}
+
+/// The health report as JSON: `200`, or `503` when it is UNHEALTHY.
+pub(crate) fn health_report(surface: &HttpSurface) -> Response {
     let report = surface.health.report();
     let code = if report.status() == HealthStatus::Unhealthy {
         StatusCode::SERVICE_UNAVAILABLE
@@ -607,13 +620,13 @@ fn plain_headers(content_type: &'static str) -> [(header::HeaderName, HeaderValu
     ]
 }
 
-pub(super) fn json_response(code: StatusCode, body: &serde_json::Value) -> Response {
+pub(crate) fn json_response(code: StatusCode, body: &serde_json::Value) -> Response {
     (code, plain_headers("application/json"), body.to_string()).into_response()
 }
 
 /// An error answer: `{"code": "NOT_FOUND", "message": "…"}`, `code` being
 /// the gRPC code's name the same failure has over gRPC.
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
+pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
     json_response(
         status,
         &serde_json::json!({ "code": code, "message": message }),

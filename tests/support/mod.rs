@@ -235,6 +235,7 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
         http_listen: "off".into(),
         cors_origin: Vec::new(),
         client_rate_limit: readyd::http::limit::DEFAULT_PER_SECOND,
+        console: false,
         tls_cert: None,
         tls_key: None,
         probe_listen: "off".into(),

@@ -1,0 +1,276 @@
+//! The web console, served on the HTTP surface under `/console` when
+//! `--console` is on: sign-in with the admin or read token and a name,
+//! then pages over the same state the API serves. Assets are embedded in
+//! the binary (no build step, nothing to install).
+//!
+//! The page never holds a token: signing in turns one into a session
+//! cookie (`HttpOnly`, `SameSite=Strict`, see [`session`]), every change
+//! also needs the session's CSRF token in `X-CSRF-Token`, and sign-in
+//! attempts are throttled per peer address.
+
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use crate::api::auth::Role;
+use crate::http::limit::{RateLimit, retry_after_secs};
+use crate::http::{HttpSurface, error, json_response};
+use session::{Access, Session};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "readyd_console";
+/// The header changes carry the CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// How long a session lasts.
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 60 * 60);
+/// Sign-in attempts per peer address: a burst of this many, then one
+/// every [`SIGN_IN_INTERVAL`].
+const SIGN_IN_BURST: u32 = 5;
+const SIGN_IN_INTERVAL: Duration = Duration::from_secs(6);
+
+/// The console's own state.
+#[derive(Debug)]
+pub struct Console {
+    /// Sign-in attempts per peer address.
+    sign_ins: RateLimit,
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        Self {
+            sign_ins: RateLimit::every(SIGN_IN_INTERVAL, SIGN_IN_BURST),
+        }
+    }
+}
+
+/// The console's routes, for the surface's router.
+pub fn routes() -> Router<Arc<HttpSurface>> {
+    Router::new()
+        .route("/console", get(page))
+        .route("/console/", get(page))
+        .route("/console/app.js", get(script))
+        .route("/console/app.css", get(style))
+        .route("/console/api/session", get(who).post(sign_in))
+        .route("/console/api/sign-out", post(sign_out))
+        .route("/console/api/health", get(health))
+}
+
+/// Headers of every console answer: never cached, never framed, nothing
+/// loaded from elsewhere.
+fn page_headers(content_type: &'static str) -> [(header::HeaderName, HeaderValue); 5] {
+    [
+        (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        (
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ),
+        (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+                 img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            ),
+        ),
+    ]
+}
+
+async fn page() -> Response {
+    (
+        page_headers("text/html; charset=utf-8"),
+        include_str!("assets/index.html"),
+    )
+        .into_response()
+}
+
+async fn script() -> Response {
+    (
+        page_headers("text/javascript; charset=utf-8"),
+        include_str!("assets/app.js"),
+    )
+        .into_response()
+}
+
+async fn style() -> Response {
+    (
+        page_headers("text/css; charset=utf-8"),
+        include_str!("assets/app.css"),
+    )
+        .into_response()
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+/// The session of a request's cookie, or `401`.
+fn session_of(surface: &HttpSurface, headers: &HeaderMap) -> Result<Session, Box<Response>> {
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value);
+    cookie
+        .and_then(|cookie| session::open(&surface.tokens.ticket_key(), cookie, now_secs()))
+        .ok_or_else(|| {
+            Box::new(error(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHENTICATED",
+                "sign in first (the session is missing, over or from another key)",
+            ))
+        })
+}
+
+/// The session of a change: its cookie and its CSRF token, or `401`/`403`.
+fn changing_session(surface: &HttpSurface, headers: &HeaderMap) -> Result<Session, Box<Response>> {
+    let session = session_of(surface, headers)?;
+    let presented = headers
+        .get(CSRF_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    if !session::csrf_matches(&surface.tokens.ticket_key(), &session, presented) {
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            "a change needs the session's CSRF token in X-CSRF-Token",
+        )));
+    }
+    Ok(session)
+}
+
+/// What the page learns of its session.
+fn session_json(surface: &HttpSurface, session: &Session) -> serde_json::Value {
+    json!({
+        "actor": session.actor,
+        "access": match session.access { Access::Admin => "admin", Access::Read => "read" },
+        "expires": session.expires,
+        "csrf": session::csrf_token(&surface.tokens.ticket_key(), session),
+    })
+}
+
+/// `GET /console/api/session`: who is signed in, and the CSRF token.
+async fn who(State(surface): State<Arc<HttpSurface>>, headers: HeaderMap) -> Response {
+    match session_of(&surface, &headers) {
+        Ok(session) => json_response(StatusCode::OK, &session_json(&surface, &session)),
+        Err(refused) => *refused,
+    }
+}
+
+/// The cookie that holds `value` for `max_age` seconds. `Secure` is left
+/// out: the HTTP surface is cleartext (behind TLS termination, the proxy
+/// may add it).
+fn cookie(value: &str, max_age: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!(
+        "{COOKIE}={value}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={max_age}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("readyd_console=; Path=/console; Max-Age=0"))
+}
+
+/// `POST /console/api/session` with `{"token": …, "name": …}`: signs in
+/// with the admin or the read token. Attempts are throttled per peer
+/// address, good or bad.
+async fn sign_in(
+    State(surface): State<Arc<HttpSurface>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(console) = &surface.console else {
+        return error(StatusCode::NOT_FOUND, "NOT_FOUND", "the console is off");
+    };
+    if let Err(wait) = console
+        .sign_ins
+        .admit(Some(peer.ip().to_string().as_bytes()))
+    {
+        let mut refused = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RESOURCE_EXHAUSTED",
+            "too many sign-in attempts from this address; wait and try again",
+        );
+        refused.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_after_secs(wait)),
+        );
+        return refused;
+    }
+    let Ok(request) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "the body must be JSON: {\"token\": …, \"name\": …}",
+        );
+    };
+    let token = request["token"].as_str().unwrap_or_default();
+    let actor = request["name"].as_str().unwrap_or_default().trim();
+    if let Some(problem) = session::actor_problem(actor) {
+        return error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", problem);
+    }
+    let access = if surface.tokens.matches(Role::Admin, token) {
+        Access::Admin
+    } else if surface.tokens.matches(Role::Read, token) {
+        Access::Read
+    } else {
+        tracing::info!(%peer, "a console sign-in was refused");
+        return error(
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            "that is neither the admin token nor the read token",
+        );
+    };
+    let mut nonce = [0u8; 16];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce).is_err() {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            "internal error; see readyd's log",
+        );
+    }
+    let session = Session {
+        access,
+        actor: actor.to_owned(),
+        expires: now_secs() + SESSION_LIFETIME.as_secs(),
+        nonce,
+    };
+    tracing::info!(%peer, actor = %session.actor, access = ?session.access, "signed in to the console");
+    let sealed = session::seal(&surface.tokens.ticket_key(), &session);
+    let mut answer = json_response(StatusCode::OK, &session_json(&surface, &session));
+    answer.headers_mut().insert(
+        header::SET_COOKIE,
+        cookie(&sealed, SESSION_LIFETIME.as_secs()),
+    );
+    answer
+}
+
+/// `POST /console/api/sign-out`: the cookie is cleared.
+async fn sign_out(State(surface): State<Arc<HttpSurface>>, headers: HeaderMap) -> Response {
+    if let Err(refused) = changing_session(&surface, &headers) {
+        return *refused;
+    }
+    let mut answer = json_response(StatusCode::OK, &json!({}));
+    answer
+        .headers_mut()
+        .insert(header::SET_COOKIE, cookie("", 0));
+    answer
+}
+
+/// `GET /console/api/health`: the health report, as `/api/health` gives it.
+async fn health(State(surface): State<Arc<HttpSurface>>, headers: HeaderMap) -> Response {
+    if let Err(refused) = session_of(&surface, &headers) {
+        return *refused;
+    }
+    crate::http::health_report(&surface)
+}

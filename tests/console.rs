@@ -1,0 +1,218 @@
+//! The web console's sign-in, session and CSRF rules over real HTTP
+//! connections: tokens become an `HttpOnly`, `SameSite=Strict` session
+//! cookie and never reach the page; changes need the session's CSRF
+//! token; sign-in attempts are throttled.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::{TestDb, TestServer, serve_args};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const ADMIN: &str = "admin-token-for-console-tests";
+const READER: &str = "read-token-for-console-tests";
+
+#[derive(Debug)]
+struct Answer {
+    code: u16,
+    head: String,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|err| panic!("{err}: {:?}", self.body))
+    }
+}
+
+/// One request over its own HTTP/1.1 connection.
+async fn request(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &str) -> Answer {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut bytes = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut bytes))
+        .await
+        .expect("an answer within 10 s")
+        .expect("read");
+    let text = String::from_utf8(bytes).expect("UTF-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status code");
+    Answer {
+        code,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
+}
+
+async fn sign_in(addr: SocketAddr, token: &str, name: &str) -> Answer {
+    let body = serde_json::json!({ "token": token, "name": name }).to_string();
+    request(
+        addr,
+        "POST",
+        "/console/api/session",
+        "Content-Type: application/json\r\n",
+        &body,
+    )
+    .await
+}
+
+async fn start(db: &TestDb) -> TestServer {
+    let mut args = serve_args(&db.url);
+    args.http_listen = "127.0.0.1:0".into();
+    args.admin_token = Some(ADMIN.into());
+    args.read_token = Some(READER.into());
+    args.console = true;
+    TestServer::start(args).await
+}
+
+#[tokio::test]
+async fn signing_in_makes_a_session_cookie_that_never_holds_the_token() {
+    let db = TestDb::new().await;
+    let server = start(&db).await;
+    let http = server.http_addr.expect("an HTTP address");
+
+    // The page: embedded, locked down, no token anywhere.
+    for path in ["/console", "/console/app.js", "/console/app.css"] {
+        let page = request(http, "GET", path, "", "").await;
+        assert_eq!(page.code, 200, "{path}: {page:?}");
+        assert!(
+            page.header("content-security-policy")
+                .is_some_and(|csp| csp.contains("frame-ancestors 'none'")),
+            "{page:?}"
+        );
+        assert!(!page.body.contains(ADMIN) && !page.body.contains(READER));
+    }
+
+    // Nothing without a session.
+    assert_eq!(
+        request(http, "GET", "/console/api/health", "", "")
+            .await
+            .code,
+        401
+    );
+    assert_eq!(
+        request(http, "GET", "/console/api/session", "", "")
+            .await
+            .code,
+        401
+    );
+
+    // The admin token: a session with full access.
+    let signed = sign_in(http, ADMIN, "ana").await;
+    assert_eq!(signed.code, 200, "{signed:?}");
+    let cookie = signed.header("set-cookie").expect("a cookie").to_owned();
+    for attribute in [
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/console",
+        "Max-Age=43200",
+    ] {
+        assert!(cookie.contains(attribute), "{attribute}: {cookie}");
+    }
+    assert!(!cookie.contains(ADMIN) && !signed.body.contains(ADMIN));
+    let session = signed.json();
+    assert_eq!(session["actor"], "ana");
+    assert_eq!(session["access"], "admin");
+    let csrf = session["csrf"].as_str().expect("a CSRF token").to_owned();
+    let value = cookie.split(';').next().expect("name=value");
+    let with_cookie = format!("Cookie: {value}\r\n");
+
+    let health = request(http, "GET", "/console/api/health", &with_cookie, "").await;
+    assert_eq!(health.code, 200, "{health:?}");
+    assert!(health.json()["checks"].is_array(), "{health:?}");
+    let who = request(http, "GET", "/console/api/session", &with_cookie, "").await;
+    assert_eq!(who.json()["actor"], "ana");
+    assert_eq!(who.json()["csrf"], csrf.as_str());
+
+    // A forged or changed cookie is no session.
+    let forged = with_cookie.replacen("admin.", "read.", 1);
+    assert_eq!(
+        request(http, "GET", "/console/api/health", &forged, "")
+            .await
+            .code,
+        401
+    );
+
+    // Sign-out is a change: without the CSRF token it is refused.
+    let refused = request(http, "POST", "/console/api/sign-out", &with_cookie, "{}").await;
+    assert_eq!(refused.code, 403, "{refused:?}");
+    let wrong = format!("{with_cookie}X-CSRF-Token: 00\r\n");
+    assert_eq!(
+        request(http, "POST", "/console/api/sign-out", &wrong, "{}")
+            .await
+            .code,
+        403
+    );
+    let right = format!("{with_cookie}X-CSRF-Token: {csrf}\r\n");
+    let out = request(http, "POST", "/console/api/sign-out", &right, "{}").await;
+    assert_eq!(out.code, 200, "{out:?}");
+    assert!(
+        out.header("set-cookie")
+            .is_some_and(|c| c.contains("Max-Age=0"))
+    );
+
+    // The read token: read-only.
+    let read = sign_in(http, READER, "ben").await;
+    assert_eq!(read.code, 200, "{read:?}");
+    assert_eq!(read.json()["access"], "read");
+}
+
+#[tokio::test]
+async fn bad_sign_ins_are_refused_clearly_and_throttled() {
+    let db = TestDb::new().await;
+    let server = start(&db).await;
+    let http = server.http_addr.expect("an HTTP address");
+    let nameless = sign_in(http, ADMIN, " ").await;
+    assert_eq!(nameless.code, 400, "{nameless:?}");
+    assert!(
+        nameless.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("name")
+    );
+    let mut codes = vec![nameless.code];
+    // Five attempts in a burst, then one every six seconds: a series of
+    // ten cannot all pass.
+    for _ in 0..10 {
+        let answer = sign_in(http, "a-guess", "eve").await;
+        codes.push(answer.code);
+        if answer.code == 429 {
+            assert!(answer.header("retry-after").is_some(), "{answer:?}");
+            break;
+        }
+        assert_eq!(answer.code, 403, "{answer:?}");
+    }
+    assert_eq!(codes.last(), Some(&429), "{codes:?}");
+    // Throttled means throttled: even the right token waits.
+    assert_eq!(sign_in(http, ADMIN, "ana").await.code, 429);
+}
+
+#[tokio::test]
+async fn without_console_the_paths_do_not_exist() {
+    let db = TestDb::new().await;
+    let mut args = serve_args(&db.url);
+    args.http_listen = "127.0.0.1:0".into();
+    args.admin_token = Some(ADMIN.into());
+    let server = TestServer::start(args).await;
+    let http = server.http_addr.expect("an HTTP address");
+    assert_eq!(request(http, "GET", "/console", "", "").await.code, 404);
+    assert_eq!(sign_in(http, ADMIN, "ana").await.code, 404);
+}
