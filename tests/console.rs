@@ -216,3 +216,122 @@ async fn without_console_the_paths_do_not_exist() {
     assert_eq!(request(http, "GET", "/console", "", "").await.code, 404);
     assert_eq!(sign_in(http, ADMIN, "ana").await.code, 404);
 }
+
+/// Signs in and returns the cookie header line and the CSRF header line.
+async fn session(http: SocketAddr, token: &str, name: &str) -> (String, String) {
+    let signed = sign_in(http, token, name).await;
+    assert_eq!(signed.code, 200, "{signed:?}");
+    let cookie = signed.header("set-cookie").expect("a cookie");
+    let value = cookie.split(';').next().expect("name=value");
+    let csrf = signed.json()["csrf"].as_str().expect("csrf").to_owned();
+    (
+        format!("Cookie: {value}\r\n"),
+        format!("X-CSRF-Token: {csrf}\r\nContent-Type: application/json\r\n"),
+    )
+}
+
+#[tokio::test]
+async fn an_admin_session_changes_flags_as_its_name_and_a_read_session_cannot() {
+    use readyd::api::pb::readyd::v1 as pb;
+    let db = TestDb::new().await;
+    let server = start(&db).await;
+    let http = server.http_addr.expect("an HTTP address");
+    let (cookie, csrf) = session(http, ADMIN, "ana").await;
+
+    let listed = request(http, "GET", "/console/api/flags", &cookie, "").await;
+    assert_eq!(listed.code, 200, "{listed:?}");
+    let flag = listed.json()["flags"]
+        .as_array()
+        .expect("flags")
+        .iter()
+        .find(|flag| flag["key"] == "dark_mode")
+        .cloned()
+        .expect("the seeded dark_mode flag");
+    let was = flag["enabled"].as_bool().expect("enabled");
+
+    // What the page sends: the flag as listed, one field changed, at the
+    // version it was listed at.
+    let mut change = flag.clone();
+    let object = change.as_object_mut().expect("an object");
+    for field in [
+        "version",
+        "updatedAt",
+        "updatedBy",
+        "targeting",
+        "clientVisible",
+    ] {
+        object.remove(field);
+    }
+    object.insert("enabled".into(), serde_json::json!(!was));
+    object.insert("rolloutPercentage".into(), serde_json::json!(100));
+    object.insert("expectedVersion".into(), flag["version"].clone());
+    let body = change.to_string();
+    let headers = format!("{cookie}{csrf}");
+
+    let no_csrf = request(http, "POST", "/console/api/flags", &cookie, &body).await;
+    assert_eq!(no_csrf.code, 403, "{no_csrf:?}");
+    let changed = request(http, "POST", "/console/api/flags", &headers, &body).await;
+    assert_eq!(changed.code, 200, "{changed:?}");
+    let stored = &changed.json()["flag"];
+    assert_eq!(stored["enabled"], !was);
+    assert_eq!(
+        stored["updatedBy"], "ana",
+        "the session's name is the actor"
+    );
+
+    // EvaluateFlag sees it.
+    let mut grpc = pb::flag_service_client::FlagServiceClient::new(server.channel().await);
+    let mut evaluate = tonic::Request::new(pb::EvaluateFlagRequest {
+        key: "dark_mode".into(),
+        context: Some(pb::EvaluationContext {
+            user_id: "u1".into(),
+            ..Default::default()
+        }),
+        explain: false,
+    });
+    evaluate.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {READER}").parse().expect("header"),
+    );
+    let answer = grpc
+        .evaluate_flag(evaluate)
+        .await
+        .expect("evaluate")
+        .into_inner();
+    let value = answer.value.and_then(|value| value.kind);
+    assert_eq!(
+        value,
+        Some(prost_types::value::Kind::BoolValue(!was)),
+        "the toggle reached evaluation"
+    );
+
+    // The same change again, from the old version: someone changed it.
+    let conflict = request(http, "POST", "/console/api/flags", &headers, &body).await;
+    assert_eq!(conflict.code, 409, "{conflict:?}");
+
+    // The try-it box explains.
+    let tried = request(
+        http,
+        "POST",
+        "/console/api/evaluate",
+        &headers,
+        r#"{"key": "dark_mode", "context": {"userId": "u1"}, "explain": true}"#,
+    )
+    .await;
+    assert_eq!(tried.code, 200, "{tried:?}");
+    assert!(tried.json()["explanation"].is_array(), "{tried:?}");
+
+    // A read session sees flags and cannot change them.
+    let (read_cookie, read_csrf) = session(http, READER, "ben").await;
+    let listed = request(http, "GET", "/console/api/flags", &read_cookie, "").await;
+    assert_eq!(listed.code, 200);
+    let refused = request(
+        http,
+        "POST",
+        "/console/api/flags",
+        &format!("{read_cookie}{read_csrf}"),
+        &body,
+    )
+    .await;
+    assert_eq!(refused.code, 403, "{refused:?}");
+}

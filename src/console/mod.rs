@@ -21,9 +21,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use crate::api::auth::Role;
+use crate::api::auth::{Caller, Role};
+use crate::api::pb::readyd::v1 as pb;
+use crate::api::pb::readyd::v1::flag_service_server::FlagService;
 use crate::http::limit::{RateLimit, retry_after_secs};
-use crate::http::{HttpSurface, error, json_response};
+use crate::http::{HttpSurface, call_as, error, json, json_response, message_name};
 use session::{Access, Session};
 
 /// The session cookie's name.
@@ -62,6 +64,8 @@ pub fn routes() -> Router<Arc<HttpSurface>> {
         .route("/console/api/session", get(who).post(sign_in))
         .route("/console/api/sign-out", post(sign_out))
         .route("/console/api/health", get(health))
+        .route("/console/api/flags", get(list_flags).post(upsert_flag))
+        .route("/console/api/evaluate", post(evaluate_flag))
 }
 
 /// Headers of every console answer: never cached, never framed, nothing
@@ -273,4 +277,117 @@ async fn health(State(surface): State<Arc<HttpSurface>>, headers: HeaderMap) -> 
         return *refused;
     }
     crate::http::health_report(&surface)
+}
+
+/// Makes the gRPC call `path` as the session: an admin session is the
+/// admin, and its name is the actor of a change.
+async fn call_as_session<Req, Resp, Fut>(
+    session: &Session,
+    path: &str,
+    message: Req,
+    handler: impl FnOnce(tonic::Request<Req>) -> Fut,
+) -> Response
+where
+    Resp: prost::Message,
+    Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+{
+    let mut headers = HeaderMap::new();
+    if let Ok(actor) = HeaderValue::from_str(&session.actor) {
+        headers.insert(crate::api::ACTOR_HEADER, actor);
+    }
+    let caller = Caller {
+        is_admin: session.access == Access::Admin,
+    };
+    call_as(caller, &headers, path, message, handler).await
+}
+
+/// The request message of `path` from a JSON body, or `400`.
+fn body_message<M: prost::Message + Default>(path: &str, body: &[u8]) -> Result<M, Box<Response>> {
+    json::from_json(&message_name(path, "Request"), body)
+        .map_err(|problem| Box::new(error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", &problem)))
+}
+
+/// `GET /console/api/flags[?page_token=…]`: flag definitions, 1,000 a page.
+async fn list_flags(
+    State(surface): State<Arc<HttpSurface>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let session = match session_of(&surface, &headers) {
+        Ok(session) => session,
+        Err(refused) => return *refused,
+    };
+    let page_token = url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+        .find(|(name, _)| name == "page_token")
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_default();
+    let message = pb::ListFlagsRequest {
+        prefix: String::new(),
+        page_size: 1000,
+        page_token,
+    };
+    let flags = surface.flags.clone();
+    call_as_session(
+        &session,
+        "/readyd.v1.FlagService/ListFlags",
+        message,
+        |request| async move { flags.list_flags(request).await },
+    )
+    .await
+}
+
+/// `POST /console/api/flags` with an `UpsertFlagRequest`: an admin
+/// session's change, its name the actor; `expectedVersion` makes a change
+/// made meanwhile by someone else a `409`.
+async fn upsert_flag(
+    State(surface): State<Arc<HttpSurface>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    const PATH: &str = "/readyd.v1.FlagService/UpsertFlag";
+    let session = match changing_session(&surface, &headers) {
+        Ok(session) => session,
+        Err(refused) => return *refused,
+    };
+    if session.access != Access::Admin {
+        return error(
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            "this session is read-only: sign in with the admin token to change flags",
+        );
+    }
+    let message: pb::UpsertFlagRequest = match body_message(PATH, &body) {
+        Ok(message) => message,
+        Err(refused) => return *refused,
+    };
+    let flags = surface.flags.clone();
+    call_as_session(&session, PATH, message, |request| async move {
+        flags.upsert_flag(request).await
+    })
+    .await
+}
+
+/// `POST /console/api/evaluate` with an `EvaluateFlagRequest`: the "try
+/// it" box, with the path that decided when `explain` is set.
+async fn evaluate_flag(
+    State(surface): State<Arc<HttpSurface>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    const PATH: &str = "/readyd.v1.FlagService/EvaluateFlag";
+    // Not a change, but a POST: the CSRF token keeps other sites from
+    // making the session evaluate.
+    let session = match changing_session(&surface, &headers) {
+        Ok(session) => session,
+        Err(refused) => return *refused,
+    };
+    let message: pb::EvaluateFlagRequest = match body_message(PATH, &body) {
+        Ok(message) => message,
+        Err(refused) => return *refused,
+    };
+    let flags = surface.flags.clone();
+    call_as_session(&session, PATH, message, |request| async move {
+        flags.evaluate_flag(request).await
+    })
+    .await
 }

@@ -62,8 +62,9 @@ pub fn actor_problem(actor: &str) -> Option<&'static str> {
         Some("a name is needed: it is recorded as the actor of every change you make")
     } else if actor.len() > MAX_ACTOR_BYTES {
         Some("the name is longer than 64 bytes")
-    } else if actor.chars().any(char::is_control) {
-        Some("the name has control characters")
+    } else if !actor.chars().all(|c| c == ' ' || c.is_ascii_graphic()) {
+        // It travels as the actor header of the calls the console makes.
+        Some("the name must be printable ASCII (letters, digits, punctuation, spaces)")
     } else {
         None
     }
@@ -209,9 +210,11 @@ mod tests {
         }
 
         #[test]
-        fn actor_names_are_short_printable_and_present(actor in "\\PC{0,80}") {
+        fn actor_names_are_short_printable_and_present(actor in "([ -~]|\\PC){0,80}") {
             let problem = actor_problem(&actor);
-            let fine = !actor.trim().is_empty() && actor.len() <= MAX_ACTOR_BYTES;
+            let fine = !actor.trim().is_empty()
+                && actor.len() <= MAX_ACTOR_BYTES
+                && actor.chars().all(|c| c == ' ' || c.is_ascii_graphic());
             prop_assert_eq!(problem.is_none(), fine, "{:?}", actor);
         }
     }

@@ -10,7 +10,7 @@
 //! and a pod can expose the probes without exposing the API.
 
 mod events;
-mod json;
+pub(crate) mod json;
 pub mod limit;
 mod observe;
 mod ofrep;
@@ -249,7 +249,7 @@ fn text_param(pairs: &[(String, String)], name: &str) -> String {
 /// The full name of the request or response message (`kind`: `Request` or
 /// `Response`) of the gRPC call `path`, by the API's naming:
 /// `/readyd.v1.FlagService/ListFlags` → `readyd.v1.ListFlagsResponse`.
-fn message_name(path: &str, kind: &str) -> String {
+pub(crate) fn message_name(path: &str, kind: &str) -> String {
     let (service, method) = path
         .trim_start_matches('/')
         .split_once('/')
@@ -279,7 +279,7 @@ where
 }
 
 /// [`call`] for a caller already decided.
-async fn call_as<Req, Resp, Fut>(
+pub(crate) async fn call_as<Req, Resp, Fut>(
     caller: Caller,
     headers: &HeaderMap,
     path: &str,

@@ -15,10 +15,26 @@ async function api(path, options = {}) {
   return { status: response.status, body };
 }
 
+let access = "read";
+let tab = "overview";
+let flags = [];
+
+function showTab(name) {
+  tab = name;
+  $("overview").hidden = name !== "overview";
+  $("flags").hidden = name !== "flags";
+  for (const button of document.querySelectorAll("#tabs button")) {
+    if (button.dataset.tab === name) button.setAttribute("aria-current", "page");
+    else button.removeAttribute("aria-current");
+  }
+  if (name === "flags") loadFlags();
+}
+
 function show(signedIn, session) {
   $("sign-in").hidden = signedIn;
-  $("overview").hidden = !signedIn;
+  $("tabs").hidden = !signedIn;
   $("sign-out").hidden = !signedIn;
+  if (signedIn) { access = session.access; showTab(tab); } else { $("overview").hidden = true; $("flags").hidden = true; }
   $("who").textContent = signedIn ? `${session.actor} · ${session.access === "admin" ? "admin" : "read-only"}` : "";
   if (signedIn) {
     csrf = session.csrf;
@@ -68,13 +84,118 @@ function render(report) {
 }
 
 async function refresh() {
+  if (tab !== "overview") return;
   const { status, body } = await api("/console/api/health");
   if (status === 401) { show(false); return; }
   if (body && body.status) { render(body); $("overview-error").textContent = ""; }
   else { $("overview-error").textContent = (body && body.message) || `readyd answered ${status}`; }
 }
 
+async function loadFlags() {
+  const { status, body } = await api("/console/api/flags");
+  if (status === 401) { show(false); return; }
+  if (status !== 200) { $("flags-message").textContent = (body && body.message) || `readyd answered ${status}`; return; }
+  flags = body.flags || [];
+  renderFlags();
+}
+
+function renderFlags() {
+  const search = $("flag-search").value.trim().toLowerCase();
+  const filter = $("flag-filter").value;
+  const shown = flags.filter((flag) =>
+    (!search || flag.key.includes(search) || (flag.description || "").toLowerCase().includes(search)) &&
+    (filter === "all" || (filter === "enabled") === Boolean(flag.enabled)));
+  const rows = shown.map((flag) => {
+    const tr = document.createElement("tr");
+    tr.dataset.key = flag.key;
+    const name = cell(flag.key);
+    const description = document.createElement("span");
+    description.className = "description";
+    description.textContent = flag.description || "";
+    name.appendChild(description);
+    tr.appendChild(name);
+    const enabled = document.createElement("td");
+    const toggle = document.createElement("input");
+    toggle.type = "checkbox";
+    toggle.className = "toggle";
+    toggle.checked = Boolean(flag.enabled);
+    toggle.disabled = access !== "admin";
+    toggle.setAttribute("aria-label", `enable ${flag.key}`);
+    toggle.addEventListener("change", () => {
+      toggle.checked = Boolean(flag.enabled);
+      propose(flag, { enabled: !flag.enabled });
+    });
+    enabled.appendChild(toggle);
+    tr.appendChild(enabled);
+    const rollout = document.createElement("td");
+    const percent = document.createElement("input");
+    percent.type = "number";
+    percent.min = "0";
+    percent.max = "100";
+    percent.className = "rollout";
+    percent.value = String(flag.rolloutPercentage || 0);
+    percent.disabled = access !== "admin";
+    percent.setAttribute("aria-label", `rollout of ${flag.key}`);
+    percent.addEventListener("change", () => {
+      const value = Number(percent.value);
+      percent.value = String(flag.rolloutPercentage || 0);
+      if (!Number.isInteger(value) || value < 0 || value > 100) {
+        $("flags-message").textContent = "a rollout is a whole number from 0 to 100";
+        return;
+      }
+      propose(flag, { rolloutPercentage: value });
+    });
+    rollout.appendChild(percent);
+    tr.appendChild(rollout);
+    tr.appendChild(cell(String(flag.version)));
+    return tr;
+  });
+  $("flag-rows").replaceChildren(...rows);
+}
+
+// A change is shown as a diff and made only once confirmed; it names the
+// version it was made from, so a change someone made meanwhile is not
+// overwritten.
+function propose(flag, change) {
+  const diff = Object.entries(change)
+    .map(([field, value]) => `${field}: ${JSON.stringify(flag[field] ?? null)} → ${JSON.stringify(value)}`)
+    .join(", ");
+  $("confirm-text").textContent = `Change ${flag.key}: ${diff}?`;
+  $("confirm").hidden = false;
+  $("confirm-yes").onclick = async () => {
+    $("confirm").hidden = true;
+    const request = { ...flag, ...change, expectedVersion: flag.version };
+    for (const field of ["version", "updatedAt", "updatedBy", "targeting", "clientVisible"]) delete request[field];
+    const { status, body } = await api("/console/api/flags", { method: "POST", body: JSON.stringify(request) });
+    if (status === 200) $("flags-message").textContent = "";
+    else if (status === 409) $("flags-message").textContent = `${flag.key} was changed by someone else meanwhile; the list now shows their change.`;
+    else $("flags-message").textContent = (body && body.message) || `readyd answered ${status}`;
+    loadFlags();
+  };
+  $("confirm-no").onclick = () => { $("confirm").hidden = true; };
+}
+
+async function tryFlag(event) {
+  event.preventDefault();
+  let attributes = {};
+  const raw = $("try-attributes").value.trim();
+  if (raw) {
+    try { attributes = JSON.parse(raw); } catch (_) { $("try-result").textContent = "attributes must be a JSON object"; return; }
+  }
+  const request = { key: $("try-key").value.trim(), context: { userId: $("try-user").value.trim(), attributes }, explain: true };
+  const { status, body } = await api("/console/api/evaluate", { method: "POST", body: JSON.stringify(request) });
+  $("try-result").textContent = status === 200
+    ? `value ${JSON.stringify(body.value)}, variant ${body.variant}, reason ${body.reason}\n${(body.explanation || []).map((s, i) => `${i + 1}. ${s.detail}`).join("\n")}`
+    : (body && body.message) || `readyd answered ${status}`;
+}
+
 async function start() {
+  for (const button of document.querySelectorAll("#tabs button")) {
+    button.addEventListener("click", () => showTab(button.dataset.tab));
+  }
+  $("flag-search").addEventListener("input", renderFlags);
+  $("flag-filter").addEventListener("change", renderFlags);
+  $("try-form").addEventListener("submit", tryFlag);
   $("sign-in-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const token = $("token").value;
