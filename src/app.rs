@@ -184,8 +184,9 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
+    let deployment_api = DeploymentApi::new(Arc::clone(&state), database.clone());
     let deployments = pb::readyd::v1::deployment_service_server::DeploymentServiceServer::new(
-        DeploymentApi::new(Arc::clone(&state), database.clone()),
+        deployment_api.clone(),
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -314,6 +315,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
             health: health_api.clone(),
             flags: flag_api.clone(),
             config: config_api.clone(),
+            deployments: deployment_api.clone(),
             flagd: flagd.clone(),
             tokens: Arc::clone(&tokens),
             cors_origins: settings.cors_origins.clone(),

@@ -335,3 +335,63 @@ async fn an_admin_session_changes_flags_as_its_name_and_a_read_session_cannot() 
     .await;
     assert_eq!(refused.code, 403, "{refused:?}");
 }
+
+#[tokio::test]
+async fn deployments_are_recorded_and_rolled_back_by_the_sessions_name() {
+    let db = TestDb::new().await;
+    let server = start(&db).await;
+    let http = server.http_addr.expect("an HTTP address");
+    let (cookie, csrf) = session(http, ADMIN, "ana").await;
+    let headers = format!("{cookie}{csrf}");
+    for version in ["1.0.0", "1.1.0"] {
+        let body = serde_json::json!({
+            "version": version,
+            "environment": "staging",
+            "deployedBy": "someone else",
+            "status": "DEPLOYMENT_STATUS_SUCCESS",
+        })
+        .to_string();
+        let recorded = request(http, "POST", "/console/api/deployments", &headers, &body).await;
+        assert_eq!(recorded.code, 200, "{recorded:?}");
+    }
+    let listed = request(
+        http,
+        "GET",
+        "/console/api/deployments?environment=staging",
+        &cookie,
+        "",
+    )
+    .await;
+    assert_eq!(listed.code, 200, "{listed:?}");
+    let deployments = listed.json()["deployments"].clone();
+    let deployments = deployments.as_array().expect("deployments");
+    assert_eq!(deployments.len(), 2, "{deployments:?}");
+    assert!(
+        deployments.iter().all(|d| d["deployedBy"] == "ana"),
+        "the session's name, whatever the body says: {deployments:?}"
+    );
+
+    let body = r#"{"environment": "staging", "reason": "bad release", "actor": "mallory"}"#;
+    assert_eq!(
+        request(http, "POST", "/console/api/rollback", &cookie, body)
+            .await
+            .code,
+        403,
+        "no CSRF token"
+    );
+    let rolled = request(http, "POST", "/console/api/rollback", &headers, body).await;
+    assert_eq!(rolled.code, 200, "{rolled:?}");
+    assert!(rolled.body.contains("ana"), "{rolled:?}");
+    assert!(!rolled.body.contains("mallory"), "{rolled:?}");
+
+    let (read_cookie, read_csrf) = session(http, READER, "ben").await;
+    let refused = request(
+        http,
+        "POST",
+        "/console/api/rollback",
+        &format!("{read_cookie}{read_csrf}"),
+        body,
+    )
+    .await;
+    assert_eq!(refused.code, 403, "{refused:?}");
+}

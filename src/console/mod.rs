@@ -23,6 +23,7 @@ use serde_json::json;
 
 use crate::api::auth::{Caller, Role};
 use crate::api::pb::readyd::v1 as pb;
+use crate::api::pb::readyd::v1::deployment_service_server::DeploymentService;
 use crate::api::pb::readyd::v1::flag_service_server::FlagService;
 use crate::http::limit::{RateLimit, retry_after_secs};
 use crate::http::{HttpSurface, call_as, error, json, json_response, message_name};
@@ -66,6 +67,11 @@ pub fn routes() -> Router<Arc<HttpSurface>> {
         .route("/console/api/health", get(health))
         .route("/console/api/flags", get(list_flags).post(upsert_flag))
         .route("/console/api/evaluate", post(evaluate_flag))
+        .route(
+            "/console/api/deployments",
+            get(list_deployments).post(record_deployment),
+        )
+        .route("/console/api/rollback", post(record_rollback))
 }
 
 /// Headers of every console answer: never cached, never framed, nothing
@@ -345,17 +351,10 @@ async fn upsert_flag(
     body: axum::body::Bytes,
 ) -> Response {
     const PATH: &str = "/readyd.v1.FlagService/UpsertFlag";
-    let session = match changing_session(&surface, &headers) {
+    let session = match admin_session(&surface, &headers) {
         Ok(session) => session,
         Err(refused) => return *refused,
     };
-    if session.access != Access::Admin {
-        return error(
-            StatusCode::FORBIDDEN,
-            "PERMISSION_DENIED",
-            "this session is read-only: sign in with the admin token to change flags",
-        );
-    }
     let message: pb::UpsertFlagRequest = match body_message(PATH, &body) {
         Ok(message) => message,
         Err(refused) => return *refused,
@@ -388,6 +387,96 @@ async fn evaluate_flag(
     let flags = surface.flags.clone();
     call_as_session(&session, PATH, message, |request| async move {
         flags.evaluate_flag(request).await
+    })
+    .await
+}
+
+/// The session of a change only an admin session may make.
+fn admin_session(surface: &HttpSurface, headers: &HeaderMap) -> Result<Session, Box<Response>> {
+    let session = changing_session(surface, headers)?;
+    if session.access != Access::Admin {
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            "this session is read-only: sign in with the admin token to make changes",
+        )));
+    }
+    Ok(session)
+}
+
+/// `GET /console/api/deployments[?environment=…]`: the latest 50.
+async fn list_deployments(
+    State(surface): State<Arc<HttpSurface>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let session = match session_of(&surface, &headers) {
+        Ok(session) => session,
+        Err(refused) => return *refused,
+    };
+    let environment = url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+        .find(|(name, _)| name == "environment")
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_default();
+    let message = pb::ListDeploymentsRequest {
+        environment,
+        page_size: 50,
+        ..Default::default()
+    };
+    let deployments = surface.deployments.clone();
+    call_as_session(
+        &session,
+        "/readyd.v1.DeploymentService/ListDeployments",
+        message,
+        |request| async move { deployments.list_deployments(request).await },
+    )
+    .await
+}
+
+/// `POST /console/api/deployments` with a `RecordDeploymentRequest`; the
+/// session's name is who deployed.
+async fn record_deployment(
+    State(surface): State<Arc<HttpSurface>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    const PATH: &str = "/readyd.v1.DeploymentService/RecordDeployment";
+    let session = match admin_session(&surface, &headers) {
+        Ok(session) => session,
+        Err(refused) => return *refused,
+    };
+    let mut message: pb::RecordDeploymentRequest = match body_message(PATH, &body) {
+        Ok(message) => message,
+        Err(refused) => return *refused,
+    };
+    message.deployed_by = session.actor.clone();
+    let deployments = surface.deployments.clone();
+    call_as_session(&session, PATH, message, |request| async move {
+        deployments.record_deployment(request).await
+    })
+    .await
+}
+
+/// `POST /console/api/rollback` with a `RecordRollbackRequest`; the
+/// session's name is who rolled back.
+async fn record_rollback(
+    State(surface): State<Arc<HttpSurface>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    const PATH: &str = "/readyd.v1.DeploymentService/RecordRollback";
+    let session = match admin_session(&surface, &headers) {
+        Ok(session) => session,
+        Err(refused) => return *refused,
+    };
+    let mut message: pb::RecordRollbackRequest = match body_message(PATH, &body) {
+        Ok(message) => message,
+        Err(refused) => return *refused,
+    };
+    message.actor = session.actor.clone();
+    let deployments = surface.deployments.clone();
+    call_as_session(&session, PATH, message, |request| async move {
+        deployments.record_rollback(request).await
     })
     .await
 }

@@ -55,6 +55,8 @@ pub struct HttpSurface {
     pub flags: FlagApi,
     /// The ConfigService handlers.
     pub config: ConfigApi,
+    /// The DeploymentService handlers (the console's deployments page).
+    pub deployments: crate::api::deployments::DeploymentApi,
     /// Evaluation in OpenFeature's terms (flagd's, and OFREP's).
     pub flagd: FlagdCore,
     /// The tokens, as the gRPC API checks them.

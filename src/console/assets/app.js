@@ -23,18 +23,21 @@ function showTab(name) {
   tab = name;
   $("overview").hidden = name !== "overview";
   $("flags").hidden = name !== "flags";
+  $("deployments").hidden = name !== "deployments";
   for (const button of document.querySelectorAll("#tabs button")) {
     if (button.dataset.tab === name) button.setAttribute("aria-current", "page");
     else button.removeAttribute("aria-current");
   }
   if (name === "flags") loadFlags();
+  if (name === "deployments") loadDeployments();
 }
 
 function show(signedIn, session) {
   $("sign-in").hidden = signedIn;
   $("tabs").hidden = !signedIn;
   $("sign-out").hidden = !signedIn;
-  if (signedIn) { access = session.access; showTab(tab); } else { $("overview").hidden = true; $("flags").hidden = true; }
+  if (signedIn) { access = session.access; showTab(tab); }
+  else { for (const id of ["overview", "flags", "deployments"]) $(id).hidden = true; }
   $("who").textContent = signedIn ? `${session.actor} · ${session.access === "admin" ? "admin" : "read-only"}` : "";
   if (signedIn) {
     csrf = session.csrf;
@@ -189,7 +192,64 @@ async function tryFlag(event) {
     : (body && body.message) || `readyd answered ${status}`;
 }
 
+const statusText = (status) => (status || "").replace(/^DEPLOYMENT_STATUS_/, "").toLowerCase().replace("_", " ");
+
+async function loadDeployments() {
+  const environment = encodeURIComponent($("deploy-environment").value.trim());
+  const { status, body } = await api(`/console/api/deployments?environment=${environment}`);
+  if (status === 401) { show(false); return; }
+  if (status !== 200) { $("deploy-message").textContent = (body && body.message) || `readyd answered ${status}`; return; }
+  const rows = (body.deployments || []).map((deployment) => {
+    const tr = document.createElement("tr");
+    tr.appendChild(cell(deployment.version));
+    tr.appendChild(cell(deployment.environment));
+    tr.appendChild(cell(statusText(deployment.status)));
+    tr.appendChild(cell(deployment.deployedBy));
+    tr.appendChild(cell((deployment.deployedAt || "").replace("T", " ").replace(/\..*Z$/, "Z")));
+    const actions = document.createElement("td");
+    if (access === "admin" && statusText(deployment.status) === "success") {
+      const back = document.createElement("button");
+      back.type = "button";
+      back.textContent = "Roll back";
+      back.addEventListener("click", () => proposeRollback(deployment));
+      actions.appendChild(back);
+    }
+    tr.appendChild(actions);
+    return tr;
+  });
+  $("deploy-rows").replaceChildren(...rows);
+}
+
+function proposeRollback(deployment) {
+  $("deploy-confirm-text").textContent =
+    `Roll ${deployment.environment} back from ${deployment.version} to the deployment before it?`;
+  $("deploy-confirm").hidden = false;
+  $("deploy-confirm-yes").onclick = async () => {
+    $("deploy-confirm").hidden = true;
+    const request = { environment: deployment.environment, reason: "rolled back from the console" };
+    const { status, body } = await api("/console/api/rollback", { method: "POST", body: JSON.stringify(request) });
+    $("deploy-message").textContent = status === 200 ? "" : (body && body.message) || `readyd answered ${status}`;
+    loadDeployments();
+  };
+  $("deploy-confirm-no").onclick = () => { $("deploy-confirm").hidden = true; };
+}
+
+async function recordDeployment(event) {
+  event.preventDefault();
+  const request = {
+    version: $("deploy-version").value.trim(),
+    environment: $("deploy-env").value.trim(),
+    commitSha: $("deploy-commit").value.trim(),
+    notes: $("deploy-notes").value.trim(),
+  };
+  const { status, body } = await api("/console/api/deployments", { method: "POST", body: JSON.stringify(request) });
+  $("deploy-message").textContent = status === 200 ? "" : (body && body.message) || `readyd answered ${status}`;
+  loadDeployments();
+}
+
 async function start() {
+  $("deploy-refresh").addEventListener("click", loadDeployments);
+  $("deploy-form").addEventListener("submit", recordDeployment);
   for (const button of document.querySelectorAll("#tabs button")) {
     button.addEventListener("click", () => showTab(button.dataset.tab));
   }
