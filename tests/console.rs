@@ -395,3 +395,61 @@ async fn deployments_are_recorded_and_rolled_back_by_the_sessions_name() {
     .await;
     assert_eq!(refused.code, 403, "{refused:?}");
 }
+
+#[tokio::test]
+async fn the_history_page_reads_the_recorded_rows_of_a_range() {
+    let db = TestDb::new().await;
+    sqlx::query(
+        "INSERT INTO system_health (recorded_at, instance, status, database_size_bytes, \
+         active_connections, max_connections, error_count, response_time_ms, checks) \
+         VALUES (now() - interval '2 hours', 'other', 'unhealthy', 0, 0, 0, 0, 0, \
+                 '{\"overall\": \"unhealthy\", \"checks\": {\"cache\": {\"latency_ms\": 12.5}}}'), \
+                (now() - interval '30 hours', 'other', 'healthy', 0, 0, 0, 0, 0, '{}')",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("history rows");
+    let server = start(&db).await;
+    let http = server.http_addr.expect("an HTTP address");
+    assert_eq!(
+        request(http, "GET", "/console/api/health-history", "", "")
+            .await
+            .code,
+        401
+    );
+    let (cookie, _) = session(http, READER, "ben").await;
+    let day = request(
+        http,
+        "GET",
+        "/console/api/health-history?hours=24",
+        &cookie,
+        "",
+    )
+    .await;
+    assert_eq!(day.code, 200, "{day:?}");
+    let records = day.json()["records"].clone();
+    let records = records.as_array().expect("records");
+    assert!(
+        records
+            .iter()
+            .any(|r| r["checks"]["checks"]["cache"]["latency_ms"] == 12.5),
+        "{records:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r["instance"] != "other" || r["status"] == "HEALTH_STATUS_UNHEALTHY"),
+        "the 30-hour-old row is outside the range: {records:?}"
+    );
+    for bad in ["0", "169", "soon"] {
+        let refused = request(
+            http,
+            "GET",
+            &format!("/console/api/health-history?hours={bad}"),
+            &cookie,
+            "",
+        )
+        .await;
+        assert_eq!(refused.code, 400, "{bad}: {refused:?}");
+    }
+}

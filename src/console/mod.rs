@@ -25,6 +25,7 @@ use crate::api::auth::{Caller, Role};
 use crate::api::pb::readyd::v1 as pb;
 use crate::api::pb::readyd::v1::deployment_service_server::DeploymentService;
 use crate::api::pb::readyd::v1::flag_service_server::FlagService;
+use crate::api::pb::readyd::v1::health_service_server::HealthService;
 use crate::http::limit::{RateLimit, retry_after_secs};
 use crate::http::{HttpSurface, call_as, error, json, json_response, message_name};
 use session::{Access, Session};
@@ -65,6 +66,7 @@ pub fn routes() -> Router<Arc<HttpSurface>> {
         .route("/console/api/session", get(who).post(sign_in))
         .route("/console/api/sign-out", post(sign_out))
         .route("/console/api/health", get(health))
+        .route("/console/api/health-history", get(health_history))
         .route("/console/api/flags", get(list_flags).post(upsert_flag))
         .route("/console/api/evaluate", post(evaluate_flag))
         .route(
@@ -478,5 +480,49 @@ async fn record_rollback(
     call_as_session(&session, PATH, message, |request| async move {
         deployments.record_rollback(request).await
     })
+    .await
+}
+
+/// Longest range of the history page.
+const MAX_HISTORY_HOURS: u64 = 7 * 24;
+
+/// `GET /console/api/health-history?hours=N` (1 to 168, default 24): the
+/// recorded rows of that range, newest first, at most 1,000.
+async fn health_history(
+    State(surface): State<Arc<HttpSurface>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let session = match session_of(&surface, &headers) {
+        Ok(session) => session,
+        Err(refused) => return *refused,
+    };
+    let hours = url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+        .find(|(name, _)| name == "hours")
+        .map(|(_, value)| value.parse::<u64>());
+    let hours = match hours {
+        None => 24,
+        Some(Ok(hours)) if (1..=MAX_HISTORY_HOURS).contains(&hours) => hours,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_ARGUMENT",
+                "hours: a whole number from 1 to 168",
+            );
+        }
+    };
+    let since = SystemTime::now() - Duration::from_secs(hours * 3600);
+    let message = pb::ListHealthHistoryRequest {
+        since: Some(prost_types::Timestamp::from(since)),
+        until: None,
+        limit: 1000,
+    };
+    let health = surface.health.clone();
+    call_as_session(
+        &session,
+        "/readyd.v1.HealthService/ListHealthHistory",
+        message,
+        |request| async move { health.list_health_history(request).await },
+    )
     .await
 }

@@ -24,12 +24,14 @@ function showTab(name) {
   $("overview").hidden = name !== "overview";
   $("flags").hidden = name !== "flags";
   $("deployments").hidden = name !== "deployments";
+  $("history").hidden = name !== "history";
   for (const button of document.querySelectorAll("#tabs button")) {
     if (button.dataset.tab === name) button.setAttribute("aria-current", "page");
     else button.removeAttribute("aria-current");
   }
   if (name === "flags") loadFlags();
   if (name === "deployments") loadDeployments();
+  if (name === "history") loadHistory();
 }
 
 function show(signedIn, session) {
@@ -37,7 +39,7 @@ function show(signedIn, session) {
   $("tabs").hidden = !signedIn;
   $("sign-out").hidden = !signedIn;
   if (signedIn) { access = session.access; showTab(tab); }
-  else { for (const id of ["overview", "flags", "deployments"]) $(id).hidden = true; }
+  else { for (const id of ["overview", "flags", "history", "deployments"]) $(id).hidden = true; }
   $("who").textContent = signedIn ? `${session.actor} · ${session.access === "admin" ? "admin" : "read-only"}` : "";
   if (signedIn) {
     csrf = session.csrf;
@@ -247,7 +249,74 @@ async function recordDeployment(event) {
   loadDeployments();
 }
 
+const SVG = "http://www.w3.org/2000/svg";
+const COLORS = ["#0969da", "#8250df", "#1a7f37", "#bc4c00", "#bf3989", "#1b7c83"];
+
+function svg(name, attributes) {
+  const element = document.createElementNS(SVG, name);
+  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, String(value));
+  return element;
+}
+
+// Overall status as bands (outages stand out), each check's latency as a
+// line, over the chosen range.
+async function loadHistory() {
+  const hours = Number($("history-range").value);
+  const { status, body } = await api(`/console/api/health-history?hours=${hours}`);
+  if (status === 401) { show(false); return; }
+  if (status !== 200) { $("history-message").textContent = (body && body.message) || `readyd answered ${status}`; return; }
+  $("history-message").textContent = "";
+  const records = (body.records || []).slice().reverse();
+  const chart = $("history-chart");
+  const [width, height, left, top] = [800, 260, 40, 10];
+  const until = Date.now();
+  const since = until - hours * 3600 * 1000;
+  const x = (time) => left + ((time - since) / (until - since)) * (width - left - 10);
+  const series = {};
+  let highest = 1;
+  const points = records.map((record) => {
+    const time = Date.parse(record.recordedAt);
+    const checks = (record.checks && record.checks.checks) || {};
+    for (const [name, check] of Object.entries(checks)) {
+      const latency = Number(check.latency_ms) || 0;
+      highest = Math.max(highest, latency);
+      (series[name] = series[name] || []).push([time, latency]);
+    }
+    return { time, overall: (record.checks && record.checks.overall) || statusName(record.status) };
+  });
+  const y = (latency) => height - 20 - (latency / highest) * (height - 30 - top);
+  const parts = [svg("line", { x1: left, y1: height - 20, x2: width - 10, y2: height - 20, stroke: "#d8dde3" })];
+  points.forEach((point, i) => {
+    if (point.overall !== "unhealthy" && point.overall !== "degraded") return;
+    const end = i + 1 < points.length ? points[i + 1].time : until;
+    parts.push(svg("rect", {
+      x: x(point.time), y: top, width: Math.max(1, x(end) - x(point.time)), height: height - 30,
+      fill: point.overall === "unhealthy" ? "#ffebe9" : "#fff8c5", class: `band ${point.overall}`,
+    }));
+  });
+  const legend = [];
+  Object.entries(series).forEach(([name, values], i) => {
+    const color = COLORS[i % COLORS.length];
+    parts.push(svg("polyline", {
+      points: values.map(([time, latency]) => `${x(time).toFixed(1)},${y(latency).toFixed(1)}`).join(" "),
+      fill: "none", stroke: color, "stroke-width": 1.5,
+    }));
+    const item = document.createElement("li");
+    const swatch = document.createElement("span");
+    swatch.style.background = color;
+    item.append(swatch, `${name}`);
+    legend.push(item);
+  });
+  const label = svg("text", { x: 2, y: top + 10, "font-size": 11, fill: "#5b6470" });
+  label.textContent = `${Math.round(highest)} ms`;
+  parts.push(label);
+  chart.replaceChildren(...parts);
+  $("history-legend").replaceChildren(...legend);
+  if (!records.length) $("history-message").textContent = "No rows recorded in this range.";
+}
+
 async function start() {
+  $("history-range").addEventListener("change", loadHistory);
   $("deploy-refresh").addEventListener("click", loadDeployments);
   $("deploy-form").addEventListener("submit", recordDeployment);
   for (const button of document.querySelectorAll("#tabs button")) {
