@@ -321,6 +321,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
             cors_origins: settings.cors_origins.clone(),
             client_limit: crate::http::limit::RateLimit::new(settings.client_rate_limit),
             console: settings.console.then(crate::console::Console::default),
+            store: store.clone(),
         });
         let stop = http_stop.clone();
         tokio::spawn(crate::http::serve(listener, surface, async move {

@@ -453,3 +453,93 @@ async fn the_history_page_reads_the_recorded_rows_of_a_range() {
         assert_eq!(refused.code, 400, "{bad}: {refused:?}");
     }
 }
+
+#[tokio::test]
+async fn the_timeline_puts_every_kind_of_change_on_one_axis_by_environment() {
+    let db = TestDb::new().await;
+    sqlx::query(
+        "INSERT INTO system_health (recorded_at, instance, status, database_size_bytes, \
+         active_connections, max_connections, error_count, response_time_ms, checks) \
+         VALUES (now() - interval '3 minutes', 'pod-1', 'healthy', 0, 0, 0, 0, 0, '{\"overall\": \"healthy\"}'), \
+                (now() - interval '2 minutes', 'pod-1', 'healthy', 0, 0, 0, 0, 0, '{\"overall\": \"unhealthy\"}'), \
+                (now() - interval '1 minutes', 'pod-1', 'healthy', 0, 0, 0, 0, 0, '{\"overall\": \"unhealthy\"}')",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("history rows");
+    for (environment, version) in [("prod", "2.0.0"), ("staging", "2.1.0")] {
+        sqlx::query(
+            "INSERT INTO deployment_history (version, environment, deployed_by) VALUES ($1, $2, 'ci')",
+        )
+        .bind(version)
+        .bind(environment)
+        .execute(&db.pool)
+        .await
+        .expect("deployment");
+    }
+    sqlx::query("SET readyd.actor = 'dba'")
+        .execute(&db.pool)
+        .await
+        .ok();
+    sqlx::query(
+        "INSERT INTO app_config (key, environment, value, is_sensitive) \
+         VALUES ('db.password', 'prod', '\"hunter2\"', true)",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("config row");
+    let server = start(&db).await;
+    let http = server.http_addr.expect("an HTTP address");
+    let (cookie, _) = session(http, READER, "ben").await;
+
+    let all = request(http, "GET", "/console/api/timeline?hours=1", &cookie, "").await;
+    assert_eq!(all.code, 200, "{all:?}");
+    assert!(!all.body.contains("hunter2"), "never a value: {all:?}");
+    let entries = all.json()["entries"].clone();
+    let entries = entries.as_array().expect("entries");
+    let kinds: Vec<&str> = entries.iter().filter_map(|e| e["kind"].as_str()).collect();
+    for kind in ["deploy", "config", "health"] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
+    let transitions: Vec<&serde_json::Value> =
+        entries.iter().filter(|e| e["kind"] == "health").collect();
+    assert_eq!(
+        transitions.len(),
+        1,
+        "one transition, not one per row: {transitions:?}"
+    );
+    assert_eq!(transitions[0]["what"], "healthy → unhealthy");
+    let times: Vec<&str> = entries.iter().filter_map(|e| e["at"].as_str()).collect();
+    let mut sorted = times.clone();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(times, sorted, "newest first");
+
+    let staging = request(
+        http,
+        "GET",
+        "/console/api/timeline?hours=1&environment=staging",
+        &cookie,
+        "",
+    )
+    .await;
+    let staging = staging.json()["entries"].clone();
+    let staging = staging.as_array().expect("entries");
+    assert!(
+        staging
+            .iter()
+            .any(|e| e["what"].as_str().is_some_and(|w| w.contains("2.1.0")))
+    );
+    assert!(
+        !staging.iter().any(|e| e["environment"] == "prod"),
+        "only staging's: {staging:?}"
+    );
+    let bad = request(
+        http,
+        "GET",
+        "/console/api/timeline?environment=Not%20One",
+        &cookie,
+        "",
+    )
+    .await;
+    assert_eq!(bad.code, 400, "{bad:?}");
+}

@@ -67,6 +67,7 @@ pub fn routes() -> Router<Arc<HttpSurface>> {
         .route("/console/api/sign-out", post(sign_out))
         .route("/console/api/health", get(health))
         .route("/console/api/health-history", get(health_history))
+        .route("/console/api/timeline", get(timeline))
         .route("/console/api/flags", get(list_flags).post(upsert_flag))
         .route("/console/api/evaluate", post(evaluate_flag))
         .route(
@@ -497,19 +498,9 @@ async fn health_history(
         Ok(session) => session,
         Err(refused) => return *refused,
     };
-    let hours = url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
-        .find(|(name, _)| name == "hours")
-        .map(|(_, value)| value.parse::<u64>());
-    let hours = match hours {
-        None => 24,
-        Some(Ok(hours)) if (1..=MAX_HISTORY_HOURS).contains(&hours) => hours,
-        Some(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "INVALID_ARGUMENT",
-                "hours: a whole number from 1 to 168",
-            );
-        }
+    let hours = match hours_param(&uri) {
+        Ok(hours) => hours,
+        Err(refused) => return *refused,
     };
     let since = SystemTime::now() - Duration::from_secs(hours * 3600);
     let message = pb::ListHealthHistoryRequest {
@@ -525,4 +516,80 @@ async fn health_history(
         |request| async move { health.list_health_history(request).await },
     )
     .await
+}
+
+/// The hours of a range parameter (1 to 168, default 24), or `400`.
+fn hours_param(uri: &axum::http::Uri) -> Result<u64, Box<Response>> {
+    match query_param(uri, "hours").map(|value| value.parse::<u64>()) {
+        None => Ok(24),
+        Some(Ok(hours)) if (1..=MAX_HISTORY_HOURS).contains(&hours) => Ok(hours),
+        Some(_) => Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "hours: a whole number from 1 to 168",
+        ))),
+    }
+}
+
+/// The last value of query parameter `name`.
+fn query_param(uri: &axum::http::Uri, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+        .filter(|(n, _)| n == name)
+        .map(|(_, value)| value.into_owned())
+        .last()
+}
+
+/// `GET /console/api/timeline?hours=N&environment=E`: deployments,
+/// rollbacks, flag, segment and config changes and health transitions of
+/// that range, newest first (see [`crate::store::timeline`]).
+async fn timeline(
+    State(surface): State<Arc<HttpSurface>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = session_of(&surface, &headers) {
+        return *refused;
+    }
+    let hours = match hours_param(&uri) {
+        Ok(hours) => hours,
+        Err(refused) => return *refused,
+    };
+    let environment = query_param(&uri, "environment").filter(|env| !env.is_empty());
+    if let Some(env) = &environment
+        && !crate::flags::is_valid_environment(env)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "environment: lower-case letters, digits, '_' and '-'",
+        );
+    }
+    let Some(store) = &surface.store else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "the timeline is read from the database, and this readyd has none",
+        );
+    };
+    let until = chrono::Utc::now();
+    let since = until - chrono::Duration::hours(i64::try_from(hours).unwrap_or(24));
+    match crate::store::timeline::timeline(
+        store,
+        since,
+        until,
+        environment.as_deref(),
+        crate::store::timeline::MAX_ENTRIES,
+    )
+    .await
+    {
+        Ok(entries) => json_response(StatusCode::OK, &json!({ "entries": entries })),
+        Err(problem) => {
+            tracing::warn!(error = %problem, "the console's timeline could not be read");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "the timeline could not be read from the database; try again",
+            )
+        }
+    }
 }

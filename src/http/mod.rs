@@ -69,6 +69,8 @@ pub struct HttpSurface {
     pub client_limit: Option<limit::RateLimit>,
     /// The web console, when `--console` is on.
     pub console: Option<crate::console::Console>,
+    /// The database, when there is one (the console's timeline reads it).
+    pub store: Option<crate::store::Store>,
 }
 
 /// Every route of the surface.

@@ -10,6 +10,7 @@ pub mod flags;
 pub mod listener;
 pub mod segments;
 pub mod system_health;
+pub mod timeline;
 
 use std::time::Duration;
 

@@ -25,6 +25,7 @@ function showTab(name) {
   $("flags").hidden = name !== "flags";
   $("deployments").hidden = name !== "deployments";
   $("history").hidden = name !== "history";
+  $("timeline").hidden = name !== "timeline";
   for (const button of document.querySelectorAll("#tabs button")) {
     if (button.dataset.tab === name) button.setAttribute("aria-current", "page");
     else button.removeAttribute("aria-current");
@@ -32,6 +33,7 @@ function showTab(name) {
   if (name === "flags") loadFlags();
   if (name === "deployments") loadDeployments();
   if (name === "history") loadHistory();
+  if (name === "timeline") loadTimeline();
 }
 
 function show(signedIn, session) {
@@ -39,7 +41,7 @@ function show(signedIn, session) {
   $("tabs").hidden = !signedIn;
   $("sign-out").hidden = !signedIn;
   if (signedIn) { access = session.access; showTab(tab); }
-  else { for (const id of ["overview", "flags", "history", "deployments"]) $(id).hidden = true; }
+  else { for (const id of ["overview", "flags", "timeline", "history", "deployments"]) $(id).hidden = true; }
   $("who").textContent = signedIn ? `${session.actor} · ${session.access === "admin" ? "admin" : "read-only"}` : "";
   if (signedIn) {
     csrf = session.csrf;
@@ -315,7 +317,37 @@ async function loadHistory() {
   if (!records.length) $("history-message").textContent = "No rows recorded in this range.";
 }
 
+// Everything that changed, on one time axis: "what changed right before
+// the errors started?" is one look.
+async function loadTimeline() {
+  const hours = Number($("timeline-range").value);
+  const environment = encodeURIComponent($("timeline-environment").value.trim());
+  const { status, body } = await api(`/console/api/timeline?hours=${hours}&environment=${environment}`);
+  if (status === 401) { show(false); return; }
+  if (status !== 200) { $("timeline-message").textContent = (body && body.message) || `readyd answered ${status}`; return; }
+  const entries = body.entries || [];
+  $("timeline-message").textContent = entries.length ? "" : "Nothing happened in this range.";
+  $("timeline-entries").replaceChildren(...entries.map((entry) => {
+    const item = document.createElement("li");
+    const time = document.createElement("time");
+    time.dateTime = entry.at;
+    time.textContent = entry.at.replace("T", " ").replace(/\..*$/, "").replace(/Z$/, "");
+    const kind = document.createElement("span");
+    kind.className = `kind ${entry.kind}`;
+    kind.textContent = entry.kind;
+    const what = document.createElement("span");
+    what.textContent = entry.what;
+    const who = document.createElement("span");
+    who.className = "hint";
+    who.textContent = `${entry.actor}${entry.environment ? ` · ${entry.environment}` : ""}`;
+    item.append(time, kind, what, who);
+    return item;
+  }));
+}
+
 async function start() {
+  $("timeline-range").addEventListener("change", loadTimeline);
+  $("timeline-refresh").addEventListener("click", loadTimeline);
   $("history-range").addEventListener("change", loadHistory);
   $("deploy-refresh").addEventListener("click", loadDeployments);
   $("deploy-form").addEventListener("submit", recordDeployment);
