@@ -543,3 +543,125 @@ async fn the_timeline_puts_every_kind_of_change_on_one_axis_by_environment() {
     .await;
     assert_eq!(bad.code, 400, "{bad:?}");
 }
+
+#[tokio::test]
+async fn sensitive_values_stay_masked_until_an_admin_reveals_one_and_that_is_audited() {
+    let db = TestDb::new().await;
+    sqlx::query(
+        "INSERT INTO app_config (key, environment, value, is_sensitive) VALUES \
+         ('db.password', 'test', '\"hunter2\"', true), \
+         ('greeting', '*', '\"hello\"', false)",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("config rows");
+    let server = start(&db).await;
+    let http = server.http_addr.expect("an HTTP address");
+
+    // A read session: masked, and no way to reveal.
+    let (read_cookie, read_csrf) = session(http, READER, "ben").await;
+    let listed = request(http, "GET", "/console/api/config", &read_cookie, "").await;
+    assert_eq!(listed.code, 200, "{listed:?}");
+    assert!(!listed.body.contains("hunter2"), "{listed:?}");
+    let entries = listed.json()["entries"].clone();
+    let greeting = entries
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|e| e["key"] == "greeting")
+        .cloned()
+        .expect("the inherited row");
+    assert_eq!(greeting["environment"], "*", "where it comes from");
+    assert_eq!(greeting["value"], "hello");
+    let reveal = r#"{"key": "db.password", "environment": "test"}"#;
+    let refused = request(
+        http,
+        "POST",
+        "/console/api/config/reveal",
+        &format!("{read_cookie}{read_csrf}"),
+        reveal,
+    )
+    .await;
+    assert_eq!(refused.code, 403, "{refused:?}");
+    assert!(!refused.body.contains("hunter2"));
+    assert_eq!(
+        request(
+            http,
+            "GET",
+            "/console/api/config/audit?key=db.password",
+            &read_cookie,
+            ""
+        )
+        .await
+        .code,
+        403
+    );
+
+    // An admin session: masked too, until revealed on purpose.
+    let (cookie, csrf) = session(http, ADMIN, "ana").await;
+    let headers = format!("{cookie}{csrf}");
+    let listed = request(http, "GET", "/console/api/config", &cookie, "").await;
+    assert!(!listed.body.contains("hunter2"), "{listed:?}");
+    assert_eq!(
+        request(http, "POST", "/console/api/config/reveal", &cookie, reveal)
+            .await
+            .code,
+        403,
+        "no CSRF token"
+    );
+    let revealed = request(http, "POST", "/console/api/config/reveal", &headers, reveal).await;
+    assert_eq!(revealed.code, 200, "{revealed:?}");
+    assert_eq!(revealed.json()["value"], "hunter2");
+    let audit = request(
+        http,
+        "GET",
+        "/console/api/config/audit?key=db.password",
+        &cookie,
+        "",
+    )
+    .await;
+    assert_eq!(audit.code, 200, "{audit:?}");
+    assert!(
+        !audit.body.contains("hunter2"),
+        "never the value: {audit:?}"
+    );
+    let trail = audit.json()["entries"].clone();
+    let reveal_row = trail
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|e| e["action"] == "CONFIG_AUDIT_ACTION_REVEAL")
+        .cloned()
+        .unwrap_or_else(|| panic!("a reveal row: {trail}"));
+    assert_eq!(reveal_row["actor"], "ana");
+    let missing = request(
+        http,
+        "POST",
+        "/console/api/config/reveal",
+        &headers,
+        r#"{"key": "nope", "environment": "test"}"#,
+    )
+    .await;
+    assert_eq!(missing.code, 404, "{missing:?}");
+
+    // An edit, as the session's name.
+    let edited = request(
+        http,
+        "POST",
+        "/console/api/config",
+        &headers,
+        r#"{"key": "greeting", "environment": "*", "value": "hi", "expectedVersion": "0"}"#,
+    )
+    .await;
+    assert_eq!(edited.code, 409, "a stale version: {edited:?}");
+    let edited = request(
+        http,
+        "POST",
+        "/console/api/config",
+        &headers,
+        r#"{"key": "greeting", "environment": "*", "value": "hi"}"#,
+    )
+    .await;
+    assert_eq!(edited.code, 200, "{edited:?}");
+    assert!(edited.body.contains("\"ana\""), "{edited:?}");
+}

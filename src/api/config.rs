@@ -98,6 +98,7 @@ fn audit_action(action: &str) -> pb::ConfigAuditAction {
         "insert" => pb::ConfigAuditAction::Insert,
         "update" => pb::ConfigAuditAction::Update,
         "delete" => pb::ConfigAuditAction::Delete,
+        "reveal" => pb::ConfigAuditAction::Reveal,
         _ => pb::ConfigAuditAction::Unspecified,
     }
 }

@@ -23,6 +23,7 @@ use serde_json::json;
 
 use crate::api::auth::{Caller, Role};
 use crate::api::pb::readyd::v1 as pb;
+use crate::api::pb::readyd::v1::config_service_server::ConfigService;
 use crate::api::pb::readyd::v1::deployment_service_server::DeploymentService;
 use crate::api::pb::readyd::v1::flag_service_server::FlagService;
 use crate::api::pb::readyd::v1::health_service_server::HealthService;
@@ -68,6 +69,9 @@ pub fn routes() -> Router<Arc<HttpSurface>> {
         .route("/console/api/health", get(health))
         .route("/console/api/health-history", get(health_history))
         .route("/console/api/timeline", get(timeline))
+        .route("/console/api/config", get(list_config).post(set_config))
+        .route("/console/api/config/reveal", post(reveal_config))
+        .route("/console/api/config/audit", get(config_audit))
         .route("/console/api/flags", get(list_flags).post(upsert_flag))
         .route("/console/api/evaluate", post(evaluate_flag))
         .route(
@@ -592,4 +596,185 @@ async fn timeline(
             )
         }
     }
+}
+
+/// `GET /console/api/config[?environment=E]`: the rows that apply to E
+/// (this readyd's environment by default; another needs an admin session),
+/// each with where it comes from (`*` or E). Sensitive values are masked
+/// for every session, admins included: an admin reveals one on purpose
+/// ([`reveal_config`]), and that is audited.
+async fn list_config(
+    State(surface): State<Arc<HttpSurface>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    const PATH: &str = "/readyd.v1.ConfigService/ListConfigs";
+    let session = match session_of(&surface, &headers) {
+        Ok(session) => session,
+        Err(refused) => return *refused,
+    };
+    let message = pb::ListConfigsRequest {
+        environment: query_param(&uri, "environment").unwrap_or_default(),
+        page_size: 1000,
+        page_token: query_param(&uri, "page_token").unwrap_or_default(),
+        ..Default::default()
+    };
+    let config = surface.config.clone();
+    let request = match session_request(&session, message) {
+        Ok(request) => request,
+        Err(refused) => return *refused,
+    };
+    let mut page = match config.list_configs(request).await {
+        Ok(answer) => answer.into_inner(),
+        Err(status) => return crate::http::status_error(&status),
+    };
+    for entry in &mut page.entries {
+        if entry.is_sensitive {
+            entry.value = None;
+            entry.redacted = true;
+        }
+    }
+    match json::to_json(&message_name(PATH, "Response"), &page) {
+        Ok(body) => json_response(StatusCode::OK, &body),
+        Err(problem) => {
+            tracing::error!(%problem, "a console answer could not be written");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                "internal error; see readyd's log",
+            )
+        }
+    }
+}
+
+/// A request made as the session (see [`call_as_session`]), for handlers
+/// whose answer the console changes before sending it.
+fn session_request<T>(session: &Session, message: T) -> Result<tonic::Request<T>, Box<Response>> {
+    let mut request = tonic::Request::new(message);
+    request.extensions_mut().insert(Caller {
+        is_admin: session.access == Access::Admin,
+    });
+    let actor = session.actor.parse().map_err(|_| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "the session's name cannot be an actor",
+        ))
+    })?;
+    request
+        .metadata_mut()
+        .insert(crate::api::ACTOR_HEADER, actor);
+    Ok(request)
+}
+
+/// `POST /console/api/config` with a `SetConfigRequest`: an admin
+/// session's change, its name the actor.
+async fn set_config(
+    State(surface): State<Arc<HttpSurface>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    const PATH: &str = "/readyd.v1.ConfigService/SetConfig";
+    let session = match admin_session(&surface, &headers) {
+        Ok(session) => session,
+        Err(refused) => return *refused,
+    };
+    let message: pb::SetConfigRequest = match body_message(PATH, &body) {
+        Ok(message) => message,
+        Err(refused) => return *refused,
+    };
+    let config = surface.config.clone();
+    call_as_session(&session, PATH, message, |request| async move {
+        config.set_config(request).await
+    })
+    .await
+}
+
+/// `POST /console/api/config/reveal` with `{"key", "environment"}`: one
+/// row's value for an admin session, recorded in the audit trail first
+/// (action `reveal`, who, the version seen).
+async fn reveal_config(
+    State(surface): State<Arc<HttpSurface>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let session = match admin_session(&surface, &headers) {
+        Ok(session) => session,
+        Err(refused) => return *refused,
+    };
+    let Ok(request) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "the body must be JSON: {\"key\": …, \"environment\": …}",
+        );
+    };
+    let key = request["key"].as_str().unwrap_or_default();
+    let environment = request["environment"].as_str().unwrap_or_default();
+    let Some(store) = &surface.store else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "revealing is recorded in the database, and this readyd has none",
+        );
+    };
+    match store.reveal_config(key, environment, &session.actor).await {
+        Ok(Some(row)) => {
+            tracing::info!(actor = %session.actor, key = %crate::echo::truncate(key), environment = %crate::echo::truncate(environment), "a configuration value was revealed in the console");
+            json_response(
+                StatusCode::OK,
+                &json!({ "key": row.key, "environment": row.environment, "value": row.value, "version": row.version }),
+            )
+        }
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            &format!(
+                "no row {:?} in environment {:?}",
+                crate::echo::truncate(key),
+                crate::echo::truncate(environment)
+            ),
+        ),
+        Err(problem) => {
+            tracing::warn!(error = %problem, "a reveal could not be recorded; nothing was shown");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "the reveal could not be recorded, so nothing is shown; try again",
+            )
+        }
+    }
+}
+
+/// `GET /console/api/config/audit?key=K`: the key's audit trail, newest
+/// first (admin sessions, as `ListConfigAudit`).
+async fn config_audit(
+    State(surface): State<Arc<HttpSurface>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let session = match session_of(&surface, &headers) {
+        Ok(session) => session,
+        Err(refused) => return *refused,
+    };
+    if session.access != Access::Admin {
+        return error(
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            "the audit trail needs an admin session",
+        );
+    }
+    let message = pb::ListConfigAuditRequest {
+        key: query_param(&uri, "key").unwrap_or_default(),
+        page_size: 100,
+        ..Default::default()
+    };
+    let config = surface.config.clone();
+    call_as_session(
+        &session,
+        "/readyd.v1.ConfigService/ListConfigAudit",
+        message,
+        |request| async move { config.list_config_audit(request).await },
+    )
+    .await
 }

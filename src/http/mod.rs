@@ -638,7 +638,7 @@ pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 /// A gRPC status as an HTTP error.
-fn status_error(status: &tonic::Status) -> Response {
+pub(crate) fn status_error(status: &tonic::Status) -> Response {
     use tonic::Code;
     let (http, name) = match status.code() {
         Code::InvalidArgument => (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),

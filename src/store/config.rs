@@ -92,6 +92,42 @@ impl Store {
         Ok(row.map(ConfigRow::from))
     }
 
+    /// One row, for `actor` to see a sensitive value: the reveal is
+    /// recorded in `config_audit` (action `reveal`, the version seen, no
+    /// value) in the same transaction, before the row is read. `None` when
+    /// there is no such row (nothing recorded).
+    pub async fn reveal_config(
+        &self,
+        key: &str,
+        environment: &str,
+        actor: &str,
+    ) -> Result<Option<ConfigRow>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let recorded = sqlx::query(
+            "INSERT INTO config_audit (key, environment, action, actor, version) \
+             SELECT key, environment, 'reveal', $3, version FROM app_config \
+              WHERE key = $1 AND environment = $2",
+        )
+        .bind(key)
+        .bind(environment)
+        .bind(actor)
+        .execute(&mut *tx)
+        .await?;
+        if recorded.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM app_config WHERE key = $1 AND environment = $2"
+        ));
+        let row: Option<ConfigRowRecord> = sqlx::query_as(sql)
+            .bind(key)
+            .bind(environment)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(row.map(ConfigRow::from))
+    }
+
     /// Creates or replaces one row. With `expected_version`, writes only if
     /// the row's current version equals it (0: must not exist yet).
     pub async fn set_config(

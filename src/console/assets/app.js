@@ -26,6 +26,7 @@ function showTab(name) {
   $("deployments").hidden = name !== "deployments";
   $("history").hidden = name !== "history";
   $("timeline").hidden = name !== "timeline";
+  $("config").hidden = name !== "config";
   for (const button of document.querySelectorAll("#tabs button")) {
     if (button.dataset.tab === name) button.setAttribute("aria-current", "page");
     else button.removeAttribute("aria-current");
@@ -34,6 +35,7 @@ function showTab(name) {
   if (name === "deployments") loadDeployments();
   if (name === "history") loadHistory();
   if (name === "timeline") loadTimeline();
+  if (name === "config") loadConfig();
 }
 
 function show(signedIn, session) {
@@ -41,7 +43,7 @@ function show(signedIn, session) {
   $("tabs").hidden = !signedIn;
   $("sign-out").hidden = !signedIn;
   if (signedIn) { access = session.access; showTab(tab); }
-  else { for (const id of ["overview", "flags", "timeline", "history", "deployments"]) $(id).hidden = true; }
+  else { for (const id of ["overview", "flags", "config", "timeline", "history", "deployments"]) $(id).hidden = true; }
   $("who").textContent = signedIn ? `${session.actor} · ${session.access === "admin" ? "admin" : "read-only"}` : "";
   if (signedIn) {
     csrf = session.csrf;
@@ -345,7 +347,94 @@ async function loadTimeline() {
   }));
 }
 
+function button(text, onClick) {
+  const element = document.createElement("button");
+  element.type = "button";
+  element.textContent = text;
+  element.addEventListener("click", onClick);
+  return element;
+}
+
+// Rows as they apply to the environment, each saying where it comes from
+// (`*` is inherited). Sensitive values arrive masked; an admin reveals one
+// on purpose, and readyd records that in the audit trail.
+async function loadConfig() {
+  const environment = $("config-environment").value.trim();
+  const { status, body } = await api(`/console/api/config?environment=${encodeURIComponent(environment)}`);
+  if (status === 401) { show(false); return; }
+  if (status !== 200) { $("config-message").textContent = (body && body.message) || `readyd answered ${status}`; return; }
+  $("config-message").textContent = "";
+  const rows = (body.entries || []).map((entry) => {
+    const tr = document.createElement("tr");
+    tr.dataset.key = entry.key;
+    tr.appendChild(cell(entry.key));
+    const value = cell(entry.redacted ? "•••••• (sensitive)" : JSON.stringify(entry.value));
+    value.className = "value";
+    tr.appendChild(value);
+    tr.appendChild(cell(entry.environment === "*" ? "* (inherited)" : entry.environment));
+    tr.appendChild(cell(String(entry.version)));
+    const actions = document.createElement("td");
+    if (access === "admin") {
+      if (entry.redacted) {
+        actions.appendChild(button("Reveal", async () => {
+          const request = { key: entry.key, environment: entry.environment };
+          const answer = await api("/console/api/config/reveal", { method: "POST", body: JSON.stringify(request) });
+          if (answer.status === 200) value.textContent = JSON.stringify(answer.body.value);
+          else $("config-message").textContent = (answer.body && answer.body.message) || `readyd answered ${answer.status}`;
+        }));
+      } else {
+        actions.appendChild(button("Edit", () => editConfig(entry)));
+      }
+      actions.appendChild(button("History", () => configAudit(entry.key)));
+    }
+    tr.appendChild(actions);
+    return tr;
+  });
+  $("config-rows").replaceChildren(...rows);
+}
+
+function editConfig(entry) {
+  const raw = window.prompt(`New value of ${entry.key} (${entry.environment}), as JSON`, JSON.stringify(entry.value));
+  if (raw === null) return;
+  let value;
+  try { value = JSON.parse(raw); } catch (_) { $("config-message").textContent = "the value must be JSON (a string in quotes)"; return; }
+  $("config-confirm-text").textContent = `Change ${entry.key} (${entry.environment}): ${JSON.stringify(entry.value)} → ${JSON.stringify(value)}?`;
+  $("config-confirm").hidden = false;
+  $("config-confirm-yes").onclick = async () => {
+    $("config-confirm").hidden = true;
+    const request = { key: entry.key, environment: entry.environment, value, expectedVersion: entry.version };
+    const { status, body } = await api("/console/api/config", { method: "POST", body: JSON.stringify(request) });
+    if (status === 409) $("config-message").textContent = `${entry.key} was changed by someone else meanwhile; the list now shows their change.`;
+    else $("config-message").textContent = status === 200 ? "" : (body && body.message) || `readyd answered ${status}`;
+    loadConfig();
+  };
+  $("config-confirm-no").onclick = () => { $("config-confirm").hidden = true; };
+}
+
+async function configAudit(key) {
+  const { status, body } = await api(`/console/api/config/audit?key=${encodeURIComponent(key)}`);
+  $("config-audit-title").hidden = false;
+  $("config-audit-title").textContent = `History of ${key}`;
+  if (status !== 200) { $("config-message").textContent = (body && body.message) || `readyd answered ${status}`; return; }
+  const action = (name) => (name || "").replace(/^CONFIG_AUDIT_ACTION_/, "").toLowerCase();
+  $("config-audit").replaceChildren(...(body.entries || []).map((entry) => {
+    const item = document.createElement("li");
+    const time = document.createElement("time");
+    time.textContent = (entry.changedAt || "").replace("T", " ").replace(/\..*$/, "");
+    const what = document.createElement("span");
+    const change = action(entry.action) === "reveal" ? "revealed"
+      : `${action(entry.action)}: ${JSON.stringify(entry.oldValue ?? null)} → ${JSON.stringify(entry.newValue ?? null)}`;
+    what.textContent = `${change} (${entry.environment})`;
+    const who = document.createElement("span");
+    who.className = "hint";
+    who.textContent = entry.actor;
+    item.append(time, what, who);
+    return item;
+  }));
+}
+
 async function start() {
+  $("config-refresh").addEventListener("click", loadConfig);
   $("timeline-range").addEventListener("change", loadTimeline);
   $("timeline-refresh").addEventListener("click", loadTimeline);
   $("history-range").addEventListener("change", loadHistory);
