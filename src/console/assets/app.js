@@ -92,7 +92,15 @@ function render(report) {
   $("checks").replaceChildren(...rows);
 }
 
+let ticks = 0;
+
 async function refresh() {
+  // The open page follows changes made anywhere (the API, the CLI, plain
+  // SQL) without a reload: the overview every second, lists every two
+  // (not while a change waits for its confirmation).
+  ticks += 1;
+  if (tab === "flags" && $("confirm").hidden && ticks % 2 === 0) { loadFlags(); return; }
+  if (tab === "config" && $("config-confirm").hidden && ticks % 2 === 0) { loadConfig(); return; }
   if (tab !== "overview") return;
   const { status, body } = await api("/console/api/health");
   if (status === 401) { show(false); return; }
