@@ -125,7 +125,9 @@ function renderFlags() {
   const rows = shown.map((flag) => {
     const tr = document.createElement("tr");
     tr.dataset.key = flag.key;
-    const name = cell(flag.key);
+    const name = document.createElement("td");
+    name.appendChild(button(flag.key, () => openFlag(flag)));
+    name.firstChild.className = "link";
     const description = document.createElement("span");
     description.className = "description";
     description.textContent = flag.description || "";
@@ -188,6 +190,103 @@ function propose(flag, change) {
     else if (status === 409) $("flags-message").textContent = `${flag.key} was changed by someone else meanwhile; the list now shows their change.`;
     else $("flags-message").textContent = (body && body.message) || `readyd answered ${status}`;
     loadFlags();
+  };
+  $("confirm-no").onclick = () => { $("confirm").hidden = true; };
+}
+
+// A flag's own page: every part of it, editable by an admin session, with
+// readyd's validation messages next to the field they are about.
+let openKey = null;
+
+function openFlag(flag) {
+  openKey = flag.key;
+  const form = $("flag-detail");
+  form.hidden = false;
+  $("flag-title").textContent = `${flag.key} (version ${flag.version}, ${(flag.valueType || "").replace(/^FLAG_VALUE_TYPE_/, "").toLowerCase()})`;
+  const field = (name) => form.elements.namedItem(name);
+  field("description").value = flag.description || "";
+  field("enabled").checked = Boolean(flag.enabled);
+  field("clientVisible").checked = Boolean(flag.clientVisible);
+  field("onValue").value = JSON.stringify(flag.onValue ?? null);
+  field("offValue").value = JSON.stringify(flag.offValue ?? null);
+  field("environments").value = (flag.environments || []).join(", ");
+  field("targetUsers").value = (flag.targetUsers || []).join("\n");
+  field("targetRoles").value = (flag.targetRoles || []).join(", ");
+  field("rolloutPercentage").value = String(flag.rolloutPercentage || 0);
+  field("targeting").value = flag.targeting ? JSON.stringify(flag.targeting, null, 2) : "";
+  for (const element of form.elements) element.disabled = access !== "admin" && element.id !== "flag-close";
+  showFieldErrors({});
+  form.scrollIntoView({ block: "nearest" });
+}
+
+function showFieldErrors(errors) {
+  for (const element of document.querySelectorAll("#flag-detail .field-error")) {
+    element.textContent = errors[element.dataset.field] || "";
+  }
+}
+
+// "rollout_percentage: is 150 …; targeting.rules[0].serve: …" → by field.
+function fieldErrors(message) {
+  const known = ["description", "on_value", "off_value", "environments", "target_users", "target_roles", "rollout_percentage", "targeting"];
+  const errors = {};
+  for (const part of (message || "").split("; ")) {
+    const at = part.indexOf(": ");
+    const path = at > 0 ? part.slice(0, at) : "";
+    const name = known.find((field) => path === field || path.startsWith(`${field}.`) || path.startsWith(`${field}[`)) || "other";
+    errors[name] = errors[name] ? `${errors[name]}; ${part}` : part;
+  }
+  return errors;
+}
+
+async function saveFlag(event) {
+  event.preventDefault();
+  const flag = flags.find((candidate) => candidate.key === openKey);
+  if (!flag) return;
+  const form = $("flag-detail");
+  const field = (name) => form.elements.namedItem(name);
+  const errors = {};
+  const json = (name, error) => {
+    const raw = field(name).value.trim();
+    if (!raw) return undefined;
+    try { return JSON.parse(raw); } catch (_) { errors[error] = "not JSON (a string needs quotes)"; return undefined; }
+  };
+  const list = (raw, separator) => raw.split(separator).map((item) => item.trim()).filter(Boolean);
+  const request = {
+    key: flag.key,
+    description: field("description").value,
+    enabled: field("enabled").checked,
+    clientVisible: field("clientVisible").checked,
+    valueType: flag.valueType,
+    onValue: json("onValue", "on_value"),
+    offValue: json("offValue", "off_value"),
+    environments: list(field("environments").value, ","),
+    targetUsers: list(field("targetUsers").value, "\n"),
+    targetRoles: list(field("targetRoles").value, ","),
+    rolloutPercentage: Number(field("rolloutPercentage").value),
+    targeting: json("targeting", "targeting") || {},
+    expectedVersion: flag.version,
+  };
+  if (Object.keys(errors).length) { showFieldErrors(errors); return; }
+  const changed = Object.keys(request).filter((name) =>
+    !["key", "valueType", "expectedVersion"].includes(name) &&
+    JSON.stringify(request[name] ?? null) !== JSON.stringify(flag[name] ?? (name === "targeting" ? {} : null)));
+  if (!changed.length) { showFieldErrors({ other: "nothing changed" }); return; }
+  $("confirm-text").textContent = `Change ${flag.key}: ${changed.map((name) =>
+    `${name}: ${JSON.stringify(flag[name] ?? null)} → ${JSON.stringify(request[name])}`).join(", ")}?`;
+  $("confirm").hidden = false;
+  $("confirm-yes").onclick = async () => {
+    $("confirm").hidden = true;
+    const { status, body } = await api("/console/api/flags", { method: "POST", body: JSON.stringify(request) });
+    if (status === 200) {
+      showFieldErrors({});
+      await loadFlags();
+      const saved = flags.find((candidate) => candidate.key === flag.key);
+      if (saved) openFlag(saved);
+    } else if (status === 409) {
+      showFieldErrors({ other: `${flag.key} was changed by someone else meanwhile; reopen it to see their change.` });
+    } else {
+      showFieldErrors(fieldErrors((body && body.message) || `readyd answered ${status}`));
+    }
   };
   $("confirm-no").onclick = () => { $("confirm").hidden = true; };
 }
@@ -454,6 +553,8 @@ async function start() {
   $("flag-search").addEventListener("input", renderFlags);
   $("flag-filter").addEventListener("change", renderFlags);
   $("try-form").addEventListener("submit", tryFlag);
+  $("flag-detail").addEventListener("submit", saveFlag);
+  $("flag-close").addEventListener("click", () => { $("flag-detail").hidden = true; openKey = null; });
   $("sign-in-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const token = $("token").value;
