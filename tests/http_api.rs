@@ -1175,7 +1175,8 @@ async fn the_bulk_answer_names_an_event_stream_that_says_refetch_when_a_flag_cha
         assert_eq!(refused.code, 401, "{path}: {refused:?}");
     }
 
-    // With it: an event stream that says refetchEvaluation on a change.
+    // With it: an event stream that says refetchEvaluation at once (what
+    // changed before it opened) and on a change.
     let (mut stream, head) = open_stream(http, &uri).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
@@ -1183,6 +1184,8 @@ async fn the_bulk_answer_names_an_event_stream_that_says_refetch_when_a_flag_cha
             .contains("content-type: text/event-stream"),
         "{head}"
     );
+    let opened = read_until(&mut stream, head, "refetchEvaluation").await;
+    assert_eq!(opened.matches("refetchEvaluation").count(), 1, "{opened}");
     let mut grpc = pb::flag_service_client::FlagServiceClient::new(server.channel().await);
     let mut request = tonic::Request::new(pb::UpsertFlagRequest {
         key: "banner".into(),
@@ -1195,7 +1198,7 @@ async fn the_bulk_answer_names_an_event_stream_that_says_refetch_when_a_flag_cha
         format!("Bearer {ADMIN}").parse().expect("header"),
     );
     grpc.upsert_flag(request).await.expect("upsert");
-    let seen = read_until(&mut stream, head, "refetchEvaluation").await;
+    let seen = read_until(&mut stream, String::new(), "refetchEvaluation").await;
     let data = seen
         .lines()
         .find(|line| line.contains("refetchEvaluation"))

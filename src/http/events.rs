@@ -98,13 +98,22 @@ fn refetch() -> Event {
     )
 }
 
-/// The stream: `refetchEvaluation` on every flag change, a comment every
-/// 20 s so proxies keep it open, and its end when readyd drains. Bounded
-/// by the same limit as the other event streams (`503` past it).
+/// The stream: `refetchEvaluation` at once and on every flag change, a
+/// comment every 20 s so proxies keep it open, and its end when readyd
+/// drains. Bounded by the same limit as the other event streams (`503`
+/// past it).
+///
+/// The first message covers what changed while no stream was open: between
+/// the bulk answer and the stream's first connect, and while a broken
+/// stream reconnects (a browser's `EventSource` reconnects by itself, and
+/// providers do not all refetch then). It costs one refetch per connect,
+/// usually answered `304`.
 pub fn stream(flagd: &FlagdCore) -> Result<Response, tonic::Status> {
-    let events = flagd.events(|kind, _| kind == "configuration_change")?;
-    // provider_ready and keep_alive say nothing a refetch needs: the SSE
-    // keep-alive comment covers the second.
+    // Subscribed before provider_ready is sent, so nothing falls between.
+    let events =
+        flagd.events(|kind, _| matches!(kind, "provider_ready" | "configuration_change"))?;
+    // keep_alive says nothing a refetch needs: the SSE keep-alive comment
+    // does its job.
     let messages = events
         .take_while(|changed| std::future::ready(changed.is_ok()))
         .filter_map(|changed| std::future::ready(matches!(changed, Ok(true)).then(refetch)))

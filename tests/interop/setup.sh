@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Installs the OpenFeature SDKs used by tests/openfeature_interop.rs, pinned,
-# under target/interop (kept between runs; reinstalled when a pin changes).
+# Installs the OpenFeature SDKs used by tests/openfeature_interop.rs and
+# tests/ofrep_browser.rs, pinned, under target/interop (kept between runs;
+# reinstalled when a pin changes).
 #   - Python: openfeature-sdk with openfeature-provider-flagd (gRPC resolver)
 #     and openfeature-provider-ofrep
 #   - Node.js: @openfeature/server-sdk with @openfeature/flagd-provider and
-#     @openfeature/ofrep-provider
+#     @openfeature/ofrep-provider (package.json)
+#   - the browser: @openfeature/web-sdk with @openfeature/ofrep-web-provider
+#     (ofrep_web/package.json), a project of its own because the web
+#     provider needs @openfeature/ofrep-core 2.x and the Node.js OFREP
+#     provider 0.1.x
 # Prints nothing on success but the tools' own errors.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -32,4 +37,12 @@ if ! cmp -s "$here/package.json" "$dir/node/package.json" 2>/dev/null \
     mkdir -p "$dir/node"
     cp "$here/package.json" "$dir/node/package.json"
     (cd "$dir/node" && npm install --silent --no-audit --no-fund >/dev/null)
+fi
+
+if ! cmp -s "$here/ofrep_web/package.json" "$dir/web/package.json" 2>/dev/null \
+    || [ ! -d "$dir/web/node_modules/@openfeature/ofrep-web-provider" ]; then
+    rm -rf "$dir/web"
+    mkdir -p "$dir/web"
+    cp "$here/ofrep_web/package.json" "$dir/web/package.json"
+    (cd "$dir/web" && npm install --silent --no-audit --no-fund >/dev/null)
 fi

@@ -1,0 +1,499 @@
+//! OpenFeature's web SDK with its OFREP web provider, unmodified
+//! (`@openfeature/ofrep-web-provider`, pinned in
+//! `tests/interop/ofrep_web/package.json`), in a page a real headless
+//! Chromium loads from another origin than readyd's: it must get readyd's
+//! own EvaluateFlag answers with a client token (and nothing of a flag not
+//! marked client-visible), and must see a flag change without a reload,
+//! through the OFREP event stream. `tests/interop/ofrep_web/driver.py` runs
+//! the browser through chromedriver; Chromium and chromedriver must be
+//! installed (`apt-get install chromium chromium-driver`).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use readyd::api::convert::{from_pb_value, to_pb_struct, to_pb_value};
+use readyd::api::pb::readyd::v1 as pb;
+use readyd::api::pb::readyd::v1::flag_service_client::FlagServiceClient;
+use serde_json::{Value, json};
+use support::{TestDb, TestServer, admin, admin_serve_args};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+use tonic::transport::Channel;
+
+const CLIENT: &str = "client-token-for-the-browser-test";
+const READER: &str = "read-token-for-the-browser-test";
+/// The flag whose change the page must see.
+const CHANGED: &str = "web_greeting";
+/// A flag not marked client-visible: the page must not see it.
+const HIDDEN: &str = "internal_kill_switch";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Fails, in one line, unless Chromium and chromedriver are on PATH.
+fn require_browser() {
+    let on_path = |name: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
+    };
+    assert!(
+        on_path("chromedriver") && (on_path("chromium") || on_path("chromium-browser")),
+        "Chromium and chromedriver are not installed: apt-get install chromium chromium-driver"
+    );
+}
+
+/// Installs the pinned packages once per test run (cached under
+/// target/interop).
+async fn setup() {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = tokio::task::spawn_blocking(|| {
+        DONE.get_or_init(|| {
+            let output = std::process::Command::new("bash")
+                .arg(root().join("tests/interop/setup.sh"))
+                .output()
+                .map_err(|err| format!("cannot run setup.sh: {err}"))?;
+            if output.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "installing the OpenFeature packages failed:\n{}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                ))
+            }
+        })
+        .clone()
+    })
+    .await
+    .expect("setup task");
+    if let Err(message) = result {
+        panic!("{message}");
+    }
+}
+
+/// The browser driver, running: its messages, and what ends it.
+struct Driver {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    /// The process group chromedriver runs in, Chromium's processes too.
+    chromedriver: Option<i32>,
+}
+
+impl Driver {
+    /// Starts the driver with `config`.
+    fn start(config: &Value) -> Driver {
+        let mut child = Command::new("python3")
+            .arg(root().join("tests/interop/ofrep_web/driver.py"))
+            .arg(config.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the browser driver (python3)");
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Driver {
+            child,
+            lines,
+            chromedriver: None,
+        }
+    }
+
+    /// The driver's next message, `what`, within `seconds`; fails the test
+    /// with what the driver said when it failed (once it has ended).
+    async fn next(&mut self, what: &str, seconds: u64) -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(seconds), self.lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no {what} from the browser driver within {seconds} s"))
+            .expect("read the driver's output")
+            .unwrap_or_else(|| panic!("the browser driver ended before {what}"));
+        let message: Value =
+            serde_json::from_str(&line).unwrap_or_else(|err| panic!("{err}: {line:?}"));
+        if message.get("failed").is_some() {
+            // Its clean-up, closing the browser, takes a few seconds.
+            let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+            panic!(
+                "the browser driver failed before {what}:\n{}",
+                serde_json::to_string_pretty(&message).unwrap_or(line)
+            );
+        }
+        if let Some(pid) = message.pointer("/started/chromedriver_pid") {
+            self.chromedriver = pid.as_i64().and_then(|pid| i32::try_from(pid).ok());
+        }
+        message
+            .get(what)
+            .cloned()
+            .unwrap_or_else(|| panic!("expected {what:?}, got {line}"))
+    }
+
+    /// Waits for the driver to exit, which it does once it has ended
+    /// chromedriver and Chromium.
+    async fn wait(&mut self) {
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("the browser driver exits")
+            .expect("wait for the browser driver");
+        assert!(status.success(), "the browser driver: {status:?}");
+        self.chromedriver = None;
+    }
+}
+
+impl Drop for Driver {
+    /// When the test failed with the driver still running: SIGTERM, on
+    /// which it closes the browser itself, 15 s for that, then SIGKILL for
+    /// it and for chromedriver's process group.
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id().and_then(|pid| i32::try_from(pid).ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.start_kill();
+        }
+        if let Some(group) = self.chromedriver.take() {
+            let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
+        }
+    }
+}
+
+/// The page's evaluation context, as OpenFeature writes it.
+fn page_context() -> Value {
+    json!({"targetingKey": "user-42", "roles": ["beta"], "country": "DE"})
+}
+
+/// The same context as readyd's gRPC API takes it.
+fn grpc_context() -> pb::EvaluationContext {
+    let mut attributes = serde_json::Map::new();
+    attributes.insert("country".into(), json!("DE"));
+    pb::EvaluationContext {
+        user_id: "user-42".into(),
+        roles: vec!["beta".into()],
+        attributes: Some(to_pb_struct(&attributes)),
+    }
+}
+
+/// The flags the page evaluates, with the type and default it asks with.
+fn page_flags() -> Value {
+    json!([
+        {"key": "web_checkout", "kind": "boolean", "default": false},
+        {"key": CHANGED, "kind": "string", "default": "(default)"},
+        {"key": "web_max_items", "kind": "number", "default": 0},
+        {"key": "web_theme", "kind": "object", "default": {}},
+        {"key": HIDDEN, "kind": "boolean", "default": false},
+    ])
+}
+
+/// The client-visible flags (every one of the page's but HIDDEN), sorted.
+fn visible_keys() -> Vec<String> {
+    let mut keys: Vec<String> = page_flags()
+        .as_array()
+        .expect("flags")
+        .iter()
+        .map(|flag| flag["key"].as_str().expect("key").to_owned())
+        .filter(|key| key != HIDDEN)
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// `CHANGED`: Germany and Austria get the `dach` variant (`greeting`),
+/// everyone else `on`.
+fn greeting(greeting: &str) -> pb::UpsertFlagRequest {
+    let serve = |variant: &str| {
+        Some(pb::Serve {
+            serve: Some(pb::serve::Serve::Variant(variant.into())),
+        })
+    };
+    pb::UpsertFlagRequest {
+        key: CHANGED.into(),
+        enabled: Some(true),
+        value_type: pb::FlagValueType::String.into(),
+        on_value: Some(to_pb_value(&json!("Hello"))),
+        off_value: Some(to_pb_value(&json!("Goodbye"))),
+        targeting: Some(pb::FlagTargeting {
+            variants: vec![pb::FlagVariant {
+                name: "dach".into(),
+                value: Some(to_pb_value(&json!(greeting))),
+            }],
+            rules: vec![pb::TargetingRule {
+                name: "german-speaking".into(),
+                constraints: vec![pb::Constraint {
+                    attribute: "country".into(),
+                    operator: "in".into(),
+                    values: vec!["DE".into(), "AT".into()],
+                    ..Default::default()
+                }],
+                serve: serve("dach"),
+                ..Default::default()
+            }],
+            default_serve: serve("on"),
+            ..Default::default()
+        }),
+        client_visible: Some(true),
+        ..Default::default()
+    }
+}
+
+/// The test's flags: a bool for role `beta` only, the greeting, a number,
+/// an object, and HIDDEN, which is not client-visible.
+async fn upsert_flags(grpc: &mut FlagServiceClient<Channel>) {
+    let plain =
+        |key: &str, value_type: pb::FlagValueType, on: Value, off: Value| pb::UpsertFlagRequest {
+            key: key.into(),
+            enabled: Some(true),
+            value_type: value_type.into(),
+            on_value: Some(to_pb_value(&on)),
+            off_value: Some(to_pb_value(&off)),
+            client_visible: Some(true),
+            ..Default::default()
+        };
+    let requests = [
+        pb::UpsertFlagRequest {
+            target_roles: vec!["beta".into()],
+            rollout_percentage: Some(0),
+            ..plain(
+                "web_checkout",
+                pb::FlagValueType::Bool,
+                json!(true),
+                json!(false),
+            )
+        },
+        greeting("Hallo"),
+        plain(
+            "web_max_items",
+            pb::FlagValueType::Number,
+            json!(25),
+            json!(10),
+        ),
+        plain(
+            "web_theme",
+            pb::FlagValueType::Object,
+            json!({"accent": "#3366cc", "dense": false}),
+            json!({"accent": "#777777", "dense": true}),
+        ),
+        pb::UpsertFlagRequest {
+            client_visible: None,
+            ..plain(HIDDEN, pb::FlagValueType::Bool, json!(true), json!(false))
+        },
+    ];
+    for request in requests {
+        let key = request.key.clone();
+        grpc.upsert_flag(admin(request))
+            .await
+            .unwrap_or_else(|status| panic!("upsert {key}: {status:?}"));
+    }
+}
+
+/// `value` with every number as f64, as JavaScript carries them.
+fn numbers_as_f64(value: &Value) -> Value {
+    match value {
+        Value::Number(n) => json!(n.as_f64()),
+        Value::Array(items) => Value::Array(items.iter().map(numbers_as_f64).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), numbers_as_f64(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// What the page must show for `key`: readyd's EvaluateFlag answer for the
+/// same context, its reason as OFREP names it.
+async fn expected(grpc: &mut FlagServiceClient<Channel>, key: &str) -> Value {
+    let answer = grpc
+        .evaluate_flag(admin(pb::EvaluateFlagRequest {
+            key: key.into(),
+            context: Some(grpc_context()),
+            explain: false,
+        }))
+        .await
+        .unwrap_or_else(|status| panic!("EvaluateFlag {key}: {status:?}"))
+        .into_inner();
+    let value = answer
+        .value
+        .clone()
+        .map(|value| from_pb_value(value).expect("value"))
+        .unwrap_or(Value::Null);
+    // OFREP knows these reasons; readyd's others read UNKNOWN there.
+    let reason = match answer
+        .reason()
+        .as_str_name()
+        .trim_start_matches("EVALUATION_REASON_")
+    {
+        reason @ ("STATIC" | "TARGETING_MATCH" | "SPLIT" | "DISABLED") => reason,
+        _ => "UNKNOWN",
+    };
+    json!({
+        "value": numbers_as_f64(&value),
+        "variant": answer.variant,
+        "reason": reason,
+        "errorCode": null,
+    })
+}
+
+/// The page's answers in `flags` (`{key: {value, variant, reason,
+/// errorCode}}`) must be readyd's for every client-visible flag, and
+/// FLAG_NOT_FOUND with the default for HIDDEN.
+async fn check_answers(grpc: &mut FlagServiceClient<Channel>, flags: &Value, when: &str) {
+    for key in visible_keys() {
+        let mut seen = flags[&key].clone();
+        seen["value"] = numbers_as_f64(&seen["value"]);
+        assert_eq!(seen, expected(grpc, &key).await, "{key} {when}");
+    }
+    assert_eq!(
+        flags[HIDDEN],
+        json!({"value": false, "variant": null, "reason": "ERROR", "errorCode": "FLAG_NOT_FOUND"}),
+        "{HIDDEN} is not client-visible ({when})"
+    );
+    // Though it exists, on for everyone.
+    assert_eq!(expected(grpc, HIDDEN).await["value"], true);
+}
+
+/// The event stream the page opened: exactly one, on readyd, opened once
+/// and never interrupted.
+fn the_stream<'a>(state: &'a Value, readyd: &str) -> &'a Value {
+    let streams = state["sse"].as_array().expect("sse");
+    assert_eq!(streams.len(), 1, "one EventSource: {streams:?}");
+    let stream = &streams[0];
+    assert!(
+        stream["url"]
+            .as_str()
+            .is_some_and(|url| url.starts_with(&format!("{readyd}/ofrep/v1/events?ticket="))),
+        "{stream}"
+    );
+    assert_eq!(
+        stream["opens"], 1,
+        "opened once, never reconnected: {stream}"
+    );
+    assert_eq!(stream["errors"], 0, "never interrupted: {stream}");
+    stream
+}
+
+#[tokio::test]
+async fn the_ofrep_web_provider_in_chromium_evaluates_and_follows_changes_over_sse() {
+    require_browser();
+    setup().await;
+    let db = TestDb::new().await;
+    let mut args = admin_serve_args(&db.url);
+    args.http_listen = "127.0.0.1:0".into();
+    args.cors_origin = vec!["*".into()];
+    args.read_token = Some(READER.into());
+    args.client_token = vec![CLIENT.into()];
+    let server = TestServer::start(args).await;
+    let readyd = format!("http://{}", server.http_addr.expect("an HTTP address"));
+    let mut grpc = FlagServiceClient::new(server.channel().await);
+    upsert_flags(&mut grpc).await;
+
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target directory")
+        .join("test-artifacts/ofrep-web.png");
+    let mut driver = Driver::start(&json!({
+        "readyd": readyd,
+        "token": CLIENT,
+        "context": page_context(),
+        "flags": page_flags(),
+        "watch": CHANGED,
+        "vendor": root().join("target/interop/web/node_modules/@openfeature"),
+        "screenshot": screenshot,
+        "deadline": 120,
+    }));
+    driver.next("started", 30).await;
+
+    // Ready: readyd's answers for the client-visible flags, nothing of the
+    // other one, and the event stream open.
+    let ready = driver.next("ready", 90).await;
+    check_answers(&mut grpc, &ready["initial"], "when ready").await;
+    assert_eq!(
+        ready["cachedKeys"],
+        json!(visible_keys()),
+        "the bulk answer holds the client-visible flags only"
+    );
+    the_stream(&ready, &readyd);
+    assert_eq!(ready["initial"][CHANGED]["value"], "Hallo");
+
+    // A change reaches the page by itself.
+    let mut change = greeting("Servus");
+    change.client_visible = None;
+    grpc.upsert_flag(admin(change))
+        .await
+        .expect("change the flag");
+    let changed_at = Instant::now();
+    let changed = driver.next("changed", 10).await;
+    let took = changed_at.elapsed();
+    assert_eq!(
+        changed["loadId"], ready["loadId"],
+        "the same page, not a reload"
+    );
+    assert_eq!(changed["navigations"], json!(["navigate"]));
+    let change = changed["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .find(|change| {
+            change["flagsChanged"]
+                .as_array()
+                .is_some_and(|keys| keys.iter().any(|key| key == CHANGED))
+        })
+        .expect("the change event");
+    assert_eq!(change["flags"][CHANGED]["value"], "Servus", "{change}");
+    check_answers(&mut grpc, &change["flags"], "after the change").await;
+    assert_eq!(changed["cachedKeys"], json!(visible_keys()));
+    // Told by the event stream: a refetchEvaluation message before the
+    // change, and a second bulk evaluation (the provider does not poll).
+    let stream = the_stream(&changed, &readyd);
+    let told_at = stream["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .find(|message| {
+            message["data"]
+                .as_str()
+                .and_then(|data| serde_json::from_str::<Value>(data).ok())
+                .is_some_and(|data| data["type"] == "refetchEvaluation")
+        })
+        .unwrap_or_else(|| panic!("no refetchEvaluation on the stream: {stream}"))["at"]
+        .as_f64()
+        .expect("when");
+    assert!(told_at <= change["at"].as_f64().expect("when"), "{changed}");
+    assert!(
+        changed["bulkEvaluations"]
+            .as_u64()
+            .is_some_and(|count| count >= 2),
+        "{changed}"
+    );
+
+    // Nothing went wrong on the page or in the browser's console.
+    let done = driver.next("done", 30).await;
+    let state = &done["state"];
+    assert_eq!(state["errors"], json!([]), "page errors");
+    assert_eq!(state["warnings"], json!([]), "console warnings");
+    assert_eq!(
+        state["providerEvents"],
+        json!([]),
+        "provider errors or stale"
+    );
+    let severe: Vec<&Value> = done["browser_log"]
+        .as_array()
+        .expect("browser log")
+        .iter()
+        .filter(|entry| entry["level"] != "INFO" && entry["level"] != "DEBUG")
+        .collect();
+    assert!(severe.is_empty(), "the browser's console: {severe:?}");
+    driver.wait().await;
+    eprintln!(
+        "the change reached the page {} ms after the write; screenshot: {}",
+        took.as_millis(),
+        screenshot.display()
+    );
+    server.stop().await;
+}
