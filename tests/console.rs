@@ -314,9 +314,19 @@ async fn an_admin_session_changes_flags_as_its_name_and_a_read_session_cannot() 
     let mut bad = change.clone();
     bad["rolloutPercentage"] = serde_json::json!(150);
     bad["expectedVersion"] = changed.json()["flag"]["version"].clone();
-    let refused = request(http, "POST", "/console/api/flags", &headers, &bad.to_string()).await;
+    let refused = request(
+        http,
+        "POST",
+        "/console/api/flags",
+        &headers,
+        &bad.to_string(),
+    )
+    .await;
     assert_eq!(refused.code, 400, "{refused:?}");
-    let message = refused.json()["message"].as_str().unwrap_or_default().to_owned();
+    let message = refused.json()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert!(message.starts_with("rollout_percentage: "), "{message}");
 
     // The try-it box explains.
