@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use readyd::api::pb::grpc_health_v1::health_check_response::ServingStatus;
 use support::{TestDb, TestServer, serve_args, wait_for_probe};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
