@@ -162,9 +162,15 @@ async fn a_stream_taken_before_sigterm_finishes_ok_after_the_goaway() {
 async fn during_the_drain_delay_readiness_is_not_serving_and_everything_is_still_served() {
     let db = TestDb::new().await;
     // Long enough that the test never races it: a second signal ends it.
-    let mut daemon = start(&db, &["--drain-delay", "10m"]).await;
+    let mut daemon = start(
+        &db,
+        &["--drain-delay", "10m", "--http-listen", "127.0.0.1:0"],
+    )
+    .await;
     let before = daemon.channel().await;
     wait_for_probe(before.clone(), "readiness", ServingStatus::Serving).await;
+    let http = daemon.http.expect("the HTTP surface");
+    assert_eq!(http_get(http, "/readyz").await, (200, "ok\n".to_owned()));
     let mut stream = FlagServiceClient::new(before.clone())
         .watch_flags(pb::WatchFlagsRequest::default())
         .await
@@ -177,6 +183,11 @@ async fn during_the_drain_delay_readiness_is_not_serving_and_everything_is_still
         .wait_for_log("leaving", Duration::from_secs(30))
         .await;
     wait_for_probe(before.clone(), "readiness", ServingStatus::NotServing).await;
+    // The HTTP probes say the same.
+    let (code, body) = http_get(http, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("[-]shutdown"), "{body}");
+    assert_eq!(http_get(http, "/livez").await.0, 200);
 
     // New connections are still accepted; liveness and the server still
     // serve, so the kubelet does not kill a pod that is leaving on purpose.
@@ -222,4 +233,28 @@ async fn after_the_drain_delay_readyd_drains_and_exits_zero() {
         .await;
     let status = daemon.wait(Duration::from_secs(30)).await;
     assert!(status.success(), "{status:?}");
+}
+
+/// `GET path` over HTTP/1.1: the status code and the body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("send");
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+        .await
+        .expect("an answer within 10 s")
+        .expect("read");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("head and body");
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status code");
+    (code, body.to_owned())
 }
