@@ -225,6 +225,16 @@ def serve_manifest(binary, manifest_path, container, env, data_dir):
                 if line.startswith("process_resident_memory_bytes "):
                     rss = float(line.split()[1]) / (1024 * 1024)
                     print(f"{manifest_path}: resident memory after start {rss:.1f} MiB")
+        http_addr = env.get("READYD_HTTP_LISTEN", "off")
+        if http_addr != "off":
+            port = http_addr.rsplit(":", 1)[1]
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as answer:
+                if answer.read().decode() != "ok\n":
+                    raise SystemExit("/readyz is not ok")
+            if env.get("READYD_CONSOLE") == "true":
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/console", timeout=5) as answer:
+                    if "Sign in" not in answer.read().decode():
+                        raise SystemExit("/console is not the console's page")
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=30)
         if code != 0:
