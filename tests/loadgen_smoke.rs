@@ -9,8 +9,14 @@ mod support;
 #[path = "../benches/loadgen/baseline.rs"]
 mod baseline;
 #[allow(dead_code)]
+#[path = "../benches/loadgen/http1.rs"]
+mod http1;
+#[allow(dead_code)]
 #[path = "../benches/loadgen/load.rs"]
 mod load;
+#[allow(dead_code)]
+#[path = "../benches/loadgen/ofrep.rs"]
+mod ofrep;
 #[allow(dead_code)]
 #[path = "../benches/loadgen/process.rs"]
 mod process;
@@ -119,6 +125,23 @@ async fn every_scenario_runs_and_reads_never_touch_the_database() {
         relay.restart_fresh.len(),
         plan.restarts,
         "every restart timed"
+    );
+
+    let ofrep = results.ofrep.expect("OFREP");
+    for (name, run) in [
+        ("HTTP baseline", Some(&ofrep.baseline)),
+        ("HTTP baseline after", Some(&ofrep.baseline_after)),
+        ("OFREP single", ofrep.single.as_ref()),
+        ("OFREP bulk", ofrep.bulk.as_ref()),
+    ] {
+        let run = &run.expect(name).load;
+        assert!(run.requests > 0, "{name}: no request answered");
+        assert_eq!(run.errors, 0, "{name}: {:?}", run.first_error);
+    }
+    assert_eq!(
+        ofrep.bulk_flags,
+        scenarios::BATCH,
+        "a client token sees exactly the client-visible flags"
     );
 
     let queries = results.queries.expect("queries");

@@ -1,6 +1,6 @@
 //! The closed-loop load driver: `concurrency` callers share `connections`
-//! HTTP/2 connections, each sending its next request as soon as its last one
-//! answered, for a fixed time or a fixed number of requests. Latencies go to
+//! HTTP/2 connections (or, over HTTP/1.1, have one each), each sending its
+//! next request as soon as its last one answered, for a fixed time or a fixed number of requests. Latencies go to
 //! an HDR histogram in microseconds.
 
 use std::future::Future;
@@ -94,16 +94,19 @@ impl Dice {
 
 /// Runs `call` from `shape.concurrency` callers over `channels` for
 /// `duration`, or until `limit` requests were sent when one is given.
-/// `call` gets a channel and the caller's dice.
-pub async fn run<F, Fut>(
-    channels: &[Channel],
+/// `call` gets a channel (caller `i` uses channel `i % channels.len()`) and
+/// the caller's dice. A channel is a tonic `Channel` for gRPC, or an
+/// HTTP/1.1 connection of its own per caller ([`crate::http1`]).
+pub async fn run<C, F, Fut>(
+    channels: &[C],
     concurrency: usize,
     duration: Duration,
     limit: Option<u64>,
     call: F,
 ) -> LoadReport
 where
-    F: Fn(Channel, &mut Dice) -> Fut + Clone + Send + Sync + 'static,
+    C: Clone + Send + 'static,
+    F: Fn(C, &mut Dice) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<(), String>> + Send,
 {
     let sent = Arc::new(AtomicU64::new(0));

@@ -1,6 +1,7 @@
 //! The load generator: readyd's scenarios against the release binary, each
 //! next to a baseline measured in the same run (a bare tonic server with an
-//! empty unary RPC, started the same way on the same core).
+//! empty unary RPC, or for the HTTP scenarios a bare axum server answering
+//! a constant body, started the same way on the same core).
 //!
 //! Run: `cargo bench --bench loadgen -- [--scenario NAME ...] [--connections
 //! N] [--concurrency N] [--duration 10s] ...` (`--help` lists them;
@@ -13,7 +14,9 @@ mod support;
 
 #[allow(dead_code)]
 mod baseline;
+mod http1;
 mod load;
+mod ofrep;
 #[allow(dead_code)]
 mod process;
 mod relay;
@@ -37,10 +40,11 @@ struct Args {
     /// Scenarios to run (repeatable); all when none is named.
     #[arg(long = "scenario", value_enum)]
     scenarios: Vec<Scenario>,
-    /// HTTP/2 connections of the throughput scenarios.
+    /// HTTP/2 connections of the gRPC throughput scenarios.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Requests in flight at once in the throughput scenarios.
+    /// Requests in flight at once in the throughput scenarios (the OFREP
+    /// ones open as many HTTP/1.1 connections: one request in flight each).
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
     /// Length of each measured run.
@@ -94,6 +98,9 @@ struct Args {
     /// Serve the baseline (how the load generator starts it).
     #[arg(long, hide = true)]
     serve_baseline: bool,
+    /// Serve the HTTP baseline (how the load generator starts it).
+    #[arg(long, hide = true)]
+    serve_http_baseline: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -136,6 +143,10 @@ fn main() {
     let args = Args::parse();
     if args.serve_baseline {
         baseline::serve_forever();
+        return;
+    }
+    if args.serve_http_baseline {
+        baseline::serve_http_forever();
         return;
     }
     let pinning = Pinning::detect(!args.no_pin);

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::ofrep::Ofrep;
 use crate::relay::{Deliveries, Fleet, Relay, UPSTREAM_POOL};
 use crate::scenarios::{BATCH, Bench, Results, Throughput};
 
@@ -58,10 +59,13 @@ fn mib(bytes: Option<u64>) -> String {
 
 /// The baseline's throughput: the mean of the runs before and after.
 fn baseline_rates(results: &Results) -> (f64, Option<f64>) {
-    let runs: Vec<&Throughput> = [&results.baseline, &results.baseline_after]
-        .into_iter()
-        .flatten()
-        .collect();
+    mean_rates(&[results.baseline.as_ref(), results.baseline_after.as_ref()])
+}
+
+/// The mean throughput of `runs` (those there), per second of wall time
+/// and per server CPU-second.
+fn mean_rates(runs: &[Option<&Throughput>]) -> (f64, Option<f64>) {
+    let runs: Vec<&Throughput> = runs.iter().copied().flatten().collect();
     if runs.is_empty() {
         return (0.0, None);
     }
@@ -251,6 +255,9 @@ pub fn print(bench: &Bench, results: &Results) {
     }
     if let Some(relay) = &results.relay {
         print_relay(bench, relay);
+    }
+    if let Some(ofrep) = &results.ofrep {
+        print_ofrep(ofrep);
     }
     if let Some(q) = &results.queries {
         println!("## Database statements during reads (pg_stat_activity of the bench database)");
@@ -506,4 +513,76 @@ fn print_relay(bench: &Bench, relay: &Relay) {
         );
         println!();
     }
+}
+
+/// The OFREP scenarios, with ratios to the HTTP baseline's mean of its runs
+/// before and after, and their goals.
+fn print_ofrep(ofrep: &Ofrep) {
+    let base = mean_rates(&[Some(&ofrep.baseline), Some(&ofrep.baseline_after)]);
+    println!(
+        "## OFREP over HTTP/1.1 keep-alive ({} connections, one request in flight each; \
+         ratios to the HTTP baseline's mean of its runs before and after)",
+        ofrep.connections
+    );
+    println!();
+    println!(
+        "| Run | per s | ratio | per server CPU-second | ratio | server core busy | p50 ms | p99 ms | errors |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    throughput_row(
+        "baseline (axum, constant JSON body), before",
+        &ofrep.baseline,
+        1.0,
+        base,
+    );
+    throughput_row(
+        "baseline (axum, constant JSON body), after",
+        &ofrep.baseline_after,
+        1.0,
+        base,
+    );
+    if let Some(run) = &ofrep.single {
+        throughput_row(
+            "OFREP single (bench_rollout: 100 targets, 50 % rollout, random users)",
+            run,
+            1.0,
+            base,
+        );
+    }
+    if let Some(run) = &ofrep.bulk {
+        let flags = ofrep.bulk_flags;
+        throughput_row(
+            &format!("OFREP bulk, {flags} client-visible flags, If-None-Match: 304s"),
+            run,
+            1.0,
+            base,
+        );
+        throughput_row(
+            &format!("OFREP bulk, {flags} flags: evaluations"),
+            run,
+            flags as f64,
+            base,
+        );
+    }
+    println!();
+    let share = |run: &Throughput| base.1.map(|b| run.per_server_core().unwrap_or(0.0) / b);
+    if let Some(share) = ofrep.single.as_ref().and_then(share) {
+        println!(
+            "Goal OFREP single >= 70 % of the baseline per server core: {:.0} %, {}",
+            share * 100.0,
+            goal(share >= 0.70)
+        );
+    }
+    if let Some(share) = ofrep.bulk.as_ref().and_then(share) {
+        println!(
+            "Goal OFREP bulk of 50 with a matching If-None-Match >= 90 % of the baseline per server core: {:.0} %, {}",
+            share * 100.0,
+            goal(share >= 0.90 && ofrep.bulk_flags == BATCH)
+        );
+        println!(
+            "Bulk answers 200 instead of 304 (a new ETag: readyd's ticket window rolled over): {}",
+            ofrep.bulk_refetches
+        );
+    }
+    println!();
 }

@@ -56,6 +56,12 @@ pub enum Scenario {
     /// Relay mode: an upstream and a fleet of followers (connections,
     /// propagation to every follower, memory, restart to fresh data).
     Relay,
+    /// OFREP single evaluation over HTTP/1.1 keep-alive, next to a bare
+    /// axum server.
+    Ofrep,
+    /// OFREP bulk evaluation of 50 client-visible flags answered 304 by
+    /// `If-None-Match`, next to the same bare axum server.
+    OfrepBulk,
 }
 
 /// How big each scenario is.
@@ -216,6 +222,8 @@ pub struct Results {
     pub queries: Option<Queries>,
     /// Relay mode.
     pub relay: Option<Relay>,
+    /// OFREP over HTTP/1.1, with its own baseline.
+    pub ofrep: Option<crate::ofrep::Ofrep>,
 }
 
 /// The address in readyd's "readyd is serving" line (text logs).
@@ -324,8 +332,25 @@ where
     Fut: std::future::Future<Output = Result<(), String>> + Send,
 {
     let channels = load::connect(server.addr, shape.connections).await;
+    measure(server, &channels, shape, call).await
+}
+
+/// Warms up, then measures `call` from `shape.concurrency` callers over
+/// `channels` to `server`, with the server's CPU time over the measured
+/// run.
+pub(crate) async fn measure<C, F, Fut>(
+    server: &Server,
+    channels: &[C],
+    shape: LoadShape,
+    call: F,
+) -> Throughput
+where
+    C: Clone + Send + 'static,
+    F: Fn(C, &mut Dice) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
     load::run(
-        &channels,
+        channels,
         shape.concurrency,
         shape.warmup,
         None,
@@ -333,7 +358,7 @@ where
     )
     .await;
     let before = server.cpu_time();
-    let load = load::run(&channels, shape.concurrency, shape.duration, None, call).await;
+    let load = load::run(channels, shape.concurrency, shape.duration, None, call).await;
     let server_cpu = before
         .zip(server.cpu_time())
         .map(|(b, a)| a.saturating_sub(b));
@@ -437,6 +462,10 @@ impl Bench {
             .env_remove("READYD_UPSTREAM")
             .env_remove("READYD_CHECKS")
             .env_remove("READYD_LOG")
+            .env_remove("READYD_CLIENT_TOKEN")
+            .env_remove("READYD_CLIENT_RATE_LIMIT")
+            .env_remove("READYD_HTTP_LISTEN")
+            .env_remove("READYD_CORS_ORIGIN")
             .env("NO_COLOR", "1");
     }
 
@@ -480,12 +509,20 @@ impl Bench {
             }
         }
 
-        let on_one_readyd = scenarios
-            .iter()
-            .any(|scenario| !matches!(scenario, Scenario::Start | Scenario::Relay));
+        let on_one_readyd = scenarios.iter().any(|scenario| {
+            !matches!(
+                scenario,
+                Scenario::Start | Scenario::Relay | Scenario::Ofrep | Scenario::OfrepBulk
+            )
+        });
         if on_one_readyd {
             self.run_on_one_readyd(&db, data_dir.path(), &wants, &mut results)
                 .await;
+        }
+        // A readyd of their own, alone on the server core.
+        if wants(Scenario::Ofrep) || wants(Scenario::OfrepBulk) {
+            let (single, bulk) = (wants(Scenario::Ofrep), wants(Scenario::OfrepBulk));
+            results.ofrep = Some(self.ofrep(&db, data_dir.path(), single, bulk).await);
         }
         // After the other scenarios' readyd has stopped: the database then
         // has the upstream's sessions only (and this program's).

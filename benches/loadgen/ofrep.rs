@@ -1,0 +1,301 @@
+//! The OFREP scenarios: readyd's HTTP surface over HTTP/1.1 keep-alive, next
+//! to the HTTP baseline (a bare axum server answering a constant body,
+//! `baseline::start_http`) measured in the same run, before and after.
+//!
+//! - `ofrep`: `POST /ofrep/v1/evaluate/flags/bench_rollout` with a random
+//!   user, no token (the run sets no read token, as for the gRPC scenarios).
+//! - `ofrep-bulk`: `POST /ofrep/v1/evaluate/flags` with a client token,
+//!   which sees exactly the 50 flags marked `client_visible`, and the
+//!   `If-None-Match` of the answer's `ETag`: readyd evaluates the 50 flags,
+//!   finds the answer unchanged and says `304` without a body, which is
+//!   what a browser page polling its flags costs.
+//!
+//! readyd runs on its own for these (a second readyd, after the scenarios
+//! sharing one have stopped), with `--http-listen`, one client token and
+//! `--client-rate-limit 0`: the default limit (1,000 requests per second
+//! per token) would answer most of the load `429`.
+//!
+//! HTTP/1.1 has one request in flight per connection, so every caller has
+//! a connection of its own: `--concurrency` connections (32 by default),
+//! with TCP_NODELAY on the client's side.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::baseline;
+use crate::http1::{self, Connection, exchange};
+use crate::load::Dice;
+use crate::process::Server;
+use crate::scenarios::{BATCH, BaselineMode, Bench, ROLLOUT_FLAG, Throughput, measure};
+use crate::support::TestDb;
+
+/// The client token of the bulk scenario.
+const CLIENT_TOKEN: &str = "loadgen-client-token";
+/// Users drawn at random by the single scenario (as the gRPC one).
+const USERS: u64 = 10_000;
+/// The path of the single scenario: the gRPC EvaluateFlag scenario's flag.
+const SINGLE_PATH: &str = "/ofrep/v1/evaluate/flags/bench_rollout";
+/// The path of a bulk evaluation.
+const BULK_PATH: &str = "/ofrep/v1/evaluate/flags";
+/// The bulk scenario's context: one page's user, a target of no flag.
+const BULK_BODY: &str = r#"{"context":{"targetingKey":"visitor-1"}}"#;
+/// The JSON content type.
+const JSON: (&str, &str) = ("Content-Type", "application/json");
+
+/// A single evaluation's body: a random user who is not an admin or staff
+/// (the gRPC scenario's context).
+fn single_body(dice: &mut Dice) -> String {
+    format!(
+        r#"{{"context":{{"targetingKey":"user-{}","roles":["member"]}}}}"#,
+        dice.below(USERS)
+    )
+}
+
+/// One single evaluation with `body`, which must answer 200 with a value.
+async fn evaluate_once(connection: Connection, body: String) -> Result<(), String> {
+    let answer = exchange(&connection, "POST", SINGLE_PATH, &[JSON], body.as_bytes()).await?;
+    if answer.status != 200 || !contains(&answer.body, b"\"value\"") {
+        return Err(format!("{}: {}", answer.status, answer.text()));
+    }
+    Ok(())
+}
+
+/// One request to the HTTP baseline, as [`evaluate_once`] to readyd.
+async fn baseline_once(connection: Connection, body: String) -> Result<(), String> {
+    let answer = exchange(&connection, "POST", SINGLE_PATH, &[JSON], body.as_bytes()).await?;
+    if answer.status == 200 && answer.body == baseline::HTTP_BODY.as_bytes() {
+        Ok(())
+    } else {
+        Err(format!("the baseline answered {}", answer.status))
+    }
+}
+
+/// Whether `haystack` contains `needle`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+/// What the bulk callers share: the `Authorization` value, the ETag to
+/// send, and how often the answer was a 200 instead (the ETag changed:
+/// readyd's ticket window, 10 min, rolled over during the run).
+#[derive(Clone)]
+struct BulkState {
+    authorization: Arc<str>,
+    etag: Arc<RwLock<Arc<str>>>,
+    refetches: Arc<AtomicU64>,
+}
+
+/// A bulk evaluation with `authorization`, and `If-None-Match: etag` when
+/// given.
+async fn bulk(
+    connection: &Connection,
+    authorization: &str,
+    etag: Option<&str>,
+) -> Result<http1::Answer, String> {
+    let mut headers = vec![JSON, ("Authorization", authorization)];
+    if let Some(etag) = etag {
+        headers.push(("If-None-Match", etag));
+    }
+    exchange(
+        connection,
+        "POST",
+        BULK_PATH,
+        &headers,
+        BULK_BODY.as_bytes(),
+    )
+    .await
+}
+
+/// One bulk evaluation with the shared ETag: 304 expected; a 200 with a
+/// new ETag is taken (and counted), anything else is an error.
+async fn bulk_once(connection: Connection, state: BulkState) -> Result<(), String> {
+    let etag = Arc::clone(
+        &state
+            .etag
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    );
+    let answer = bulk(&connection, &state.authorization, Some(&etag)).await?;
+    match answer.status {
+        304 if answer.body.is_empty() => Ok(()),
+        200 => {
+            let etag = answer.header("etag").ok_or("a 200 without an ETag")?;
+            *state
+                .etag
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = etag.into();
+            state.refetches.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        status => Err(format!("{status}: {}", answer.text())),
+    }
+}
+
+/// The OFREP scenarios' figures.
+pub struct Ofrep {
+    /// The HTTP baseline before readyd's runs.
+    pub baseline: Throughput,
+    /// The same after them.
+    pub baseline_after: Throughput,
+    /// Single evaluations, when run.
+    pub single: Option<Throughput>,
+    /// Bulk evaluations answered 304, when run.
+    pub bulk: Option<Throughput>,
+    /// Flags in the bulk answer (read once, with a 200).
+    pub bulk_flags: usize,
+    /// Bulk requests answered 200 instead of 304 during the runs (a new
+    /// ETag: readyd's ticket window rolled over).
+    pub bulk_refetches: u64,
+    /// HTTP/1.1 connections (one request in flight on each).
+    pub connections: usize,
+}
+
+/// The address in readyd's "readyd is serving" line's `http=` field.
+fn readyd_http_address(line: &str) -> Option<SocketAddr> {
+    if !line.contains("readyd is serving") {
+        return None;
+    }
+    line.split(" http=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Polls `GET /readyz` on `addr` until it answers 200.
+async fn wait_until_ready(addr: SocketAddr) {
+    let connection = http1::connect(addr, 1).await.remove(0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match exchange(&connection, "GET", "/readyz", &[], &[]).await {
+            Ok(answer) if answer.status == 200 => return,
+            Ok(_) => {}
+            Err(error) => panic!("readyd's /readyz: {error}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readyd did not turn ready in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+impl Bench {
+    /// The HTTP baseline, as a pinned child or a task.
+    async fn start_http_baseline(&self) -> Server {
+        match &self.baseline {
+            BaselineMode::Child(program) => {
+                let mut command = self.pinning.server_command(program);
+                command.arg("--serve-http-baseline");
+                Server::spawn(command, baseline::http_address_in).await.0
+            }
+            BaselineMode::InProcess => {
+                let stop = CancellationToken::new();
+                let addr = baseline::start_http(stop.clone()).await;
+                Server::in_process(addr, stop)
+            }
+        }
+    }
+
+    /// readyd with its HTTP surface, the client token and no rate limit,
+    /// pinned like every server; its `addr` is the HTTP one.
+    async fn start_http_readyd(&self, db: &TestDb, data_dir: &Path) -> Server {
+        let mut command = self.pinning.server_command(&self.readyd);
+        self.readyd_settings(&mut command, "loadgen-http", data_dir);
+        command
+            .arg("--database-url")
+            .arg(&db.url)
+            .args(["--http-listen", "127.0.0.1:0", "--client-rate-limit", "0"])
+            .env("READYD_CLIENT_TOKEN", CLIENT_TOKEN);
+        let (server, _) = Server::spawn(command, readyd_http_address).await;
+        wait_until_ready(server.addr).await;
+        server
+    }
+
+    /// Runs the OFREP scenarios wanted (`single`, `bulk`) on `db`.
+    pub async fn ofrep(&self, db: &TestDb, data_dir: &Path, single: bool, bulk: bool) -> Ofrep {
+        assert!(
+            SINGLE_PATH.ends_with(ROLLOUT_FLAG),
+            "the gRPC scenario's flag"
+        );
+        // Exactly the bulk's flags are client-visible (before readyd starts,
+        // so its first snapshot has them).
+        sqlx::query(
+            "UPDATE feature_flags SET client_visible = (key IN \
+               (SELECT format('bench_flag_%s', lpad(i::text, 4, '0')) \
+                FROM generate_series(0, $1 - 1) AS i))",
+        )
+        .bind(BATCH as i64)
+        .execute(&db.pool)
+        .await
+        .expect("mark the client-visible flags");
+
+        let shape = self.plan.shape;
+        let connections = shape.concurrency.max(1);
+        let readyd = self.start_http_readyd(db, data_dir).await;
+        let baseline = self.start_http_baseline().await;
+
+        let base_connections = http1::connect(baseline.addr, connections).await;
+        let call =
+            |connection: Connection, dice: &mut Dice| baseline_once(connection, single_body(dice));
+        let before = measure(&baseline, &base_connections, shape, call).await;
+
+        let readyd_connections = http1::connect(readyd.addr, connections).await;
+        let single_run = if single {
+            let evaluate = |connection: Connection, dice: &mut Dice| {
+                evaluate_once(connection, single_body(dice))
+            };
+            Some(measure(&readyd, &readyd_connections, shape, evaluate).await)
+        } else {
+            None
+        };
+
+        let (mut bulk_flags, mut bulk_refetches) = (0, 0);
+        let bulk_run = if bulk {
+            let authorization: Arc<str> = format!("Bearer {CLIENT_TOKEN}").into();
+            let first = self::bulk(&readyd_connections[0], &authorization, None)
+                .await
+                .expect("a first bulk evaluation");
+            assert_eq!(first.status, 200, "{}", first.text());
+            let answer: serde_json::Value =
+                serde_json::from_slice(&first.body).expect("a JSON bulk answer");
+            bulk_flags = answer["flags"].as_array().map_or(0, Vec::len);
+            let etag = first.header("etag").expect("the bulk answer has an ETag");
+            let state = BulkState {
+                authorization,
+                etag: Arc::new(RwLock::new(etag.into())),
+                refetches: Arc::new(AtomicU64::new(0)),
+            };
+            let refetches = Arc::clone(&state.refetches);
+            let call =
+                move |connection: Connection, _: &mut Dice| bulk_once(connection, state.clone());
+            let run = measure(&readyd, &readyd_connections, shape, call).await;
+            bulk_refetches = refetches.load(Ordering::Relaxed);
+            Some(run)
+        } else {
+            None
+        };
+
+        let after = measure(&baseline, &base_connections, shape, call).await;
+        drop((base_connections, readyd_connections));
+        baseline.stop().await;
+        readyd.stop().await;
+        Ofrep {
+            baseline: before,
+            baseline_after: after,
+            single: single_run,
+            bulk: bulk_run,
+            bulk_flags,
+            bulk_refetches,
+            connections,
+        }
+    }
+}
