@@ -65,6 +65,9 @@ pub struct Resolved {
     pub disabled: bool,
     /// `{"flag_version": …, "provider": "readyd"}`.
     pub metadata: Struct,
+    /// The evaluated flag's version: with the variant and the reason, it
+    /// says what the answer is (a value is its flag version's variant).
+    pub flag_version: i64,
 }
 
 fn string_value(text: &str) -> Value {
@@ -212,6 +215,7 @@ impl FlagdCore {
             reason: evaluation.reason.open_feature_name(),
             disabled,
             metadata: metadata(evaluation.flag_version),
+            flag_version: evaluation.flag_version,
         }
     }
 
@@ -293,9 +297,11 @@ impl FlagdCore {
         let snapshot = self.state.snapshot();
         let stale = self.state.freshness().is_stale();
         let mut tally = Tally::default();
+        // The snapshot's own sorted list, made once per snapshot: sorting
+        // a thousand keys per request was most of a bulk evaluation.
         let answers = snapshot
-            .flags_with_prefix("")
-            .into_iter()
+            .flags_sorted()
+            .iter()
             .filter(|flag| audience.sees(flag.flag()))
             .map(|flag| {
                 (

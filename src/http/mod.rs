@@ -156,6 +156,10 @@ pub async fn serve(
     surface: Arc<HttpSurface>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // No Nagle delay: h2c frames and event-stream messages go out at once.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(
         listener,
         router(surface).into_make_service_with_connect_info::<std::net::SocketAddr>(),

@@ -141,13 +141,7 @@ pub fn evaluate_all(
         }
     };
     let (answers, _) = flagd.resolve_all_context(&context, audience);
-    let flags: Vec<Value> = answers
-        .iter()
-        .map(|(key, resolved)| success(key, resolved))
-        .collect();
-    let mut body = json!({ "flags": flags });
-    let etag = etag(&body, window);
-    body["eventStreams"] = super::events::descriptor(ticket);
+    let etag = etag(&answers, window);
     let matches = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|value| value.to_str().ok())
@@ -167,6 +161,12 @@ pub fn evaluate_all(
         }
         return response;
     }
+    // The body only when it is sent.
+    let flags: Vec<Value> = answers
+        .iter()
+        .map(|(key, resolved)| success(key, resolved))
+        .collect();
+    let body = json!({ "flags": flags, "eventStreams": super::events::descriptor(ticket) });
     let mut response = json_response(StatusCode::OK, &body);
     if let Some((name, value)) = etag_header {
         response.headers_mut().insert(name, value);
@@ -174,11 +174,18 @@ pub fn evaluate_all(
     response
 }
 
-/// The entity tag of a bulk answer: a hash of exactly what it says, and
-/// of the ticket window it was given in.
-fn etag(body: &Value, window: u64) -> String {
+/// The entity tag of a bulk answer: a hash of what it says (each flag's
+/// key, version, variant and reason determine its answer: a value is its
+/// flag version's variant), and of the ticket window it was given in.
+fn etag(answers: &[(String, Resolved)], window: u64) -> String {
     let mut hasher = std::hash::DefaultHasher::new();
-    body.to_string().hash(&mut hasher);
+    for (key, resolved) in answers {
+        key.hash(&mut hasher);
+        resolved.flag_version.hash(&mut hasher);
+        resolved.variant.hash(&mut hasher);
+        resolved.reason.hash(&mut hasher);
+        resolved.disabled.hash(&mut hasher);
+    }
     window.hash(&mut hasher);
     format!("\"{:016x}\"", hasher.finish())
 }
@@ -214,13 +221,30 @@ mod tests {
 
     #[test]
     fn the_etag_follows_the_answer() {
-        let a = etag(&json!({"flags": [{"key": "a", "value": true}]}), 1);
-        let same = etag(&json!({"flags": [{"key": "a", "value": true}]}), 1);
-        let other = etag(&json!({"flags": [{"key": "a", "value": false}]}), 1);
-        let later = etag(&json!({"flags": [{"key": "a", "value": true}]}), 2);
-        assert_eq!(a, same);
-        assert_ne!(a, other);
-        assert_ne!(a, later, "a new ticket window is a new answer");
+        let answer = |version: i64, variant: &str, reason: &'static str| {
+            vec![(
+                "a".to_owned(),
+                Resolved {
+                    value: json!(variant == "on"),
+                    variant: variant.to_owned(),
+                    reason,
+                    disabled: false,
+                    metadata: prost_types::Struct::default(),
+                    flag_version: version,
+                },
+            )]
+        };
+        let a = etag(&answer(1, "on", "STATIC"), 1);
+        assert_eq!(a, etag(&answer(1, "on", "STATIC"), 1));
+        assert_ne!(a, etag(&answer(1, "off", "STATIC"), 1), "another variant");
+        assert_ne!(a, etag(&answer(2, "on", "STATIC"), 1), "another version");
+        assert_ne!(a, etag(&answer(1, "on", "STALE"), 1), "another reason");
+        assert_ne!(
+            a,
+            etag(&answer(1, "on", "STATIC"), 2),
+            "a new ticket window"
+        );
+        assert_ne!(a, etag(&[], 1));
         assert!(a.starts_with('"') && a.ends_with('"'));
     }
 
