@@ -63,10 +63,10 @@ pub struct Resolved {
     pub reason: &'static str,
     /// Whether the flag is disabled (v2 then leaves value and variant unset).
     pub disabled: bool,
-    /// `{"flag_version": …, "provider": "readyd"}`.
-    pub metadata: Struct,
     /// The evaluated flag's version: with the variant and the reason, it
     /// says what the answer is (a value is its flag version's variant).
+    /// The answers' metadata (`{"flag_version": …, "provider": "readyd"}`)
+    /// is made from it only when an answer is written.
     pub flag_version: i64,
 }
 
@@ -214,7 +214,6 @@ impl FlagdCore {
             variant: evaluation.variant.to_owned(),
             reason: evaluation.reason.open_feature_name(),
             disabled,
-            metadata: metadata(evaluation.flag_version),
             flag_version: evaluation.flag_version,
         }
     }
@@ -493,7 +492,7 @@ fn v1_any(resolved: Resolved) -> v1::AnyFlag {
         reason: resolved.reason.to_owned(),
         variant: resolved.variant.clone(),
         value,
-        metadata: Some(resolved.metadata),
+        metadata: Some(metadata(resolved.flag_version)),
     }
 }
 
@@ -511,7 +510,7 @@ fn v2_any(resolved: Resolved) -> v2::AnyFlag {
         reason: resolved.reason.to_owned(),
         variant: (!resolved.disabled).then(|| resolved.variant.clone()),
         value,
-        metadata: Some(resolved.metadata),
+        metadata: Some(metadata(resolved.flag_version)),
     }
 }
 
@@ -554,7 +553,7 @@ impl v1::service_server::Service for FlagdV1 {
             value: resolved.value.as_bool().unwrap_or_default(),
             reason: resolved.reason.to_owned(),
             variant: resolved.variant.clone(),
-            metadata: Some(resolved.metadata),
+            metadata: Some(metadata(resolved.flag_version)),
         }))
     }
 
@@ -570,7 +569,7 @@ impl v1::service_server::Service for FlagdV1 {
             value: resolved.value.as_str().unwrap_or_default().to_owned(),
             reason: resolved.reason.to_owned(),
             variant: resolved.variant.clone(),
-            metadata: Some(resolved.metadata),
+            metadata: Some(metadata(resolved.flag_version)),
         }))
     }
 
@@ -586,7 +585,7 @@ impl v1::service_server::Service for FlagdV1 {
             value: resolved.value.as_f64().unwrap_or_default(),
             reason: resolved.reason.to_owned(),
             variant: resolved.variant.clone(),
-            metadata: Some(resolved.metadata),
+            metadata: Some(metadata(resolved.flag_version)),
         }))
     }
 
@@ -602,7 +601,7 @@ impl v1::service_server::Service for FlagdV1 {
             value: as_i64(&resolved.value),
             reason: resolved.reason.to_owned(),
             variant: resolved.variant.clone(),
-            metadata: Some(resolved.metadata),
+            metadata: Some(metadata(resolved.flag_version)),
         }))
     }
 
@@ -618,7 +617,7 @@ impl v1::service_server::Service for FlagdV1 {
             value: Some(json_struct(&resolved.value)),
             reason: resolved.reason.to_owned(),
             variant: resolved.variant.clone(),
-            metadata: Some(resolved.metadata),
+            metadata: Some(metadata(resolved.flag_version)),
         }))
     }
 
@@ -664,7 +663,7 @@ impl v2::service_server::Service for FlagdV2 {
             value: on.then(|| resolved.value.as_bool()).flatten(),
             reason: resolved.reason.to_owned(),
             variant: on.then(|| resolved.variant.clone()),
-            metadata: Some(resolved.metadata),
+            metadata: Some(metadata(resolved.flag_version)),
         }))
     }
 
@@ -683,7 +682,7 @@ impl v2::service_server::Service for FlagdV2 {
                 .flatten(),
             reason: resolved.reason.to_owned(),
             variant: on.then(|| resolved.variant.clone()),
-            metadata: Some(resolved.metadata),
+            metadata: Some(metadata(resolved.flag_version)),
         }))
     }
 
@@ -700,7 +699,7 @@ impl v2::service_server::Service for FlagdV2 {
             value: on.then(|| resolved.value.as_f64()).flatten(),
             reason: resolved.reason.to_owned(),
             variant: on.then(|| resolved.variant.clone()),
-            metadata: Some(resolved.metadata),
+            metadata: Some(metadata(resolved.flag_version)),
         }))
     }
 
@@ -717,7 +716,7 @@ impl v2::service_server::Service for FlagdV2 {
             value: on.then(|| as_i64(&resolved.value)),
             reason: resolved.reason.to_owned(),
             variant: on.then(|| resolved.variant.clone()),
-            metadata: Some(resolved.metadata),
+            metadata: Some(metadata(resolved.flag_version)),
         }))
     }
 
@@ -734,7 +733,7 @@ impl v2::service_server::Service for FlagdV2 {
             value: on.then(|| json_struct(&resolved.value)),
             reason: resolved.reason.to_owned(),
             variant: on.then(|| resolved.variant.clone()),
-            metadata: Some(resolved.metadata),
+            metadata: Some(metadata(resolved.flag_version)),
         }))
     }
 

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::json_response;
 use crate::api::auth::Audience;
-use crate::api::convert::{from_pb_value, to_pb_struct};
+use crate::api::convert::to_pb_struct;
 use crate::api::flagd::{FlagdCore, Resolved, Wanted, context_of};
 
 /// The token of an OFREP request: `Authorization: Bearer …`, or the
@@ -71,17 +71,11 @@ pub fn reason(open_feature: &str) -> &'static str {
 
 /// One successful evaluation as OFREP writes it.
 fn success(key: &str, resolved: &Resolved) -> Value {
-    let mut metadata = from_pb_value(prost_types::Value {
-        kind: Some(prost_types::value::Kind::StructValue(
-            resolved.metadata.clone(),
-        )),
-    })
-    .unwrap_or_else(|_| json!({}));
+    // The flagd protocol's metadata, written directly.
+    let mut metadata = json!({ "flag_version": resolved.flag_version, "provider": "readyd" });
     let reason = reason(resolved.reason);
-    if reason != resolved.reason
-        && let Some(metadata) = metadata.as_object_mut()
-    {
-        metadata.insert("readydReason".to_owned(), json!(resolved.reason));
+    if reason != resolved.reason {
+        metadata["readydReason"] = json!(resolved.reason);
     }
     json!({
         "key": key,
@@ -229,7 +223,6 @@ mod tests {
                     variant: variant.to_owned(),
                     reason,
                     disabled: false,
-                    metadata: prost_types::Struct::default(),
                     flag_version: version,
                 },
             )]
