@@ -277,6 +277,17 @@ impl Tokens {
     }
 }
 
+/// The token of an `authorization: Bearer <token>` header value; `None`
+/// when it is not one.
+fn bearer_token(value: &http::HeaderValue) -> Option<&str> {
+    let value = value.to_str().ok()?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+}
+
 /// Decides a call to `path` with the given `authorization` header value,
 /// by the tokens `tokens` recognises. Never logs or echoes the token.
 pub fn authorize(
@@ -300,25 +311,14 @@ pub fn authorize(
     }
     let presented = match authorization {
         None => None,
-        Some(value) => {
-            let token = value
-                .to_str()
-                .ok()
-                .and_then(|v| {
-                    v.strip_prefix("Bearer ")
-                        .or_else(|| v.strip_prefix("bearer "))
-                })
-                .map(str::trim)
-                .filter(|t| !t.is_empty());
-            match token {
-                Some(token) => Some(token),
-                None => {
-                    return Err(Status::unauthenticated(
-                        "malformed authorization header; expected `authorization: Bearer <token>`",
-                    ));
-                }
+        Some(value) => match bearer_token(value) {
+            Some(token) => Some(token),
+            None => {
+                return Err(Status::unauthenticated(
+                    "malformed authorization header; expected `authorization: Bearer <token>`",
+                ));
             }
-        }
+        },
     };
     let is = |role| presented.is_some_and(|token| tokens.matches(role, token));
     let is_admin = is(Role::Admin);
@@ -382,15 +382,7 @@ pub fn authorize_evaluation(
     tokens: &dyn TokenCheck,
     authorization: Option<&http::HeaderValue>,
 ) -> Result<Audience, Status> {
-    let presented = authorization
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| {
-            value
-                .strip_prefix("Bearer ")
-                .or_else(|| value.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    if let Some(token) = presented
+    if let Some(token) = authorization.and_then(bearer_token)
         && tokens.has(Role::Client)
         && tokens.matches(Role::Client, token)
     {

@@ -28,7 +28,7 @@ use crate::api::pb::readyd::v1::deployment_service_server::DeploymentService;
 use crate::api::pb::readyd::v1::flag_service_server::FlagService;
 use crate::api::pb::readyd::v1::health_service_server::HealthService;
 use crate::http::limit::{RateLimit, retry_after_secs};
-use crate::http::{HttpSurface, call_as, error, json, json_response, message_name};
+use crate::http::{HttpSurface, call_as, error, json, json_response, message_name, query_param};
 use session::{Access, Session};
 
 /// The session cookie's name.
@@ -330,10 +330,7 @@ async fn list_flags(
         Ok(session) => session,
         Err(refused) => return *refused,
     };
-    let page_token = url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
-        .find(|(name, _)| name == "page_token")
-        .map(|(_, value)| value.into_owned())
-        .unwrap_or_default();
+    let page_token = query_param(&uri, "page_token").unwrap_or_default();
     let message = pb::ListFlagsRequest {
         prefix: String::new(),
         page_size: 1000,
@@ -357,20 +354,45 @@ async fn upsert_flag(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    const PATH: &str = "/readyd.v1.FlagService/UpsertFlag";
-    let session = match admin_session(&surface, &headers) {
+    let flags = surface.flags.clone();
+    admin_change(
+        &surface,
+        &headers,
+        &body,
+        "/readyd.v1.FlagService/UpsertFlag",
+        |_: &mut pb::UpsertFlagRequest, _| {},
+        |request| async move { flags.upsert_flag(request).await },
+    )
+    .await
+}
+
+/// An admin session's change: the session and its CSRF token checked, the
+/// JSON body read as the request of the gRPC call `path`, `stamp` naming
+/// the session in messages that carry their own actor field, then the call
+/// made as the session (its name the actor).
+async fn admin_change<Req, Resp, Fut>(
+    surface: &HttpSurface,
+    headers: &HeaderMap,
+    body: &[u8],
+    path: &str,
+    stamp: impl FnOnce(&mut Req, &Session),
+    handler: impl FnOnce(tonic::Request<Req>) -> Fut,
+) -> Response
+where
+    Req: prost::Message + Default,
+    Resp: prost::Message,
+    Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+{
+    let session = match admin_session(surface, headers) {
         Ok(session) => session,
         Err(refused) => return *refused,
     };
-    let message: pb::UpsertFlagRequest = match body_message(PATH, &body) {
+    let mut message: Req = match body_message(path, body) {
         Ok(message) => message,
         Err(refused) => return *refused,
     };
-    let flags = surface.flags.clone();
-    call_as_session(&session, PATH, message, |request| async move {
-        flags.upsert_flag(request).await
-    })
-    .await
+    stamp(&mut message, &session);
+    call_as_session(&session, path, message, handler).await
 }
 
 /// `POST /console/api/evaluate` with an `EvaluateFlagRequest`: the "try
@@ -421,10 +443,7 @@ async fn list_deployments(
         Ok(session) => session,
         Err(refused) => return *refused,
     };
-    let environment = url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
-        .find(|(name, _)| name == "environment")
-        .map(|(_, value)| value.into_owned())
-        .unwrap_or_default();
+    let environment = query_param(&uri, "environment").unwrap_or_default();
     let message = pb::ListDeploymentsRequest {
         environment,
         page_size: 50,
@@ -447,20 +466,17 @@ async fn record_deployment(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    const PATH: &str = "/readyd.v1.DeploymentService/RecordDeployment";
-    let session = match admin_session(&surface, &headers) {
-        Ok(session) => session,
-        Err(refused) => return *refused,
-    };
-    let mut message: pb::RecordDeploymentRequest = match body_message(PATH, &body) {
-        Ok(message) => message,
-        Err(refused) => return *refused,
-    };
-    message.deployed_by = session.actor.clone();
     let deployments = surface.deployments.clone();
-    call_as_session(&session, PATH, message, |request| async move {
-        deployments.record_deployment(request).await
-    })
+    admin_change(
+        &surface,
+        &headers,
+        &body,
+        "/readyd.v1.DeploymentService/RecordDeployment",
+        |message: &mut pb::RecordDeploymentRequest, session| {
+            message.deployed_by = session.actor.clone();
+        },
+        |request| async move { deployments.record_deployment(request).await },
+    )
     .await
 }
 
@@ -471,20 +487,17 @@ async fn record_rollback(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    const PATH: &str = "/readyd.v1.DeploymentService/RecordRollback";
-    let session = match admin_session(&surface, &headers) {
-        Ok(session) => session,
-        Err(refused) => return *refused,
-    };
-    let mut message: pb::RecordRollbackRequest = match body_message(PATH, &body) {
-        Ok(message) => message,
-        Err(refused) => return *refused,
-    };
-    message.actor = session.actor.clone();
     let deployments = surface.deployments.clone();
-    call_as_session(&session, PATH, message, |request| async move {
-        deployments.record_rollback(request).await
-    })
+    admin_change(
+        &surface,
+        &headers,
+        &body,
+        "/readyd.v1.DeploymentService/RecordRollback",
+        |message: &mut pb::RecordRollbackRequest, session| {
+            message.actor = session.actor.clone();
+        },
+        |request| async move { deployments.record_rollback(request).await },
+    )
     .await
 }
 
@@ -533,14 +546,6 @@ fn hours_param(uri: &axum::http::Uri) -> Result<u64, Box<Response>> {
             "hours: a whole number from 1 to 168",
         ))),
     }
-}
-
-/// The last value of query parameter `name`.
-fn query_param(uri: &axum::http::Uri, name: &str) -> Option<String> {
-    url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
-        .filter(|(n, _)| n == name)
-        .map(|(_, value)| value.into_owned())
-        .last()
 }
 
 /// `GET /console/api/timeline?hours=N&environment=E`: deployments,
@@ -674,19 +679,15 @@ async fn set_config(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    const PATH: &str = "/readyd.v1.ConfigService/SetConfig";
-    let session = match admin_session(&surface, &headers) {
-        Ok(session) => session,
-        Err(refused) => return *refused,
-    };
-    let message: pb::SetConfigRequest = match body_message(PATH, &body) {
-        Ok(message) => message,
-        Err(refused) => return *refused,
-    };
     let config = surface.config.clone();
-    call_as_session(&session, PATH, message, |request| async move {
-        config.set_config(request).await
-    })
+    admin_change(
+        &surface,
+        &headers,
+        &body,
+        "/readyd.v1.ConfigService/SetConfig",
+        |_: &mut pb::SetConfigRequest, _| {},
+        |request| async move { config.set_config(request).await },
+    )
     .await
 }
 

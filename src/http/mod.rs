@@ -244,6 +244,15 @@ fn bad_param(message: &str) -> Response {
     error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message)
 }
 
+/// The last value of query parameter `name` of `uri`, if it has one.
+pub(crate) fn query_param(uri: &Uri, name: &str) -> Option<String> {
+    query_pairs(uri)
+        .into_iter()
+        .rev()
+        .find(|(n, _)| n == name)
+        .map(|(_, value)| value)
+}
+
 /// The last value of query parameter `name`, or empty.
 fn text_param(pairs: &[(String, String)], name: &str) -> String {
     pairs
