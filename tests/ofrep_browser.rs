@@ -10,10 +10,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use support::interop::{root, setup};
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
@@ -33,10 +33,6 @@ const CHANGED: &str = "web_greeting";
 /// A flag not marked client-visible: the page must not see it.
 const HIDDEN: &str = "internal_kill_switch";
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// Fails, in one line, unless Chromium and chromedriver are on PATH.
 fn require_browser() {
     let on_path = |name: &str| {
@@ -47,35 +43,6 @@ fn require_browser() {
         on_path("chromedriver") && (on_path("chromium") || on_path("chromium-browser")),
         "Chromium and chromedriver are not installed: apt-get install chromium chromium-driver"
     );
-}
-
-/// Installs the pinned packages once per test run (cached under
-/// target/interop).
-async fn setup() {
-    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
-    let result = tokio::task::spawn_blocking(|| {
-        DONE.get_or_init(|| {
-            let output = std::process::Command::new("bash")
-                .arg(root().join("tests/interop/setup.sh"))
-                .output()
-                .map_err(|err| format!("cannot run setup.sh: {err}"))?;
-            if output.status.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "installing the OpenFeature packages failed:\n{}{}",
-                    String::from_utf8_lossy(&output.stdout),
-                    String::from_utf8_lossy(&output.stderr)
-                ))
-            }
-        })
-        .clone()
-    })
-    .await
-    .expect("setup task");
-    if let Err(message) = result {
-        panic!("{message}");
-    }
 }
 
 /// The browser driver, running: its messages, and what ends it.

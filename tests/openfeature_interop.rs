@@ -12,8 +12,8 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::time::Duration;
+use support::interop::{root, setup};
 
 use readyd::api::convert::from_pb_value;
 use readyd::api::pb::readyd::v1 as pb;
@@ -22,38 +22,6 @@ use serde_json::{Value, json};
 use support::{TestDb, TestServer, serve_args};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Installs the SDKs once per test run (cached under target/interop).
-async fn setup() {
-    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
-    let result = tokio::task::spawn_blocking(|| {
-        DONE.get_or_init(|| {
-            let output = std::process::Command::new("bash")
-                .arg(root().join("tests/interop/setup.sh"))
-                .output()
-                .map_err(|err| format!("cannot run setup.sh: {err}"))?;
-            if output.status.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "installing the OpenFeature SDKs failed:\n{}{}",
-                    String::from_utf8_lossy(&output.stdout),
-                    String::from_utf8_lossy(&output.stderr)
-                ))
-            }
-        })
-        .clone()
-    })
-    .await
-    .expect("setup task");
-    if let Err(message) = result {
-        panic!("{message}");
-    }
-}
 
 /// A database with the cases' flags and a readyd on it; `http`: with its
 /// HTTP surface on.

@@ -9,6 +9,7 @@
 
 pub mod cluster;
 pub mod daemon;
+pub mod interop;
 pub mod metrics;
 pub mod proxy;
 pub mod rng;
