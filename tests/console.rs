@@ -685,3 +685,45 @@ async fn sensitive_values_stay_masked_until_an_admin_reveals_one_and_that_is_aud
     assert_eq!(edited.code, 200, "{edited:?}");
     assert!(edited.body.contains("\"ana\""), "{edited:?}");
 }
+
+#[tokio::test]
+async fn every_console_api_route_needs_a_session_and_changes_need_an_admin_one() {
+    let db = TestDb::new().await;
+    let server = start(&db).await;
+    let http = server.http_addr.expect("an HTTP address");
+    let json = "Content-Type: application/json\r\n";
+    for (method, path) in [
+        ("GET", "/console/api/session"),
+        ("GET", "/console/api/health"),
+        ("GET", "/console/api/health-history"),
+        ("GET", "/console/api/timeline"),
+        ("GET", "/console/api/flags"),
+        ("POST", "/console/api/flags"),
+        ("POST", "/console/api/evaluate"),
+        ("GET", "/console/api/deployments"),
+        ("POST", "/console/api/deployments"),
+        ("POST", "/console/api/rollback"),
+        ("GET", "/console/api/config"),
+        ("POST", "/console/api/config"),
+        ("POST", "/console/api/config/reveal"),
+        ("GET", "/console/api/config/audit"),
+        ("POST", "/console/api/sign-out"),
+    ] {
+        let refused = request(http, method, path, json, "{}").await;
+        assert_eq!(refused.code, 401, "{method} {path}: {refused:?}");
+    }
+    let (cookie, csrf) = session(http, READER, "ben").await;
+    let headers = format!("{cookie}{csrf}");
+    for path in [
+        "/console/api/flags",
+        "/console/api/deployments",
+        "/console/api/rollback",
+        "/console/api/config",
+        "/console/api/config/reveal",
+    ] {
+        let refused = request(http, "POST", path, &headers, "{}").await;
+        assert_eq!(refused.code, 403, "a read session, {path}: {refused:?}");
+    }
+    let refused = request(http, "GET", "/console/api/config/audit", &cookie, "").await;
+    assert_eq!(refused.code, 403, "{refused:?}");
+}
