@@ -17,7 +17,7 @@
 //! - `case_insensitive` applies to `in`, `not_in`, the `str_*` operators and
 //!   `regex`.
 
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
 use std::cmp::Ordering;
 use std::fmt;
 
@@ -306,12 +306,38 @@ pub struct CompiledConstraint {
 }
 
 /// What an evaluation knows besides the context.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Surroundings<'a> {
     /// This instance's environment.
     pub environment: &'a str,
+    /// The time of the evaluation, read from the clock the first time a
+    /// constraint asks (most evaluations never do), then the same for every
+    /// constraint of the evaluation, whether a flag's own or a segment's.
+    now: OnceCell<DateTime<Utc>>,
+}
+
+impl<'a> Surroundings<'a> {
+    /// An evaluation in `environment`, now.
+    pub fn new(environment: &'a str) -> Self {
+        Surroundings {
+            environment,
+            now: OnceCell::new(),
+        }
+    }
+
+    /// An evaluation in `environment` at `now` (tests, explanations of a
+    /// past moment).
+    pub fn at(environment: &'a str, now: DateTime<Utc>) -> Self {
+        Surroundings {
+            environment,
+            now: OnceCell::from(now),
+        }
+    }
+
     /// The time of the evaluation.
-    pub now: DateTime<Utc>,
+    pub fn now(&self) -> DateTime<Utc> {
+        *self.now.get_or_init(Utc::now)
+    }
 }
 
 impl Constraint {
@@ -513,9 +539,9 @@ impl CompiledConstraint {
             Attribute::Environment => self.test_text(around.environment),
             Attribute::CurrentTime => match &self.test {
                 Test::Exists => true,
-                Test::Date(date) => self.compare(around.now.cmp(date)),
+                Test::Date(date) => self.compare(around.now().cmp(date)),
                 // Other operators on the time read its RFC 3339 text.
-                _ => self.test_text(&around.now.to_rfc3339()),
+                _ => self.test_text(&around.now().to_rfc3339()),
             },
             Attribute::Field { name, slot } => match reader.field(name, *slot) {
                 None | Some(Value::Null) => false,
@@ -670,10 +696,10 @@ mod tests {
     }
 
     fn around() -> Surroundings<'static> {
-        Surroundings {
-            environment: "production",
-            now: parse_date("2026-12-06T12:00:00Z").expect("date"),
-        }
+        Surroundings::at(
+            "production",
+            parse_date("2026-12-06T12:00:00Z").expect("date"),
+        )
     }
 
     fn ctx(attributes: Value) -> EvaluationContext {

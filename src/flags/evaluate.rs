@@ -12,7 +12,6 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use foldhash::fast::RandomState;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
@@ -154,6 +153,12 @@ impl CompiledFlag {
     /// The flag's version.
     pub fn version(&self) -> i64 {
         self.flag.version
+    }
+
+    /// Whether one of its rules' own constraints reads the clock
+    /// (`current_time`); segments it names say so themselves.
+    pub fn reads_time(&self) -> bool {
+        self.targeting.as_ref().is_some_and(|t| t.reads_time)
     }
 
     /// Whether the flag targets anyone (users, roles, rules or
@@ -368,15 +373,8 @@ fn run<'a>(
     if let Some(targeting) = targeting
         && (!targeting.rules.is_empty() || targeting.default_serve.is_some())
     {
-        let around = Surroundings {
-            environment,
-            // The clock only for flags whose constraints read it.
-            now: if targeting.reads_time {
-                Utc::now()
-            } else {
-                DateTime::UNIX_EPOCH
-            },
-        };
+        // The clock is read only if a constraint asks, a segment's too.
+        let around = Surroundings::new(environment);
         match decide(
             &flag.flag.key,
             &targeting.rules,
@@ -723,5 +721,49 @@ mod tests {
         }
         let e = flags["a"].evaluate("prod", &EvaluationContext::default(), &flags);
         assert_eq!(e.reason, Reason::PrerequisiteFailed);
+    }
+
+    /// Flags and segments for a test.
+    struct WithSegments(HashMap<String, Box<[CompiledConstraint]>>);
+
+    impl FlagLookup for WithSegments {
+        fn compiled_flag(&self, _key: &str) -> Option<&CompiledFlag> {
+            None
+        }
+
+        fn segment_constraints(&self, key: &str) -> Option<&[CompiledConstraint]> {
+            self.0.get(key).map(|constraints| &**constraints)
+        }
+    }
+
+    #[test]
+    fn a_segment_reading_the_clock_sees_the_time_even_when_the_rule_does_not() {
+        let since = |date: &str| {
+            crate::flags::segment::check_segment(
+                "launched",
+                "",
+                &[serde_json::from_value(json!(
+                    {"attribute": "current_time", "operator": "date_after", "values": [date]}
+                ))
+                .expect("a constraint")],
+            )
+            .expect("a valid segment")
+        };
+        let flag = compiled(with_targeting(json!({
+            "rules": [{"name": "after launch", "segments": ["launched"], "serve": {"variant": "on"}}],
+            "default_serve": {"variant": "off"}
+        })));
+        let past = WithSegments(HashMap::from([(
+            "launched".to_owned(),
+            since("2020-01-01T00:00:00Z"),
+        )]));
+        let e = flag.evaluate("prod", &ctx("42", json!({})), &past);
+        assert_eq!((e.variant, e.reason), ("on", Reason::TargetingMatch));
+        let future = WithSegments(HashMap::from([(
+            "launched".to_owned(),
+            since("2999-01-01T00:00:00Z"),
+        )]));
+        let e = flag.evaluate("prod", &ctx("42", json!({})), &future);
+        assert_eq!((e.variant, e.reason), ("off", Reason::Default));
     }
 }

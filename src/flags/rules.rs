@@ -446,13 +446,12 @@ mod tests {
     }
 
     fn around() -> Surroundings<'static> {
-        Surroundings {
-            environment: "production",
-            now: Utc
-                .with_ymd_and_hms(2026, 12, 6, 12, 0, 0)
+        Surroundings::at(
+            "production",
+            Utc.with_ymd_and_hms(2026, 12, 6, 12, 0, 0)
                 .single()
                 .expect("time"),
-        }
+        )
     }
 
     fn c(attribute: &str, operator: &str, values: &[&str]) -> Constraint {

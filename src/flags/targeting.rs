@@ -98,7 +98,8 @@ pub struct CompiledTargeting {
     pub(super) rules: Box<[CompiledRule]>,
     pub(super) default_serve: Option<CompiledServe>,
     pub(super) prerequisites: Box<[CompiledPrerequisite]>,
-    /// Whether a constraint reads the clock (so the others skip reading it).
+    /// Whether a rule's own constraint reads the clock (a segment's are
+    /// the segment's).
     pub(super) reads_time: bool,
 }
 
