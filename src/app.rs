@@ -322,6 +322,7 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
             client_limit: crate::http::limit::RateLimit::new(settings.client_rate_limit),
             console: settings.console.then(crate::console::Console::default),
             store: store.clone(),
+            bulk_cache: crate::http::BulkCache::default(),
         });
         let stop = http_stop.clone();
         tokio::spawn(crate::http::serve(listener, surface, async move {

@@ -896,6 +896,97 @@ async fn ofrep_evaluates_as_evaluate_flag_with_its_error_shapes_and_etags() {
     server.stop().await;
 }
 
+/// A bulk answer that depends on the clock is never answered from memory:
+/// when a rule's time comes, a poll with the old ETag gets the new answer
+/// though no flag changed (the snapshot's version is the same).
+#[tokio::test]
+async fn a_bulk_answer_that_reads_the_clock_is_evaluated_on_every_poll() {
+    use readyd::api::pb::readyd::v1 as pb;
+    let db = TestDb::new().await;
+    let server = start(&db, |args| args.admin_token = Some(ADMIN.into())).await;
+    let http = server.http_addr.expect("an HTTP address");
+    // On from three seconds from now.
+    let from = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let bool_value = |b: bool| {
+        Some(prost_types::Value {
+            kind: Some(prost_types::value::Kind::BoolValue(b)),
+        })
+    };
+    let serve = |name: &str| {
+        Some(pb::Serve {
+            serve: Some(pb::serve::Serve::Variant(name.into())),
+        })
+    };
+    let mut request = tonic::Request::new(pb::UpsertFlagRequest {
+        key: "launch_banner".into(),
+        enabled: Some(true),
+        value_type: pb::FlagValueType::Bool.into(),
+        on_value: bool_value(true),
+        off_value: bool_value(false),
+        targeting: Some(pb::FlagTargeting {
+            rules: vec![pb::TargetingRule {
+                name: "launched".into(),
+                constraints: vec![pb::Constraint {
+                    attribute: "current_time".into(),
+                    operator: "date_after".into(),
+                    values: vec![from.to_rfc3339()],
+                    ..Default::default()
+                }],
+                serve: serve("on"),
+                ..Default::default()
+            }],
+            default_serve: serve("off"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN}").parse().expect("header"),
+    );
+    pb::flag_service_client::FlagServiceClient::new(server.channel().await)
+        .upsert_flag(request)
+        .await
+        .expect("upsert launch_banner");
+
+    let bulk_path = "/ofrep/v1/evaluate/flags";
+    let body = r#"{"context": {"targetingKey": "u1"}}"#;
+    let first = post(http, bulk_path, body, None, JSON).await;
+    assert_eq!(first.code, 200, "{first:?}");
+    let banner = |answer: &Answer| {
+        answer.json()["flags"]
+            .as_array()
+            .and_then(|flags| flags.iter().find(|f| f["key"] == "launch_banner"))
+            .map(|flag| flag["variant"].clone())
+    };
+    let etag = first.header("etag").expect("an ETag").to_owned();
+    let poll = format!("{JSON}If-None-Match: {etag}\r\n");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let changed = loop {
+        let answer = post(http, bulk_path, body, None, &poll).await;
+        if answer.code == 200 {
+            break answer;
+        }
+        assert_eq!(answer.code, 304, "{answer:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rule's time came and went, and every poll was still 304"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if chrono::Utc::now() <= from {
+        panic!("the answer changed before the rule's time: {changed:?}");
+    }
+    assert_eq!(banner(&first), Some(serde_json::json!("off")), "{first:?}");
+    assert_eq!(
+        banner(&changed),
+        Some(serde_json::json!("on")),
+        "{changed:?}"
+    );
+    assert_ne!(changed.header("etag"), Some(etag.as_str()));
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn cors_answers_preflights_for_listed_origins_only() {
     let db = TestDb::new().await;

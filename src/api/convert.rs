@@ -82,6 +82,28 @@ pub fn from_pb_struct(s: Struct) -> Result<serde_json::Map<String, serde_json::V
         .collect()
 }
 
+/// `json` as it reads after a trip through `google.protobuf.Value`
+/// ([`to_pb_value`] then [`from_pb_value`]), without building the protobuf
+/// values: every number as the double it becomes (a whole one as an
+/// integer), refused when no JSON number can hold it. What an HTTP client
+/// sends then means exactly what the same value means over gRPC.
+pub fn through_pb(json: serde_json::Value) -> Result<serde_json::Value, String> {
+    match json {
+        serde_json::Value::Number(n) => number(n.as_f64().unwrap_or(f64::NAN)),
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .map(through_pb)
+            .collect::<Result<Vec<_>, _>>()
+            .map(serde_json::Value::Array),
+        serde_json::Value::Object(map) => map
+            .into_iter()
+            .map(|(k, v)| through_pb(v).map(|v| (k, v)))
+            .collect::<Result<_, _>>()
+            .map(serde_json::Value::Object),
+        other => Ok(other),
+    }
+}
+
 /// Largest integer a double holds exactly.
 const MAX_EXACT: f64 = 9_007_199_254_740_992.0;
 

@@ -146,6 +146,62 @@ pub fn context_of(context: Option<Struct>) -> Result<EvaluationContext, Status> 
     })
 }
 
+/// [`context_of`] for a context sent as JSON (OFREP): the same fields, the
+/// same errors, the same values (numbers as they would read through
+/// `google.protobuf.Struct`), without building the protobuf message.
+pub fn context_of_json(
+    context: Map<String, serde_json::Value>,
+) -> Result<EvaluationContext, Status> {
+    use serde_json::Value as Json;
+    let mut user_id = None;
+    let mut roles = Vec::new();
+    let mut attributes = Map::new();
+    for (name, value) in context {
+        match (name.as_str(), value) {
+            ("targetingKey", Json::String(id)) => user_id = Some(id),
+            ("targetingKey", Json::Null) => {}
+            ("targetingKey", _) => {
+                return Err(Status::invalid_argument(
+                    "context.targetingKey: must be a string",
+                ));
+            }
+            ("role", Json::String(role)) => roles.push(role),
+            ("role", _) => return Err(Status::invalid_argument("context.role: must be a string")),
+            ("roles", Json::Array(list)) => {
+                for item in list {
+                    match item {
+                        Json::String(role) => roles.push(role),
+                        _ => {
+                            return Err(Status::invalid_argument(
+                                "context.roles: must be a list of strings",
+                            ));
+                        }
+                    }
+                }
+            }
+            ("roles", _) => {
+                return Err(Status::invalid_argument(
+                    "context.roles: must be a list of strings",
+                ));
+            }
+            (_, value) => {
+                let value = crate::api::convert::through_pb(value).map_err(|message| {
+                    Status::invalid_argument(format!(
+                        "context.{}: {message}",
+                        crate::echo::truncate(&name)
+                    ))
+                })?;
+                attributes.insert(name, value);
+            }
+        }
+    }
+    Ok(EvaluationContext {
+        user_id: user_id.filter(|id| !id.is_empty()),
+        roles,
+        attributes,
+    })
+}
+
 /// Whether `value`, of a flag of `value_type`, can answer a call for
 /// `wanted`.
 fn type_matches(wanted: Wanted, value_type: ValueType, value: &serde_json::Value) -> bool {
@@ -172,6 +228,21 @@ fn type_name(value_type: ValueType) -> &'static str {
         ValueType::Number => "number",
         ValueType::Object => "object",
     }
+}
+
+/// A bulk evaluation: every answer, and what decided them besides the
+/// context.
+pub struct Every {
+    /// Every flag's answer, in key order.
+    pub answers: Vec<(String, Resolved)>,
+    /// The snapshot's version.
+    pub version: i64,
+    /// Whether the snapshot was stale (every answer says so).
+    pub stale: bool,
+    /// Whether an answer may have read the clock.
+    pub reads_time: bool,
+    /// The evaluations, by reason (already counted).
+    pub tally: Tally,
 }
 
 /// What both protocol versions share.
@@ -293,6 +364,13 @@ impl FlagdCore {
         context: &EvaluationContext,
         audience: Audience,
     ) -> (Vec<(String, Resolved)>, i64) {
+        let all = self.resolve_every(context, audience);
+        (all.answers, all.version)
+    }
+
+    /// Every flag `audience` sees, evaluated for `context`, in key order,
+    /// with what decided the answers besides the context.
+    pub fn resolve_every(&self, context: &EvaluationContext, audience: Audience) -> Every {
         let snapshot = self.state.snapshot();
         let stale = self.state.freshness().is_stale();
         let mut tally = Tally::default();
@@ -310,7 +388,31 @@ impl FlagdCore {
             })
             .collect();
         self.evaluations.record_tally(&tally);
-        (answers, snapshot.version)
+        Every {
+            answers,
+            version: snapshot.version,
+            stale,
+            reads_time: snapshot.reads_time(),
+            tally,
+        }
+    }
+
+    /// What, besides a context, decides a bulk evaluation now: the
+    /// snapshot's version, whether it is stale, and whether an answer may
+    /// read the clock.
+    pub fn inputs(&self) -> (i64, bool, bool) {
+        let snapshot = self.state.snapshot();
+        (
+            snapshot.version,
+            self.state.freshness().is_stale(),
+            snapshot.reads_time(),
+        )
+    }
+
+    /// Counts evaluations answered without being made again (a remembered
+    /// bulk answer), as if made.
+    pub fn count(&self, tally: &Tally) {
+        self.evaluations.record_tally(tally);
     }
 
     /// EventStream: `provider_ready` at once, `configuration_change` on
@@ -747,5 +849,61 @@ impl v2::service_server::Service for FlagdV2 {
                 data,
             }
         })?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    /// Any JSON value, nested a little.
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(json!(null)),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            "[a-z]{0,6}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map("[a-z]{1,4}", inner, 0..4)
+                    .prop_map(|map| serde_json::Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A context: the three fields readyd reads (sometimes of a wrong
+    /// type) and others.
+    fn context() -> impl Strategy<Value = Map<String, serde_json::Value>> {
+        let name = prop_oneof![
+            Just("targetingKey".to_owned()),
+            Just("role".to_owned()),
+            Just("roles".to_owned()),
+            "[a-z]{1,6}",
+        ];
+        let value = prop_oneof![
+            json_value(),
+            prop::collection::vec("[a-z]{0,4}", 0..3).prop_map(serde_json::Value::from),
+        ];
+        prop::collection::btree_map(name, value, 0..6).prop_map(|map| map.into_iter().collect())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// A context sent as JSON reads exactly as the same context sent as
+        /// a `google.protobuf.Struct`: same fields, values and errors.
+        #[test]
+        fn json_contexts_read_as_protobuf_ones(context in context()) {
+            let through_struct = context_of(Some(to_pb_struct(&context)))
+                .map_err(|status| status.message().to_owned());
+            let direct = context_of_json(context).map_err(|status| status.message().to_owned());
+            prop_assert_eq!(direct, through_struct);
+        }
     }
 }

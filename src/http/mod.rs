@@ -9,12 +9,15 @@
 //! HTTP/2 settings, limits and two-step GOAWAY shutdown stay as they are,
 //! and a pod can expose the probes without exposing the API.
 
+mod bulk_cache;
 mod events;
 pub(crate) mod json;
 pub mod limit;
 mod observe;
 mod ofrep;
 pub mod probes;
+
+pub use bulk_cache::BulkCache;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -71,6 +74,8 @@ pub struct HttpSurface {
     pub console: Option<crate::console::Console>,
     /// The database, when there is one (the console's timeline reads it).
     pub store: Option<crate::store::Store>,
+    /// Recent OFREP bulk answers' ETags, for `304`s without evaluating.
+    pub bulk_cache: BulkCache,
 }
 
 /// Every route of the surface.
@@ -109,7 +114,10 @@ pub fn router(surface: Arc<HttpSurface>) -> Router {
             )
         });
     // After the fallbacks, so requests to no route are observed too.
-    let router = router.layer(axum::middleware::from_fn(observe::observe));
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        Arc::new(observe::HttpMetrics::default()),
+        observe::observe,
+    ));
     match cors {
         Some(cors) => router.layer(cors).with_state(surface),
         None => router.with_state(surface),
@@ -599,8 +607,15 @@ async fn ofrep_evaluate_all(
     match ofrep_body(&surface, &headers, body) {
         Ok((audience, body)) => {
             let window = events::window_at(std::time::SystemTime::now());
-            let ticket = events::ticket(&surface.tokens.ticket_key(), window);
-            ofrep::evaluate_all(&surface.flagd, audience, &headers, &body, (&ticket, window))
+            let request = ofrep::BulkRequest {
+                audience,
+                headers: &headers,
+                body: &body,
+                window,
+            };
+            ofrep::evaluate_all(&surface.flagd, &surface.bulk_cache, &request, || {
+                events::ticket(&surface.tokens.ticket_key(), window)
+            })
         }
         Err(refused) => *refused,
     }
@@ -639,6 +654,20 @@ fn plain_headers(content_type: &'static str) -> [(header::HeaderName, HeaderValu
 
 pub(crate) fn json_response(code: StatusCode, body: &serde_json::Value) -> Response {
     (code, plain_headers("application/json"), body.to_string()).into_response()
+}
+
+/// [`json_response`] for a body of a type that serialises itself (no
+/// `serde_json::Value` tree built first).
+pub(crate) fn typed_json_response(code: StatusCode, body: &impl serde::Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (code, plain_headers("application/json"), bytes).into_response(),
+        // Only a map with non-string keys fails, which no answer has.
+        Err(err) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            &format!("the answer could not be written: {err}"),
+        ),
+    }
 }
 
 /// An error answer: `{"code": "NOT_FOUND", "message": "…"}`, `code` being

@@ -12,12 +12,13 @@ use std::hash::{Hash, Hasher};
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::json_response;
+use super::bulk_cache::{BulkCache, Inputs};
+use super::{json_response, typed_json_response};
 use crate::api::auth::Audience;
-use crate::api::convert::to_pb_struct;
-use crate::api::flagd::{FlagdCore, Resolved, Wanted, context_of};
+use crate::api::flagd::{FlagdCore, Resolved, Wanted, context_of_json};
 
 /// The token of an OFREP request: `Authorization: Bearer …`, or the
 /// `X-API-Key` header the providers also offer, as a bearer value.
@@ -40,18 +41,19 @@ fn context(body: &[u8]) -> Result<crate::flags::EvaluationContext, Refusal> {
     }
     let request: Value = serde_json::from_slice(body)
         .map_err(|err| ("PARSE_ERROR", format!("the body is not JSON: {err}")))?;
-    let context = match request.get("context") {
-        None | Some(Value::Null) => return Ok(crate::flags::EvaluationContext::default()),
-        Some(Value::Object(context)) => context,
-        Some(_) => {
-            return Err((
-                "INVALID_CONTEXT",
-                "context must be a JSON object".to_owned(),
-            ));
-        }
+    let context = match request {
+        Value::Object(mut request) => request.remove("context"),
+        _ => None,
     };
-    context_of(Some(to_pb_struct(context)))
-        .map_err(|status| ("INVALID_CONTEXT", status.message().to_owned()))
+    match context {
+        None | Some(Value::Null) => Ok(crate::flags::EvaluationContext::default()),
+        Some(Value::Object(context)) => context_of_json(context)
+            .map_err(|status| ("INVALID_CONTEXT", status.message().to_owned())),
+        Some(_) => Err((
+            "INVALID_CONTEXT",
+            "context must be a JSON object".to_owned(),
+        )),
+    }
 }
 
 /// The reason OFREP allows for one of readyd's (OpenFeature names, as the
@@ -70,20 +72,48 @@ pub fn reason(open_feature: &str) -> &'static str {
 }
 
 /// One successful evaluation as OFREP writes it.
-fn success(key: &str, resolved: &Resolved) -> Value {
-    // The flagd protocol's metadata, written directly.
-    let mut metadata = json!({ "flag_version": resolved.flag_version, "provider": "readyd" });
-    let reason = reason(resolved.reason);
-    if reason != resolved.reason {
-        metadata["readydReason"] = json!(resolved.reason);
+#[derive(Serialize)]
+struct Success<'a> {
+    key: &'a str,
+    value: &'a Value,
+    variant: &'a str,
+    reason: &'static str,
+    metadata: Metadata<'a>,
+}
+
+/// The flagd protocol's metadata, and readyd's own reason when OFREP has no
+/// name for it.
+#[derive(Serialize)]
+struct Metadata<'a> {
+    flag_version: i64,
+    provider: &'static str,
+    #[serde(rename = "readydReason", skip_serializing_if = "Option::is_none")]
+    readyd_reason: Option<&'a str>,
+}
+
+impl<'a> Success<'a> {
+    fn of(key: &'a str, resolved: &'a Resolved) -> Self {
+        let reason = reason(resolved.reason);
+        Success {
+            key,
+            value: &resolved.value,
+            variant: &resolved.variant,
+            reason,
+            metadata: Metadata {
+                flag_version: resolved.flag_version,
+                provider: "readyd",
+                readyd_reason: (reason != resolved.reason).then_some(resolved.reason),
+            },
+        }
     }
-    json!({
-        "key": key,
-        "value": resolved.value,
-        "variant": resolved.variant,
-        "reason": reason,
-        "metadata": metadata,
-    })
+}
+
+/// A bulk answer's body.
+#[derive(Serialize)]
+struct Bulk<'a> {
+    flags: Vec<Success<'a>>,
+    #[serde(rename = "eventStreams")]
+    event_streams: Value,
 }
 
 /// `POST /ofrep/v1/evaluate/flags/{key}`.
@@ -98,7 +128,7 @@ pub fn evaluate(flagd: &FlagdCore, audience: Audience, key: &str, body: &[u8]) -
         }
     };
     match flagd.resolve_context(key, &context, Wanted::Any, audience) {
-        Ok(Some(resolved)) => json_response(StatusCode::OK, &success(key, &resolved)),
+        Ok(Some(resolved)) => typed_json_response(StatusCode::OK, &Success::of(key, &resolved)),
         Ok(None) => json_response(
             StatusCode::NOT_FOUND,
             &json!({
@@ -114,18 +144,49 @@ pub fn evaluate(flagd: &FlagdCore, audience: Audience, key: &str, body: &[u8]) -
     }
 }
 
+/// A bulk request.
+pub struct BulkRequest<'a> {
+    /// Who asks.
+    pub audience: Audience,
+    /// The request's headers (`If-None-Match`).
+    pub headers: &'a HeaderMap,
+    /// The request's body.
+    pub body: &'a [u8],
+    /// The ticket window now.
+    pub window: u64,
+}
+
 /// `POST /ofrep/v1/evaluate/flags`: every flag, with an `ETag`; `304`
 /// when `If-None-Match` names it. The answer names the event stream, with
-/// a ticket of window `window` (see [`super::events`]); the `ETag` covers
-/// the window too, so a page whose ticket has expired gets a new one.
+/// a ticket of the request's window, made by `ticket` only when a body is
+/// sent (see [`super::events`]); the `ETag` covers the window too, so a
+/// page whose ticket has expired gets a new one. A `304` is answered from
+/// `cache` without evaluating when it can be (see [`super::bulk_cache`]).
 pub fn evaluate_all(
     flagd: &FlagdCore,
-    audience: Audience,
-    headers: &HeaderMap,
-    body: &[u8],
-    (ticket, window): (&str, u64),
+    cache: &BulkCache,
+    request: &BulkRequest<'_>,
+    ticket: impl FnOnce() -> String,
 ) -> Response {
-    let context = match context(body) {
+    let wanted = request
+        .headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok());
+    let (version, stale, reads_time) = flagd.inputs();
+    let now = Inputs {
+        version,
+        stale,
+        window: request.window,
+    };
+    if let Some(wanted) = wanted
+        && !reads_time
+        && let Some((etag, tally)) = cache.get(request.audience, request.body, now)
+        && etag.to_str().is_ok_and(|etag| matches(wanted, etag))
+    {
+        flagd.count(&tally);
+        return not_modified(etag);
+    }
+    let context = match context(request.body) {
         Ok(context) => context,
         Err((code, details)) => {
             return json_response(
@@ -134,37 +195,60 @@ pub fn evaluate_all(
             );
         }
     };
-    let (answers, _) = flagd.resolve_all_context(&context, audience);
-    let etag = etag(&answers, window);
-    let matches = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|wanted| {
-            wanted
-                .split(',')
-                .map(|tag| tag.trim().trim_start_matches("W/"))
-                .any(|tag| tag == etag || tag == "*")
-        });
-    let etag_header = HeaderValue::from_str(&etag)
-        .ok()
-        .map(|value| (header::ETAG, value));
-    if matches {
-        let mut response = StatusCode::NOT_MODIFIED.into_response();
-        if let Some((name, value)) = etag_header {
-            response.headers_mut().insert(name, value);
-        }
-        return response;
+    let every = flagd.resolve_every(&context, request.audience);
+    let etag = etag(&every.answers, request.window);
+    let Ok(etag) = HeaderValue::from_str(&etag) else {
+        // Hex digits between quotes always make a header value.
+        return json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({ "errorCode": "GENERAL", "errorDetails": "the ETag could not be made" }),
+        );
+    };
+    if !every.reads_time {
+        let inputs = Inputs {
+            version: every.version,
+            stale: every.stale,
+            window: request.window,
+        };
+        cache.put(
+            request.audience,
+            request.body,
+            inputs,
+            etag.clone(),
+            every.tally,
+        );
+    }
+    if wanted.is_some_and(|wanted| etag.to_str().is_ok_and(|etag| matches(wanted, etag))) {
+        return not_modified(etag);
     }
     // The body only when it is sent.
-    let flags: Vec<Value> = answers
-        .iter()
-        .map(|(key, resolved)| success(key, resolved))
-        .collect();
-    let body = json!({ "flags": flags, "eventStreams": super::events::descriptor(ticket) });
-    let mut response = json_response(StatusCode::OK, &body);
-    if let Some((name, value)) = etag_header {
-        response.headers_mut().insert(name, value);
-    }
+    let body = Bulk {
+        flags: every
+            .answers
+            .iter()
+            .map(|(key, resolved)| Success::of(key, resolved))
+            .collect(),
+        event_streams: super::events::descriptor(&ticket()),
+    };
+    let mut response = typed_json_response(StatusCode::OK, &body);
+    response.headers_mut().insert(header::ETAG, etag);
+    response
+}
+
+/// Whether an `If-None-Match` value names `etag` (or is `*`); a weak tag
+/// (`W/"…"`) matches its strong twin, as the weak comparison RFC 9110
+/// prescribes for `If-None-Match` does.
+fn matches(wanted: &str, etag: &str) -> bool {
+    wanted
+        .split(',')
+        .map(|tag| tag.trim().trim_start_matches("W/"))
+        .any(|tag| tag == etag || tag == "*")
+}
+
+/// A `304` naming `etag`.
+fn not_modified(etag: HeaderValue) -> Response {
+    let mut response = StatusCode::NOT_MODIFIED.into_response();
+    response.headers_mut().insert(header::ETAG, etag);
     response
 }
 

@@ -37,6 +37,10 @@ pub struct Snapshot {
     /// by every stream that sends this snapshot.
     #[serde(skip)]
     sorted_flags: OnceLock<Arc<[Arc<CompiledFlag>]>>,
+    /// Whether a flag's or a segment's constraint reads the clock, found
+    /// once when first asked for.
+    #[serde(skip)]
+    reads_time: OnceLock<bool>,
 }
 
 impl Snapshot {
@@ -64,6 +68,7 @@ impl Snapshot {
             configs: Arc::new(configs),
             segments: Arc::default(),
             sorted_flags: OnceLock::new(),
+            reads_time: OnceLock::new(),
         }
     }
 
@@ -79,6 +84,7 @@ impl Snapshot {
                 })
                 .collect(),
         );
+        self.reads_time = OnceLock::new();
         self
     }
 
@@ -91,6 +97,7 @@ impl Snapshot {
             configs,
             segments: Arc::clone(&self.segments),
             sorted_flags: OnceLock::new(),
+            reads_time: OnceLock::new(),
         }
     }
 
@@ -151,6 +158,22 @@ impl Snapshot {
         }))
     }
 
+    /// Whether an evaluation may read the clock (a `current_time`
+    /// constraint in some flag's rule or some segment): if not, the
+    /// snapshot's version, the context and the staleness alone decide every
+    /// answer, and an answer may be remembered for as long as they hold.
+    pub fn reads_time(&self) -> bool {
+        *self.reads_time.get_or_init(|| {
+            self.flags.values().any(|flag| flag.reads_time())
+                || self.segments.values().any(|segment| {
+                    segment
+                        .constraints()
+                        .iter()
+                        .any(CompiledConstraint::reads_time)
+                })
+        })
+    }
+
     /// One flag by key.
     pub fn flag(&self, key: &str) -> Option<&Arc<CompiledFlag>> {
         self.flags.get(key)
@@ -171,6 +194,7 @@ impl Snapshot {
     pub fn at_version(&self, version: i64) -> Snapshot {
         Snapshot {
             sorted_flags: self.sorted_flags.clone(),
+            reads_time: self.reads_time.clone(),
             ..self.derived(version, Arc::clone(&self.flags), Arc::clone(&self.configs))
         }
     }
@@ -212,6 +236,7 @@ impl Snapshot {
         };
         Snapshot {
             sorted_flags: self.sorted_flags.clone(),
+            reads_time: self.reads_time.clone(),
             ..self.derived(version, Arc::clone(&self.flags), Arc::new(configs))
         }
     }
@@ -243,5 +268,54 @@ impl FlagLookup for Snapshot {
 
     fn segment_constraints(&self, key: &str) -> Option<&[CompiledConstraint]> {
         self.segments.get(key).map(|segment| segment.constraints())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn flag(key: &str, targeting: serde_json::Value) -> Flag {
+        let mut flag = json!({
+            "key": key, "description": "", "enabled": true, "value_type": "bool",
+            "on_value": true, "off_value": false, "environments": [], "target_users": [],
+            "target_roles": [], "rollout_percentage": 100, "version": 1,
+            "updated_at": "2026-12-06T00:00:00Z", "updated_by": "test"
+        });
+        if !targeting.is_null() {
+            flag["targeting"] = targeting;
+        }
+        serde_json::from_value(flag).expect("a flag")
+    }
+
+    fn segment(key: &str, attribute: &str) -> Segment {
+        serde_json::from_value(json!({
+            "key": key, "constraints": [
+                {"attribute": attribute, "operator": "date_after", "values": ["2026-01-01T00:00:00Z"]}
+            ], "version": 1, "updated_at": "2026-12-06T00:00:00Z", "updated_by": "test"
+        }))
+        .expect("a segment")
+    }
+
+    #[test]
+    fn a_snapshot_knows_whether_a_flag_or_a_segment_reads_the_clock() {
+        let timed = json!({"rules": [{"name": "r", "constraints": [
+            {"attribute": "current_time", "operator": "date_after", "values": ["2026-01-01T00:00:00Z"]}
+        ], "serve": {"variant": "on"}}]});
+        let plain = Snapshot::from_rows(1, vec![flag("a", serde_json::Value::Null)], vec![]);
+        assert!(!plain.reads_time());
+        let with_rule = Snapshot::from_rows(1, vec![flag("a", timed)], vec![]);
+        assert!(with_rule.reads_time());
+        assert!(with_rule.at_version(2).reads_time());
+        let with_segment = Snapshot::from_rows(1, vec![flag("a", serde_json::Value::Null)], vec![])
+            .with_segments(vec![segment("launched", "current_time")]);
+        assert!(with_segment.reads_time());
+        let other_segment =
+            with_segment.with_segment(2, "launched", Some(segment("launched", "signup")));
+        assert!(
+            !other_segment.reads_time(),
+            "the segment no longer reads the clock"
+        );
     }
 }
