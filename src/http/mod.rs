@@ -564,36 +564,41 @@ fn evaluation_caller(
     Ok(audience)
 }
 
-/// The request body of an OFREP call, or the error answer in OFREP's
-/// shape (`{"errorDetails": …}`) when it cannot be read.
-fn ofrep_body(
+/// An OFREP request as the handlers need it: the caller's audience, its
+/// `If-None-Match`, and its body; or the error answer, in OFREP's shape
+/// (`{"errorDetails": …}`) when the body cannot be read. Reads the headers
+/// in place (axum's `HeaderMap` extractor copies them all).
+async fn ofrep_request(
     surface: &HttpSurface,
-    headers: &HeaderMap,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<(Audience, axum::body::Bytes), Box<Response>> {
-    let authorization = ofrep::authorization(headers);
+    request: axum::extract::Request,
+) -> Result<(Audience, Option<HeaderValue>, axum::body::Bytes), Box<Response>> {
+    use axum::extract::FromRequest;
+    let authorization = ofrep::authorization(request.headers());
     let audience = evaluation_caller(surface, authorization.as_ref())?;
-    let body = body.map_err(|rejected| {
-        Box::new(json_response(
-            rejected.status(),
-            &serde_json::json!({
-                "errorCode": "PARSE_ERROR",
-                "errorDetails": format!("the body could not be read: {rejected}"),
-            }),
-        ))
-    })?;
-    Ok((audience, body))
+    let if_none_match = request.headers().get(header::IF_NONE_MATCH).cloned();
+    // Bytes' extractor keeps the body limit (DefaultBodyLimit).
+    let body = axum::body::Bytes::from_request(request, &())
+        .await
+        .map_err(|rejected| {
+            Box::new(json_response(
+                rejected.status(),
+                &serde_json::json!({
+                    "errorCode": "PARSE_ERROR",
+                    "errorDetails": format!("the body could not be read: {rejected}"),
+                }),
+            ))
+        })?;
+    Ok((audience, if_none_match, body))
 }
 
 /// `POST /ofrep/v1/evaluate/flags/{key}` (see [`ofrep`]).
 async fn ofrep_evaluate(
     State(surface): State<Arc<HttpSurface>>,
     axum::extract::Path(key): axum::extract::Path<String>,
-    headers: HeaderMap,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    request: axum::extract::Request,
 ) -> Response {
-    match ofrep_body(&surface, &headers, body) {
-        Ok((audience, body)) => ofrep::evaluate(&surface.flagd, audience, &key, &body),
+    match ofrep_request(&surface, request).await {
+        Ok((audience, _, body)) => ofrep::evaluate(&surface.flagd, audience, &key, &body),
         Err(refused) => *refused,
     }
 }
@@ -601,15 +606,14 @@ async fn ofrep_evaluate(
 /// `POST /ofrep/v1/evaluate/flags` (see [`ofrep`]).
 async fn ofrep_evaluate_all(
     State(surface): State<Arc<HttpSurface>>,
-    headers: HeaderMap,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    request: axum::extract::Request,
 ) -> Response {
-    match ofrep_body(&surface, &headers, body) {
-        Ok((audience, body)) => {
+    match ofrep_request(&surface, request).await {
+        Ok((audience, if_none_match, body)) => {
             let window = events::window_at(std::time::SystemTime::now());
             let request = ofrep::BulkRequest {
                 audience,
-                headers: &headers,
+                if_none_match: if_none_match.as_ref().and_then(|value| value.to_str().ok()),
                 body: &body,
                 window,
             };

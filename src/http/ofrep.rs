@@ -148,8 +148,8 @@ pub fn evaluate(flagd: &FlagdCore, audience: Audience, key: &str, body: &[u8]) -
 pub struct BulkRequest<'a> {
     /// Who asks.
     pub audience: Audience,
-    /// The request's headers (`If-None-Match`).
-    pub headers: &'a HeaderMap,
+    /// The request's `If-None-Match`, if it has one.
+    pub if_none_match: Option<&'a str>,
     /// The request's body.
     pub body: &'a [u8],
     /// The ticket window now.
@@ -168,10 +168,7 @@ pub fn evaluate_all(
     request: &BulkRequest<'_>,
     ticket: impl FnOnce() -> String,
 ) -> Response {
-    let wanted = request
-        .headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|value| value.to_str().ok());
+    let wanted = request.if_none_match;
     let (version, stale, reads_time) = flagd.inputs();
     let now = Inputs {
         version,
