@@ -6,61 +6,12 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
+use support::http1::{Answer, request};
 use support::{TestDb, TestServer, serve_args};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const ADMIN: &str = "admin-token-for-console-tests";
 const READER: &str = "read-token-for-console-tests";
-
-#[derive(Debug)]
-struct Answer {
-    code: u16,
-    head: String,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().find_map(|line| {
-            let (n, v) = line.split_once(':')?;
-            n.eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|err| panic!("{err}: {:?}", self.body))
-    }
-}
-
-/// One request over its own HTTP/1.1 connection.
-async fn request(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &str) -> Answer {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut bytes = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut bytes))
-        .await
-        .expect("an answer within 10 s")
-        .expect("read");
-    let text = String::from_utf8(bytes).expect("UTF-8");
-    let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("a status code");
-    Answer {
-        code,
-        head: head.to_owned(),
-        body: body.to_owned(),
-    }
-}
 
 async fn sign_in(addr: SocketAddr, token: &str, name: &str) -> Answer {
     let body = serde_json::json!({ "token": token, "name": name }).to_string();
