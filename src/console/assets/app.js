@@ -43,7 +43,7 @@ function show(signedIn, session) {
   $("tabs").hidden = !signedIn;
   $("sign-out").hidden = !signedIn;
   if (signedIn) { access = session.access; showTab(tab); }
-  else { for (const id of ["overview", "flags", "config", "timeline", "history", "deployments"]) $(id).hidden = true; }
+  else { for (const id of ["overview", "flags", "config", "timeline", "history", "deployments"]) $(id).hidden = true; forget(); }
   $("who").textContent = signedIn ? `${session.actor} · ${session.access === "admin" ? "admin" : "read-only"}` : "";
   if (signedIn) {
     csrf = session.csrf;
@@ -57,6 +57,23 @@ function show(signedIn, session) {
   }
 }
 
+// Signed out: nothing the last session was shown stays in the page (the
+// next one may be read-only), and the next starts on the overview.
+function forget() {
+  tab = "overview";
+  flags = [];
+  flagsDrawn = "";
+  configDrawn = "";
+  editing = null;
+  closeFlag();
+  $("flag-detail").reset();
+  for (const id of ["checks", "flag-rows", "config-rows", "config-audit", "deploy-rows", "timeline-entries",
+    "history-chart", "history-legend"]) $(id).replaceChildren();
+  for (const id of ["status", "meta", "maintenance", "try-result", "config-audit-title", "overview-error", "flags-message",
+    "config-message", "deploy-message", "timeline-message", "history-message"]) $(id).textContent = "";
+  for (const id of ["confirm", "config-confirm", "deploy-confirm", "config-audit-title"]) $(id).hidden = true;
+}
+
 const stateName = (state) => (state || "").replace(/^CHECK_STATE_/, "").toLowerCase();
 const statusName = (status) => (status || "").replace(/^HEALTH_STATUS_/, "").toLowerCase();
 
@@ -67,12 +84,29 @@ function cell(text, className) {
   return td;
 }
 
+// Durations arrive as JSON protobuf writes them ("1.250s").
+const seconds = (text) => Number(String(text || "").replace(/s$/, ""));
+
+function milliseconds(text) {
+  const value = seconds(text);
+  if (!text || !Number.isFinite(value)) return "–";
+  return value < 0.01 ? `${(value * 1000).toFixed(2)} ms` : `${Math.round(value * 1000)} ms`;
+}
+
+// "3h 5m", "2m 10s", "42s".
+function span(text) {
+  const value = Math.floor(seconds(text));
+  if (!Number.isFinite(value)) return text;
+  const [h, m, s] = [Math.floor(value / 3600), Math.floor((value % 3600) / 60), value % 60];
+  return h ? `${h}h ${m}m` : m ? `${m}m ${s}s` : `${s}s`;
+}
+
 function render(report) {
   const status = statusName(report.status);
   $("status").textContent = status || "unknown";
   $("status").className = `status ${status}`;
-  const stale = report.staleFor && report.staleFor !== "0s" ? ` · data stale for ${report.staleFor}` : "";
-  $("meta").textContent = `${report.environment} · ${report.instance} · readyd ${report.readydVersion} · up ${report.uptime}${stale}`;
+  const stale = report.staleFor && report.staleFor !== "0s" ? ` · data stale for ${span(report.staleFor)}` : "";
+  $("meta").textContent = `${report.environment} · ${report.instance} · readyd ${report.readydVersion} · up ${span(report.uptime)}${stale}`;
   $("maintenance").hidden = !report.maintenanceMode;
   $("maintenance").textContent = report.maintenanceMode ? `Maintenance: ${report.maintenanceMessage || "on"}` : "";
   const rows = (report.checks || []).map((check) => {
@@ -84,7 +118,7 @@ function render(report) {
     badge.textContent = stateName(check.state);
     state.appendChild(badge);
     tr.appendChild(state);
-    tr.appendChild(cell(check.latency || "–"));
+    tr.appendChild(cell(milliseconds(check.latency)));
     tr.appendChild(cell(check.critical ? "yes" : "no"));
     tr.appendChild(cell(check.lastError || "", "error-text"));
     return tr;
