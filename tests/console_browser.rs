@@ -12,7 +12,9 @@
 //! overview (its cumulative layout shift under 0.1).
 //!
 //! Screenshots of every page at both widths are saved under
-//! `target/test-artifacts/console/` (`PAGE-WIDTH.png`). Chromium and
+//! `target/test-artifacts/console/` (`PAGE-WIDTH.png`), and smaller ones
+//! of the pages the README shows under its `readme/` (copied by hand to
+//! `docs/screenshots/` when the console's look changes). Chromium and
 //! chromedriver must be installed (`apt-get install chromium
 //! chromium-driver`).
 
@@ -69,6 +71,9 @@ const PAGES: [(&str, &str); 7] = [
         "document.querySelectorAll('#timeline-entries li').length > 0",
     ),
 ];
+/// The pages the README shows, photographed smaller (1280 px wide at
+/// 0.75) for `docs/screenshots/`.
+const README_SCREENSHOTS: [&str; 3] = ["overview", "flag", "timeline"];
 /// The widths every page is checked and photographed at.
 const WIDTHS: [u32; 2] = [1280, 360];
 
@@ -76,6 +81,8 @@ const WIDTHS: [u32; 2] = [1280, 360];
 /// sensitive), deployments and a day of recorded health with a degraded
 /// and an unhealthy stretch.
 async fn seed(db: &TestDb) {
+    // One connection, so that the actor set first names every change.
+    let mut connection = db.pool.acquire().await.expect("a connection");
     for statement in [
         "SET readyd.actor = 'seed'",
         "INSERT INTO feature_flags (key, description, enabled, rollout_percentage) VALUES \
@@ -104,7 +111,7 @@ async fn seed(db: &TestDb) {
          FROM generate_series(10, 1430, 10) AS m",
     ] {
         sqlx::query(statement)
-            .execute(&db.pool)
+            .execute(&mut *connection)
             .await
             .unwrap_or_else(|err| panic!("{statement}: {err}"));
     }
@@ -673,6 +680,15 @@ async fn the_console_in_chromium_signs_in_changes_follows_sql_and_stays_accessib
                     "path": artefacts().join(format!("{page}-{width}.png")),
                 }))
                 .await;
+            if width == 1280 && README_SCREENSHOTS.contains(&page) {
+                console
+                    .call(json!({
+                        "do": "screenshot",
+                        "path": artefacts().join(format!("readme/{page}.png")),
+                        "scale": 0.75,
+                    }))
+                    .await;
+            }
         }
     }
     console.no_console_errors("on the admin's pages").await;

@@ -21,7 +21,8 @@ Commands:
   tab         {presses}             presses Tab that many times; each time
                                     the focused element and whether its
                                     focus shows (see FOCUSED)
-  screenshot  {path}                a PNG of the viewport
+  screenshot  {path, scale}         a PNG of the viewport (scaled down
+                                    when scale is under 1)
   axe         {source}              axe-core's violations on the page
                                     (its source injected first)
   log         {}                    the browser's console since last read
@@ -157,8 +158,14 @@ class Page:
         self.driver.on_session("DELETE", "/actions")
         return seen
 
-    def do_screenshot(self, path):
-        png = base64.b64decode(self.driver.on_session("GET", "/screenshot"))
+    def do_screenshot(self, path, scale=None):
+        if scale is None:
+            data = self.driver.on_session("GET", "/screenshot")
+        else:
+            size = self.driver.script("return [window.innerWidth, window.innerHeight];")
+            clip = {"x": 0, "y": 0, "width": size[0], "height": size[1], "scale": scale}
+            data = self.driver.cdp("Page.captureScreenshot", {"format": "png", "clip": clip})["data"]
+        png = base64.b64decode(data)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as handle:
             handle.write(png)
