@@ -5,25 +5,21 @@
 //! own EvaluateFlag answers with a client token (and nothing of a flag not
 //! marked client-visible), and must see a flag change without a reload,
 //! through the OFREP event stream. `tests/interop/ofrep_web/driver.py` runs
-//! the browser through chromedriver; Chromium and chromedriver must be
+//! the browser through chromedriver (`support::browser`); Chromium and chromedriver must be
 //! installed (`apt-get install chromium chromium-driver`).
 
 mod support;
 
 use std::path::Path;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
-use support::interop::{root, setup};
+use std::time::Instant;
 
-use nix::sys::signal::{Signal, kill, killpg};
-use nix::unistd::Pid;
 use readyd::api::convert::{from_pb_value, to_pb_struct, to_pb_value};
 use readyd::api::pb::readyd::v1 as pb;
 use readyd::api::pb::readyd::v1::flag_service_client::FlagServiceClient;
 use serde_json::{Value, json};
+use support::browser::{Driver, require_browser};
+use support::interop::{root, setup};
 use support::{TestDb, TestServer, admin, admin_serve_args};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
 use tonic::transport::Channel;
 
 const CLIENT: &str = "client-token-for-the-browser-test";
@@ -32,104 +28,6 @@ const READER: &str = "read-token-for-the-browser-test";
 const CHANGED: &str = "web_greeting";
 /// A flag not marked client-visible: the page must not see it.
 const HIDDEN: &str = "internal_kill_switch";
-
-/// Fails, in one line, unless Chromium and chromedriver are on PATH.
-fn require_browser() {
-    let on_path = |name: &str| {
-        std::env::var_os("PATH")
-            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
-    };
-    assert!(
-        on_path("chromedriver") && (on_path("chromium") || on_path("chromium-browser")),
-        "Chromium and chromedriver are not installed: apt-get install chromium chromium-driver"
-    );
-}
-
-/// The browser driver, running: its messages, and what ends it.
-struct Driver {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-    /// The process group chromedriver runs in, Chromium's processes too.
-    chromedriver: Option<i32>,
-}
-
-impl Driver {
-    /// Starts the driver with `config`.
-    fn start(config: &Value) -> Driver {
-        let mut child = Command::new("python3")
-            .arg(root().join("tests/interop/ofrep_web/driver.py"))
-            .arg(config.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the browser driver (python3)");
-        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        Driver {
-            child,
-            lines,
-            chromedriver: None,
-        }
-    }
-
-    /// The driver's next message, `what`, within `seconds`; fails the test
-    /// with what the driver said when it failed (once it has ended).
-    async fn next(&mut self, what: &str, seconds: u64) -> Value {
-        let line = tokio::time::timeout(Duration::from_secs(seconds), self.lines.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("no {what} from the browser driver within {seconds} s"))
-            .expect("read the driver's output")
-            .unwrap_or_else(|| panic!("the browser driver ended before {what}"));
-        let message: Value =
-            serde_json::from_str(&line).unwrap_or_else(|err| panic!("{err}: {line:?}"));
-        if message.get("failed").is_some() {
-            // Its clean-up, closing the browser, takes a few seconds.
-            let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
-            panic!(
-                "the browser driver failed before {what}:\n{}",
-                serde_json::to_string_pretty(&message).unwrap_or(line)
-            );
-        }
-        if let Some(pid) = message.pointer("/started/chromedriver_pid") {
-            self.chromedriver = pid.as_i64().and_then(|pid| i32::try_from(pid).ok());
-        }
-        message
-            .get(what)
-            .cloned()
-            .unwrap_or_else(|| panic!("expected {what:?}, got {line}"))
-    }
-
-    /// Waits for the driver to exit, which it does once it has ended
-    /// chromedriver and Chromium.
-    async fn wait(&mut self) {
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("the browser driver exits")
-            .expect("wait for the browser driver");
-        assert!(status.success(), "the browser driver: {status:?}");
-        self.chromedriver = None;
-    }
-}
-
-impl Drop for Driver {
-    /// When the test failed with the driver still running: SIGTERM, on
-    /// which it closes the browser itself, 15 s for that, then SIGKILL for
-    /// it and for chromedriver's process group.
-    fn drop(&mut self) {
-        if let Some(pid) = self.child.id().and_then(|pid| i32::try_from(pid).ok()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.start_kill();
-        }
-        if let Some(group) = self.chromedriver.take() {
-            let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
-        }
-    }
-}
 
 /// The page's evaluation context, as OpenFeature writes it.
 fn page_context() -> Value {
@@ -364,7 +262,9 @@ async fn the_ofrep_web_provider_in_chromium_evaluates_and_follows_changes_over_s
         .parent()
         .expect("the target directory")
         .join("test-artifacts/ofrep-web.png");
-    let mut driver = Driver::start(&json!({
+    let mut driver = Driver::start(
+        &root().join("tests/interop/ofrep_web/driver.py"),
+        &json!({
         "readyd": readyd,
         "token": CLIENT,
         "context": page_context(),
@@ -373,7 +273,9 @@ async fn the_ofrep_web_provider_in_chromium_evaluates_and_follows_changes_over_s
         "vendor": root().join("target/interop/web/node_modules/@openfeature"),
         "screenshot": screenshot,
         "deadline": 120,
-    }));
+        }),
+        false,
+    );
     driver.next("started", 30).await;
 
     // Ready: readyd's answers for the client-visible flags, nothing of the

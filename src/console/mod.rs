@@ -64,6 +64,7 @@ pub fn routes() -> Router<Arc<HttpSurface>> {
         .route("/console/", get(page))
         .route("/console/app.js", get(script))
         .route("/console/app.css", get(style))
+        .route("/console/favicon.svg", get(icon))
         .route("/console/api/session", get(who).post(sign_in))
         .route("/console/api/sign-out", post(sign_out))
         .route("/console/api/health", get(health))
@@ -126,6 +127,16 @@ async fn style() -> Response {
         .into_response()
 }
 
+/// The page's icon, so that the browser does not ask for `/favicon.ico`
+/// outside the console.
+async fn icon() -> Response {
+    (
+        page_headers("image/svg+xml"),
+        include_str!("assets/favicon.svg"),
+    )
+        .into_response()
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -173,6 +184,7 @@ fn changing_session(surface: &HttpSurface, headers: &HeaderMap) -> Result<Sessio
 /// What the page learns of its session.
 fn session_json(surface: &HttpSurface, session: &Session) -> serde_json::Value {
     json!({
+        "signedIn": true,
         "actor": session.actor,
         "access": match session.access { Access::Admin => "admin", Access::Read => "read" },
         "expires": session.expires,
@@ -180,11 +192,14 @@ fn session_json(surface: &HttpSurface, session: &Session) -> serde_json::Value {
     })
 }
 
-/// `GET /console/api/session`: who is signed in, and the CSRF token.
+/// `GET /console/api/session`: who is signed in, and the CSRF token; or
+/// `{"signedIn": false}`. Not a `401`: asking is how the page learns to
+/// show the sign-in form, and a refused request would be an error in the
+/// browser's console on every visit.
 async fn who(State(surface): State<Arc<HttpSurface>>, headers: HeaderMap) -> Response {
     match session_of(&surface, &headers) {
         Ok(session) => json_response(StatusCode::OK, &session_json(&surface, &session)),
-        Err(refused) => *refused,
+        Err(_) => json_response(StatusCode::OK, &json!({ "signedIn": false })),
     }
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the OpenFeature SDKs used by tests/openfeature_interop.rs and
-# tests/ofrep_browser.rs, pinned, under target/interop (kept between runs;
-# reinstalled when a pin changes).
+# tests/ofrep_browser.rs, and the accessibility checker tests/console_browser.rs
+# injects, pinned, under target/interop (kept between runs; reinstalled when a
+# pin changes).
 #   - Python: openfeature-sdk with openfeature-provider-flagd (gRPC resolver)
 #     and openfeature-provider-ofrep
 #   - Node.js: @openfeature/server-sdk with @openfeature/flagd-provider and
@@ -10,6 +11,7 @@
 #     (ofrep_web/package.json), a project of its own because the web
 #     provider needs @openfeature/ofrep-core 2.x and the Node.js OFREP
 #     provider 0.1.x
+#   - axe-core (console_web/package.json)
 # Prints nothing on success but the tools' own errors.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -45,4 +47,12 @@ if ! cmp -s "$here/ofrep_web/package.json" "$dir/web/package.json" 2>/dev/null \
     mkdir -p "$dir/web"
     cp "$here/ofrep_web/package.json" "$dir/web/package.json"
     (cd "$dir/web" && npm install --silent --no-audit --no-fund >/dev/null)
+fi
+
+if ! cmp -s "$here/console_web/package.json" "$dir/console/package.json" 2>/dev/null \
+    || [ ! -f "$dir/console/node_modules/axe-core/axe.min.js" ]; then
+    rm -rf "$dir/console"
+    mkdir -p "$dir/console"
+    cp "$here/console_web/package.json" "$dir/console/package.json"
+    (cd "$dir/console" && npm install --silent --no-audit --no-fund >/dev/null)
 fi

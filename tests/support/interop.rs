@@ -1,4 +1,5 @@
-//! The pinned OpenFeature SDKs and providers the interop tests run
+//! The pinned OpenFeature SDKs and providers the interop tests run, and the
+//! accessibility checker the console's browser test injects
 //! (`tests/interop/setup.sh`: Python, Node.js and the browser's).
 
 use std::path::PathBuf;
@@ -24,7 +25,7 @@ pub async fn setup() {
                 Ok(())
             } else {
                 Err(format!(
-                    "installing the OpenFeature packages failed:\n{}{}",
+                    "installing the pinned test packages failed:\n{}{}",
                     String::from_utf8_lossy(&output.stdout),
                     String::from_utf8_lossy(&output.stderr)
                 ))

@@ -7,8 +7,10 @@
 //! system temp directory and later test binaries and runs reuse.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod cluster;
 pub mod daemon;
+pub mod http1;
 pub mod interop;
 pub mod metrics;
 pub mod proxy;

@@ -31,7 +31,7 @@ function showTab(name) {
     if (button.dataset.tab === name) button.setAttribute("aria-current", "page");
     else button.removeAttribute("aria-current");
   }
-  if (name === "flags") loadFlags();
+  if (name === "flags") { closeFlag(); loadFlags(); }
   if (name === "deployments") loadDeployments();
   if (name === "history") loadHistory();
   if (name === "timeline") loadTimeline();
@@ -43,7 +43,7 @@ function show(signedIn, session) {
   $("tabs").hidden = !signedIn;
   $("sign-out").hidden = !signedIn;
   if (signedIn) { access = session.access; showTab(tab); }
-  else { for (const id of ["overview", "flags", "config", "timeline", "history", "deployments"]) $(id).hidden = true; }
+  else { for (const id of ["overview", "flags", "config", "timeline", "history", "deployments"]) $(id).hidden = true; forget(); }
   $("who").textContent = signedIn ? `${session.actor} · ${session.access === "admin" ? "admin" : "read-only"}` : "";
   if (signedIn) {
     csrf = session.csrf;
@@ -57,6 +57,23 @@ function show(signedIn, session) {
   }
 }
 
+// Signed out: nothing the last session was shown stays in the page (the
+// next one may be read-only), and the next starts on the overview.
+function forget() {
+  tab = "overview";
+  flags = [];
+  flagsDrawn = "";
+  configDrawn = "";
+  editing = null;
+  closeFlag();
+  $("flag-detail").reset();
+  for (const id of ["checks", "flag-rows", "config-rows", "config-audit", "deploy-rows", "timeline-entries",
+    "history-chart", "history-legend"]) $(id).replaceChildren();
+  for (const id of ["status", "meta", "maintenance", "try-result", "config-audit-title", "overview-error", "flags-message",
+    "config-message", "deploy-message", "timeline-message", "history-message"]) $(id).textContent = "";
+  for (const id of ["confirm", "config-confirm", "deploy-confirm", "config-audit-title"]) $(id).hidden = true;
+}
+
 const stateName = (state) => (state || "").replace(/^CHECK_STATE_/, "").toLowerCase();
 const statusName = (status) => (status || "").replace(/^HEALTH_STATUS_/, "").toLowerCase();
 
@@ -67,12 +84,29 @@ function cell(text, className) {
   return td;
 }
 
+// Durations arrive as JSON protobuf writes them ("1.250s").
+const seconds = (text) => Number(String(text || "").replace(/s$/, ""));
+
+function milliseconds(text) {
+  const value = seconds(text);
+  if (!text || !Number.isFinite(value)) return "–";
+  return value < 0.01 ? `${(value * 1000).toFixed(2)} ms` : `${Math.round(value * 1000)} ms`;
+}
+
+// "3h 5m", "2m 10s", "42s".
+function span(text) {
+  const value = Math.floor(seconds(text));
+  if (!Number.isFinite(value)) return text;
+  const [h, m, s] = [Math.floor(value / 3600), Math.floor((value % 3600) / 60), value % 60];
+  return h ? `${h}h ${m}m` : m ? `${m}m ${s}s` : `${s}s`;
+}
+
 function render(report) {
   const status = statusName(report.status);
   $("status").textContent = status || "unknown";
   $("status").className = `status ${status}`;
-  const stale = report.staleFor && report.staleFor !== "0s" ? ` · data stale for ${report.staleFor}` : "";
-  $("meta").textContent = `${report.environment} · ${report.instance} · readyd ${report.readydVersion} · up ${report.uptime}${stale}`;
+  const stale = report.staleFor && report.staleFor !== "0s" ? ` · data stale for ${span(report.staleFor)}` : "";
+  $("meta").textContent = `${report.environment} · ${report.instance} · readyd ${report.readydVersion} · up ${span(report.uptime)}${stale}`;
   $("maintenance").hidden = !report.maintenanceMode;
   $("maintenance").textContent = report.maintenanceMode ? `Maintenance: ${report.maintenanceMessage || "on"}` : "";
   const rows = (report.checks || []).map((check) => {
@@ -84,7 +118,7 @@ function render(report) {
     badge.textContent = stateName(check.state);
     state.appendChild(badge);
     tr.appendChild(state);
-    tr.appendChild(cell(check.latency || "–"));
+    tr.appendChild(cell(milliseconds(check.latency)));
     tr.appendChild(cell(check.critical ? "yes" : "no"));
     tr.appendChild(cell(check.lastError || "", "error-text"));
     return tr;
@@ -99,8 +133,8 @@ async function refresh() {
   // SQL) without a reload: the overview every second, lists every two
   // (not while a change waits for its confirmation).
   ticks += 1;
-  if (tab === "flags" && $("confirm").hidden && ticks % 2 === 0) { loadFlags(); return; }
-  if (tab === "config" && $("config-confirm").hidden && ticks % 2 === 0) { loadConfig(); return; }
+  if (tab === "flags" && $("confirm").hidden && ticks % 2 === 0) { loadFlags(true); return; }
+  if (tab === "config" && $("config-confirm").hidden && !editing && ticks % 2 === 0) { loadConfig(true); return; }
   if (tab !== "overview") return;
   const { status, body } = await api("/console/api/health");
   if (status === 401) { show(false); return; }
@@ -108,20 +142,28 @@ async function refresh() {
   else { $("overview-error").textContent = (body && body.message) || `readyd answered ${status}`; }
 }
 
-async function loadFlags() {
+// With onlyIfChanged (the periodic refresh), rows are redrawn only when
+// something in them changed: a redraw would take the keyboard focus away
+// from the control it is on.
+async function loadFlags(onlyIfChanged) {
   const { status, body } = await api("/console/api/flags");
   if (status === 401) { show(false); return; }
   if (status !== 200) { $("flags-message").textContent = (body && body.message) || `readyd answered ${status}`; return; }
   flags = body.flags || [];
-  renderFlags();
+  renderFlags(onlyIfChanged);
 }
 
-function renderFlags() {
+let flagsDrawn = "";
+
+function renderFlags(onlyIfChanged) {
   const search = $("flag-search").value.trim().toLowerCase();
   const filter = $("flag-filter").value;
   const shown = flags.filter((flag) =>
     (!search || flag.key.includes(search) || (flag.description || "").toLowerCase().includes(search)) &&
     (filter === "all" || (filter === "enabled") === Boolean(flag.enabled)));
+  const drawn = JSON.stringify([access, shown]);
+  if (onlyIfChanged && drawn === flagsDrawn) return;
+  flagsDrawn = drawn;
   const rows = shown.map((flag) => {
     const tr = document.createElement("tr");
     tr.dataset.key = flag.key;
@@ -155,14 +197,18 @@ function renderFlags() {
     percent.value = String(flag.rolloutPercentage || 0);
     percent.disabled = access !== "admin";
     percent.setAttribute("aria-label", `rollout of ${flag.key}`);
+    const current = () => { percent.value = String(flag.rolloutPercentage || 0); };
     percent.addEventListener("change", () => {
+      // Emptied on the way to a new number: nothing to propose yet.
+      if (percent.value === "") return;
       const value = Number(percent.value);
-      percent.value = String(flag.rolloutPercentage || 0);
       if (!Number.isInteger(value) || value < 0 || value > 100) {
         $("flags-message").textContent = "a rollout is a whole number from 0 to 100";
+        current();
         return;
       }
-      propose(flag, { rolloutPercentage: value });
+      // The field keeps the proposed number until it is confirmed or not.
+      propose(flag, { rolloutPercentage: value }, current);
     });
     rollout.appendChild(percent);
     tr.appendChild(rollout);
@@ -175,7 +221,7 @@ function renderFlags() {
 // A change is shown as a diff and made only once confirmed; it names the
 // version it was made from, so a change someone made meanwhile is not
 // overwritten.
-function propose(flag, change) {
+function propose(flag, change, onCancel) {
   const diff = Object.entries(change)
     .map(([field, value]) => `${field}: ${JSON.stringify(flag[field] ?? null)} → ${JSON.stringify(value)}`)
     .join(", ");
@@ -191,7 +237,7 @@ function propose(flag, change) {
     else $("flags-message").textContent = (body && body.message) || `readyd answered ${status}`;
     loadFlags();
   };
-  $("confirm-no").onclick = () => { $("confirm").hidden = true; };
+  $("confirm-no").onclick = () => { $("confirm").hidden = true; if (onCancel) onCancel(); };
 }
 
 // A flag's own page: every part of it, editable by an admin session, with
@@ -201,7 +247,9 @@ let openKey = null;
 function openFlag(flag) {
   openKey = flag.key;
   const form = $("flag-detail");
+  $("flag-list").hidden = true;
   form.hidden = false;
+  if (!$("try-key").value) $("try-key").value = flag.key;
   $("flag-title").textContent = `${flag.key} (version ${flag.version}, ${(flag.valueType || "").replace(/^FLAG_VALUE_TYPE_/, "").toLowerCase()})`;
   const field = (name) => form.elements.namedItem(name);
   field("description").value = flag.description || "";
@@ -216,7 +264,13 @@ function openFlag(flag) {
   field("targeting").value = flag.targeting ? JSON.stringify(flag.targeting, null, 2) : "";
   for (const element of form.elements) element.disabled = access !== "admin" && element.id !== "flag-close";
   showFieldErrors({});
-  form.scrollIntoView({ block: "nearest" });
+  window.scrollTo(0, 0);
+}
+
+function closeFlag() {
+  $("flag-detail").hidden = true;
+  $("flag-list").hidden = false;
+  openKey = null;
 }
 
 function showFieldErrors(errors) {
@@ -454,23 +508,32 @@ async function loadTimeline() {
   }));
 }
 
-function button(text, onClick) {
+function button(text, onClick, className) {
   const element = document.createElement("button");
   element.type = "button";
+  if (className) element.className = className;
   element.textContent = text;
   element.addEventListener("click", onClick);
   return element;
 }
 
+let configDrawn = "";
+
 // Rows as they apply to the environment, each saying where it comes from
 // (`*` is inherited). Sensitive values arrive masked; an admin reveals one
-// on purpose, and readyd records that in the audit trail.
-async function loadConfig() {
+// on purpose, and readyd records that in the audit trail. With
+// onlyIfChanged, as loadFlags (a revealed value also stays shown until
+// its row changes).
+async function loadConfig(onlyIfChanged) {
   const environment = $("config-environment").value.trim();
   const { status, body } = await api(`/console/api/config?environment=${encodeURIComponent(environment)}`);
   if (status === 401) { show(false); return; }
   if (status !== 200) { $("config-message").textContent = (body && body.message) || `readyd answered ${status}`; return; }
   $("config-message").textContent = "";
+  const drawn = JSON.stringify([access, environment, body.entries]);
+  if (onlyIfChanged && drawn === configDrawn) return;
+  configDrawn = drawn;
+  editing = null;
   const rows = (body.entries || []).map((entry) => {
     const tr = document.createElement("tr");
     tr.dataset.key = entry.key;
@@ -490,9 +553,9 @@ async function loadConfig() {
           else $("config-message").textContent = (answer.body && answer.body.message) || `readyd answered ${answer.status}`;
         }));
       } else {
-        actions.appendChild(button("Edit", () => editConfig(entry)));
+        actions.appendChild(button("Edit", () => editConfig(entry, value, actions), "edit"));
       }
-      actions.appendChild(button("History", () => configAudit(entry.key)));
+      actions.appendChild(button("History", () => configAudit(entry.key), "history"));
     }
     tr.appendChild(actions);
     return tr;
@@ -500,22 +563,56 @@ async function loadConfig() {
   $("config-rows").replaceChildren(...rows);
 }
 
-function editConfig(entry) {
-  const raw = window.prompt(`New value of ${entry.key} (${entry.environment}), as JSON`, JSON.stringify(entry.value));
-  if (raw === null) return;
-  let value;
-  try { value = JSON.parse(raw); } catch (_) { $("config-message").textContent = "the value must be JSON (a string in quotes)"; return; }
-  $("config-confirm-text").textContent = `Change ${entry.key} (${entry.environment}): ${JSON.stringify(entry.value)} → ${JSON.stringify(value)}?`;
-  $("config-confirm").hidden = false;
-  $("config-confirm-yes").onclick = async () => {
-    $("config-confirm").hidden = true;
-    const request = { key: entry.key, environment: entry.environment, value, expectedVersion: entry.version };
-    const { status, body } = await api("/console/api/config", { method: "POST", body: JSON.stringify(request) });
-    if (status === 409) $("config-message").textContent = `${entry.key} was changed by someone else meanwhile; the list now shows their change.`;
-    else $("config-message").textContent = status === 200 ? "" : (body && body.message) || `readyd answered ${status}`;
-    loadConfig();
+// The row being edited ({key, environment}), if any: the list is not
+// redrawn under the editor while it is open.
+let editing = null;
+
+// An inline editor in the value cell: the value as JSON, saved after a
+// confirmation that shows the change, with the problem beside the field.
+function editConfig(entry, value, actions) {
+  editing = { key: entry.key, environment: entry.environment };
+  const input = document.createElement("input");
+  input.type = "text";
+  input.className = "value-input";
+  input.spellcheck = false;
+  input.value = JSON.stringify(entry.value);
+  input.setAttribute("aria-label", `New value of ${entry.key} (JSON)`);
+  const problem = document.createElement("p");
+  problem.className = "field-error";
+  problem.id = `config-error-${entry.key}-${entry.environment}`;
+  problem.setAttribute("role", "alert");
+  input.setAttribute("aria-describedby", problem.id);
+  const cancel = () => { editing = null; $("config-confirm").hidden = true; loadConfig(); };
+  const save = () => {
+    let next;
+    try { next = JSON.parse(input.value); } catch (_) {
+      problem.textContent = "not JSON (a string needs quotes)";
+      input.setAttribute("aria-invalid", "true");
+      return;
+    }
+    problem.textContent = "";
+    input.removeAttribute("aria-invalid");
+    if (JSON.stringify(next) === JSON.stringify(entry.value)) { problem.textContent = "nothing changed"; return; }
+    $("config-confirm-text").textContent = `Change ${entry.key} (${entry.environment}): ${JSON.stringify(entry.value)} → ${JSON.stringify(next)}?`;
+    $("config-confirm").hidden = false;
+    $("config-confirm-yes").onclick = async () => {
+      $("config-confirm").hidden = true;
+      const request = { key: entry.key, environment: entry.environment, value: next, expectedVersion: entry.version };
+      const { status, body } = await api("/console/api/config", { method: "POST", body: JSON.stringify(request) });
+      if (status === 200) { $("config-message").textContent = ""; editing = null; loadConfig(); return; }
+      problem.textContent = status === 409
+        ? `${entry.key} was changed by someone else meanwhile; cancel to see their change.`
+        : (body && body.message) || `readyd answered ${status}`;
+    };
+    $("config-confirm-no").onclick = () => { $("config-confirm").hidden = true; input.focus(); };
   };
-  $("config-confirm-no").onclick = () => { $("config-confirm").hidden = true; };
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") { event.preventDefault(); save(); }
+    if (event.key === "Escape") cancel();
+  });
+  value.replaceChildren(input, problem);
+  actions.replaceChildren(button("Save", save, "save"), button("Cancel", cancel, "cancel"));
+  input.focus();
 }
 
 async function configAudit(key) {
@@ -541,7 +638,7 @@ async function configAudit(key) {
 }
 
 async function start() {
-  $("config-refresh").addEventListener("click", loadConfig);
+  $("config-refresh").addEventListener("click", () => loadConfig());
   $("timeline-range").addEventListener("change", loadTimeline);
   $("timeline-refresh").addEventListener("click", loadTimeline);
   $("history-range").addEventListener("change", loadHistory);
@@ -550,11 +647,11 @@ async function start() {
   for (const button of document.querySelectorAll("#tabs button")) {
     button.addEventListener("click", () => showTab(button.dataset.tab));
   }
-  $("flag-search").addEventListener("input", renderFlags);
-  $("flag-filter").addEventListener("change", renderFlags);
+  $("flag-search").addEventListener("input", () => renderFlags());
+  $("flag-filter").addEventListener("change", () => renderFlags());
   $("try-form").addEventListener("submit", tryFlag);
   $("flag-detail").addEventListener("submit", saveFlag);
-  $("flag-close").addEventListener("click", () => { $("flag-detail").hidden = true; openKey = null; });
+  $("flag-close").addEventListener("click", closeFlag);
   $("sign-in-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const token = $("token").value;
@@ -571,7 +668,7 @@ async function start() {
     show(false);
   });
   const { status, body } = await api("/console/api/session");
-  show(status === 200, body);
+  show(status === 200 && Boolean(body && body.signedIn), body);
 }
 
 start();
