@@ -381,6 +381,11 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         checks = monitor.checks().len(),
         "readyd is serving"
     );
+    if settings.console
+        && let Some(addr) = http_addr
+    {
+        tracing::info!(url = %console_url(addr), "the web console is open: sign in with the admin or read token");
+    }
 
     let mut early_exit = tokio::select! {
         result = &mut server => Some(result),
@@ -474,5 +479,15 @@ fn flatten(
     match joined {
         Ok(result) => result.map_err(ServeError::from),
         Err(join_error) => Err(ServeError::Crashed(join_error.to_string())),
+    }
+}
+
+/// Where a person opens the console served on `addr`: a wildcard address
+/// (`0.0.0.0`, `[::]`) is opened as `localhost` on the same machine.
+fn console_url(addr: std::net::SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        format!("http://localhost:{}/console", addr.port())
+    } else {
+        format!("http://{addr}/console")
     }
 }

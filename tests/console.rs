@@ -682,3 +682,39 @@ async fn every_console_api_route_but_the_session_question_needs_a_session_and_ch
     let refused = request(http, "GET", "/console/api/config/audit", &cookie, "").await;
     assert_eq!(refused.code, 403, "{refused:?}");
 }
+
+/// `readyd serve --console` says in its log where to open the console, and
+/// the page is there.
+#[tokio::test]
+async fn the_log_names_the_console_address_and_the_page_is_there() {
+    use std::time::Duration;
+    use support::daemon::DaemonCommand;
+    let db = TestDb::new().await;
+    let mut daemon = DaemonCommand::serve()
+        .env("DATABASE_URL", &db.url)
+        .env("READYD_ADMIN_TOKEN", ADMIN)
+        .args(["--console", "--http-listen", "127.0.0.1:0"])
+        .start()
+        .await;
+    let line = daemon
+        .wait_for_log("the web console is open", Duration::from_secs(30))
+        .await;
+    let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    let url = event
+        .pointer("/fields/url")
+        .or_else(|| event.get("url"))
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_else(|| panic!("no url in {line}"))
+        .to_owned();
+    assert!(!line.contains(ADMIN), "the token is not logged: {line}");
+    let (addr, path) = url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split_once('/'))
+        .unwrap_or_else(|| panic!("not an http URL: {url}"));
+    assert_eq!(path, "console");
+    let addr: SocketAddr = addr.parse().expect("a socket address");
+    let page = request(addr, "GET", "/console", "", "").await;
+    assert_eq!(page.code, 200, "{page:?}");
+    assert!(page.body.contains("<html"), "{page:?}");
+    assert!(!page.body.contains(ADMIN));
+}
