@@ -13,7 +13,8 @@
 //! - sensitive values reach a follower and stay redacted to its non-admin
 //!   readers, while the upstream's admin token shows them;
 //! - a follower that stops reading gets a fresh snapshot once it reads
-//!   again, while the others get every change meanwhile;
+//!   again, while the others get every change meanwhile; a follower that
+//!   goes away gives its place back;
 //! - database reads (audit, deployments, history) go up, and a follower
 //!   serving another environment's follower widens what it holds.
 
@@ -740,8 +741,11 @@ async fn a_follower_shuts_down_cleanly() {
 }
 
 /// Opens a Follow stream on `channel` with the replication token.
-async fn follow(channel: &Channel, instance: &str) -> tonic::Streaming<pb::FollowResponse> {
-    ReplicationServiceClient::new(channel.clone())
+async fn try_follow(
+    channel: &Channel,
+    instance: &str,
+) -> Result<tonic::Streaming<pb::FollowResponse>, tonic::Status> {
+    Ok(ReplicationServiceClient::new(channel.clone())
         .follow(with_token(
             pb::FollowRequest {
                 protocol: readyd::relay::PROTOCOL,
@@ -751,9 +755,13 @@ async fn follow(channel: &Channel, instance: &str) -> tonic::Streaming<pb::Follo
             },
             REPLICATION_TOKEN,
         ))
-        .await
-        .expect("follow")
-        .into_inner()
+        .await?
+        .into_inner())
+}
+
+/// The same, which must be admitted.
+async fn follow(channel: &Channel, instance: &str) -> tonic::Streaming<pb::FollowResponse> {
+    try_follow(channel, instance).await.expect("follow")
 }
 
 /// Reads `stream` until `done` holds for a message (bounded in time).
@@ -856,6 +864,53 @@ async fn a_follower_that_falls_behind_gets_a_fresh_snapshot_without_slowing_the_
         changes_read < 2501,
         "the follower that fell behind was sent a snapshot, not every change ({changes_read} read)"
     );
+    u.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_goes_away_gives_its_place_back() {
+    use pb::follow_response::Event;
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let u = upstream(&db, dir.path())
+        .args(["--max-follow-streams", "1"])
+        .start()
+        .await;
+    let channel = u.channel().await;
+    let mut first = follow(&channel, "first").await;
+    read_until(
+        &mut first,
+        "first",
+        |event| matches!(event, Event::Snapshot(snapshot) if snapshot.last),
+    )
+    .await;
+    let refused = try_follow(&channel, "second")
+        .await
+        .expect_err("refused while the first holds the only place");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+
+    // The follower goes away (its stream reset); the upstream notices and
+    // admits the next one.
+    drop(first);
+    let mut second = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match try_follow(&channel, "second").await {
+                Ok(stream) => return stream,
+                Err(status) if status.code() == Code::ResourceExhausted => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(status) => panic!("second: {status:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the first follower's place is given back within 60s");
+    read_until(
+        &mut second,
+        "second",
+        |event| matches!(event, Event::Snapshot(snapshot) if snapshot.last),
+    )
+    .await;
     u.stop().await;
 }
 

@@ -6,12 +6,16 @@
 //! the same bytes (a reference count, not a copy, until the transport
 //! writes them). Rows travel as readyd's own JSON (as in the snapshot
 //! file), so a follower rebuilds exactly the rows its upstream holds.
+//!
+//! Each message is kept as a whole gRPC frame (the 5-byte prefix, then the
+//! message), so a stream hands the shared bytes to HTTP/2 as they are: no
+//! stream copies them into an encode buffer of its own.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use prost::Message;
 
 use crate::api::pb::readyd::v1 as pb;
@@ -20,9 +24,11 @@ use crate::flags::Flag;
 use crate::flags::segment::Segment;
 use crate::state::{Event, Snapshot};
 
-/// Snapshot messages are cut at about this size: small, since a transport
-/// keeps a buffer as large as the largest message it sent on each stream.
+/// Snapshot messages are cut at about this size: one HTTP/2 frame, and a
+/// follower decodes a part at a time.
 pub const PART_BYTES: usize = 16 * 1024;
+/// A gRPC frame's prefix: a compressed flag and the message's length.
+pub const FRAME_HEADER: usize = 5;
 /// Encoded snapshots kept (a few versions, a few sets of environments).
 const SNAPSHOTS_KEPT: usize = 8;
 /// Encoded changes kept: as many as the state's history, so every follower
@@ -118,10 +124,22 @@ impl Encodings {
     }
 }
 
+/// `event` as a gRPC frame: uncompressed, its length, the message.
 fn encoded(event: pb::follow_response::Event) -> Bytes {
-    pb::FollowResponse { event: Some(event) }
-        .encode_to_vec()
-        .into()
+    let message = pb::FollowResponse { event: Some(event) };
+    let len = message.encoded_len();
+    let mut frame = Vec::with_capacity(FRAME_HEADER + len);
+    frame.put_u8(0);
+    // Only a message of 4 GiB or more saturates; a stream refuses any
+    // message over the message limit, far below that.
+    frame.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+    message.encode_raw(&mut frame);
+    frame.into()
+}
+
+/// The message of a frame made by [`encoded`].
+pub fn message_len(frame: &Bytes) -> usize {
+    frame.len().saturating_sub(FRAME_HEADER)
 }
 
 fn flag_json(flag: &Flag) -> String {
@@ -307,11 +325,23 @@ mod tests {
         }
     }
 
+    /// The message of a frame, after checking its prefix.
+    fn unframe(frame: &Bytes) -> pb::FollowResponse {
+        assert_eq!(frame[0], 0, "not compressed");
+        let len = u32::from_be_bytes(frame[1..FRAME_HEADER].try_into().expect("4 bytes"));
+        assert_eq!(
+            len as usize,
+            message_len(frame),
+            "the prefix holds the length"
+        );
+        pb::FollowResponse::decode(frame.slice(FRAME_HEADER..)).expect("decodes")
+    }
+
     fn decode(parts: &[Bytes]) -> (Vec<String>, Vec<(String, String)>) {
         let mut flags = Vec::new();
         let mut configs = Vec::new();
         for (i, part) in parts.iter().enumerate() {
-            let message = pb::FollowResponse::decode(part.clone()).expect("decodes");
+            let message = unframe(part);
             let Some(pb::follow_response::Event::Snapshot(snapshot)) = message.event else {
                 panic!("a snapshot part");
             };
@@ -378,16 +408,14 @@ mod tests {
         let encoded = Encodings::default().event(&event);
         let prod = BTreeSet::from(["prod".to_owned()]);
         let staging = BTreeSet::from(["staging".to_owned()]);
-        let to_prod =
-            pb::FollowResponse::decode(encoded.for_follower(&prod).clone()).expect("decodes");
+        let to_prod = unframe(encoded.for_follower(&prod));
         assert!(matches!(
             to_prod.event,
             Some(pb::follow_response::Event::Progress(pb::Progress {
                 version: 7
             }))
         ));
-        let to_staging =
-            pb::FollowResponse::decode(encoded.for_follower(&staging).clone()).expect("decodes");
+        let to_staging = unframe(encoded.for_follower(&staging));
         assert!(matches!(
             to_staging.event,
             Some(pb::follow_response::Event::Change(pb::ReplicaChange {

@@ -10,20 +10,23 @@
 //! changes are encoded once and shared ([`super::encode`]); a follower
 //! that falls behind gets a fresh snapshot, without slowing the others.
 //!
-//! The Follow method is served by hand with a codec that writes
-//! pre-encoded messages; the generated server answers the rest.
+//! The Follow method is served by hand: its response body hands the shared
+//! frames to HTTP/2 as they are. tonic's server-streaming body copies every
+//! message into an encode buffer of the stream's own, which stays as large
+//! as the snapshot parts it held for the stream's life: most of what an
+//! idle follower cost its upstream. The generated server answers the rest.
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
-use bytes::{BufMut, Bytes};
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
+use http_body::Frame;
 use tokio::sync::{broadcast, mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
-use tonic::codegen::BoxStream;
+use tonic::codec::{BufferSettings, Streaming};
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 use tower::Service;
@@ -47,6 +50,8 @@ use crate::state::{Event, Snapshot, State};
 pub const FOLLOW_PATH: &str = "/readyd.v1.ReplicationService/Follow";
 /// Messages a Follow stream buffers: shared bytes, so cheap to hold.
 const STREAM_BUFFER: usize = 16;
+/// The gRPC content type of a Follow response.
+const GRPC_CONTENT_TYPE: http::HeaderValue = http::HeaderValue::from_static("application/grpc");
 /// Recordings one RecordHealth call may carry.
 pub const MAX_RECORDINGS: usize = 100;
 /// Longest instance name recorded.
@@ -107,14 +112,8 @@ impl Service<http::Request<tonic::body::Body>> for ReplicationServer {
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         if request.uri().path() == FOLLOW_PATH {
-            let method = FollowMethod(Arc::clone(&self.replication));
-            Box::pin(async move {
-                let mut grpc = tonic::server::Grpc::new(SharedCodec).apply_max_message_size_config(
-                    Some(MAX_MESSAGE_BYTES),
-                    Some(MAX_MESSAGE_BYTES),
-                );
-                Ok(grpc.server_streaming(method, request).await)
-            })
+            let replication = Arc::clone(&self.replication);
+            Box::pin(async move { Ok(replication.serve_follow(request).await) })
         } else {
             let mut generated = self.generated.clone();
             Box::pin(async move { generated.call(request).await })
@@ -122,63 +121,83 @@ impl Service<http::Request<tonic::body::Body>> for ReplicationServer {
     }
 }
 
-/// Writes messages that are already encoded; reads FollowRequests.
-#[derive(Debug, Clone, Copy, Default)]
-struct SharedCodec;
-
-impl Codec for SharedCodec {
-    type Encode = Bytes;
-    type Decode = pb::FollowRequest;
-    type Encoder = SharedEncoder;
-    type Decoder = tonic_prost::ProstDecoder<pb::FollowRequest>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        SharedEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        tonic_prost::ProstCodec::<pb::FollowResponse, pb::FollowRequest>::raw_decoder(
-            BufferSettings::default(),
-        )
-    }
+/// A Follow response's body: the stream's frames as they are (shared
+/// bytes, each a whole gRPC frame), then the OK trailers.
+struct FollowBody {
+    frames: mpsc::Receiver<Bytes>,
+    /// The trailers have been sent.
+    ended: bool,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct SharedEncoder;
-
-impl Encoder for SharedEncoder {
-    type Item = Bytes;
+impl http_body::Body for FollowBody {
+    type Data = Bytes;
     type Error = Status;
 
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let status = match ready!(self.frames.poll_recv(cx)) {
+            Some(frame) if encode::message_len(&frame) <= MAX_MESSAGE_BYTES => {
+                return Poll::Ready(Some(Ok(Frame::data(frame))));
+            }
+            // As tonic's encoder refuses a message over the limit.
+            Some(frame) => Status::out_of_range(format!(
+                "Error, encoded message length too large: found {} bytes, the limit is: {MAX_MESSAGE_BYTES} bytes",
+                encode::message_len(&frame)
+            )),
+            // The stream ended (shutdown, or the follower went away).
+            None => Status::ok(""),
+        };
+        self.ended = true;
+        let mut trailers = http::HeaderMap::with_capacity(3);
+        Poll::Ready(Some(
+            status
+                .add_header(&mut trailers)
+                .map(|()| Frame::trailers(trailers)),
+        ))
     }
 
-    fn buffer_settings(&self) -> BufferSettings {
-        // Idle followers are many: start small, grow to a part when sending.
-        BufferSettings::new(4 * 1024, 32 * 1024)
-    }
-}
-
-struct FollowMethod(Arc<Replication>);
-
-impl tonic::server::ServerStreamingService<pb::FollowRequest> for FollowMethod {
-    type Response = Bytes;
-    type ResponseStream = BoxStream<Bytes>;
-    type Future = BoxFuture<'static, Result<Response<Self::ResponseStream>, Status>>;
-
-    fn call(&mut self, request: Request<pb::FollowRequest>) -> Self::Future {
-        let replication = Arc::clone(&self.0);
-        Box::pin(async move { replication.follow(request.into_inner()).await })
+    fn is_end_stream(&self) -> bool {
+        self.ended
     }
 }
 
 impl Replication {
+    /// Answers a Follow call: the request read as tonic reads a unary one,
+    /// the answer a gRPC response whose body is [`FollowBody`].
+    async fn serve_follow(
+        self: Arc<Self>,
+        request: http::Request<tonic::body::Body>,
+    ) -> http::Response<tonic::body::Body> {
+        let answer = async {
+            let request = read_follow_request(request).await?;
+            self.follow(request).await
+        };
+        match answer.await {
+            Ok(frames) => {
+                let body = FollowBody {
+                    frames,
+                    ended: false,
+                };
+                let mut response = http::Response::new(tonic::body::Body::new(body));
+                *response.version_mut() = http::Version::HTTP_2;
+                response
+                    .headers_mut()
+                    .insert(http::header::CONTENT_TYPE, GRPC_CONTENT_TYPE);
+                response
+            }
+            Err(status) => status.into_http(),
+        }
+    }
+
     async fn follow(
         self: Arc<Self>,
         request: pb::FollowRequest,
-    ) -> Result<Response<BoxStream<Bytes>>, Status> {
+    ) -> Result<mpsc::Receiver<Bytes>, Status> {
         if request.protocol != PROTOCOL {
             return Err(Status::failed_precondition(format!(
                 "this readyd speaks replication protocol {PROTOCOL} and the follower {}: run the same readyd release on both",
@@ -230,14 +249,41 @@ impl Replication {
             request.since_version,
             ticket,
         ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(rx)
     }
+}
+
+/// The one FollowRequest of a call. No request compression is accepted
+/// (none is offered), as the generated servers do.
+async fn read_follow_request(
+    request: http::Request<tonic::body::Body>,
+) -> Result<pb::FollowRequest, Status> {
+    if let Some(encoding) = request.headers().get("grpc-encoding")
+        && encoding != "identity"
+    {
+        return Err(Status::unimplemented(format!(
+            "Content is compressed with `{}` which isn't supported",
+            encoding.to_str().unwrap_or("?")
+        )));
+    }
+    let decoder = tonic_prost::ProstCodec::<pb::FollowResponse, pb::FollowRequest>::raw_decoder(
+        BufferSettings::default(),
+    );
+    let mut messages =
+        Streaming::new_request(decoder, request.into_body(), None, Some(MAX_MESSAGE_BYTES));
+    let message = messages
+        .message()
+        .await?
+        .ok_or_else(|| Status::internal("Missing request message."))?;
+    // To the end of the request, as tonic reads a unary one.
+    messages.trailers().await?;
+    Ok(message)
 }
 
 /// One follower's stream.
 struct FollowStream {
     replication: Arc<Replication>,
-    tx: mpsc::Sender<Result<Bytes, Status>>,
+    tx: mpsc::Sender<Bytes>,
     /// The environments the follower holds.
     environments: BTreeSet<String>,
     /// The version the follower is consistent with.
@@ -327,7 +373,7 @@ impl FollowStream {
     }
 
     async fn send(&self, message: Bytes) -> Result<(), Gone> {
-        self.tx.send(Ok(message)).await.map_err(|_| Gone)
+        self.tx.send(message).await.map_err(|_| Gone)
     }
 
     async fn tell_freshness(&mut self) -> Result<(), Gone> {
@@ -418,5 +464,68 @@ impl ReplicationService for RecordHealthApi {
             recorded += 1;
         }
         Ok(Response::new(pb::RecordHealthResponse { recorded }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    fn body_of(frames: Vec<Bytes>) -> FollowBody {
+        let (tx, rx) = mpsc::channel(frames.len().max(1));
+        for frame in frames {
+            tx.try_send(frame).expect("room in the channel");
+        }
+        FollowBody {
+            frames: rx,
+            ended: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_follow_body_sends_the_shared_frames_themselves_then_ok_trailers() {
+        let hello = encode::hello("upstream", 7);
+        let progress = encode::freshness(None);
+        let mut body = body_of(vec![hello.clone(), progress.clone()]);
+        for shared in [hello, progress] {
+            let frame = body.frame().await.expect("a frame").expect("no error");
+            let data = frame.into_data().expect("data");
+            assert_eq!(
+                data.as_ptr(),
+                shared.as_ptr(),
+                "the shared bytes, not a copy"
+            );
+            assert_eq!(data.len(), shared.len());
+        }
+        let trailers = body
+            .frame()
+            .await
+            .expect("trailers")
+            .expect("no error")
+            .into_trailers()
+            .expect("trailers");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert!(http_body::Body::is_end_stream(&body));
+        assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_follow_body_refuses_a_message_over_the_limit() {
+        let too_large = Bytes::from(vec![0; encode::FRAME_HEADER + MAX_MESSAGE_BYTES + 1]);
+        let mut body = body_of(vec![too_large]);
+        let trailers = body
+            .frame()
+            .await
+            .expect("trailers")
+            .expect("no error")
+            .into_trailers()
+            .expect("trailers");
+        assert_eq!(
+            trailers["grpc-status"],
+            (tonic::Code::OutOfRange as i32).to_string()
+        );
+        assert!(body.frame().await.is_none());
     }
 }
