@@ -1,7 +1,7 @@
 //! The dependency check runners against real services: PostgreSQL (the test
 //! server), Redis, RabbitMQ and NATS (READYD_TEST_REDIS_URL,
-//! READYD_TEST_AMQP_URL, READYD_TEST_NATS_URL, defaulting to the standard
-//! ports on 127.0.0.1), and HTTP, gRPC and "hung" servers the tests start
+//! READYD_TEST_AMQP_URL, READYD_TEST_NATS_URL, else private servers: see
+//! `support::servers`), and HTTP, gRPC and "hung" servers the tests start
 //! themselves.
 //!
 //! Every runner gets a passing case and its failing cases: nothing listening
@@ -25,6 +25,7 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use support::TestDb;
 use support::proxy::Target as ProxyTarget;
+use support::servers::{amqp_url, nats_url, redis_url};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio_util::sync::CancellationToken;
@@ -42,27 +43,11 @@ const HTTP_PASSWORD: &str = "Right-Pw";
 /// base64("readyd:Right-Pw").
 const HTTP_BASIC: &str = "cmVhZHlkOlJpZ2h0LVB3";
 
-fn env_url(name: &str, default: &str) -> String {
-    match std::env::var(name) {
-        Ok(url) if !url.trim().is_empty() => url.trim().to_owned(),
-        _ => default.to_owned(),
-    }
-}
-
-fn redis_url() -> String {
-    env_url("READYD_TEST_REDIS_URL", "redis://127.0.0.1:6379")
-}
-
-fn amqp_url() -> String {
-    env_url(
-        "READYD_TEST_AMQP_URL",
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-    )
-}
-
-fn nats_url() -> String {
-    env_url("READYD_TEST_NATS_URL", "nats://127.0.0.1:4222")
-}
+/// URL shapes for the cases that replace the port (closed, hung): they
+/// need no server.
+const REDIS_SHAPE: &str = "redis://127.0.0.1:6379";
+const AMQP_SHAPE: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const NATS_SHAPE: &str = "nats://127.0.0.1:4222";
 
 /// `url` with `password` (and a user, if it had none).
 fn with_password(url: &str, password: &str) -> String {
@@ -468,7 +453,7 @@ async fn redis_passes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_fails_on_a_closed_port() {
-    refused(&with_password(&redis_url(), SECRET)).await;
+    refused(&with_password(REDIS_SHAPE, SECRET)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -482,7 +467,18 @@ async fn redis_fails_with_a_wrong_password() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_times_out_on_a_hung_peer() {
-    hangs(&with_password(&redis_url(), SECRET)).await;
+    hangs(&with_password(REDIS_SHAPE, SECRET)).await;
+}
+
+#[test]
+fn a_missing_server_package_is_named_in_one_line() {
+    let line = support::servers::installed("readyd-no-such-server", "readyd-no-such-pkg")
+        .expect_err("not installed");
+    assert_eq!(
+        line,
+        "readyd-no-such-server is not installed: install the readyd-no-such-pkg package \
+         (apt-get install readyd-no-such-pkg)"
+    );
 }
 
 // ---------------------------------------------------------------- amqp
@@ -495,7 +491,7 @@ async fn amqp_passes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn amqp_fails_on_a_closed_port() {
-    refused(&with_password(&amqp_url(), SECRET)).await;
+    refused(&with_password(AMQP_SHAPE, SECRET)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -506,7 +502,7 @@ async fn amqp_fails_with_a_wrong_password() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn amqp_times_out_on_a_hung_peer() {
-    hangs(&with_password(&amqp_url(), SECRET)).await;
+    hangs(&with_password(AMQP_SHAPE, SECRET)).await;
 }
 
 // ---------------------------------------------------------------- nats
@@ -520,12 +516,12 @@ async fn nats_passes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn nats_fails_on_a_closed_port() {
     // The test server needs no credentials; these must still never show.
-    refused(&with_password(&nats_url(), SECRET)).await;
+    refused(&with_password(NATS_SHAPE, SECRET)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nats_times_out_on_a_hung_peer() {
-    hangs(&with_password(&nats_url(), SECRET)).await;
+    hangs(&with_password(NATS_SHAPE, SECRET)).await;
 }
 
 // ---------------------------------------------------------------- http

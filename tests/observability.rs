@@ -479,9 +479,13 @@ fn assert_no_secret(lines: &[String]) {
 #[tokio::test]
 async fn no_secret_reaches_text_or_json_logs() {
     let db = TestDb::new().await;
-    let check = format!(
-        "cache=redis://:{REDIS_PASSWORD}@127.0.0.1:6379?failures=1&interval=200ms&critical=false"
-    );
+    // A real Redis, so the error logged is the server's answer to a wrong
+    // password (the private one has none, which fails AUTH too).
+    let mut redis = url::Url::parse(&support::servers::redis_url()).expect("redis url");
+    redis
+        .set_password(Some(REDIS_PASSWORD))
+        .expect("set password");
+    let check = format!("cache={redis}?failures=1&interval=200ms&critical=false");
     for json in [false, true] {
         let daemon = start_daemon(
             &with_password(&db.url),

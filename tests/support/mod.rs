@@ -4,7 +4,8 @@
 //!
 //! The databases live on the server named by DATABASE_URL when it is set,
 //! else on a private PostgreSQL cluster that the first test starts under the
-//! system temp directory and later test binaries and runs reuse.
+//! system temp directory and later test binaries and runs reuse. Redis, NATS
+//! and RabbitMQ for the dependency checks are in `servers`.
 #![allow(dead_code)]
 
 pub mod browser;
@@ -15,6 +16,7 @@ pub mod interop;
 pub mod metrics;
 pub mod proxy;
 pub mod rng;
+pub mod servers;
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
