@@ -346,6 +346,45 @@ async fn deployments_are_recorded_and_rolled_back_by_the_sessions_name() {
         "the session's name, whatever the body says: {deployments:?}"
     );
 
+    // The overview's current deployment per environment: the newest
+    // success of each, for a read-only session too.
+    let body = serde_json::json!({
+        "version": "2.0.0",
+        "environment": "prod",
+        "status": "DEPLOYMENT_STATUS_SUCCESS",
+    })
+    .to_string();
+    let recorded = request(http, "POST", "/console/api/deployments", &headers, &body).await;
+    assert_eq!(recorded.code, 200, "{recorded:?}");
+    let (read_cookie, _) = session(http, READER, "ben").await;
+    let current = request(
+        http,
+        "GET",
+        "/console/api/current-deployments",
+        &read_cookie,
+        "",
+    )
+    .await;
+    assert_eq!(current.code, 200, "{current:?}");
+    let current: Vec<(String, String)> = current.json()["deployments"]
+        .as_array()
+        .expect("deployments")
+        .iter()
+        .map(|d| {
+            (
+                d["environment"].as_str().unwrap_or_default().to_owned(),
+                d["version"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        current,
+        [
+            ("prod".to_owned(), "2.0.0".to_owned()),
+            ("staging".to_owned(), "1.1.0".to_owned())
+        ]
+    );
+
     let body = r#"{"environment": "staging", "reason": "bad release", "actor": "mallory"}"#;
     assert_eq!(
         request(http, "POST", "/console/api/rollback", &cookie, body)
@@ -658,6 +697,7 @@ async fn every_console_api_route_but_the_session_question_needs_a_session_and_ch
         ("GET", "/console/api/deployments"),
         ("POST", "/console/api/deployments"),
         ("POST", "/console/api/rollback"),
+        ("GET", "/console/api/current-deployments"),
         ("GET", "/console/api/config"),
         ("POST", "/console/api/config"),
         ("POST", "/console/api/config/reveal"),

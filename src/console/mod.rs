@@ -80,6 +80,7 @@ pub fn routes() -> Router<Arc<HttpSurface>> {
             get(list_deployments).post(record_deployment),
         )
         .route("/console/api/rollback", post(record_rollback))
+        .route("/console/api/current-deployments", get(current_deployments))
 }
 
 /// Headers of every console answer: never cached, never framed, nothing
@@ -472,6 +473,50 @@ async fn list_deployments(
         |request| async move { deployments.list_deployments(request).await },
     )
     .await
+}
+
+/// Most environments the overview lists.
+const MAX_ENVIRONMENTS: i64 = 100;
+
+/// `GET /console/api/current-deployments`: the current deployment of every
+/// environment (the overview's), as a `ListDeploymentsResponse`.
+async fn current_deployments(
+    State(surface): State<Arc<HttpSurface>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = session_of(&surface, &headers) {
+        return *refused;
+    }
+    let Some(store) = &surface.store else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "deployments are read from the database, and this readyd has none",
+        );
+    };
+    let deployments = match store.current_deployments(MAX_ENVIRONMENTS).await {
+        Ok(deployments) => deployments,
+        Err(problem) => {
+            tracing::warn!(error = %problem, "the console's current deployments could not be read");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "the deployments could not be read from the database; try again",
+            );
+        }
+    };
+    let answer = pb::ListDeploymentsResponse {
+        deployments: deployments.into_iter().map(pb::Deployment::from).collect(),
+        ..Default::default()
+    };
+    match json::to_json("readyd.v1.ListDeploymentsResponse", &answer) {
+        Ok(body) => json_response(StatusCode::OK, &body),
+        Err(problem) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            &format!("the answer could not be written: {problem}"),
+        ),
+    }
 }
 
 /// `POST /console/api/deployments` with a `RecordDeploymentRequest`; the

@@ -258,6 +258,22 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The current deployment of every environment that has one (its newest
+    /// successful row), by environment; at most `limit` environments.
+    pub async fn current_deployments(&self, limit: i64) -> Result<Vec<Deployment>, StoreError> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT DISTINCT ON (environment) {COLUMNS} FROM deployment_history \
+             WHERE status = 'success' ORDER BY environment, id DESC LIMIT $1"
+        ));
+        let rows: Vec<DeploymentRecord> = sqlx::query_as(sql)
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await?;
+        rows.into_iter().map(Deployment::try_from).collect()
+    }
+}
+
 /// The newest successful row of `environment`.
 async fn current(
     connection: &mut sqlx::PgConnection,

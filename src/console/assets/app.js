@@ -33,6 +33,7 @@ function showTab(name) {
   }
   if (name === "flags") { closeFlag(); loadFlags(); }
   if (name === "deployments") loadDeployments();
+  if (name === "overview") loadCurrentDeployments();
   if (name === "history") loadHistory();
   if (name === "timeline") loadTimeline();
   if (name === "config") loadConfig();
@@ -67,7 +68,7 @@ function forget() {
   editing = null;
   closeFlag();
   $("flag-detail").reset();
-  for (const id of ["checks", "flag-rows", "config-rows", "config-audit", "deploy-rows", "timeline-entries",
+  for (const id of ["checks", "current-deployments", "flag-rows", "config-rows", "config-audit", "deploy-rows", "timeline-entries",
     "history-chart", "history-legend"]) $(id).replaceChildren();
   for (const id of ["status", "meta", "maintenance", "try-result", "config-audit-title", "overview-error", "flags-message",
     "config-message", "deploy-message", "timeline-message", "history-message"]) $(id).textContent = "";
@@ -136,6 +137,8 @@ async function refresh() {
   if (tab === "flags" && $("confirm").hidden && ticks % 2 === 0) { loadFlags(true); return; }
   if (tab === "config" && $("config-confirm").hidden && !editing && ticks % 2 === 0) { loadConfig(true); return; }
   if (tab !== "overview") return;
+  // Deployments change rarely: every five seconds.
+  if (ticks % 5 === 0) loadCurrentDeployments();
   const { status, body } = await api("/console/api/health");
   if (status === 401) { show(false); return; }
   if (body && body.status) { render(body); $("overview-error").textContent = ""; }
@@ -360,6 +363,28 @@ async function tryFlag(event) {
 }
 
 const statusText = (status) => (status || "").replace(/^DEPLOYMENT_STATUS_/, "").toLowerCase().replace("_", " ");
+
+// The overview's current deployment of every environment.
+async function loadCurrentDeployments() {
+  const { status, body } = await api("/console/api/current-deployments");
+  if (status !== 200) return;
+  const rows = (body.deployments || []).map((deployment) => {
+    const tr = document.createElement("tr");
+    tr.appendChild(cell(deployment.environment));
+    tr.appendChild(cell(deployment.version));
+    tr.appendChild(cell(deployment.deployedBy));
+    tr.appendChild(cell((deployment.deployedAt || "").replace("T", " ").replace(/\..*Z$/, "Z")));
+    return tr;
+  });
+  if (!rows.length) {
+    const tr = document.createElement("tr");
+    const td = cell("No deployment recorded yet.");
+    td.colSpan = 4;
+    tr.appendChild(td);
+    rows.push(tr);
+  }
+  $("current-deployments").replaceChildren(...rows);
+}
 
 async function loadDeployments() {
   const environment = encodeURIComponent($("deploy-environment").value.trim());
