@@ -782,6 +782,41 @@ mod tests {
     }
 
     #[test]
+    fn a_flag_evaluated_as_a_prerequisite_is_counted_and_a_preview_is_not() {
+        let drained = |flag: &CompiledFlag| {
+            let mut seen = Vec::new();
+            flag.usage().drain(|variant, reason, count| {
+                seen.push((variant.to_owned(), reason, count));
+            });
+            seen
+        };
+        let mut flags: HashMap<String, Arc<CompiledFlag>> = HashMap::new();
+        flags.insert(
+            "base".into(),
+            Arc::new(compiled(Flag {
+                key: "base".into(),
+                ..flag()
+            })),
+        );
+        let dependent = compiled(Flag {
+            key: "dependent".into(),
+            ..with_targeting(json!({"prerequisites": [{"flag": "base", "variants": ["on"]}]}))
+        });
+        for _ in 0..3 {
+            dependent.evaluate("prod", &EvaluationContext::default(), &flags);
+        }
+        dependent.evaluate_uncounted("prod", &EvaluationContext::default(), &flags);
+        let mut marks = UsageMarks::default();
+        dependent.evaluate_marked("prod", &EvaluationContext::default(), &flags, &mut marks);
+        marks.count_again();
+        assert_eq!(drained(&dependent), [("on".to_owned(), Reason::Default, 5)]);
+        assert_eq!(
+            drained(&flags["base"]),
+            [("on".to_owned(), Reason::Static, 5)]
+        );
+    }
+
+    #[test]
     fn a_prerequisite_cycle_written_by_sql_ends() {
         let mut flags: HashMap<String, Arc<CompiledFlag>> = HashMap::new();
         for (key, other) in [("a", "b"), ("b", "a")] {
