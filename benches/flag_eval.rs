@@ -105,6 +105,65 @@ fn bench(c: &mut Criterion) {
         })
     });
 
+    // Flag usage: the same evaluation without counting, and the count
+    // alone; the counted evaluation is `evaluate/rollout_non_targeted_user`.
+    c.bench_function("usage/rollout_non_targeted_user_uncounted", |b| {
+        b.iter(|| {
+            let ctx = &users[next % users.len()];
+            next = next.wrapping_add(1);
+            black_box(
+                black_box(&flag)
+                    .evaluate_uncounted(black_box("prod"), ctx, &NoFlags)
+                    .variant,
+            )
+        })
+    });
+    c.bench_function("usage/count_alone", |b| {
+        b.iter(|| flag.usage().add(black_box(1), black_box(Reason::Split)))
+    });
+    // Two threads evaluating the same flag: this thread is measured while
+    // another evaluates it (counted, or not) as fast as it can.
+    for counted in [false, true] {
+        let name = if counted {
+            "usage/two_threads_same_flag_counted"
+        } else {
+            "usage/two_threads_same_flag_uncounted"
+        };
+        c.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let stop = std::sync::atomic::AtomicBool::new(false);
+                std::thread::scope(|scope| {
+                    scope.spawn(|| {
+                        let mut i = 0usize;
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            let ctx = &users[i % users.len()];
+                            i = i.wrapping_add(7);
+                            let e = if counted {
+                                flag.evaluate("prod", ctx, &NoFlags)
+                            } else {
+                                flag.evaluate_uncounted("prod", ctx, &NoFlags)
+                            };
+                            black_box(e.variant);
+                        }
+                    });
+                    let start = std::time::Instant::now();
+                    for i in 0..iters {
+                        let ctx = &users[usize::try_from(i).unwrap_or(0) % users.len()];
+                        let e = if counted {
+                            flag.evaluate(black_box("prod"), ctx, &NoFlags)
+                        } else {
+                            flag.evaluate_uncounted(black_box("prod"), ctx, &NoFlags)
+                        };
+                        black_box(e.variant);
+                    }
+                    let elapsed = start.elapsed();
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    elapsed
+                })
+            })
+        });
+    }
+
     let vip = EvaluationContext::for_user("vip-57@example.com");
     c.bench_function("evaluate/targeted_user", |b| {
         b.iter(|| {

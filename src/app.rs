@@ -38,6 +38,8 @@ use crate::source::{Parts, Source};
 use crate::startup::Started;
 use crate::telemetry;
 use crate::tls;
+use crate::usage;
+use crate::usage::flush::{Flusher, UsageSettings, UsageSink};
 
 /// Largest message readyd accepts or sends. gRPC's usual 4 MiB, stated
 /// explicitly: most clients refuse larger messages by default, so large
@@ -132,6 +134,30 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
                 retention: settings.history_retention,
             },
             checks_end.clone(),
+        ))
+    });
+
+    // Flag usage: flushed every interval, and a last time once the servers
+    // have drained (so the last evaluations are in), before the store closes.
+    let usage_sink = match (&store, &upstream) {
+        (Some(store), _) => Some(UsageSink::Database(store.clone())),
+        (None, Some((channel, token))) => UsageSink::upstream(channel.clone(), token),
+        (None, None) => None,
+    };
+    let usage_end = CancellationToken::new();
+    let usage_task = usage_sink.map(|sink| {
+        tokio::spawn(usage::flush::run(
+            Flusher::new(
+                Arc::clone(&state),
+                sink,
+                UsageSettings {
+                    environment: settings.environment.clone(),
+                    interval: settings.usage_flush_interval,
+                    retention: settings.usage_retention,
+                    flag_labels: settings.metrics_flag_labels,
+                },
+            ),
+            usage_end.clone(),
         ))
     });
 
@@ -448,6 +474,10 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         {
             flagd_server.abort();
         }
+    }
+    usage_end.cancel();
+    if let Some(usage_task) = usage_task {
+        let _ = usage_task.await;
     }
     checks_end.cancel();
     if let Some(history_task) = history_task {

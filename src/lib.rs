@@ -26,3 +26,4 @@ pub mod snapshot_file;
 pub mod source;
 pub mod state;
 pub mod tls;
+pub mod usage;

@@ -120,6 +120,21 @@ pub struct ServeArgs {
     #[arg(long, env = "READYD_HISTORY_RETENTION", default_value = "7d")]
     pub history_retention: String,
 
+    /// Time between two flushes of flag usage counts to the database (or
+    /// the upstream); they are flushed at shutdown too.
+    #[arg(long, env = "READYD_USAGE_FLUSH_INTERVAL", default_value = "60s")]
+    pub usage_flush_interval: String,
+
+    /// How long flag usage rows (hourly evaluation counts) are kept.
+    #[arg(long, env = "READYD_USAGE_RETENTION", default_value = "90d")]
+    pub usage_retention: String,
+
+    /// Export a Prometheus counter of evaluations per flag and variant
+    /// (readyd_flag_usage_evaluations_total). Off by default: flag keys are
+    /// unbounded label values.
+    #[arg(long, env = "READYD_METRICS_FLAG_LABELS")]
+    pub metrics_flag_labels: bool,
+
     /// How long the change listener may be cut off from the database before
     /// answers carry reason STALE (a start from the saved snapshot is STALE
     /// at once).
@@ -266,6 +281,9 @@ impl fmt::Debug for ServeArgs {
             database_check,
             history_interval,
             history_retention,
+            usage_flush_interval,
+            usage_retention,
+            metrics_flag_labels,
             stale_after,
             tls_cert,
             tls_key,
@@ -308,6 +326,9 @@ impl fmt::Debug for ServeArgs {
             .field("database_check", database_check)
             .field("history_interval", history_interval)
             .field("history_retention", history_retention)
+            .field("usage_flush_interval", usage_flush_interval)
+            .field("usage_retention", usage_retention)
+            .field("metrics_flag_labels", metrics_flag_labels)
             .field("stale_after", stale_after)
             // Paths only: the key file's content is never read here.
             .field("tls_cert", tls_cert)
@@ -469,6 +490,12 @@ pub struct Settings {
     pub history_interval: Duration,
     /// How long health history rows are kept.
     pub history_retention: Duration,
+    /// Time between two flag usage flushes.
+    pub usage_flush_interval: Duration,
+    /// How long flag usage rows are kept.
+    pub usage_retention: Duration,
+    /// Whether usage is exported per flag and variant to Prometheus.
+    pub metrics_flag_labels: bool,
     /// How long the listener may be down before answers are STALE.
     pub stale_after: Duration,
     /// Where `/metrics` is served; None when off.
@@ -762,6 +789,28 @@ impl Settings {
             &args.history_retention,
             &mut errors,
         );
+        let usage_flush_interval = parse_duration(
+            "--usage-flush-interval (READYD_USAGE_FLUSH_INTERVAL)",
+            &args.usage_flush_interval,
+            &mut errors,
+        );
+        if usage_flush_interval.is_some_and(|interval| interval < Duration::from_millis(100)) {
+            errors.push(SettingsError::new(
+                "--usage-flush-interval (READYD_USAGE_FLUSH_INTERVAL)",
+                "is too short; at least 100ms",
+            ));
+        }
+        let usage_retention = parse_duration(
+            "--usage-retention (READYD_USAGE_RETENTION)",
+            &args.usage_retention,
+            &mut errors,
+        );
+        if usage_retention.is_some_and(|retention| retention < Duration::from_secs(3600)) {
+            errors.push(SettingsError::new(
+                "--usage-retention (READYD_USAGE_RETENTION)",
+                "is too short; at least 1h (rows are hourly)",
+            ));
+        }
         let stale_after = parse_duration(
             "--stale-after (READYD_STALE_AFTER)",
             &args.stale_after,
@@ -899,6 +948,10 @@ impl Settings {
                 source_check,
                 history_interval,
                 history_retention,
+                // Parsed above; an unparsable value is among `errors`.
+                usage_flush_interval: usage_flush_interval.unwrap_or_default(),
+                usage_retention: usage_retention.unwrap_or_default(),
+                metrics_flag_labels: args.metrics_flag_labels,
                 stale_after,
                 metrics_listen,
                 flagd_listen,

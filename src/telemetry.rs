@@ -31,6 +31,14 @@ pub const HTTP_REQUESTS: &str = "readyd_http_requests_total";
 pub const HTTP_DURATION: &str = "readyd_http_request_duration_seconds";
 /// Flag evaluations by reason.
 pub const FLAG_EVALUATIONS: &str = "readyd_flag_evaluations_total";
+/// Flag evaluations by flag and variant, added at each usage flush; only
+/// with `--metrics-flag-labels` (flag keys are unbounded label values).
+pub const FLAG_USAGE: &str = "readyd_flag_usage_evaluations_total";
+/// Evaluations whose usage counts were dropped: the database (or upstream)
+/// was away so long that the waiting rows reached their bound.
+pub const FLAG_USAGE_DROPPED: &str = "readyd_flag_usage_dropped_total";
+/// Usage rows waiting to be flushed.
+pub const FLAG_USAGE_PENDING: &str = "readyd_flag_usage_pending_rows";
 /// 1 when a check serves (passing or warning), 0 otherwise, by check.
 pub const CHECK_UP: &str = "readyd_check_up";
 /// Duration of a check's last run, by check.
@@ -167,6 +175,15 @@ async fn serve_metrics(listener: tokio::net::TcpListener, handle: PrometheusHand
 
 fn describe() {
     describe_counter!(RPC_REQUESTS, "gRPC calls by service, method and code.");
+    describe_counter!(
+        FLAG_USAGE,
+        "Flag evaluations by flag and variant, added once a minute (--metrics-flag-labels)."
+    );
+    describe_counter!(
+        FLAG_USAGE_DROPPED,
+        "Evaluations whose usage counts were dropped while flag_usage could not be written."
+    );
+    describe_gauge!(FLAG_USAGE_PENDING, "Flag usage rows waiting to be written.");
     describe_histogram!(
         RPC_DURATION,
         Unit::Seconds,

@@ -131,6 +131,8 @@ const METHODS: &[(&str, Access)] = &[
     ("/readyd.v1.FlagService/ListSegmentAudit", Access::Read),
     // Flags hold no secrets: whoever may read them may read their history.
     ("/readyd.v1.FlagService/ListFlagAudit", Access::Read),
+    // Usage counts say how flags are used, nothing secret, like the audit.
+    ("/readyd.v1.FlagService/GetFlagUsage", Access::Read),
     // Config reads show sensitive values to admins only (handlers decide
     // from the Caller).
     ("/readyd.v1.ConfigService/GetConfig", Access::Read),
@@ -155,6 +157,11 @@ const METHODS: &[(&str, Access)] = &[
     ("/readyd.v1.ReplicationService/Follow", Access::Replication),
     (
         "/readyd.v1.ReplicationService/RecordHealth",
+        Access::Replication,
+    ),
+    // Only readyd instances report usage: a reader must not inflate it.
+    (
+        "/readyd.v1.ReplicationService/RecordUsage",
         Access::Replication,
     ),
     // The flagd evaluation protocol: reads, like EvaluateFlag.

@@ -31,6 +31,7 @@ use crate::api::streams::StreamGate;
 use crate::flags::{CompiledFlag, EvaluationContext, Reason, ValueType};
 use crate::state::{Event, Snapshot, State};
 use crate::telemetry::{EvaluationCounters, Tally};
+use crate::usage::counters::UsageMarks;
 
 /// How often EventStream sends `keep_alive`.
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
@@ -243,6 +244,9 @@ pub struct Every {
     pub reads_time: bool,
     /// The evaluations, by reason (already counted).
     pub tally: Tally,
+    /// Where each evaluation was counted in its flag's usage (already
+    /// counted), to count a remembered answer again.
+    pub usage: UsageMarks,
 }
 
 /// What both protocol versions share.
@@ -267,6 +271,7 @@ impl FlagdCore {
     }
 
     /// Evaluates `flag`; `stale`: the snapshot is not known to be current.
+    /// With `marks`, notes where the evaluations were counted.
     fn answer(
         &self,
         flag: &CompiledFlag,
@@ -274,8 +279,12 @@ impl FlagdCore {
         context: &EvaluationContext,
         stale: bool,
         tally: &mut Tally,
+        marks: Option<&mut UsageMarks>,
     ) -> Resolved {
-        let evaluation = flag.evaluate(&self.environment, context, snapshot);
+        let evaluation = match marks {
+            Some(marks) => flag.evaluate_marked(&self.environment, context, snapshot, marks),
+            None => flag.evaluate(&self.environment, context, snapshot),
+        };
         // Disabled stays disabled (no value in v2) even when stale.
         let disabled = evaluation.reason == Reason::Disabled;
         let evaluation = evaluation.stale_if(stale);
@@ -323,7 +332,7 @@ impl FlagdCore {
         let value_type = flag.flag().value_type;
         let mut tally = Tally::default();
         let stale = self.state.freshness().is_stale();
-        let resolved = self.answer(flag, &snapshot, context, stale, &mut tally);
+        let resolved = self.answer(flag, &snapshot, context, stale, &mut tally, None);
         self.evaluations.record_tally(&tally);
         if !type_matches(wanted, value_type, &resolved.value) {
             return Err(Status::invalid_argument(format!(
@@ -374,6 +383,7 @@ impl FlagdCore {
         let snapshot = self.state.snapshot();
         let stale = self.state.freshness().is_stale();
         let mut tally = Tally::default();
+        let mut usage = UsageMarks::default();
         // The snapshot's own sorted list, made once per snapshot: sorting
         // a thousand keys per request was most of a bulk evaluation.
         let answers = snapshot
@@ -383,7 +393,14 @@ impl FlagdCore {
             .map(|flag| {
                 (
                     flag.key().to_owned(),
-                    self.answer(flag, &snapshot, context, stale, &mut tally),
+                    self.answer(
+                        flag,
+                        &snapshot,
+                        context,
+                        stale,
+                        &mut tally,
+                        Some(&mut usage),
+                    ),
                 )
             })
             .collect();
@@ -394,6 +411,7 @@ impl FlagdCore {
             stale,
             reads_time: snapshot.reads_time(),
             tally,
+            usage,
         }
     }
 
@@ -410,9 +428,10 @@ impl FlagdCore {
     }
 
     /// Counts evaluations answered without being made again (a remembered
-    /// bulk answer), as if made.
-    pub fn count(&self, tally: &Tally) {
+    /// bulk answer), as if made: in the metrics and in the flags' usage.
+    pub fn count(&self, tally: &Tally, usage: &UsageMarks) {
         self.evaluations.record_tally(tally);
+        usage.count_again();
     }
 
     /// EventStream: `provider_ready` at once, `configuration_change` on

@@ -615,6 +615,22 @@ impl FlagService for FlagApi {
         }))
     }
 
+    async fn get_flag_usage(
+        &self,
+        request: Request<pb::GetFlagUsageRequest>,
+    ) -> Result<Response<pb::GetFlagUsageResponse>, Status> {
+        let request = request.into_inner();
+        checked_key(&request.key)?;
+        crate::api::usage::get_flag_usage(
+            &self.store,
+            &request.key,
+            request.since.as_ref(),
+            request.until.as_ref(),
+        )
+        .await
+        .map(Response::new)
+    }
+
     async fn delete_flag(
         &self,
         request: Request<pb::DeleteFlagRequest>,

@@ -14,6 +14,7 @@ pub mod observe;
 pub mod pb;
 pub mod streams;
 pub mod targeting;
+pub mod usage;
 pub mod watch;
 
 pub use convert::to_timestamp;

@@ -38,6 +38,16 @@ pub enum FlagsCommand {
         /// The flag's key.
         key: String,
     },
+    /// How often a flag was evaluated across the fleet, per hour,
+    /// environment, variant and reason.
+    #[command(after_help = "Example:\n  readyd flags usage dark_mode --since 24h")]
+    Usage {
+        /// The flag's key.
+        key: String,
+        /// How far back to start (e.g. 24h, 7d).
+        #[arg(long, default_value = "7d")]
+        since: String,
+    },
     /// Create or replace a flag (needs the admin token).
     #[command(
         after_help = "Example:\n  readyd flags set checkout.v2 --enabled true --rollout 25 --role staff"
@@ -250,6 +260,49 @@ fn flag_table(flags: &[pb::Flag]) -> String {
     )
 }
 
+/// A flag's usage as JSON.
+fn usage_json(usage: &pb::GetFlagUsageResponse) -> serde_json::Value {
+    let time = |t: &Option<prost_types::Timestamp>| t.as_ref().map(ToString::to_string);
+    serde_json::json!({
+        "key": usage.key,
+        "since": time(&usage.since),
+        "until": time(&usage.until),
+        "total": usage.total,
+        "buckets": usage.buckets.iter().map(|b| serde_json::json!({
+            "hour": time(&b.hour),
+            "environment": b.environment,
+            "variant": b.variant,
+            "reason": b.reason,
+            "count": b.count,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// A flag's usage as a table, with the total last.
+fn usage_table(usage: &pb::GetFlagUsageResponse) -> String {
+    let mut rows: Vec<Vec<String>> = usage
+        .buckets
+        .iter()
+        .map(|b| {
+            vec![
+                b.hour.as_ref().map(ToString::to_string).unwrap_or_default(),
+                b.environment.clone(),
+                b.variant.clone(),
+                b.reason.clone(),
+                b.count.to_string(),
+            ]
+        })
+        .collect();
+    rows.push(vec![
+        "total".to_owned(),
+        String::new(),
+        String::new(),
+        String::new(),
+        usage.total.to_string(),
+    ]);
+    table(&["HOUR", "ENVIRONMENT", "VARIANT", "REASON", "COUNT"], rows)
+}
+
 /// The changes as a table; CHANGED names the fields that differ.
 fn history_table(entries: &[pb::FlagAuditEntry], json: &[serde_json::Value]) -> String {
     table(
@@ -330,6 +383,22 @@ pub async fn run(args: FlagsArgs) -> Result<(), ClientError> {
                 .flag;
             let flag = flag.unwrap_or_default();
             client.print(output::flag(&flag), || flag_fields(&flag));
+        }
+        FlagsCommand::Usage { key, since } => {
+            let back = humantime::parse_duration(&since)
+                .map_err(|err| ClientError::Usage(format!("--since {since:?}: {err}")))?;
+            let since = std::time::SystemTime::now()
+                .checked_sub(back)
+                .ok_or_else(|| ClientError::Usage(format!("--since {since:?}: too far back")))?;
+            let usage = flags
+                .get_flag_usage(client.request(pb::GetFlagUsageRequest {
+                    key,
+                    since: Some(since.into()),
+                    until: None,
+                })?)
+                .await?
+                .into_inner();
+            client.print(usage_json(&usage), || usage_table(&usage));
         }
         FlagsCommand::Set {
             key,

@@ -25,6 +25,7 @@ use super::rules::SegmentLookup;
 use super::rules::{Served, decide};
 use super::targeting::{CompiledTargeting, MAX_PREREQUISITE_DEPTH, OFF, ON};
 use super::validate::{FlagDraft, ValidationErrors};
+use crate::usage::counters::{Count, Recording, Tap, Uncounted, UsageCounters, UsageMarks};
 
 /// Index of the `on` variant.
 const ON_INDEX: usize = 0;
@@ -52,6 +53,8 @@ pub struct CompiledFlag {
     /// Behind a pointer: most flags have none, and the common flag stays
     /// small.
     targeting: Option<Arc<CompiledTargeting>>,
+    /// Its evaluation counts; a clone shares them.
+    usage: Arc<UsageCounters>,
 }
 
 impl PartialEq for CompiledFlag {
@@ -125,6 +128,13 @@ impl CompiledFlag {
         let has_targeting = !target_users.is_empty()
             || !target_roles.is_empty()
             || targeting.as_ref().is_some_and(|t| t.targets());
+        let usage = Arc::new(UsageCounters::new(
+            &flag.key,
+            match &targeting {
+                Some(targeting) => targeting.names().to_vec(),
+                None => vec![ON.to_owned(), OFF.to_owned()],
+            },
+        ));
         Ok(CompiledFlag {
             flag,
             environments,
@@ -132,6 +142,7 @@ impl CompiledFlag {
             target_roles,
             has_targeting,
             targeting,
+            usage,
         })
     }
 
@@ -198,14 +209,51 @@ impl CompiledFlag {
             .map_or(OFF, |t| t.name(t.off_variant))
     }
 
-    /// Evaluates this flag; the same as [`evaluate`].
+    /// This flag's evaluation counts.
+    pub fn usage(&self) -> &Arc<UsageCounters> {
+        &self.usage
+    }
+
+    /// Evaluates this flag, counting the answer (and any prerequisite's) in
+    /// the flags' usage; the same as [`evaluate`].
     pub fn evaluate<'a>(
         &'a self,
         environment: &str,
         ctx: &EvaluationContext,
         flags: &dyn FlagLookup,
     ) -> Evaluation<'a> {
-        run(self, environment, ctx, flags, 0, None)
+        counted(self, environment, ctx, flags, 0, None, &mut Count)
+    }
+
+    /// [`Self::evaluate`], also noting in `marks` where each answer was
+    /// counted, so a remembered answer can be counted again.
+    pub fn evaluate_marked<'a>(
+        &'a self,
+        environment: &str,
+        ctx: &EvaluationContext,
+        flags: &dyn FlagLookup,
+        marks: &mut UsageMarks,
+    ) -> Evaluation<'a> {
+        counted(
+            self,
+            environment,
+            ctx,
+            flags,
+            0,
+            None,
+            &mut Recording(marks),
+        )
+    }
+
+    /// [`Self::evaluate`] without counting anything: a preview, not an
+    /// answer served.
+    pub fn evaluate_uncounted<'a>(
+        &'a self,
+        environment: &str,
+        ctx: &EvaluationContext,
+        flags: &dyn FlagLookup,
+    ) -> Evaluation<'a> {
+        counted(self, environment, ctx, flags, 0, None, &mut Uncounted)
     }
 
     /// Evaluates this flag and says why: every step checked, in order.
@@ -216,26 +264,35 @@ impl CompiledFlag {
         flags: &dyn FlagLookup,
     ) -> (Evaluation<'a>, Vec<Step>) {
         let mut path = Vec::new();
-        let evaluation = run(self, environment, ctx, flags, 0, Some(&mut path));
+        let evaluation = counted(
+            self,
+            environment,
+            ctx,
+            flags,
+            0,
+            Some(&mut path),
+            &mut Count,
+        );
         (evaluation, path)
     }
 
     /// An answer of variant `index` for `reason`, borrowing its value.
     fn answer(&self, index: usize, reason: Reason) -> Evaluation<'_> {
-        let (variant, value) = match (index, &self.targeting) {
-            (ON_INDEX, _) => (ON, &self.flag.on_value),
-            (OFF_INDEX, _) => (OFF, &self.flag.off_value),
+        let (variant_index, variant, value) = match (index, &self.targeting) {
+            (ON_INDEX, _) => (ON_INDEX, ON, &self.flag.on_value),
+            (OFF_INDEX, _) => (OFF_INDEX, OFF, &self.flag.off_value),
             (_, Some(targeting)) => match targeting.named_value(index) {
-                Some(value) => (targeting.name(index), value),
-                None => (OFF, &self.flag.off_value),
+                Some(value) => (index, targeting.name(index), value),
+                None => (OFF_INDEX, OFF, &self.flag.off_value),
             },
-            (_, None) => (OFF, &self.flag.off_value),
+            (_, None) => (OFF_INDEX, OFF, &self.flag.off_value),
         };
         Evaluation {
             value,
             variant,
             reason,
             flag_version: self.flag.version,
+            variant_index,
         }
     }
 }
@@ -290,7 +347,23 @@ pub fn evaluate<'a>(
     ctx: &EvaluationContext,
     flags: &dyn FlagLookup,
 ) -> Evaluation<'a> {
-    run(flag, environment, ctx, flags, 0, None)
+    counted(flag, environment, ctx, flags, 0, None, &mut Count)
+}
+
+/// [`run`], then the answer counted in `tap`.
+#[inline]
+fn counted<'a, T: Tap>(
+    flag: &'a CompiledFlag,
+    environment: &str,
+    ctx: &EvaluationContext,
+    flags: &dyn FlagLookup,
+    depth: usize,
+    path: Option<&mut Vec<Step>>,
+    tap: &mut T,
+) -> Evaluation<'a> {
+    let evaluation = run(flag, environment, ctx, flags, depth, path, tap);
+    tap.count(&flag.usage, evaluation.variant_index, evaluation.reason);
+    evaluation
 }
 
 /// Records `step` when explaining.
@@ -301,14 +374,16 @@ fn note(path: &mut Option<&mut Vec<Step>>, step: impl FnOnce() -> Step) {
     }
 }
 
-/// [`evaluate`], `depth` prerequisites down, recording the path when given.
-fn run<'a>(
+/// [`evaluate`], `depth` prerequisites down, recording the path when given;
+/// a prerequisite's answer is counted in `tap` (it was evaluated).
+fn run<'a, T: Tap>(
     flag: &'a CompiledFlag,
     environment: &str,
     ctx: &EvaluationContext,
     flags: &dyn FlagLookup,
     depth: usize,
     mut path: Option<&mut Vec<Step>>,
+    tap: &mut T,
 ) -> Evaluation<'a> {
     let targeting = flag.targeting.as_deref();
     let off = targeting.map_or(OFF_INDEX, |t| t.off_variant);
@@ -332,7 +407,8 @@ fn run<'a>(
             let other = flags
                 .compiled_flag(&prerequisite.flag)
                 .filter(|_| depth + 1 < MAX_PREREQUISITE_DEPTH);
-            let served = other.map(|other| run(other, environment, ctx, flags, depth + 1, None));
+            let served = other
+                .map(|other| counted(other, environment, ctx, flags, depth + 1, None, &mut *tap));
             let met = served.is_some_and(|served| {
                 prerequisite
                     .variants
@@ -703,6 +779,41 @@ mod tests {
         // A missing prerequisite is unmet.
         let e = dependent.evaluate("prod", &EvaluationContext::default(), &NoFlags);
         assert_eq!(e.reason, Reason::PrerequisiteFailed);
+    }
+
+    #[test]
+    fn a_flag_evaluated_as_a_prerequisite_is_counted_and_a_preview_is_not() {
+        let drained = |flag: &CompiledFlag| {
+            let mut seen = Vec::new();
+            flag.usage().drain(|variant, reason, count| {
+                seen.push((variant.to_owned(), reason, count));
+            });
+            seen
+        };
+        let mut flags: HashMap<String, Arc<CompiledFlag>> = HashMap::new();
+        flags.insert(
+            "base".into(),
+            Arc::new(compiled(Flag {
+                key: "base".into(),
+                ..flag()
+            })),
+        );
+        let dependent = compiled(Flag {
+            key: "dependent".into(),
+            ..with_targeting(json!({"prerequisites": [{"flag": "base", "variants": ["on"]}]}))
+        });
+        for _ in 0..3 {
+            dependent.evaluate("prod", &EvaluationContext::default(), &flags);
+        }
+        dependent.evaluate_uncounted("prod", &EvaluationContext::default(), &flags);
+        let mut marks = UsageMarks::default();
+        dependent.evaluate_marked("prod", &EvaluationContext::default(), &flags, &mut marks);
+        marks.count_again();
+        assert_eq!(drained(&dependent), [("on".to_owned(), Reason::Default, 5)]);
+        assert_eq!(
+            drained(&flags["base"]),
+            [("on".to_owned(), Reason::Static, 5)]
+        );
     }
 
     #[test]

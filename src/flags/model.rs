@@ -258,6 +258,9 @@ pub struct Evaluation<'a> {
     pub reason: Reason,
     /// Version of the flag that was evaluated.
     pub flag_version: i64,
+    /// The variant's position in the flag (`on` 0, `off` 1, then the named
+    /// ones): where the answer is counted.
+    pub(crate) variant_index: usize,
 }
 
 impl Evaluation<'_> {

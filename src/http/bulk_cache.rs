@@ -22,7 +22,10 @@ use axum::body::Bytes;
 use axum::http::HeaderValue;
 
 use crate::api::auth::Audience;
+use std::sync::Arc;
+
 use crate::telemetry::Tally;
+use crate::usage::counters::UsageMarks;
 
 /// Slots: enough for the pages of a few thousand users polling one
 /// instance; at most `SLOTS * MAX_BODY` of bodies (8 MiB), typically far
@@ -51,6 +54,8 @@ struct Entry {
     etag: HeaderValue,
     /// The evaluations the answer was made of, by reason.
     tally: Tally,
+    /// Where they were counted in the flags' usage.
+    usage: Arc<UsageMarks>,
 }
 
 /// One slot: boxed, so an empty one is a pointer's size.
@@ -85,19 +90,24 @@ impl BulkCache {
         audience: Audience,
         body: &[u8],
         inputs: Inputs,
-    ) -> Option<(HeaderValue, Tally)> {
+    ) -> Option<(HeaderValue, Tally, Arc<UsageMarks>)> {
         if body.len() > MAX_BODY {
             return None;
         }
         // A poisoned slot (a panic while it was held) is only a cache miss.
         let slot = self.slot(audience, body).lock().ok()?;
         let entry = slot.as_ref()?;
-        (entry.audience == audience && entry.inputs == inputs && entry.body == body)
-            .then(|| (entry.etag.clone(), entry.tally.clone()))
+        (entry.audience == audience && entry.inputs == inputs && entry.body == body).then(|| {
+            (
+                entry.etag.clone(),
+                entry.tally.clone(),
+                Arc::clone(&entry.usage),
+            )
+        })
     }
 
-    /// Remembers the answer `etag`, made of `tally`, for `body`,
-    /// `audience` and `inputs`.
+    /// Remembers the answer `etag`, made of `tally` (counted in the flags'
+    /// usage at `usage`), for `body`, `audience` and `inputs`.
     pub fn put(
         &self,
         audience: Audience,
@@ -105,6 +115,7 @@ impl BulkCache {
         inputs: Inputs,
         etag: HeaderValue,
         tally: Tally,
+        usage: UsageMarks,
     ) {
         if body.len() > MAX_BODY {
             return;
@@ -117,6 +128,7 @@ impl BulkCache {
                 inputs,
                 etag,
                 tally,
+                usage: Arc::new(usage),
             }));
         }
     }
@@ -149,9 +161,10 @@ mod tests {
             inputs(3),
             etag("\"a\""),
             Tally::default(),
+            UsageMarks::default(),
         );
         let found = cache.get(Audience::Clients, body, inputs(3));
-        assert_eq!(found.map(|(tag, _)| tag), Some(etag("\"a\"")));
+        assert_eq!(found.map(|(tag, _, _)| tag), Some(etag("\"a\"")));
         assert!(
             cache.get(Audience::Everyone, body, inputs(3)).is_none(),
             "another audience"
@@ -198,6 +211,7 @@ mod tests {
             inputs(1),
             etag("\"a\""),
             Tally::default(),
+            UsageMarks::default(),
         );
         assert!(cache.get(Audience::Everyone, &body, inputs(1)).is_none());
     }
@@ -215,12 +229,12 @@ mod tests {
             let mut last = std::collections::HashMap::new();
             for (body, clients, version, tag) in &puts {
                 let tag = etag(&format!("\"{tag}\""));
-                cache.put(audience(*clients), &[*body], inputs(*version), tag.clone(), Tally::default());
+                cache.put(audience(*clients), &[*body], inputs(*version), tag.clone(), Tally::default(), UsageMarks::default());
                 // A put replaces whatever its slot held, this request's or another's.
                 last.insert((*body, *clients), (*version, tag));
             }
             let (body, clients, version) = ask;
-            if let Some((tag, _)) = cache.get(audience(clients), &[body], inputs(version)) {
+            if let Some((tag, _, _)) = cache.get(audience(clients), &[body], inputs(version)) {
                 prop_assert_eq!(last.get(&(body, clients)), Some(&(version, tag)));
             }
         }

@@ -177,10 +177,10 @@ pub fn evaluate_all(
     };
     if let Some(wanted) = wanted
         && !reads_time
-        && let Some((etag, tally)) = cache.get(request.audience, request.body, now)
+        && let Some((etag, tally, usage)) = cache.get(request.audience, request.body, now)
         && etag.to_str().is_ok_and(|etag| matches(wanted, etag))
     {
-        flagd.count(&tally);
+        flagd.count(&tally, &usage);
         return not_modified(etag);
     }
     let context = match context(request.body) {
@@ -213,6 +213,7 @@ pub fn evaluate_all(
             inputs,
             etag.clone(),
             every.tally,
+            every.usage,
         );
     }
     if wanted.is_some_and(|wanted| etag.to_str().is_ok_and(|etag| matches(wanted, etag))) {

@@ -1,4 +1,4 @@
-//! Serving followers: the Follow stream, and RecordHealth.
+//! Serving followers: the Follow stream, RecordHealth and RecordUsage.
 //!
 //! Every readyd can be followed, whether its source is a database or an
 //! upstream of its own (tiers). A Follow stream is a Watch stream with a
@@ -464,6 +464,21 @@ impl ReplicationService for RecordHealthApi {
             recorded += 1;
         }
         Ok(Response::new(pb::RecordHealthResponse { recorded }))
+    }
+
+    async fn record_usage(
+        &self,
+        request: Request<pb::RecordUsageRequest>,
+    ) -> Result<Response<pb::RecordUsageResponse>, Status> {
+        let (id, rows) = crate::usage::report::checked(request.into_inner(), chrono::Utc::now())?;
+        let applied = self
+            .0
+            .store
+            .get()?
+            .add_usage(&id, &rows)
+            .await
+            .map_err(crate::api::error::ApiError::from)?;
+        Ok(Response::new(pb::RecordUsageResponse { applied }))
     }
 }
 

@@ -19,8 +19,9 @@ use tokio::sync::{broadcast, watch};
 
 use crate::config::{ConfigRow, resolve};
 use crate::flags::segment::{CompiledSegment, Segment};
-use crate::flags::{CompiledFlag, Flag};
+use crate::flags::{CompiledFlag, Flag, Reason};
 use crate::telemetry::{SNAPSHOT_CONFIGS, SNAPSHOT_FLAGS, SNAPSHOT_LAST_CHANGE, SNAPSHOT_VERSION};
+use crate::usage::counters::UsageRegistry;
 pub use freshness::Freshness;
 pub use snapshot::Snapshot;
 
@@ -141,6 +142,8 @@ pub struct State {
     version: watch::Sender<i64>,
     /// Whether the snapshot is known to be current.
     freshness: Arc<Freshness>,
+    /// Evaluation counts of flags replaced snapshots held.
+    usage: UsageRegistry,
 }
 
 impl State {
@@ -162,6 +165,7 @@ impl State {
             }),
             version: watch::Sender::new(version),
             freshness: Arc::new(freshness),
+            usage: UsageRegistry::default(),
         };
         record_snapshot(&state.current.load());
         state
@@ -202,7 +206,8 @@ impl State {
                 .history
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            self.current.store(Arc::new(snapshot));
+            let replaced = self.current.swap(Arc::new(snapshot));
+            self.retire_usage(&replaced);
             if matches!(*event, Event::Resync { .. }) {
                 // What a reload changed is not known change by change.
                 history.events.clear();
@@ -220,6 +225,40 @@ impl State {
         }
         self.version.send_replace(version);
         record_snapshot(&self.current.load());
+    }
+
+    /// Hands the counters of `replaced`'s flags that the current snapshot
+    /// does not share to the usage registry, so their counts are drained
+    /// before they go.
+    fn retire_usage(&self, replaced: &Snapshot) {
+        let current = self.current.load();
+        if Arc::ptr_eq(&replaced.flags, &current.flags) {
+            return;
+        }
+        self.usage.retire(
+            replaced
+                .flags
+                .iter()
+                .filter(|(key, flag)| {
+                    current
+                        .flags
+                        .get(*key)
+                        .is_none_or(|now| !Arc::ptr_eq(now.usage(), flag.usage()))
+                })
+                .map(|(_, flag)| Arc::clone(flag.usage())),
+        );
+    }
+
+    /// Takes every evaluation count out of memory: the current snapshot's
+    /// flags' and those of flags replaced since the last drain, as
+    /// `take(flag, variant, reason, count)`.
+    pub fn drain_usage(&self, mut take: impl FnMut(&str, &str, Reason, u64)) {
+        self.usage.drain(&mut take);
+        for flag in self.current.load().flags.values() {
+            let key = flag.key();
+            flag.usage()
+                .drain(|variant, reason, count| take(key, variant, reason, count));
+        }
     }
 
     /// Flag `key` changed at `version`: `Some` as it is now, `None` deleted.

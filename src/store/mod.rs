@@ -11,6 +11,7 @@ pub mod listener;
 pub mod segments;
 pub mod system_health;
 pub mod timeline;
+pub mod usage;
 
 use std::time::Duration;
 

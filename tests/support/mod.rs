@@ -233,6 +233,9 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
         database_check: "interval=10s&timeout=2s&failures=3".into(),
         history_interval: "60s".into(),
         history_retention: "7d".into(),
+        usage_flush_interval: "60s".into(),
+        usage_retention: "90d".into(),
+        metrics_flag_labels: false,
         stale_after: "10s".into(),
         // One exporter per process; the metrics tests run the binary.
         metrics_listen: "off".into(),

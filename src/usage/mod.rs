@@ -1,0 +1,13 @@
+//! Flag usage: how often each flag was evaluated, per variant and reason,
+//! across the fleet.
+//!
+//! Counting happens in memory on every evaluation ([`counters`]); a
+//! flusher gathers the counts into hourly rows ([`rows`]) and adds them to
+//! the `flag_usage` table every minute and at shutdown ([`flush`]), through
+//! the upstream on a follower. [`stale`] reads the rows back to find flags
+//! that are no longer used or no longer vary.
+
+pub mod counters;
+pub mod flush;
+pub mod report;
+pub mod rows;
