@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Start the release binary with the exact arguments and environment of each
+"""Start the readyd binary with the exact arguments and environment of each
 Kubernetes manifest's readyd container, and check that it serves: the
 `startup` and `readiness` names turn SERVING, /metrics answers, and SIGTERM
 ends it with exit code 0.
