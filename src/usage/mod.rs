@@ -4,8 +4,7 @@
 //! Counting happens in memory on every evaluation ([`counters`]); a
 //! flusher gathers the counts into hourly rows ([`rows`]) and adds them to
 //! the `flag_usage` table every minute and at shutdown ([`flush`]), through
-//! the upstream on a follower. [`stale`] reads the rows back to find flags
-//! that are no longer used or no longer vary.
+//! the upstream on a follower; [`report`] checks what a follower sends.
 
 pub mod counters;
 pub mod flush;
