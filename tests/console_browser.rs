@@ -85,9 +85,9 @@ async fn seed(db: &TestDb) {
     let mut connection = db.pool.acquire().await.expect("a connection");
     for statement in [
         "SET readyd.actor = 'seed'",
-        "INSERT INTO feature_flags (key, description, enabled, rollout_percentage) VALUES \
-           ('checkout_v2', 'The new checkout flow', false, 100), \
-           ('search_suggestions', 'Suggestions while typing', true, 50)",
+        "INSERT INTO feature_flags (key, description, enabled, rollout_percentage, environments) VALUES \
+           ('checkout_v2', 'The new checkout flow', false, 100, '{}'), \
+           ('search_suggestions', 'Suggestions while typing', true, 50, '{prod}')",
         "INSERT INTO app_config (key, environment, value, is_sensitive, description) VALUES \
            ('greeting', '*', '\"hello\"', false, 'Shown on the home page'), \
            ('max_items', 'test', '25', false, ''), \
@@ -480,6 +480,29 @@ async fn the_console_in_chromium_signs_in_changes_follows_sql_and_stays_accessib
             "Tab does not reach {control}: {reached:?}"
         );
     }
+
+    // The environment filter: a flag of prod only is not one of test's;
+    // a flag without environments is everyone's.
+    console.type_into("#flag-environment", "test").await;
+    console
+        .wait(
+            "the flags of environment test",
+            "document.querySelector(\"tr[data-key='search_suggestions']\") === null \
+               && document.querySelector(\"tr[data-key='checkout_v2']\") !== null",
+        )
+        .await;
+    console
+        .script(
+            "const field = document.getElementById('flag-environment'); field.value = ''; \
+             field.dispatchEvent(new Event('input')); return true;",
+        )
+        .await;
+    console
+        .wait(
+            "every flag again",
+            "document.querySelector(\"tr[data-key='search_suggestions']\") !== null",
+        )
+        .await;
 
     // A toggle in the page turns the flag on for every application.
     assert_eq!(evaluate(&mut flags).await, false);

@@ -161,9 +161,12 @@ let flagsDrawn = "";
 function renderFlags(onlyIfChanged) {
   const search = $("flag-search").value.trim().toLowerCase();
   const filter = $("flag-filter").value;
+  // A flag without environments applies in every one.
+  const environment = $("flag-environment").value.trim();
   const shown = flags.filter((flag) =>
     (!search || flag.key.includes(search) || (flag.description || "").toLowerCase().includes(search)) &&
-    (filter === "all" || (filter === "enabled") === Boolean(flag.enabled)));
+    (filter === "all" || (filter === "enabled") === Boolean(flag.enabled)) &&
+    (!environment || !(flag.environments || []).length || flag.environments.includes(environment)));
   const drawn = JSON.stringify([access, shown]);
   if (onlyIfChanged && drawn === flagsDrawn) return;
   flagsDrawn = drawn;
@@ -674,6 +677,7 @@ async function start() {
   }
   $("flag-search").addEventListener("input", () => renderFlags());
   $("flag-filter").addEventListener("change", () => renderFlags());
+  $("flag-environment").addEventListener("input", () => renderFlags());
   $("try-form").addEventListener("submit", tryFlag);
   $("flag-detail").addEventListener("submit", saveFlag);
   $("flag-close").addEventListener("click", closeFlag);
