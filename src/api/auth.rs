@@ -90,6 +90,24 @@ pub fn derive_ticket_key<'a>(parts: impl Iterator<Item = (Role, &'a [u8])>) -> [
     hash.finalize().into()
 }
 
+/// The HMAC-SHA256 of `parts` (fed in order, nothing between them) under
+/// `key`, its first `bytes` bytes in lower-case hex: what the ticket and
+/// session signatures are made of.
+pub fn mac_hex(key: &[u8; 32], parts: &[&[u8]], bytes: usize) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    let mut context = ring::hmac::Context::with_key(&key);
+    for part in parts {
+        context.update(part);
+    }
+    let tag = context.sign();
+    hex(tag.as_ref().get(..bytes).unwrap_or(tag.as_ref()))
+}
+
+/// `bytes` in lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
 /// Every method readyd serves, by full path, and what it needs. The table
 /// fails closed: a path not listed here (a method added to a proto without
 /// an entry, or a path no service has) needs the admin token, so a new RPC

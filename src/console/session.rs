@@ -9,7 +9,7 @@
 //! from the session endpoint (which only a same-site request can read) and
 //! sends it back in a header with every change.
 
-use ring::hmac;
+use crate::api::auth::{hex, mac_hex};
 
 /// What a session may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,10 +70,6 @@ pub fn actor_problem(actor: &str) -> Option<&'static str> {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
 fn unhex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
@@ -85,12 +81,7 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 }
 
 fn sign(key: &[u8; 32], domain: &str, text: &str) -> String {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
-    let mut context = hmac::Context::with_key(&key);
-    context.update(domain.as_bytes());
-    context.update(b"\0");
-    context.update(text.as_bytes());
-    hex(context.sign().as_ref())
+    mac_hex(key, &[domain.as_bytes(), b"\0", text.as_bytes()], 32)
 }
 
 /// The cookie value of `session`: `<access>.<expires>.<nonce>.<actor>.<mac>`,

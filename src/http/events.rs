@@ -18,7 +18,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use ring::hmac;
 
 use crate::api::flagd::FlagdCore;
 
@@ -40,12 +39,7 @@ pub fn window_at(now: SystemTime) -> u64 {
 
 /// The MAC of window `window` under `key`, in hex (128 bits of it).
 fn mac(key: &[u8; 32], window: u64) -> String {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
-    let tag = hmac::sign(&key, format!("ofrep-events:{window}").as_bytes());
-    tag.as_ref()[..16]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    crate::api::auth::mac_hex(key, &[format!("ofrep-events:{window}").as_bytes()], 16)
 }
 
 /// The ticket of window `window`: `<window>.<mac>`.
