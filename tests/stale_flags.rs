@@ -1,7 +1,8 @@
 //! Stale flags end to end, with a real PostgreSQL: flags of known ages
 //! (set by SQL), hand-built `flag_usage` histories, a permanent flag and a
 //! prerequisite deleted by SQL; ListStaleFlags over gRPC on a real server
-//! answers the exact list, and `readyd flags stale` shows it.
+//! answers the exact list, and `readyd flags stale` shows it; a follower
+//! asks its upstream.
 
 mod support;
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use readyd::api::pb::readyd::v1 as pb;
 use readyd::api::pb::readyd::v1::flag_service_client::FlagServiceClient;
-use support::daemon::binary;
+use support::daemon::{DaemonCommand, binary};
 use support::{TestDb, TestServer, admin, admin_serve_args};
 use tonic::transport::Channel;
 
@@ -267,4 +268,49 @@ async fn hand_built_histories_list_exactly_the_stale_flags_with_their_evidence()
     assert_eq!(shown["flags"][2]["evaluations"], 120);
     assert_eq!(shown["flags"][0]["missing_flags"][0], "parent");
     server.stop().await;
+}
+
+#[tokio::test]
+async fn a_follower_asks_its_upstream_for_the_stale_list() {
+    const REPLICATION_TOKEN: &str = "stale-replication-token";
+    let db = TestDb::new().await;
+    sqlx::query("DELETE FROM feature_flags")
+        .execute(&db.pool)
+        .await
+        .expect("remove the seeded flags");
+    sqlx::query(
+        "INSERT INTO feature_flags (key, enabled, value_type, on_value, off_value, created_at) \
+         VALUES ('old', true, 'bool', 'true', 'false', now() - interval '90 days')",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("an old flag");
+    let dirs = [
+        tempfile::tempdir().expect("a dir"),
+        tempfile::tempdir().expect("a dir"),
+    ];
+    let upstream = DaemonCommand::serve()
+        .env("DATABASE_URL", &db.url)
+        .env("READYD_REPLICATION_TOKEN", REPLICATION_TOKEN)
+        .arg_path("--data-dir", dirs[0].path())
+        .args(["--environment", "prod", "--instance", "upstream"])
+        .start()
+        .await;
+    let follower = DaemonCommand::serve()
+        .env("READYD_UPSTREAM", upstream.url())
+        .env("READYD_REPLICATION_TOKEN", REPLICATION_TOKEN)
+        .arg_path("--data-dir", dirs[1].path())
+        .args(["--environment", "edge", "--instance", "follower"])
+        .start()
+        .await;
+    let answer = stale(&follower.channel().await, 0)
+        .await
+        .expect("the follower answers ListStaleFlags");
+    assert_eq!(listed(&answer), [entry("old", "not_evaluated")]);
+    let refused = stale(&follower.channel().await, 400)
+        .await
+        .expect_err("refused through the follower too");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    follower.stop().await;
+    upstream.stop().await;
 }
