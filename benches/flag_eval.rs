@@ -31,6 +31,8 @@ fn flag() -> CompiledFlag {
     CompiledFlag::new(Flag {
         targeting: None,
         client_visible: false,
+        permanent: false,
+        created_at: chrono::DateTime::UNIX_EPOCH,
         key: "checkout.new_payment_flow".to_owned(),
         description: "benchmark flag".to_owned(),
         enabled: true,

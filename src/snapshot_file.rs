@@ -337,6 +337,8 @@ mod tests {
             updated_by: "test".to_owned(),
             targeting: None,
             client_visible: false,
+            permanent: false,
+            created_at: chrono::DateTime::UNIX_EPOCH,
         }
     }
 

@@ -441,6 +441,7 @@ const METHODS: &[Method] = &[
             pb::UpsertFlagRequest {
                 targeting: None,
                 client_visible: rng.percent(50).then(|| rng.percent(50)),
+                permanent: None,
                 key: if refused {
                     invalid_name(rng)
                 } else {

@@ -214,6 +214,8 @@ async fn an_admin_session_changes_flags_as_its_name_and_a_read_session_cannot() 
         "updatedBy",
         "targeting",
         "clientVisible",
+        "createdAt",
+        "permanent",
     ] {
         object.remove(field);
     }

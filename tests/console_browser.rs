@@ -643,7 +643,14 @@ async fn the_console_in_chromium_signs_in_changes_follows_sql_and_stays_accessib
         .find(|listed| listed["key"] == FLAG)
         .cloned()
         .expect("the flag");
-    for field in ["version", "updatedAt", "updatedBy", "clientVisible"] {
+    for field in [
+        "version",
+        "updatedAt",
+        "updatedBy",
+        "clientVisible",
+        "createdAt",
+        "permanent",
+    ] {
         change.as_object_mut().expect("an object").remove(field);
     }
     change["expectedVersion"] = json!(before.version);

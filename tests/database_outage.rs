@@ -452,6 +452,8 @@ async fn without_a_database_only_a_valid_snapshot_of_this_environment_starts_rea
     );
     let flag = Flag {
         client_visible: false,
+        permanent: false,
+        created_at: chrono::DateTime::UNIX_EPOCH,
         targeting: None,
         key: "checkout".into(),
         description: String::new(),

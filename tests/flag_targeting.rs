@@ -235,6 +235,7 @@ async fn an_old_clients_write_keeps_the_targeting_and_an_empty_one_removes_it() 
         &mut client,
         pb::UpsertFlagRequest {
             client_visible: None,
+            permanent: None,
             targeting: None,
             enabled: Some(false),
             ..checkout_request()
@@ -254,6 +255,7 @@ async fn an_old_clients_write_keeps_the_targeting_and_an_empty_one_removes_it() 
     let status = client
         .upsert_flag(admin(pb::UpsertFlagRequest {
             client_visible: None,
+            permanent: None,
             targeting: None,
             value_type: FlagValueType::Number.into(),
             on_value: pb_json(json!(1)),
@@ -273,6 +275,7 @@ async fn an_old_clients_write_keeps_the_targeting_and_an_empty_one_removes_it() 
         &mut client,
         pb::UpsertFlagRequest {
             client_visible: None,
+            permanent: None,
             targeting: Some(pb::FlagTargeting::default()),
             ..checkout_request()
         },
@@ -340,6 +343,7 @@ async fn bad_targeting_is_refused_naming_the_rule_and_constraint_and_changes_not
         let status = client
             .upsert_flag(admin(pb::UpsertFlagRequest {
                 client_visible: None,
+                permanent: None,
                 targeting: Some(targeting),
                 ..checkout_request()
             }))
@@ -668,6 +672,8 @@ mod property {
                 .clone()
                 .map(|t| Box::new(readyd::flags::Targeting::try_from(t).expect("targeting"))),
             client_visible: stored.client_visible,
+            permanent: stored.permanent,
+            created_at: chrono::DateTime::UNIX_EPOCH,
         };
         let compiled = CompiledFlag::new(flag).expect("the stored flag is valid");
         for (user, attributes) in contexts {

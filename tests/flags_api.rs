@@ -142,6 +142,8 @@ fn to_flag(flag: &pb::Flag) -> Flag {
     Flag {
         targeting: None,
         client_visible: flag.client_visible,
+        permanent: flag.permanent,
+        created_at: from_timestamp(flag.created_at.as_ref().expect("created_at")).expect("time"),
         key: flag.key.clone(),
         description: flag.description.clone(),
         enabled: flag.enabled,
@@ -178,14 +180,15 @@ type Row = (
     i64,
     DateTime<Utc>,
     String,
+    DateTime<Utc>,
 );
 
 /// The row of `key` in `feature_flags`, as a flag.
 async fn stored(db: &TestDb, key: &str) -> Option<Flag> {
     let row: Option<Row> = sqlx::query_as(
         "SELECT key, description, enabled, value_type, on_value, off_value, environments, \
-         target_users, target_roles, rollout_percentage, version, updated_at, updated_by \
-         FROM feature_flags WHERE key = $1",
+         target_users, target_roles, rollout_percentage, version, updated_at, updated_by, \
+         created_at FROM feature_flags WHERE key = $1",
     )
     .bind(key)
     .fetch_optional(&db.pool)
@@ -194,6 +197,8 @@ async fn stored(db: &TestDb, key: &str) -> Option<Flag> {
     row.map(|r| Flag {
         targeting: None,
         client_visible: false,
+        permanent: false,
+        created_at: r.13,
         key: r.0,
         description: r.1,
         enabled: r.2,
@@ -1253,6 +1258,7 @@ impl RandomUpsert {
         pb::UpsertFlagRequest {
             targeting: None,
             client_visible: None,
+            permanent: None,
             key: self.key.into(),
             description: String::new(),
             enabled: Some(self.enabled),

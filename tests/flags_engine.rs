@@ -271,6 +271,8 @@ fn arb_flag() -> impl Strategy<Value = Flag> {
                 Flag {
                     targeting: None,
                     client_visible: false,
+                    permanent: false,
+                    created_at: chrono::DateTime::UNIX_EPOCH,
                     key,
                     description: String::new(),
                     enabled,
@@ -403,6 +405,8 @@ fn plain_flag(key: &str, rollout: u8) -> Flag {
     Flag {
         targeting: None,
         client_visible: false,
+        permanent: false,
+        created_at: chrono::DateTime::UNIX_EPOCH,
         key: key.to_owned(),
         description: String::new(),
         enabled: true,

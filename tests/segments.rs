@@ -195,6 +195,7 @@ async fn a_rule_naming_a_segment_follows_the_segment_on_every_server() {
     client_a
         .upsert_flag(admin(pb::UpsertFlagRequest {
             client_visible: None,
+            permanent: None,
             targeting: Some(pb::FlagTargeting::default()),
             ..gated_flag()
         }))

@@ -151,6 +151,7 @@ const METHODS: &[(&str, Access)] = &[
     ("/readyd.v1.FlagService/ListFlagAudit", Access::Read),
     // Usage counts say how flags are used, nothing secret, like the audit.
     ("/readyd.v1.FlagService/GetFlagUsage", Access::Read),
+    ("/readyd.v1.FlagService/ListStaleFlags", Access::Read),
     // Config reads show sensitive values to admins only (handlers decide
     // from the Caller).
     ("/readyd.v1.ConfigService/GetConfig", Access::Read),

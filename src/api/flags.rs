@@ -152,6 +152,8 @@ impl From<&Flag> for pb::Flag {
             updated_by: flag.updated_by.clone(),
             targeting: flag.targeting.as_deref().map(pb::FlagTargeting::from),
             client_visible: flag.client_visible,
+            created_at: Some(to_timestamp(flag.created_at)),
+            permanent: flag.permanent,
         }
     }
 }
@@ -198,6 +200,7 @@ impl TryFrom<pb::UpsertFlagRequest> for FlagDraft {
             rollout_percentage: request.rollout_percentage,
             targeting: request.targeting.map(Targeting::try_from).transpose()?,
             client_visible: request.client_visible,
+            permanent: request.permanent,
         })
     }
 }
@@ -629,6 +632,17 @@ impl FlagService for FlagApi {
         )
         .await
         .map(Response::new)
+    }
+
+    async fn list_stale_flags(
+        &self,
+        request: Request<pb::ListStaleFlagsRequest>,
+    ) -> Result<Response<pb::ListStaleFlagsResponse>, Status> {
+        let request = request.into_inner();
+        let snapshot = self.state.snapshot();
+        crate::api::usage::list_stale_flags(&self.store, &snapshot, request.days)
+            .await
+            .map(Response::new)
     }
 
     async fn delete_flag(

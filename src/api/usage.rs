@@ -1,4 +1,6 @@
-//! GetFlagUsage: a flag's hourly evaluation counts from `flag_usage`.
+//! GetFlagUsage: a flag's hourly evaluation counts from `flag_usage`;
+//! ListStaleFlags: the flags the counts (and the snapshot) say are
+//! candidates for removal.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use prost_types::Timestamp;
@@ -7,7 +9,9 @@ use crate::api::convert::{from_timestamp, to_timestamp};
 use crate::api::error::ApiError;
 use crate::api::pb::readyd::v1 as pb;
 use crate::api::{Database, invalid};
+use crate::state::snapshot::Snapshot;
 use crate::usage::rows::hour_of;
+use crate::usage::stale::{self, Evidence, FlagFacts};
 
 /// The range asked when `since` is not given.
 const DEFAULT_RANGE: TimeDelta = TimeDelta::days(7);
@@ -91,6 +95,90 @@ pub async fn get_flag_usage(
     })
 }
 
+/// The window asked for, in days: 0 means the default.
+pub fn stale_days(days: u32) -> Result<u32, ApiError> {
+    match days {
+        0 => Ok(stale::DEFAULT_DAYS),
+        1..=stale::MAX_DAYS => Ok(days),
+        _ => Err(invalid("days", "1 to 365 (0 for the default, 30)")),
+    }
+}
+
+/// Answers ListStaleFlags over a window of `days` (not yet checked), for
+/// the flags and segments of `snapshot`.
+pub async fn list_stale_flags(
+    store: &Database,
+    snapshot: &Snapshot,
+    days: u32,
+) -> Result<pb::ListStaleFlagsResponse, tonic::Status> {
+    let days = stale_days(days)?;
+    let since = stale::window_start(Utc::now(), days);
+    let usage = store
+        .get()?
+        .usage_aggregates(since)
+        .await
+        .map_err(ApiError::from)?;
+    let all = snapshot.flags_sorted();
+    let facts: Vec<FlagFacts> = all
+        .iter()
+        .map(|compiled| {
+            let flag = compiled.flag();
+            let targeting = flag.targeting.as_deref();
+            FlagFacts {
+                key: flag.key.clone(),
+                created_at: flag.created_at,
+                permanent: flag.permanent,
+                prerequisites: targeting
+                    .map(|t| t.required_flags().map(str::to_owned).collect())
+                    .unwrap_or_default(),
+                segments: targeting.map(|t| t.named_segments()).unwrap_or_default(),
+            }
+        })
+        .collect();
+    let flag_keys = facts.iter().map(|f| f.key.clone()).collect();
+    let segment_keys = snapshot
+        .segments_sorted()
+        .iter()
+        .map(|s| s.segment().key.clone())
+        .collect();
+    let listed = stale::stale_flags(&facts, &usage, &flag_keys, &segment_keys, since);
+    Ok(pb::ListStaleFlagsResponse {
+        days,
+        since: Some(to_timestamp(since)),
+        flags: listed
+            .into_iter()
+            .map(|entry| {
+                let mut out = pb::StaleFlag {
+                    key: entry.key,
+                    reason: entry.evidence.reason().to_owned(),
+                    ..pb::StaleFlag::default()
+                };
+                match entry.evidence {
+                    Evidence::NotEvaluated { last_evaluated } => {
+                        out.last_evaluated = last_evaluated.map(to_timestamp);
+                    }
+                    Evidence::OneVariant {
+                        variant,
+                        evaluations,
+                    } => {
+                        out.variant = variant;
+                        out.share_percent = 100;
+                        out.evaluations = evaluations;
+                    }
+                    Evidence::BrokenReferences {
+                        missing_flags,
+                        missing_segments,
+                    } => {
+                        out.missing_flags = missing_flags;
+                        out.missing_segments = missing_segments;
+                    }
+                }
+                out
+            })
+            .collect(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +188,15 @@ mod tests {
             + TimeDelta::days(20_000)
             + TimeDelta::hours(hours)
             + TimeDelta::minutes(minutes)
+    }
+
+    #[test]
+    fn stale_windows_outside_one_to_365_days_are_refused() {
+        assert_eq!(stale_days(0).ok(), Some(30));
+        assert_eq!(stale_days(1).ok(), Some(1));
+        assert_eq!(stale_days(365).ok(), Some(365));
+        assert!(stale_days(366).is_err());
+        assert!(stale_days(u32::MAX).is_err());
     }
 
     #[test]

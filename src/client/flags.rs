@@ -48,6 +48,15 @@ pub enum FlagsCommand {
         #[arg(long, default_value = "7d")]
         since: String,
     },
+    /// Flags that are candidates for removal (not evaluated, one variant
+    /// to everyone, broken references), each with the reason and the
+    /// evidence. Flags marked permanent are left out.
+    #[command(after_help = "Example:\n  readyd flags stale --days 60")]
+    Stale {
+        /// The window, in days (1 to 365).
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
     /// Create or replace a flag (needs the admin token).
     #[command(
         after_help = "Example:\n  readyd flags set checkout.v2 --enabled true --rollout 25 --role staff"
@@ -96,6 +105,11 @@ pub enum FlagsCommand {
         /// new flag).
         #[arg(long)]
         client_visible: Option<bool>,
+        /// Keep the flag off the stale list (`flags stale`): kill switches,
+        /// ops toggles. Without it the flag keeps its mark (off for a new
+        /// flag).
+        #[arg(long)]
+        permanent: Option<bool>,
     },
     /// Write every flag (or those with a prefix) to a file that `apply` reads.
     #[command(after_help = "Example:\n  readyd flags export --file flags.json")]
@@ -278,6 +292,68 @@ fn usage_json(usage: &pb::GetFlagUsageResponse) -> serde_json::Value {
     })
 }
 
+/// The stale list as JSON: one object per flag and reason, with only the
+/// evidence of that reason.
+fn stale_json(stale: &pb::ListStaleFlagsResponse) -> serde_json::Value {
+    let time = |t: &Option<prost_types::Timestamp>| t.as_ref().map(ToString::to_string);
+    serde_json::json!({
+        "days": stale.days,
+        "since": time(&stale.since),
+        "flags": stale.flags.iter().map(|f| match f.reason.as_str() {
+            "not_evaluated" => serde_json::json!({
+                "key": f.key,
+                "reason": f.reason,
+                "last_evaluated": time(&f.last_evaluated),
+            }),
+            "one_variant" => serde_json::json!({
+                "key": f.key,
+                "reason": f.reason,
+                "variant": f.variant,
+                "share_percent": f.share_percent,
+                "evaluations": f.evaluations,
+            }),
+            _ => serde_json::json!({
+                "key": f.key,
+                "reason": f.reason,
+                "missing_flags": f.missing_flags,
+                "missing_segments": f.missing_segments,
+            }),
+        }).collect::<Vec<_>>(),
+    })
+}
+
+/// The stale list as a table: the evidence in words.
+fn stale_table(stale: &pb::ListStaleFlagsResponse) -> String {
+    let rows = stale
+        .flags
+        .iter()
+        .map(|f| {
+            let evidence = match f.reason.as_str() {
+                "not_evaluated" => match &f.last_evaluated {
+                    Some(hour) => format!("last evaluated in the hour of {hour}"),
+                    None => "never evaluated".to_owned(),
+                },
+                "one_variant" => format!(
+                    "{} to {}% of {} evaluations",
+                    f.variant, f.share_percent, f.evaluations
+                ),
+                _ => {
+                    let mut missing = Vec::new();
+                    if !f.missing_flags.is_empty() {
+                        missing.push(format!("flags {}", f.missing_flags.join(", ")));
+                    }
+                    if !f.missing_segments.is_empty() {
+                        missing.push(format!("segments {}", f.missing_segments.join(", ")));
+                    }
+                    format!("missing {}", missing.join("; "))
+                }
+            };
+            vec![f.key.clone(), f.reason.clone(), evidence]
+        })
+        .collect();
+    table(&["KEY", "REASON", "EVIDENCE"], rows)
+}
+
 /// A flag's usage as a table, with the total last.
 fn usage_table(usage: &pb::GetFlagUsageResponse) -> String {
     let mut rows: Vec<Vec<String>> = usage
@@ -354,6 +430,8 @@ fn flag_fields(f: &pb::Flag) -> String {
         ("target roles", f.target_roles.join(", ")),
         ("rollout", format!("{}%", f.rollout_percentage)),
         ("client visible", f.client_visible.to_string()),
+        ("permanent", f.permanent.to_string()),
+        ("created", cell(&json["created_at"])),
         ("version", f.version.to_string()),
         (
             "updated",
@@ -383,6 +461,13 @@ pub async fn run(args: FlagsArgs) -> Result<(), ClientError> {
                 .flag;
             let flag = flag.unwrap_or_default();
             client.print(output::flag(&flag), || flag_fields(&flag));
+        }
+        FlagsCommand::Stale { days } => {
+            let stale = flags
+                .list_stale_flags(client.request(pb::ListStaleFlagsRequest { days })?)
+                .await?
+                .into_inner();
+            client.print(stale_json(&stale), || stale_table(&stale));
         }
         FlagsCommand::Usage { key, since } => {
             let back = humantime::parse_duration(&since)
@@ -414,6 +499,7 @@ pub async fn run(args: FlagsArgs) -> Result<(), ClientError> {
             expected_version,
             targeting,
             client_visible,
+            permanent,
         } => {
             let targeting = targeting.as_deref().map(targeting_arg).transpose()?;
             if let Some(new) = &targeting {
@@ -444,6 +530,7 @@ pub async fn run(args: FlagsArgs) -> Result<(), ClientError> {
                 expected_version,
                 targeting: targeting.as_ref().map(pb::FlagTargeting::from),
                 client_visible,
+                permanent,
             };
             let answer = flags
                 .upsert_flag(client.request(request)?)

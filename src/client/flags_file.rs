@@ -125,6 +125,9 @@ pub struct FileFlag {
     /// Whether client tokens may evaluate the flag.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub client_visible: bool,
+    /// Kept off the stale list.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub permanent: bool,
     /// The version the flag was exported at: applying refuses when the
     /// server's differs. Absent in a hand-written file: no check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -172,6 +175,7 @@ impl FileFlag {
                 .clone()
                 .and_then(|t| Targeting::try_from(t).ok()),
             client_visible: flag.client_visible,
+            permanent: flag.permanent,
             version: Some(flag.version),
         }
     }
@@ -211,6 +215,7 @@ impl FileFlag {
                     .unwrap_or_default(),
             ),
             client_visible: Some(self.client_visible),
+            permanent: Some(self.permanent),
         })
     }
 
@@ -243,6 +248,7 @@ impl FileFlag {
             "client_visible",
             self.client_visible == other.client_visible,
         );
+        check("permanent", self.permanent == other.permanent);
         fields
     }
 }

@@ -96,6 +96,8 @@ pub fn flag(flag: &pb::Flag) -> Value {
         "target_roles": flag.target_roles,
         "rollout_percentage": flag.rollout_percentage,
         "client_visible": flag.client_visible,
+        "permanent": flag.permanent,
+        "created_at": time(flag.created_at.as_ref()),
         "version": flag.version,
         "updated_at": time(flag.updated_at.as_ref()),
         "updated_by": flag.updated_by,

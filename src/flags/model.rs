@@ -135,6 +135,13 @@ pub struct Flag {
     /// unless marked, since a client sees whatever it evaluates.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub client_visible: bool,
+    /// When the flag was created (for flags older than the mark, their last
+    /// change before it). Epoch in documents from before it existed.
+    #[serde(default)]
+    pub created_at: DateTime<Utc>,
+    /// Kept off the stale list (kill switches, ops toggles).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub permanent: bool,
 }
 
 /// Who a flag is evaluated for.

@@ -201,6 +201,9 @@ pub struct FlagDraft {
     /// Whether client tokens may evaluate the flag. `None`: not given, so a
     /// write keeps the stored mark (off for a new flag).
     pub client_visible: Option<bool>,
+    /// Whether the flag is kept off the stale list. `None`: not given, so a
+    /// write keeps the stored mark (off for a new flag).
+    pub permanent: Option<bool>,
 }
 
 impl FlagDraft {
@@ -228,6 +231,7 @@ impl FlagDraft {
             rollout_percentage: Some(u32::from(flag.rollout_percentage)),
             targeting: Some(flag.targeting.as_deref().cloned().unwrap_or_default()),
             client_visible: Some(flag.client_visible),
+            permanent: Some(flag.permanent),
         }
     }
 
@@ -334,6 +338,7 @@ impl FlagDraft {
                     targeting,
                     compiled,
                     client_visible: self.client_visible,
+                    permanent: self.permanent,
                 })
             }
             // Every `None` above pushed an error, so `errors` is not empty.
@@ -465,6 +470,8 @@ pub struct ValidFlagDraft {
     compiled: Option<Arc<CompiledTargeting>>,
     /// Whether client tokens may evaluate it; `None`: keep the stored mark.
     client_visible: Option<bool>,
+    /// Kept off the stale list; `None`: keep the stored mark.
+    permanent: Option<bool>,
 }
 
 impl PartialEq for ValidFlagDraft {
@@ -483,6 +490,7 @@ impl PartialEq for ValidFlagDraft {
             && self.targeting_given == other.targeting_given
             && self.targeting == other.targeting
             && self.client_visible == other.client_visible
+            && self.permanent == other.permanent
     }
 }
 
@@ -552,6 +560,12 @@ impl ValidFlagDraft {
     /// did not say (a write keeps the stored mark).
     pub fn client_visible(&self) -> Option<bool> {
         self.client_visible
+    }
+
+    /// Whether the flag is kept off the stale list; `None` when the draft
+    /// did not say (a write keeps the stored mark).
+    pub fn permanent(&self) -> Option<bool> {
+        self.permanent
     }
 
     /// The v2 parts, compiled.
@@ -626,6 +640,8 @@ impl ValidFlagDraft {
             updated_by: updated_by.into(),
             targeting: self.targeting.map(Box::new),
             client_visible: self.client_visible.unwrap_or(false),
+            permanent: self.permanent.unwrap_or(false),
+            created_at: updated_at,
         }
     }
 }

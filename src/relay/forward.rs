@@ -163,6 +163,9 @@ mod tests {
             "/readyd.v1.DeploymentService/ListDeployments",
             "/readyd.v1.HealthService/ListHealthHistory",
             "/readyd.v1.HealthService/CheckDatabase",
+            // Usage and the stale list need the database.
+            "/readyd.v1.FlagService/GetFlagUsage",
+            "/readyd.v1.FlagService/ListStaleFlags",
             "/readyd.v1.ReplicationService/RecordHealth",
             "/readyd.v1.FlagService/SomethingNew",
             "/readyd.v1.FlagService/EvaluateFlagX",

@@ -434,6 +434,8 @@ mod tests {
             updated_by: "test".into(),
             targeting: None,
             client_visible: false,
+            permanent: false,
+            created_at: chrono::DateTime::UNIX_EPOCH,
         }
     }
 

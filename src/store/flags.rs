@@ -14,7 +14,7 @@ use crate::flags::{Flag, Prerequisite, Targeting, ValidFlagDraft, ValidationErro
 /// Every column, in the order of [`FlagRow`].
 const COLUMNS: &str = "key, description, enabled, value_type, on_value, off_value, environments, \
                        target_users, target_roles, rollout_percentage, version, updated_at, updated_by, \
-                       targeting, client_visible";
+                       targeting, client_visible, created_at, permanent";
 
 /// The flag model this readyd evaluates (DESIGN.md, "Flag model v2"): a
 /// flag with v2 parts has `@2` after its value type in `value_type`, which
@@ -44,6 +44,12 @@ pub(crate) struct FlagRow {
     /// the mark existed).
     #[serde(default)]
     client_visible: bool,
+    /// When the flag was created (absent in rows from before the column).
+    #[serde(default)]
+    created_at: DateTime<Utc>,
+    /// Kept off the stale list (absent in rows from before the mark).
+    #[serde(default)]
+    permanent: bool,
 }
 
 /// `value_type` as stored: the type, marked `@2` when the flag has v2 parts.
@@ -115,6 +121,8 @@ impl FlagRow {
             updated_by: self.updated_by,
             targeting,
             client_visible: self.client_visible,
+            created_at: self.created_at,
+            permanent: self.permanent,
         })
     }
 }
@@ -319,14 +327,16 @@ async fn write_flag(
             "UPDATE feature_flags SET description = $2, enabled = $3, value_type = $4, on_value = $5, \
              off_value = $6, environments = $7, target_users = $8, target_roles = $9, \
              rollout_percentage = $10, targeting = $11, \
-             client_visible = coalesce($12, client_visible) WHERE key = $1 {returning}"
+             client_visible = coalesce($12, client_visible), \
+             permanent = coalesce($13, permanent) WHERE key = $1 {returning}"
         )
     } else {
         format!(
             "INSERT INTO feature_flags (key, description, enabled, value_type, on_value, off_value, \
              environments, target_users, target_roles, rollout_percentage, targeting, \
-             client_visible) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, false)) {returning}"
+             client_visible, permanent) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, false), \
+             coalesce($13, false)) {returning}"
         )
     };
     let row: FlagRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -342,6 +352,7 @@ async fn write_flag(
         .bind(i32::from(draft.rollout_percentage()))
         .bind(targeting)
         .bind(draft.client_visible())
+        .bind(draft.permanent())
         .fetch_one(&mut *tx)
         .await?;
     let flag = row.into_flag().map_err(StoreError::Decode)?;

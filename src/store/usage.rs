@@ -1,8 +1,11 @@
 //! The `flag_usage` and `flag_usage_flushes` tables.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 
 use super::{Store, StoreError};
+use crate::usage::stale::UsageAggregate;
 
 /// One row of a flush: evaluations to add to an hour's count.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +114,40 @@ impl Store {
         .bind(limit)
         .fetch_all(self.pool())
         .await?)
+    }
+
+    /// Every flag's usage for the stale list: the last hour with an
+    /// evaluation (any time) and the evaluations per variant of the hours
+    /// from `since` on. Flags without a row are not in the map.
+    pub async fn usage_aggregates(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<HashMap<String, UsageAggregate>, StoreError> {
+        let last: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT flag_key, max(hour) FROM flag_usage WHERE count > 0 GROUP BY flag_key",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        // The sum is numeric; capped so it always fits an int8.
+        let served: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT flag_key, variant, least(sum(count), 9223372036854775807)::int8 \
+             FROM flag_usage WHERE hour >= $1 AND count > 0 GROUP BY flag_key, variant",
+        )
+        .bind(since)
+        .fetch_all(self.pool())
+        .await?;
+        let mut aggregates: HashMap<String, UsageAggregate> = HashMap::with_capacity(last.len());
+        for (flag, hour) in last {
+            aggregates.entry(flag).or_default().last_evaluated = Some(hour);
+        }
+        for (flag, variant, count) in served {
+            aggregates
+                .entry(flag)
+                .or_default()
+                .variants
+                .insert(variant, u64::try_from(count).unwrap_or(0));
+        }
+        Ok(aggregates)
     }
 
     /// Deletes usage rows of hours before `usage_before` and flush ids

@@ -236,7 +236,7 @@ function propose(flag, change, onCancel) {
   $("confirm-yes").onclick = async () => {
     $("confirm").hidden = true;
     const request = { ...flag, ...change, expectedVersion: flag.version };
-    for (const field of ["version", "updatedAt", "updatedBy", "targeting", "clientVisible"]) delete request[field];
+    for (const field of ["version", "updatedAt", "updatedBy", "targeting", "clientVisible", "createdAt", "permanent"]) delete request[field];
     const { status, body } = await api("/console/api/flags", { method: "POST", body: JSON.stringify(request) });
     if (status === 200) $("flags-message").textContent = "";
     else if (status === 409) $("flags-message").textContent = `${flag.key} was changed by someone else meanwhile; the list now shows their change.`;
