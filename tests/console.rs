@@ -700,6 +700,7 @@ async fn every_console_api_route_but_the_session_question_needs_a_session_and_ch
         ("POST", "/console/api/deployments"),
         ("POST", "/console/api/rollback"),
         ("GET", "/console/api/current-deployments"),
+        ("GET", "/console/api/stale-flags"),
         ("GET", "/console/api/config"),
         ("POST", "/console/api/config"),
         ("POST", "/console/api/config/reveal"),
@@ -759,4 +760,45 @@ async fn the_log_names_the_console_address_and_the_page_is_there() {
     assert_eq!(page.code, 200, "{page:?}");
     assert!(page.body.contains("<html"), "{page:?}");
     assert!(!page.body.contains(ADMIN));
+}
+
+/// The flags list's "stale" filter reads ListStaleFlags: a flag created
+/// long ago and never evaluated is listed with its reason.
+#[tokio::test]
+async fn stale_flags_are_listed_for_any_session() {
+    let db = TestDb::new().await;
+    sqlx::query(
+        "INSERT INTO feature_flags (key, description, enabled, rollout_percentage) VALUES \
+           ('old_banner', 'Forgotten', true, 100), ('new_banner', 'Fresh', true, 100)",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("flags");
+    sqlx::query(
+        "UPDATE feature_flags SET created_at = now() - interval '60 days' WHERE key = 'old_banner'",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("an old flag");
+    let server = start(&db).await;
+    let http = server.http_addr.expect("an HTTP address");
+    let (cookie, _) = session(http, READER, "ben").await;
+    let listed = request(http, "GET", "/console/api/stale-flags", &cookie, "").await;
+    assert_eq!(listed.code, 200, "{listed:?}");
+    let stale: Vec<(String, String)> = listed.json()["flags"]
+        .as_array()
+        .expect("flags")
+        .iter()
+        .map(|f| {
+            (
+                f["key"].as_str().unwrap_or_default().to_owned(),
+                f["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .filter(|(key, _)| key.ends_with("_banner"))
+        .collect();
+    assert_eq!(
+        stale,
+        [("old_banner".to_owned(), "not_evaluated".to_owned())]
+    );
 }

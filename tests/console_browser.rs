@@ -504,6 +504,28 @@ async fn the_console_in_chromium_signs_in_changes_follows_sql_and_stays_accessib
         )
         .await;
 
+    // The stale filter: every flag here is new, so none is stale.
+    let pick = |value: &str| {
+        format!(
+            "const filter = document.getElementById('flag-filter'); filter.value = '{value}'; \
+             filter.dispatchEvent(new Event('change')); return true;"
+        )
+    };
+    console.script(&pick("stale")).await;
+    console
+        .wait(
+            "no stale flag",
+            "document.querySelectorAll('#flag-rows tr').length === 0",
+        )
+        .await;
+    console.script(&pick("all")).await;
+    console
+        .wait(
+            "every flag again",
+            "document.querySelector(\"tr[data-key='search_suggestions']\") !== null",
+        )
+        .await;
+
     // A toggle in the page turns the flag on for every application.
     assert_eq!(evaluate(&mut flags).await, false);
     console

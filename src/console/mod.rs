@@ -81,6 +81,7 @@ pub fn routes() -> Router<Arc<HttpSurface>> {
         )
         .route("/console/api/rollback", post(record_rollback))
         .route("/console/api/current-deployments", get(current_deployments))
+        .route("/console/api/stale-flags", get(stale_flags))
 }
 
 /// Headers of every console answer: never cached, never framed, nothing
@@ -358,6 +359,23 @@ async fn list_flags(
         "/readyd.v1.FlagService/ListFlags",
         message,
         |request| async move { flags.list_flags(request).await },
+    )
+    .await
+}
+
+/// `GET /console/api/stale-flags`: `ListStaleFlags` over the default
+/// window (the flags list's "stale" filter).
+async fn stale_flags(State(surface): State<Arc<HttpSurface>>, headers: HeaderMap) -> Response {
+    let session = match session_of(&surface, &headers) {
+        Ok(session) => session,
+        Err(refused) => return *refused,
+    };
+    let flags = surface.flags.clone();
+    call_as_session(
+        &session,
+        "/readyd.v1.FlagService/ListStaleFlags",
+        pb::ListStaleFlagsRequest::default(),
+        |request| async move { flags.list_stale_flags(request).await },
     )
     .await
 }

@@ -64,6 +64,7 @@ function forget() {
   tab = "overview";
   flags = [];
   flagsDrawn = "";
+  stale = new Map();
   configDrawn = "";
   editing = null;
   closeFlag();
@@ -157,6 +158,17 @@ async function loadFlags(onlyIfChanged) {
 }
 
 let flagsDrawn = "";
+// The stale flags' reasons by key (ListStaleFlags, 30 days), for the filter.
+let stale = new Map();
+
+async function loadStale() {
+  const { status, body } = await api("/console/api/stale-flags");
+  if (status !== 200) { $("flags-message").textContent = (body && body.message) || `readyd answered ${status}`; return; }
+  stale = new Map();
+  for (const entry of body.flags || []) {
+    stale.set(entry.key, [...(stale.get(entry.key) || []), entry.reason.replace(/_/g, " ")]);
+  }
+}
 
 function renderFlags(onlyIfChanged) {
   const search = $("flag-search").value.trim().toLowerCase();
@@ -165,7 +177,7 @@ function renderFlags(onlyIfChanged) {
   const environment = $("flag-environment").value.trim();
   const shown = flags.filter((flag) =>
     (!search || flag.key.includes(search) || (flag.description || "").toLowerCase().includes(search)) &&
-    (filter === "all" || (filter === "enabled") === Boolean(flag.enabled)) &&
+    (filter === "all" || (filter === "stale" ? stale.has(flag.key) : (filter === "enabled") === Boolean(flag.enabled))) &&
     (!environment || !(flag.environments || []).length || flag.environments.includes(environment)));
   const drawn = JSON.stringify([access, shown]);
   if (onlyIfChanged && drawn === flagsDrawn) return;
@@ -178,7 +190,9 @@ function renderFlags(onlyIfChanged) {
     name.firstChild.className = "link";
     const description = document.createElement("span");
     description.className = "description";
-    description.textContent = flag.description || "";
+    description.textContent = filter === "stale" && stale.has(flag.key)
+      ? `stale: ${stale.get(flag.key).join(", ")}`
+      : flag.description || "";
     name.appendChild(description);
     tr.appendChild(name);
     const enabled = document.createElement("td");
@@ -676,7 +690,10 @@ async function start() {
     button.addEventListener("click", () => showTab(button.dataset.tab));
   }
   $("flag-search").addEventListener("input", () => renderFlags());
-  $("flag-filter").addEventListener("change", () => renderFlags());
+  $("flag-filter").addEventListener("change", async () => {
+    if ($("flag-filter").value === "stale") await loadStale();
+    renderFlags();
+  });
   $("flag-environment").addEventListener("input", () => renderFlags());
   $("try-form").addEventListener("submit", tryFlag);
   $("flag-detail").addEventListener("submit", saveFlag);
