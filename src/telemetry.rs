@@ -293,7 +293,7 @@ pub async fn sample(store: Option<Store>, max_connections: u32, stop: Cancellati
 /// evaluation is one atomic add.
 #[derive(Debug, Clone)]
 pub struct EvaluationCounters {
-    by_reason: [Counter; REASONS.len()],
+    by_reason: [Counter; Reason::ALL.len()],
 }
 
 impl Default for EvaluationCounters {
@@ -306,14 +306,14 @@ impl EvaluationCounters {
     /// Handles for every reason (no-ops when no exporter is installed).
     pub fn new() -> Self {
         Self {
-            by_reason: REASONS
+            by_reason: Reason::ALL
                 .map(|reason| counter!(FLAG_EVALUATIONS, "reason" => reason.as_str())),
         }
     }
 
     /// Counts one evaluation answered with `reason`.
     pub fn record(&self, reason: Reason) {
-        self.by_reason[reason_index(reason)].increment(1);
+        self.by_reason[reason.index()].increment(1);
     }
 
     /// Counts a batch's evaluations: one atomic add per reason seen rather
@@ -329,34 +329,11 @@ impl EvaluationCounters {
 
 /// Evaluations of one batch by reason, counted locally (no atomics).
 #[derive(Debug, Default, Clone)]
-pub struct Tally([u64; REASONS.len()]);
+pub struct Tally([u64; Reason::ALL.len()]);
 
 impl Tally {
     /// Counts one evaluation answered with `reason`.
     pub fn add(&mut self, reason: Reason) {
-        self.0[reason_index(reason)] += 1;
-    }
-}
-
-/// Every reason, in the order of the counters.
-const REASONS: [Reason; 7] = [
-    Reason::Static,
-    Reason::TargetingMatch,
-    Reason::Split,
-    Reason::Default,
-    Reason::Disabled,
-    Reason::Stale,
-    Reason::PrerequisiteFailed,
-];
-
-fn reason_index(reason: Reason) -> usize {
-    match reason {
-        Reason::Static => 0,
-        Reason::TargetingMatch => 1,
-        Reason::Split => 2,
-        Reason::Default => 3,
-        Reason::Disabled => 4,
-        Reason::Stale => 5,
-        Reason::PrerequisiteFailed => 6,
+        self.0[reason.index()] += 1;
     }
 }

@@ -218,6 +218,30 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in the order counters keep them (see [`Reason::index`]).
+    pub const ALL: [Reason; 7] = [
+        Reason::Static,
+        Reason::TargetingMatch,
+        Reason::Split,
+        Reason::Default,
+        Reason::Disabled,
+        Reason::Stale,
+        Reason::PrerequisiteFailed,
+    ];
+
+    /// Its place in [`Reason::ALL`].
+    pub const fn index(self) -> usize {
+        match self {
+            Reason::Static => 0,
+            Reason::TargetingMatch => 1,
+            Reason::Split => 2,
+            Reason::Default => 3,
+            Reason::Disabled => 4,
+            Reason::Stale => 5,
+            Reason::PrerequisiteFailed => 6,
+        }
+    }
+
     /// The upper-case name: `STATIC`, `TARGETING_MATCH`, `SPLIT`, `DEFAULT`,
     /// `DISABLED`, `PREREQUISITE_FAILED` or `STALE`.
     pub const fn as_str(self) -> &'static str {

@@ -21,30 +21,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::flags::Reason;
 
-/// Every reason, in slot order.
-pub const REASONS: [Reason; 7] = [
-    Reason::Static,
-    Reason::TargetingMatch,
-    Reason::Split,
-    Reason::Default,
-    Reason::Disabled,
-    Reason::Stale,
-    Reason::PrerequisiteFailed,
-];
-
-/// The slot order of `reason` within a variant.
-const fn reason_index(reason: Reason) -> usize {
-    match reason {
-        Reason::Static => 0,
-        Reason::TargetingMatch => 1,
-        Reason::Split => 2,
-        Reason::Default => 3,
-        Reason::Disabled => 4,
-        Reason::Stale => 5,
-        Reason::PrerequisiteFailed => 6,
-    }
-}
-
 /// Counters on one cache line pair: 128 bytes, because adjacent-line
 /// prefetching makes neighbouring 64-byte lines contend too.
 const LINE_SLOTS: usize = 16;
@@ -112,7 +88,7 @@ impl UsageCounters {
     /// Zeroed counters for flag `key` with `variants`.
     pub fn new(key: &str, variants: impl IntoIterator<Item = String>) -> Self {
         let variants: Box<[String]> = variants.into_iter().collect();
-        let slots = variants.len().max(1) * REASONS.len();
+        let slots = variants.len().max(1) * Reason::ALL.len();
         let lines_per_shard = slots.div_ceil(LINE_SLOTS);
         let shards = shard_count();
         Self {
@@ -134,7 +110,7 @@ impl UsageCounters {
     /// The slot of variant number `variant` answered for `reason`.
     #[inline]
     pub fn slot(variant: usize, reason: Reason) -> usize {
-        variant * REASONS.len() + reason_index(reason)
+        variant * Reason::ALL.len() + reason.index()
     }
 
     /// Counts one evaluation in `slot` (see [`Self::slot`]); a slot out of
@@ -143,7 +119,7 @@ impl UsageCounters {
     pub fn add_slot(&self, slot: usize) {
         let line =
             (this_threads_shard() & self.shard_mask) * self.lines_per_shard + slot / LINE_SLOTS;
-        if slot < self.variants.len() * REASONS.len()
+        if slot < self.variants.len() * Reason::ALL.len()
             && let Some(line) = self.lines.get(line)
         {
             line.0[slot % LINE_SLOTS].fetch_add(1, Ordering::Relaxed);
@@ -161,7 +137,7 @@ impl UsageCounters {
     /// each one that is not zero.
     pub fn drain(&self, mut take: impl FnMut(&str, Reason, u64)) {
         for (v, variant) in self.variants.iter().enumerate() {
-            for reason in REASONS {
+            for reason in Reason::ALL {
                 let slot = Self::slot(v, reason);
                 let mut count = 0u64;
                 for shard in 0..=self.shard_mask {

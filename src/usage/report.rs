@@ -6,11 +6,11 @@ use std::collections::HashSet;
 use chrono::{DateTime, TimeDelta, Utc};
 use tonic::Status;
 
-use super::counters::REASONS;
 use super::flush::MAX_BATCH_ROWS;
 use super::rows::hour_of;
 use crate::api::convert::from_timestamp;
 use crate::api::pb::readyd::v1 as pb;
+use crate::flags::Reason;
 use crate::flags::{is_valid_environment, is_valid_key};
 use crate::store::usage::UsageAddition;
 
@@ -64,7 +64,7 @@ pub fn checked(
         {
             return Err(bad("variant", "1 to 128 bytes without control characters"));
         }
-        let Some(reason) = REASONS.iter().find(|r| r.as_str() == count.reason) else {
+        let Some(reason) = Reason::ALL.iter().find(|r| r.as_str() == count.reason) else {
             return Err(bad("reason", "not a known reason"));
         };
         let Some(hour) = count.hour.as_ref().and_then(from_timestamp) else {

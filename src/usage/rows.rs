@@ -96,7 +96,7 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::usage::counters::REASONS;
+    use crate::flags::Reason;
     use proptest::prelude::*;
 
     fn key(hour: i64, flag: u8, variant: u8, reason: usize) -> UsageKey {
@@ -104,7 +104,7 @@ mod tests {
             hour: DateTime::UNIX_EPOCH + TimeDelta::hours(hour),
             flag: format!("f{flag}"),
             variant: format!("v{variant}"),
-            reason: REASONS[reason % REASONS.len()].as_str(),
+            reason: Reason::ALL[reason % Reason::ALL.len()].as_str(),
         }
     }
 
