@@ -124,45 +124,46 @@ fn bench(c: &mut Criterion) {
         b.iter(|| flag.usage().add(black_box(1), black_box(Reason::Split)))
     });
     // Two threads evaluating the same flag: this thread is measured while
-    // another evaluates it (counted, or not) as fast as it can.
+    // another evaluates it (counted, or not) as fast as it can. The other
+    // thread lives for the whole benchmark, as a server's worker threads
+    // do (a thread started per sample would be handed a new counter
+    // stripe each time, and now and then the measured thread's own).
     for counted in [false, true] {
         let name = if counted {
             "usage/two_threads_same_flag_counted"
         } else {
             "usage/two_threads_same_flag_uncounted"
         };
-        c.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let stop = std::sync::atomic::AtomicBool::new(false);
-                std::thread::scope(|scope| {
-                    scope.spawn(|| {
-                        let mut i = 0usize;
-                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                            let ctx = &users[i % users.len()];
-                            i = i.wrapping_add(7);
-                            let e = if counted {
-                                flag.evaluate("prod", ctx, &NoFlags)
-                            } else {
-                                flag.evaluate_uncounted("prod", ctx, &NoFlags)
-                            };
-                            black_box(e.variant);
-                        }
-                    });
-                    let start = std::time::Instant::now();
-                    for i in 0..iters {
-                        let ctx = &users[usize::try_from(i).unwrap_or(0) % users.len()];
-                        let e = if counted {
-                            flag.evaluate(black_box("prod"), ctx, &NoFlags)
-                        } else {
-                            flag.evaluate_uncounted(black_box("prod"), ctx, &NoFlags)
-                        };
-                        black_box(e.variant);
-                    }
-                    let elapsed = start.elapsed();
-                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                    elapsed
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let mut i = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let ctx = &users[i % users.len()];
+                    i = i.wrapping_add(7);
+                    let e = if counted {
+                        flag.evaluate("prod", ctx, &NoFlags)
+                    } else {
+                        flag.evaluate_uncounted("prod", ctx, &NoFlags)
+                    };
+                    black_box(e.variant);
+                }
+            });
+            // Stops the other thread even if the benchmark panics, so the
+            // scope does not wait for it forever.
+            let _stop = StopOnDrop(&stop);
+            c.bench_function(name, |b| {
+                b.iter(|| {
+                    let ctx = &users[next % users.len()];
+                    next = next.wrapping_add(1);
+                    let e = if counted {
+                        flag.evaluate(black_box("prod"), ctx, &NoFlags)
+                    } else {
+                        flag.evaluate_uncounted(black_box("prod"), ctx, &NoFlags)
+                    };
+                    black_box(e.variant)
                 })
-            })
+            });
         });
     }
 
@@ -320,3 +321,12 @@ fn rules_bench(c: &mut Criterion) {
 
 criterion_group!(benches, bench);
 criterion_main!(benches);
+
+/// Sets its flag when dropped.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

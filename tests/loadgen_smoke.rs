@@ -128,12 +128,23 @@ async fn every_scenario_runs_and_reads_never_touch_the_database() {
     );
 
     let ofrep = results.ofrep.expect("OFREP");
-    for (name, run) in [
-        ("HTTP baseline", Some(&ofrep.baseline)),
-        ("HTTP baseline after", Some(&ofrep.baseline_after)),
-        ("OFREP single", ofrep.single.as_ref()),
-        ("OFREP bulk", ofrep.bulk.as_ref()),
-    ] {
+    assert_eq!(
+        ofrep.rounds.len(),
+        bench.plan.ofrep_rounds,
+        "every OFREP round run"
+    );
+    let mut runs = vec![(
+        "HTTP baseline after the last round",
+        Some(&ofrep.baseline_last),
+    )];
+    for round in &ofrep.rounds {
+        runs.extend([
+            ("HTTP baseline", Some(&round.baseline)),
+            ("OFREP single", round.single.as_ref()),
+            ("OFREP bulk", round.bulk.as_ref()),
+        ]);
+    }
+    for (name, run) in runs {
         let run = &run.expect(name).load;
         assert!(run.requests > 0, "{name}: no request answered");
         assert_eq!(run.errors, 0, "{name}: {:?}", run.first_error);

@@ -86,6 +86,11 @@ struct Args {
     /// Follower restarts timed by the relay scenario.
     #[arg(long, default_value_t = 10)]
     restarts: usize,
+    /// Rounds of the OFREP scenarios: the HTTP baseline and readyd's runs
+    /// alternate, so each of readyd's runs has a baseline run on either
+    /// side of it (a machine whose speed drifts moves both).
+    #[arg(long, default_value_t = 3)]
+    ofrep_rounds: usize,
     /// readyd's `--log` filter; readyd must still log "readyd is serving".
     #[arg(long, default_value = "info")]
     readyd_log: String,
@@ -135,6 +140,7 @@ impl Args {
                 updates: self.relay_updates,
                 restarts: self.restarts,
             },
+            ofrep_rounds: self.ofrep_rounds.max(1),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The OFREP scenarios: readyd's HTTP surface over HTTP/1.1 keep-alive, next
 //! to the HTTP baseline (a bare axum server answering a constant body,
-//! `baseline::start_http`) measured in the same run, before and after.
+//! `baseline::start_http`) measured in the same run: the baseline and
+//! readyd take turns (`--ofrep-rounds`), so each of readyd's runs is
+//! compared with the baseline runs just before and after it.
 //!
 //! - `ofrep`: `POST /ofrep/v1/evaluate/flags/bench_rollout` with a random
 //!   user, no token (the run sets no read token, as for the gRPC scenarios).
@@ -138,16 +140,23 @@ async fn bulk_once(connection: Connection, state: BulkState) -> Result<(), Strin
     }
 }
 
-/// The OFREP scenarios' figures.
-pub struct Ofrep {
-    /// The HTTP baseline before readyd's runs.
+/// One round of the OFREP scenarios: the HTTP baseline, then readyd.
+pub struct OfrepRound {
+    /// The HTTP baseline, just before readyd's runs of this round.
     pub baseline: Throughput,
-    /// The same after them.
-    pub baseline_after: Throughput,
     /// Single evaluations, when run.
     pub single: Option<Throughput>,
     /// Bulk evaluations answered 304, when run.
     pub bulk: Option<Throughput>,
+}
+
+/// The OFREP scenarios' figures.
+pub struct Ofrep {
+    /// The rounds, in the order run.
+    pub rounds: Vec<OfrepRound>,
+    /// The HTTP baseline after the last round: every round's readyd runs
+    /// have a baseline run before and after them.
+    pub baseline_last: Throughput,
     /// Flags in the bulk answer (read once, with a 200).
     pub bulk_flags: usize,
     /// Bulk requests answered 200 instead of 304 during the runs (a new
@@ -155,6 +164,17 @@ pub struct Ofrep {
     pub bulk_refetches: u64,
     /// HTTP/1.1 connections (one request in flight on each).
     pub connections: usize,
+}
+
+impl Ofrep {
+    /// The baseline runs on either side of round `index`'s readyd runs.
+    pub fn baselines_around(&self, index: usize) -> [&Throughput; 2] {
+        let after = self
+            .rounds
+            .get(index + 1)
+            .map_or(&self.baseline_last, |next| &next.baseline);
+        [&self.rounds[index].baseline, after]
+    }
 }
 
 /// The address in readyd's "readyd is serving" line's `http=` field.
@@ -244,22 +264,12 @@ impl Bench {
         let baseline = self.start_http_baseline().await;
 
         let base_connections = http1::connect(baseline.addr, connections).await;
-        let call =
+        let base_call =
             |connection: Connection, dice: &mut Dice| baseline_once(connection, single_body(dice));
-        let before = measure(&baseline, &base_connections, shape, call).await;
-
         let readyd_connections = http1::connect(readyd.addr, connections).await;
-        let single_run = if single {
-            let evaluate = |connection: Connection, dice: &mut Dice| {
-                evaluate_once(connection, single_body(dice))
-            };
-            Some(measure(&readyd, &readyd_connections, shape, evaluate).await)
-        } else {
-            None
-        };
 
-        let (mut bulk_flags, mut bulk_refetches) = (0, 0);
-        let bulk_run = if bulk {
+        let (mut bulk_flags, mut bulk_state) = (0, None);
+        if bulk {
             let authorization: Arc<str> = format!("Bearer {CLIENT_TOKEN}").into();
             let first = self::bulk(&readyd_connections[0], &authorization, None)
                 .await
@@ -269,32 +279,49 @@ impl Bench {
                 serde_json::from_slice(&first.body).expect("a JSON bulk answer");
             bulk_flags = answer["flags"].as_array().map_or(0, Vec::len);
             let etag = first.header("etag").expect("the bulk answer has an ETag");
-            let state = BulkState {
+            bulk_state = Some(BulkState {
                 authorization,
                 etag: Arc::new(RwLock::new(etag.into())),
                 refetches: Arc::new(AtomicU64::new(0)),
-            };
-            let refetches = Arc::clone(&state.refetches);
-            let call =
-                move |connection: Connection, _: &mut Dice| bulk_once(connection, state.clone());
-            let run = measure(&readyd, &readyd_connections, shape, call).await;
-            bulk_refetches = refetches.load(Ordering::Relaxed);
-            Some(run)
-        } else {
-            None
-        };
+            });
+        }
 
-        let after = measure(&baseline, &base_connections, shape, call).await;
+        let mut rounds = Vec::with_capacity(self.plan.ofrep_rounds);
+        for _ in 0..self.plan.ofrep_rounds {
+            let baseline_run = measure(&baseline, &base_connections, shape, base_call).await;
+            let single_run = if single {
+                let evaluate = |connection: Connection, dice: &mut Dice| {
+                    evaluate_once(connection, single_body(dice))
+                };
+                Some(measure(&readyd, &readyd_connections, shape, evaluate).await)
+            } else {
+                None
+            };
+            let bulk_run = match &bulk_state {
+                Some(state) => {
+                    let state = state.clone();
+                    let call = move |connection: Connection, _: &mut Dice| {
+                        bulk_once(connection, state.clone())
+                    };
+                    Some(measure(&readyd, &readyd_connections, shape, call).await)
+                }
+                None => None,
+            };
+            rounds.push(OfrepRound {
+                baseline: baseline_run,
+                single: single_run,
+                bulk: bulk_run,
+            });
+        }
+        let baseline_last = measure(&baseline, &base_connections, shape, base_call).await;
         drop((base_connections, readyd_connections));
         baseline.stop().await;
         readyd.stop().await;
         Ofrep {
-            baseline: before,
-            baseline_after: after,
-            single: single_run,
-            bulk: bulk_run,
+            rounds,
+            baseline_last,
             bulk_flags,
-            bulk_refetches,
+            bulk_refetches: bulk_state.map_or(0, |state| state.refetches.load(Ordering::Relaxed)),
             connections,
         }
     }

@@ -85,6 +85,8 @@ pub struct Plan {
     pub readyd_log: String,
     /// The relay scenario's sizes.
     pub relay: RelayPlan,
+    /// Rounds of the OFREP scenarios (each: the baseline, then readyd).
+    pub ofrep_rounds: usize,
 }
 
 impl Plan {
@@ -110,6 +112,7 @@ impl Plan {
                 updates: 5,
                 restarts: 2,
             },
+            ofrep_rounds: 2,
         }
     }
 }
