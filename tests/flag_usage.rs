@@ -27,29 +27,8 @@ use readyd::store::usage::UsageAddition;
 use support::TestDb;
 use support::daemon::{Daemon, DaemonCommand};
 use support::http1::request;
+use support::usage::{Sums, add, table_sums};
 use tonic::transport::Channel;
-
-/// Sums by (flag, variant, reason), across hours and environments.
-type Sums = BTreeMap<(String, String, String), i64>;
-
-async fn table_sums(db: &TestDb) -> Sums {
-    let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
-        "SELECT flag_key, variant, reason, sum(count)::int8 FROM flag_usage \
-         GROUP BY flag_key, variant, reason",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .expect("read flag_usage");
-    rows.into_iter()
-        .map(|(flag, variant, reason, count)| ((flag, variant, reason), count))
-        .collect()
-}
-
-fn add(sums: &mut Sums, flag: &str, variant: &str, reason: &str, n: i64) {
-    *sums
-        .entry((flag.to_owned(), variant.to_owned(), reason.to_owned()))
-        .or_default() += n;
-}
 
 async fn start(db_url: &str, environment: &str) -> Daemon {
     DaemonCommand::serve()
