@@ -8,6 +8,7 @@ mod support;
 use std::net::SocketAddr;
 
 use support::http1::{Answer, request};
+use support::usage::{flag_sums, insert_usage};
 use support::{TestDb, TestServer, serve_args};
 
 const ADMIN: &str = "admin-token-for-console-tests";
@@ -701,6 +702,7 @@ async fn every_console_api_route_but_the_session_question_needs_a_session_and_ch
         ("POST", "/console/api/rollback"),
         ("GET", "/console/api/current-deployments"),
         ("GET", "/console/api/stale-flags"),
+        ("GET", "/console/api/flag-usage?key=dark_mode"),
         ("GET", "/console/api/config"),
         ("POST", "/console/api/config"),
         ("POST", "/console/api/config/reveal"),
@@ -800,5 +802,379 @@ async fn stale_flags_are_listed_for_any_session() {
     assert_eq!(
         stale,
         [("old_banner".to_owned(), "not_evaluated".to_owned())]
+    );
+}
+
+/// A request made with `token`.
+fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    request
+}
+
+/// Usage sums by (environment, variant, reason).
+type UsageSums = std::collections::BTreeMap<(String, String, String), i64>;
+
+/// A `GetFlagUsageResponse` as JSON, summed by (environment, variant,
+/// reason); checks that its total is the buckets' sum.
+fn console_sums(answer: &serde_json::Value) -> UsageSums {
+    // uint64 is a string in JSON protobuf.
+    let number = |value: &serde_json::Value| {
+        value
+            .as_str()
+            .and_then(|text| text.parse::<i64>().ok())
+            .or_else(|| value.as_i64())
+            .unwrap_or_else(|| panic!("a count: {value}"))
+    };
+    let mut sums = UsageSums::new();
+    for bucket in answer["buckets"].as_array().expect("buckets") {
+        let key = (
+            bucket["environment"]
+                .as_str()
+                .expect("environment")
+                .to_owned(),
+            bucket["variant"].as_str().expect("variant").to_owned(),
+            bucket["reason"].as_str().expect("reason").to_owned(),
+        );
+        *sums.entry(key).or_default() += number(&bucket["count"]);
+    }
+    let total = if answer["total"].is_null() {
+        0
+    } else {
+        number(&answer["total"])
+    };
+    assert_eq!(total, sums.values().sum::<i64>(), "the total: {answer}");
+    sums
+}
+
+/// A flag's page reads its usage through GetFlagUsage: after a known
+/// number of evaluations and a flush, the counts per environment, variant
+/// and reason equal those made and the table's; a range leaves out the
+/// hours before it; bad input is refused with `400`.
+#[tokio::test]
+async fn a_flags_usage_in_the_console_equals_the_table_after_evaluations_and_a_flush() {
+    use readyd::api::pb::readyd::v1 as pb;
+    let db = TestDb::new().await;
+    sqlx::query(
+        "INSERT INTO feature_flags (key, enabled, rollout_percentage, target_users) \
+         VALUES ('vip_banner', true, 0, '{vip}')",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("a targeted flag");
+    // Evaluations of 30 hours ago, elsewhere: in the week, not in the day.
+    insert_usage(&db, "vip_banner", 30, "off", 11).await;
+    let mut args = serve_args(&db.url);
+    args.http_listen = "127.0.0.1:0".into();
+    args.admin_token = Some(ADMIN.into());
+    args.read_token = Some(READER.into());
+    args.console = true;
+    args.usage_flush_interval = "300ms".into();
+    let server = TestServer::start(args).await;
+    let http = server.http_addr.expect("an HTTP address");
+
+    let mut grpc = pb::flag_service_client::FlagServiceClient::new(server.channel().await);
+    let mut made = UsageSums::new();
+    for user in ["vip", "ann", "vip", "bob", "cem", "vip", "dia", "eve"] {
+        let answer = grpc
+            .evaluate_flag(with_token(
+                pb::EvaluateFlagRequest {
+                    key: "vip_banner".into(),
+                    context: Some(pb::EvaluationContext {
+                        user_id: user.into(),
+                        ..Default::default()
+                    }),
+                    explain: false,
+                },
+                READER,
+            ))
+            .await
+            .expect("evaluate")
+            .into_inner();
+        let reason = answer.reason().as_str_name();
+        let reason = reason.strip_prefix("EVALUATION_REASON_").unwrap_or(reason);
+        *made
+            .entry(("test".into(), answer.variant.clone(), reason.into()))
+            .or_default() += 1;
+    }
+    assert_eq!(made.len(), 2, "two variants: {made:?}");
+    assert_eq!(made.values().sum::<i64>(), 8);
+
+    // Flushed every 300 ms: wait for the table to hold them.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while flag_sums(&db, "vip_banner", 23).await != made {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never flushed: {:?}",
+            flag_sums(&db, "vip_banner", 23).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // What the page asks: the day (since 23 hours before this hour began)
+    // and, by default, the week.
+    let (cookie, _) = session(http, READER, "ben").await;
+    let hour = chrono::Utc::now().timestamp() / 3600 * 3600;
+    let day_start = chrono::DateTime::from_timestamp(hour - 23 * 3600, 0)
+        .expect("a time")
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let day = request(
+        http,
+        "GET",
+        &format!("/console/api/flag-usage?key=vip_banner&since={day_start}"),
+        &cookie,
+        "",
+    )
+    .await;
+    assert_eq!(day.code, 200, "{day:?}");
+    assert_eq!(console_sums(&day.json()), made, "the day: what was made");
+    assert_eq!(
+        console_sums(&day.json()),
+        flag_sums(&db, "vip_banner", 23).await,
+        "the day: the table's"
+    );
+    let week = request(
+        http,
+        "GET",
+        "/console/api/flag-usage?key=vip_banner",
+        &cookie,
+        "",
+    )
+    .await;
+    assert_eq!(week.code, 200, "{week:?}");
+    let mut with_older = made.clone();
+    with_older.insert(("prod".into(), "off".into(), "STATIC".into()), 11);
+    assert_eq!(console_sums(&week.json()), with_older, "the week");
+    assert_eq!(
+        console_sums(&week.json()),
+        flag_sums(&db, "vip_banner", 7 * 24).await
+    );
+    // A flag nobody evaluated: no buckets, total 0.
+    let unread = request(
+        http,
+        "GET",
+        "/console/api/flag-usage?key=dark_mode",
+        &cookie,
+        "",
+    )
+    .await;
+    assert_eq!(unread.code, 200, "{unread:?}");
+    assert!(console_sums(&unread.json()).is_empty(), "{unread:?}");
+
+    for bad in [
+        "key=Not%20A%20Key".to_owned(),
+        "key=".to_owned(),
+        "key=vip_banner&since=yesterday".to_owned(),
+        "key=vip_banner&until=2026-13-01T00:00:00Z".to_owned(),
+        format!("key=vip_banner&since={day_start}&until=2001-01-01T00:00:00Z"),
+        "key=vip_banner&since=2001-01-01T00:00:00Z".to_owned(),
+    ] {
+        let refused = request(
+            http,
+            "GET",
+            &format!("/console/api/flag-usage?{bad}"),
+            &cookie,
+            "",
+        )
+        .await;
+        assert_eq!(refused.code, 400, "{bad}: {refused:?}");
+        assert!(
+            !refused.json()["message"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty(),
+            "{bad}: a message says why: {refused:?}"
+        );
+    }
+    let nobody = request(
+        http,
+        "GET",
+        "/console/api/flag-usage?key=vip_banner",
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(nobody.code, 401, "{nobody:?}");
+}
+
+/// The flag as the console lists it.
+async fn listed_flag(http: SocketAddr, cookie: &str, key: &str) -> serde_json::Value {
+    let listed = request(http, "GET", "/console/api/flags", cookie, "").await;
+    assert_eq!(listed.code, 200, "{listed:?}");
+    listed.json()["flags"]
+        .as_array()
+        .expect("flags")
+        .iter()
+        .find(|flag| flag["key"] == key)
+        .cloned()
+        .unwrap_or_else(|| panic!("no flag {key}"))
+}
+
+/// The keys of the console's stale list.
+async fn stale_keys(http: SocketAddr, cookie: &str) -> Vec<String> {
+    let listed = request(http, "GET", "/console/api/stale-flags", cookie, "").await;
+    assert_eq!(listed.code, 200, "{listed:?}");
+    listed.json()["flags"]
+        .as_array()
+        .expect("flags")
+        .iter()
+        .filter_map(|f| f["key"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The latest audit row of flag `key`: actor, old and new permanent mark.
+async fn last_audit(db: &TestDb, key: &str) -> (String, Option<String>, Option<String>) {
+    sqlx::query_as(
+        "SELECT actor, old_flag->>'permanent', new_flag->>'permanent' FROM flag_audit \
+         WHERE key = $1 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(key)
+    .fetch_one(&db.pool)
+    .await
+    .expect("an audit row")
+}
+
+/// The flag page's permanent mark, as the page sets it: the flag as
+/// listed with `permanent` changed, at the version listed, made as the
+/// session's name (in the flag and its audit row), nothing else changed;
+/// a read session is refused, bad input is a `400`, a stale version a
+/// `409`, and none of these changes anything.
+#[tokio::test]
+async fn an_admin_session_marks_a_flag_permanent_as_its_name_and_nothing_else_changes() {
+    let db = TestDb::new().await;
+    sqlx::query(
+        "INSERT INTO feature_flags (key, description, enabled, rollout_percentage, client_visible) \
+         VALUES ('old_switch', 'Kill switch', true, 40, true)",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("a flag");
+    sqlx::query(
+        "UPDATE feature_flags SET created_at = now() - interval '60 days' WHERE key = 'old_switch'",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("an old flag");
+    let server = start(&db).await;
+    let http = server.http_addr.expect("an HTTP address");
+    let (cookie, csrf) = session(http, ADMIN, "ana").await;
+    let headers = format!("{cookie}{csrf}");
+    let (read_cookie, read_csrf) = session(http, READER, "ben").await;
+
+    let before = listed_flag(http, &cookie, "old_switch").await;
+    assert_eq!(before["permanent"], false, "{before}");
+    assert!(
+        stale_keys(http, &cookie)
+            .await
+            .contains(&"old_switch".to_owned()),
+        "never evaluated for 60 days: stale"
+    );
+    let audit_rows = db.count("flag_audit").await;
+    // What the page sends.
+    let change = |permanent: serde_json::Value, version: &serde_json::Value| {
+        let mut change = before.clone();
+        let object = change.as_object_mut().expect("an object");
+        for field in [
+            "version",
+            "updatedAt",
+            "updatedBy",
+            "targeting",
+            "clientVisible",
+            "createdAt",
+        ] {
+            object.remove(field);
+        }
+        object.insert("permanent".into(), permanent);
+        object.insert("expectedVersion".into(), version.clone());
+        change.to_string()
+    };
+    let version = before["version"].clone();
+    let mark = change(serde_json::json!(true), &version);
+
+    // Refused, and nothing changed: a read session, no CSRF token, bad
+    // input, a version someone else has changed since.
+    let refused = request(
+        http,
+        "POST",
+        "/console/api/flags",
+        &format!("{read_cookie}{read_csrf}"),
+        &mark,
+    )
+    .await;
+    assert_eq!(refused.code, 403, "a read session: {refused:?}");
+    let refused = request(http, "POST", "/console/api/flags", &cookie, &mark).await;
+    assert_eq!(refused.code, 403, "no CSRF token: {refused:?}");
+    for bad in [
+        change(serde_json::json!("yes"), &version),
+        change(serde_json::json!(1), &version),
+        change(serde_json::json!(true), &serde_json::json!("soon")),
+        "{\"key\": \"old_switch\", \"permanent\": true".to_owned(),
+    ] {
+        let refused = request(http, "POST", "/console/api/flags", &headers, &bad).await;
+        assert_eq!(refused.code, 400, "{bad}: {refused:?}");
+    }
+    let stale_version = change(serde_json::json!(true), &serde_json::json!("1"));
+    let refused = request(http, "POST", "/console/api/flags", &headers, &stale_version).await;
+    assert_eq!(refused.code, 409, "{refused:?}");
+    assert_eq!(listed_flag(http, &cookie, "old_switch").await, before);
+    assert_eq!(db.count("flag_audit").await, audit_rows, "no audit row");
+
+    // The admin session marks it: only the mark changes.
+    let marked = request(http, "POST", "/console/api/flags", &headers, &mark).await;
+    assert_eq!(marked.code, 200, "{marked:?}");
+    let after = listed_flag(http, &cookie, "old_switch").await;
+    assert_eq!(after["permanent"], true, "{after}");
+    assert_eq!(after["updatedBy"], "ana", "the session's name");
+    for field in [
+        "description",
+        "enabled",
+        "rolloutPercentage",
+        "clientVisible",
+        "createdAt",
+        "valueType",
+        "onValue",
+        "offValue",
+    ] {
+        assert_eq!(after[field], before[field], "{field} stays");
+    }
+    assert_eq!(
+        last_audit(&db, "old_switch").await,
+        (
+            "ana".to_owned(),
+            Some("false".to_owned()),
+            Some("true".to_owned())
+        ),
+        "the audit row names the session"
+    );
+    assert!(
+        !stale_keys(http, &cookie)
+            .await
+            .contains(&"old_switch".to_owned()),
+        "a permanent flag is never stale"
+    );
+
+    // And back, from the new version.
+    let unmark = change(serde_json::json!(false), &after["version"]);
+    let unmarked = request(http, "POST", "/console/api/flags", &headers, &unmark).await;
+    assert_eq!(unmarked.code, 200, "{unmarked:?}");
+    assert_eq!(
+        listed_flag(http, &cookie, "old_switch").await["permanent"],
+        false
+    );
+    assert_eq!(
+        last_audit(&db, "old_switch").await,
+        (
+            "ana".to_owned(),
+            Some("true".to_owned()),
+            Some("false".to_owned())
+        )
+    );
+    assert!(
+        stale_keys(http, &cookie)
+            .await
+            .contains(&"old_switch".to_owned())
     );
 }

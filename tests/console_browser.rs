@@ -4,7 +4,9 @@
 //! that changes gRPC `EvaluateFlag`, a rollout and a config value edited in
 //! the page, a change made by plain SQL reaching the open page, a read-only
 //! session that sees no sensitive value in the DOM or in any response, a
-//! change without the CSRF token refused; and on every page, at 1280 and
+//! change without the CSRF token refused; a flag's page showing its
+//! creation time and usage (equal to the evaluations made, after a flush)
+//! and marking it permanent; and on every page, at 1280 and
 //! 360 px wide: no horizontal scroll, no serious or critical axe-core
 //! violation (axe-core pinned in `tests/interop/console_web/package.json`),
 //! no browser console error; keyboard focus reaching the controls and
@@ -20,6 +22,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -32,6 +35,7 @@ use serde_json::{Value, json};
 use support::browser::{Driver, require_browser};
 use support::http1::request;
 use support::interop::{root, setup};
+use support::usage::{flag_sums, insert_usage};
 use support::{TestDb, TestServer, admin, admin_serve_args};
 use tonic::transport::Channel;
 
@@ -53,7 +57,11 @@ const PAGES: [(&str, &str); 7] = [
         "flags",
         "document.querySelectorAll('#flag-rows tr').length > 0",
     ),
-    ("flag", "!document.getElementById('flag-detail').hidden"),
+    (
+        "flag",
+        "!document.getElementById('flag-detail').hidden && \
+         document.querySelectorAll('#usage-rows tr').length > 0",
+    ),
     (
         "config",
         "document.querySelectorAll('#config-rows tr').length > 0",
@@ -320,8 +328,32 @@ async fn evaluate(grpc: &mut FlagServiceClient<Channel>) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// `EvaluateFlag` of flag `key` for `user`: (variant, reason) as the
+/// usage table names them.
+async fn served(grpc: &mut FlagServiceClient<Channel>, key: &str, user: &str) -> (String, String) {
+    let answer = grpc
+        .evaluate_flag(admin(pb::EvaluateFlagRequest {
+            key: key.into(),
+            context: Some(pb::EvaluationContext {
+                user_id: user.into(),
+                ..Default::default()
+            }),
+            explain: false,
+        }))
+        .await
+        .expect("EvaluateFlag")
+        .into_inner();
+    let reason = answer.reason().as_str_name();
+    let reason = reason.strip_prefix("EVALUATION_REASON_").unwrap_or(reason);
+    (answer.variant, reason.to_owned())
+}
+
 async fn flag(grpc: &mut FlagServiceClient<Channel>) -> pb::Flag {
-    grpc.get_flag(admin(pb::GetFlagRequest { key: FLAG.into() }))
+    flag_named(grpc, FLAG).await
+}
+
+async fn flag_named(grpc: &mut FlagServiceClient<Channel>, key: &str) -> pb::Flag {
+    grpc.get_flag(admin(pb::GetFlagRequest { key: key.into() }))
         .await
         .expect("GetFlag")
         .into_inner()
@@ -399,6 +431,8 @@ async fn the_console_in_chromium_signs_in_changes_follows_sql_and_stays_accessib
     args.http_listen = "127.0.0.1:0".into();
     args.read_token = Some(READER.into());
     args.console = true;
+    // Usage counts reach the table (and the flag's page) within a second.
+    args.usage_flush_interval = "300ms".into();
     // Checks besides the database's for the overview to show: one that
     // passes, and one that fails (nothing listens on port 1), not critical.
     args.checks = vec![
@@ -583,6 +617,110 @@ async fn the_console_in_chromium_signs_in_changes_follows_sql_and_stays_accessib
         async move { flag(&mut flags).await.rollout_percentage == 25 }
     })
     .await;
+
+    // A flag's page: its creation time, its usage per environment,
+    // variant and reason over the last day and week (equal to the
+    // evaluations made, once flushed; a hand-built row of 30 hours ago
+    // counts in the week only), and its permanent mark, set by keyboard
+    // reach and a confirmation.
+    const USED: &str = "search_suggestions";
+    insert_usage(&db, USED, 30, "on", 9).await;
+    let mut made: BTreeMap<(String, String, String), i64> = BTreeMap::new();
+    for user in ["u1", "u2", "u3", "u4", "u5", "u6"] {
+        let (variant, reason) = served(&mut flags, USED, user).await;
+        *made.entry(("test".into(), variant, reason)).or_default() += 1;
+    }
+    eventually("the evaluations flushed to the table", || {
+        let (db, made) = (&db, made.clone());
+        async move { flag_sums(db, USED, 23).await == made }
+    })
+    .await;
+    console.show("flags").await;
+    console
+        .click(&format!("tr[data-key='{USED}'] button.link"))
+        .await;
+    console
+        .wait(
+            "the usage table",
+            "document.querySelector('#usage-rows tr[data-variant]') !== null",
+        )
+        .await;
+    let shown = console
+        .script(
+            "const n = (el) => Number(el.textContent.replace(/,/g, ''));              return [...document.querySelectorAll('#usage-rows tr')].map((tr) =>                [tr.dataset.environment, tr.dataset.variant, tr.dataset.reason,                 n(tr.querySelector('.day')), n(tr.querySelector('.week'))])                .concat([[n(document.getElementById('usage-day')),                  n(document.getElementById('usage-week'))]]);",
+        )
+        .await;
+    let mut expected: Vec<Value> = made
+        .iter()
+        .map(|((environment, variant, reason), n)| json!([environment, variant, reason, n, n]))
+        .collect();
+    expected.push(json!(["prod", "on", "STATIC", 0, 9]));
+    expected.sort_by_key(|row| row.to_string());
+    let total: i64 = made.values().sum();
+    expected.push(json!([total, total + 9]));
+    assert_eq!(shown, Value::Array(expected), "the usage table");
+    let facts = console
+        .script("return document.getElementById('flag-facts').textContent;")
+        .await;
+    let created = flag_named(&mut flags, USED)
+        .await
+        .created_at
+        .expect("created_at");
+    let created = chrono::DateTime::from_timestamp(created.seconds, 0)
+        .expect("a time")
+        .format("Created %Y-%m-%d %H:%M:%S")
+        .to_string();
+    assert!(
+        facts
+            .as_str()
+            .is_some_and(|f| f.starts_with(&created) && f.contains("not permanent")),
+        "{facts} (created {created})"
+    );
+    let reached = console.tab_walk(12).await;
+    assert!(
+        reached.iter().any(|name| name == "#flag-permanent"),
+        "Tab does not reach the permanent mark: {reached:?}"
+    );
+    assert!(!flag_named(&mut flags, USED).await.permanent);
+    console.click("#flag-permanent").await;
+    console
+        .wait(
+            "the confirmation",
+            "!document.getElementById('confirm').hidden",
+        )
+        .await;
+    let text = console
+        .script("return document.getElementById('confirm-text').textContent;")
+        .await;
+    assert!(
+        text.as_str()
+            .is_some_and(|t| t.contains("permanent: false → true")),
+        "{text}"
+    );
+    assert!(
+        !flag_named(&mut flags, USED).await.permanent,
+        "not before it is confirmed"
+    );
+    console.click("#confirm-yes").await;
+    eventually("the flag marked permanent", || {
+        let mut flags = flags.clone();
+        async move { flag_named(&mut flags, USED).await.permanent }
+    })
+    .await;
+    let marked = flag_named(&mut flags, USED).await;
+    assert_eq!(marked.updated_by, "ana");
+    assert!(
+        marked.enabled && marked.rollout_percentage == 50,
+        "nothing else changed: {marked:?}"
+    );
+    console
+        .wait(
+            "the page showing the mark",
+            "document.getElementById('flag-permanent').checked && \
+             document.getElementById('flag-facts').textContent.includes('permanent: never listed as stale')",
+        )
+        .await;
+    console.click("#flag-close").await;
 
     // A config value edited inline: a value that is not JSON is refused
     // beside the field, a JSON one is saved after the confirmation.
@@ -779,6 +917,15 @@ async fn the_console_in_chromium_signs_in_changes_follows_sql_and_stays_accessib
             !dom.contains(SECRET),
             "the sensitive value is in the {page} page"
         );
+        if page == "flag" {
+            assert_eq!(
+                console
+                    .script("return document.getElementById('flag-permanent').disabled;")
+                    .await,
+                json!(true),
+                "a read-only session cannot change the permanent mark"
+            );
+        }
     }
     console.show("config").await;
     console

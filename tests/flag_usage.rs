@@ -27,29 +27,8 @@ use readyd::store::usage::UsageAddition;
 use support::TestDb;
 use support::daemon::{Daemon, DaemonCommand};
 use support::http1::request;
+use support::usage::{Sums, add, table_sums};
 use tonic::transport::Channel;
-
-/// Sums by (flag, variant, reason), across hours and environments.
-type Sums = BTreeMap<(String, String, String), i64>;
-
-async fn table_sums(db: &TestDb) -> Sums {
-    let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
-        "SELECT flag_key, variant, reason, sum(count)::int8 FROM flag_usage \
-         GROUP BY flag_key, variant, reason",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .expect("read flag_usage");
-    rows.into_iter()
-        .map(|(flag, variant, reason, count)| ((flag, variant, reason), count))
-        .collect()
-}
-
-fn add(sums: &mut Sums, flag: &str, variant: &str, reason: &str, n: i64) {
-    *sums
-        .entry((flag.to_owned(), variant.to_owned(), reason.to_owned()))
-        .or_default() += n;
-}
 
 async fn start(db_url: &str, environment: &str) -> Daemon {
     DaemonCommand::serve()
@@ -369,5 +348,150 @@ proptest! {
             }
             assert_eq!(table_sums(&db).await, expected);
         });
+    }
+}
+
+/// Per (flag, variant), the value of every `readyd_flag_usage_evaluations_total`
+/// series in a scrape of `daemon`'s `/metrics`.
+async fn flag_label_series(daemon: &Daemon) -> BTreeMap<(String, String), f64> {
+    let exposition = support::metrics::scrape(daemon.metrics_addr()).await;
+    let all = support::metrics::samples(&exposition);
+    assert!(
+        all.keys()
+            .any(|series| series.starts_with("readyd_flag_evaluations_total{")),
+        "a real scrape, with the evaluation counters: {exposition}"
+    );
+    all.into_iter()
+        .filter(|(series, _)| series.starts_with("readyd_flag_usage_evaluations_total{"))
+        .map(|(series, value)| {
+            let flag = support::metrics::label(&series, "flag").unwrap_or_default();
+            let variant = support::metrics::label(&series, "variant").unwrap_or_default();
+            ((flag.to_owned(), variant.to_owned()), value)
+        })
+        .collect()
+}
+
+/// Evaluates flag `key` for `user` (or no one); adds what it served to
+/// `expected` and `per_variant`.
+async fn evaluate_as(
+    channel: &Channel,
+    key: &str,
+    user: &str,
+    expected: &mut Sums,
+    per_variant: &mut BTreeMap<(String, String), f64>,
+) {
+    let answer = FlagServiceClient::new(channel.clone())
+        .evaluate_flag(pb::EvaluateFlagRequest {
+            explain: false,
+            key: key.into(),
+            context: Some(pb::EvaluationContext {
+                user_id: user.into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("EvaluateFlag answers")
+        .into_inner();
+    let reason = answer.reason().as_str_name();
+    let reason = reason.strip_prefix("EVALUATION_REASON_").unwrap_or(reason);
+    add(expected, key, &answer.variant, reason, 1);
+    *per_variant
+        .entry((key.to_owned(), answer.variant))
+        .or_default() += 1.0;
+}
+
+/// With `--metrics-flag-labels`, each flush adds every flag's evaluations
+/// to `readyd_flag_usage_evaluations_total{flag, variant}`: after a known
+/// number of evaluations and a flush, each series equals its count (and
+/// the table's). Without it, there is no per-flag series at all.
+#[tokio::test]
+async fn metrics_flag_labels_count_each_flag_and_variant_and_only_when_asked() {
+    let db = TestDb::new().await;
+    // A flag that serves `on` to one targeted user and `off` to others.
+    sqlx::query(
+        "INSERT INTO feature_flags (key, enabled, rollout_percentage, target_users) \
+         VALUES ('vip_banner', true, 0, '{vip}')",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("a targeted flag");
+    for labels in [true, false] {
+        sqlx::query("DELETE FROM flag_usage")
+            .execute(&db.pool)
+            .await
+            .expect("an empty table");
+        let mut args = vec![
+            "--environment",
+            "prod",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--usage-flush-interval",
+            "300ms",
+        ];
+        if labels {
+            args.push("--metrics-flag-labels");
+        }
+        let daemon = DaemonCommand::serve()
+            .env("DATABASE_URL", &db.url)
+            .args(args)
+            .start()
+            .await;
+        let channel = daemon.channel().await;
+        let mut expected = Sums::new();
+        let mut per_variant = BTreeMap::new();
+        for _ in 0..3 {
+            evaluate_as(
+                &channel,
+                "vip_banner",
+                "vip",
+                &mut expected,
+                &mut per_variant,
+            )
+            .await;
+        }
+        for user in 0..5 {
+            let user = format!("user-{user}");
+            evaluate_as(
+                &channel,
+                "vip_banner",
+                &user,
+                &mut expected,
+                &mut per_variant,
+            )
+            .await;
+        }
+        for _ in 0..4 {
+            evaluate_as(&channel, "dark_mode", "", &mut expected, &mut per_variant).await;
+        }
+        let vip_variants: Vec<&String> = per_variant
+            .keys()
+            .filter(|(flag, _)| flag == "vip_banner")
+            .map(|(_, variant)| variant)
+            .collect();
+        assert_eq!(vip_variants.len(), 2, "two variants: {per_variant:?}");
+        // Flushed: the table holds every evaluation, so the counter (added
+        // when the counts are taken out of memory, before the write) does.
+        wait_for_sums(&db, &expected).await;
+        let series = flag_label_series(&daemon).await;
+        if labels {
+            assert_eq!(series, per_variant, "one series per flag and variant");
+            // And it keeps counting: two more, one more flush.
+            for _ in 0..2 {
+                evaluate_as(
+                    &channel,
+                    "vip_banner",
+                    "vip",
+                    &mut expected,
+                    &mut per_variant,
+                )
+                .await;
+            }
+            wait_for_sums(&db, &expected).await;
+            assert_eq!(flag_label_series(&daemon).await, per_variant);
+        } else {
+            assert!(series.is_empty(), "no per-flag series: {series:?}");
+        }
+        drop(channel);
+        terminate(daemon).await;
     }
 }

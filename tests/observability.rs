@@ -16,7 +16,7 @@ use readyd::api::pb::readyd::v1::config_service_client::ConfigServiceClient;
 use readyd::api::pb::readyd::v1::flag_service_client::FlagServiceClient;
 use readyd::api::pb::readyd::v1::health_service_client::HealthServiceClient;
 use support::daemon::{Daemon, DaemonCommand, binary};
-use support::metrics::scrape;
+use support::metrics::{samples, scrape};
 use support::{TestDb, wait_for_probe};
 use tokio::process::Command;
 
@@ -60,18 +60,6 @@ fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
         format!("Bearer {token}").parse().expect("header"),
     );
     request
-}
-
-/// Every sample `name{labels} value` of the exposition, by name and labels.
-fn samples(exposition: &str) -> HashMap<String, f64> {
-    exposition
-        .lines()
-        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            Some((series.to_owned(), value.parse().ok()?))
-        })
-        .collect()
 }
 
 /// The value of the one series of `name` whose labels include every pair.

@@ -11,6 +11,7 @@ use std::time::Duration;
 use readyd::api::pb::readyd::v1 as pb;
 use readyd::api::pb::readyd::v1::flag_service_client::FlagServiceClient;
 use support::daemon::{DaemonCommand, binary};
+use support::usage::insert_usage;
 use support::{TestDb, TestServer, admin, admin_serve_args};
 use tonic::transport::Channel;
 
@@ -90,23 +91,6 @@ fn enabled(key: &str) -> pb::UpsertFlagRequest {
     }
 }
 
-/// Adds `count` evaluations of `variant` to flag `key` in the hour
-/// `hours_ago` hours before this one.
-async fn usage(db: &TestDb, key: &str, hours_ago: i32, variant: &str, count: i64) {
-    sqlx::query(
-        "INSERT INTO flag_usage (flag_key, hour, environment, variant, reason, count) \
-         VALUES ($1, date_trunc('hour', now()) - make_interval(hours => $2), 'prod', $3, \
-         'STATIC', $4)",
-    )
-    .bind(key)
-    .bind(hours_ago)
-    .bind(variant)
-    .bind(count)
-    .execute(&db.pool)
-    .await
-    .expect("insert a usage row");
-}
-
 #[tokio::test]
 async fn hand_built_histories_list_exactly_the_stale_flags_with_their_evidence() {
     let db = TestDb::new().await;
@@ -165,14 +149,14 @@ async fn hand_built_histories_list_exactly_the_stale_flags_with_their_evidence()
     // unread: last evaluated 45 days ago. rolled-out: `on` only in the
     // window (an `off` long before it does not count). experiment: two
     // variants. child: both variants in the last hours.
-    usage(&db, "unread", 45 * 24, "on", 5).await;
-    usage(&db, "rolled-out", 2 * 24, "on", 100).await;
-    usage(&db, "rolled-out", 10 * 24, "on", 20).await;
-    usage(&db, "rolled-out", 60 * 24, "off", 7).await;
-    usage(&db, "experiment", 3, "on", 4).await;
-    usage(&db, "experiment", 3, "off", 6).await;
-    usage(&db, "child", 1, "off", 3).await;
-    usage(&db, "child", 2, "on", 2).await;
+    insert_usage(&db, "unread", 45 * 24, "on", 5).await;
+    insert_usage(&db, "rolled-out", 2 * 24, "on", 100).await;
+    insert_usage(&db, "rolled-out", 10 * 24, "on", 20).await;
+    insert_usage(&db, "rolled-out", 60 * 24, "off", 7).await;
+    insert_usage(&db, "experiment", 3, "on", 4).await;
+    insert_usage(&db, "experiment", 3, "off", 6).await;
+    insert_usage(&db, "child", 1, "off", 3).await;
+    insert_usage(&db, "child", 2, "on", 2).await;
     let unread_hour: i64 = sqlx::query_scalar(
         "SELECT extract(epoch FROM hour)::int8 FROM flag_usage WHERE flag_key = 'unread'",
     )

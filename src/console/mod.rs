@@ -82,6 +82,7 @@ pub fn routes() -> Router<Arc<HttpSurface>> {
         .route("/console/api/rollback", post(record_rollback))
         .route("/console/api/current-deployments", get(current_deployments))
         .route("/console/api/stale-flags", get(stale_flags))
+        .route("/console/api/flag-usage", get(flag_usage))
 }
 
 /// Headers of every console answer: never cached, never framed, nothing
@@ -376,6 +377,53 @@ async fn stale_flags(State(surface): State<Arc<HttpSurface>>, headers: HeaderMap
         "/readyd.v1.FlagService/ListStaleFlags",
         pb::ListStaleFlagsRequest::default(),
         |request| async move { flags.list_stale_flags(request).await },
+    )
+    .await
+}
+
+/// `GET /console/api/flag-usage?key=K[&since=T][&until=T]`: flag K's
+/// evaluation counts per hour, environment, variant and reason, as
+/// `GetFlagUsage` answers them (`since` and `until` in RFC 3339; by
+/// default the 7 days to now), for any session.
+async fn flag_usage(
+    State(surface): State<Arc<HttpSurface>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let session = match session_of(&surface, &headers) {
+        Ok(session) => session,
+        Err(refused) => return *refused,
+    };
+    let mut message = pb::GetFlagUsageRequest {
+        key: query_param(&uri, "key").unwrap_or_default(),
+        since: None,
+        until: None,
+    };
+    for (name, field) in [("since", &mut message.since), ("until", &mut message.until)] {
+        let Some(raw) = query_param(&uri, name).filter(|raw| !raw.is_empty()) else {
+            continue;
+        };
+        match chrono::DateTime::parse_from_rfc3339(&raw) {
+            Ok(time) => {
+                *field = Some(crate::api::convert::to_timestamp(
+                    time.with_timezone(&chrono::Utc),
+                ));
+            }
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_ARGUMENT",
+                    &format!("{name}: a time in RFC 3339, e.g. 2026-01-31T12:00:00Z"),
+                );
+            }
+        }
+    }
+    let flags = surface.flags.clone();
+    call_as_session(
+        &session,
+        "/readyd.v1.FlagService/GetFlagUsage",
+        message,
+        |request| async move { flags.get_flag_usage(request).await },
     )
     .await
 }

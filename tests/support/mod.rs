@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod rng;
 pub mod servers;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;

@@ -67,12 +67,14 @@ function forget() {
   stale = new Map();
   configDrawn = "";
   editing = null;
+  usageDrawn = "";
   closeFlag();
   $("flag-detail").reset();
-  for (const id of ["checks", "current-deployments", "flag-rows", "config-rows", "config-audit", "deploy-rows", "timeline-entries",
+  for (const id of ["checks", "current-deployments", "flag-rows", "config-rows", "config-audit", "deploy-rows", "timeline-entries", "usage-rows",
     "history-chart", "history-legend"]) $(id).replaceChildren();
   for (const id of ["status", "meta", "maintenance", "try-result", "config-audit-title", "overview-error", "flags-message",
-    "config-message", "deploy-message", "timeline-message", "history-message"]) $(id).textContent = "";
+    "config-message", "deploy-message", "timeline-message", "history-message", "flag-facts", "usage-summary", "usage-day",
+    "usage-week"]) $(id).textContent = "";
   for (const id of ["confirm", "config-confirm", "deploy-confirm", "config-audit-title"]) $(id).hidden = true;
 }
 
@@ -135,6 +137,8 @@ async function refresh() {
   // SQL) without a reload: the overview every second, lists every two
   // (not while a change waits for its confirmation).
   ticks += 1;
+  // A flag's usage changes at each usage flush (a minute by default).
+  if (tab === "flags" && openKey && ticks % 10 === 5) loadUsage(openKey, true);
   if (tab === "flags" && $("confirm").hidden && ticks % 2 === 0) { loadFlags(true); return; }
   if (tab === "config" && $("config-confirm").hidden && !editing && ticks % 2 === 0) { loadConfig(true); return; }
   if (tab !== "overview") return;
@@ -240,7 +244,9 @@ function renderFlags(onlyIfChanged) {
 
 // A change is shown as a diff and made only once confirmed; it names the
 // version it was made from, so a change someone made meanwhile is not
-// overwritten.
+// overwritten. Marks the list does not show (targeting, client-visible,
+// permanent) are left out unless they are the change: absent, readyd keeps
+// them as they are.
 function propose(flag, change, onCancel) {
   const diff = Object.entries(change)
     .map(([field, value]) => `${field}: ${JSON.stringify(flag[field] ?? null)} → ${JSON.stringify(value)}`)
@@ -250,12 +256,18 @@ function propose(flag, change, onCancel) {
   $("confirm-yes").onclick = async () => {
     $("confirm").hidden = true;
     const request = { ...flag, ...change, expectedVersion: flag.version };
-    for (const field of ["version", "updatedAt", "updatedBy", "targeting", "clientVisible", "createdAt", "permanent"]) delete request[field];
+    for (const field of ["version", "updatedAt", "updatedBy", "targeting", "clientVisible", "createdAt", "permanent"]) {
+      if (!(field in change)) delete request[field];
+    }
     const { status, body } = await api("/console/api/flags", { method: "POST", body: JSON.stringify(request) });
     if (status === 200) $("flags-message").textContent = "";
     else if (status === 409) $("flags-message").textContent = `${flag.key} was changed by someone else meanwhile; the list now shows their change.`;
     else $("flags-message").textContent = (body && body.message) || `readyd answered ${status}`;
-    loadFlags();
+    await loadFlags();
+    // The flag's own page, if open, shows what is stored now; the fields
+    // being edited there stay as they are.
+    const stored = flags.find((candidate) => candidate.key === flag.key);
+    if (stored && openKey === flag.key) showFlagFacts(stored);
   };
   $("confirm-no").onclick = () => { $("confirm").hidden = true; if (onCancel) onCancel(); };
 }
@@ -264,13 +276,34 @@ function propose(flag, change, onCancel) {
 // readyd's validation messages next to the field they are about.
 let openKey = null;
 
+// "2026-12-06T21:00:00.123Z" → "2026-12-06 21:00:00 UTC".
+const when = (time) => (time || "").replace("T", " ").replace(/\.\d*Z$/, "Z").replace(/Z$/, " UTC");
+
+// What the page shows of a flag besides its editable fields: its title
+// (version, type), creation time and the permanent mark.
+function showFlagFacts(flag) {
+  $("flag-title").textContent = `${flag.key} (version ${flag.version}, ${(flag.valueType || "").replace(/^FLAG_VALUE_TYPE_/, "").toLowerCase()})`;
+  $("flag-facts").textContent = `Created ${when(flag.createdAt) || "–"} · ${flag.permanent
+    ? "permanent: never listed as stale" : "not permanent"} · last changed by ${flag.updatedBy || "–"}`;
+  $("flag-permanent").checked = Boolean(flag.permanent);
+}
+
 function openFlag(flag) {
+  const other = openKey !== flag.key;
   openKey = flag.key;
   const form = $("flag-detail");
   $("flag-list").hidden = true;
   form.hidden = false;
   if (!$("try-key").value) $("try-key").value = flag.key;
-  $("flag-title").textContent = `${flag.key} (version ${flag.version}, ${(flag.valueType || "").replace(/^FLAG_VALUE_TYPE_/, "").toLowerCase()})`;
+  showFlagFacts(flag);
+  if (other) {
+    usageDrawn = "";
+    $("usage-rows").replaceChildren();
+    $("usage-day").textContent = "";
+    $("usage-week").textContent = "";
+    $("usage-summary").textContent = "Reading usage…";
+  }
+  loadUsage(flag.key);
   const field = (name) => form.elements.namedItem(name);
   field("description").value = flag.description || "";
   field("enabled").checked = Boolean(flag.enabled);
@@ -285,6 +318,66 @@ function openFlag(flag) {
   for (const element of form.elements) element.disabled = access !== "admin" && element.id !== "flag-close";
   showFieldErrors({});
   window.scrollTo(0, 0);
+}
+
+const HOUR = 3600 * 1000;
+let usageDrawn = "";
+const count = (n) => n.toLocaleString("en-US");
+
+// A flag's usage (GetFlagUsage over the 168 whole hours to this one):
+// evaluations per environment, variant and reason in the last 24 hours and
+// 7 days, and the last hour with any. With onlyIfChanged, as loadFlags.
+async function loadUsage(key, onlyIfChanged) {
+  const current = Math.floor(Date.now() / HOUR) * HOUR;
+  const since = new Date(current - 167 * HOUR).toISOString();
+  const { status, body } = await api(`/console/api/flag-usage?key=${encodeURIComponent(key)}&since=${encodeURIComponent(since)}`);
+  if (key !== openKey) return;
+  if (status === 401) { show(false); return; }
+  if (status !== 200) { $("usage-summary").textContent = (body && body.message) || `readyd answered ${status}`; return; }
+  const dayStart = current - 23 * HOUR;
+  const rows = new Map();
+  let [day, week, last] = [0, 0, 0];
+  for (const bucket of body.buckets || []) {
+    const hour = Date.parse(bucket.hour);
+    // uint64 arrives as a string.
+    const n = Number(bucket.count) || 0;
+    const id = JSON.stringify([bucket.environment, bucket.variant, bucket.reason]);
+    const row = rows.get(id) || { environment: bucket.environment, variant: bucket.variant, reason: bucket.reason, day: 0, week: 0 };
+    row.week += n;
+    week += n;
+    if (hour >= dayStart) { row.day += n; day += n; }
+    if (n > 0) last = Math.max(last, hour);
+    rows.set(id, row);
+  }
+  const sorted = [...rows.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, row]) => row);
+  const drawn = JSON.stringify([sorted, last]);
+  if (onlyIfChanged && drawn === usageDrawn) return;
+  usageDrawn = drawn;
+  $("usage-summary").textContent = last
+    ? `Last evaluated in the hour from ${when(new Date(last).toISOString())}. Counts arrive at each usage flush (every minute by default).`
+    : "Not evaluated in the last 7 days.";
+  const trs = sorted.map((row) => {
+    const tr = document.createElement("tr");
+    tr.dataset.environment = row.environment;
+    tr.dataset.variant = row.variant;
+    tr.dataset.reason = row.reason;
+    tr.appendChild(cell(row.environment));
+    tr.appendChild(cell(row.variant));
+    tr.appendChild(cell(row.reason));
+    tr.appendChild(cell(count(row.day), "count day"));
+    tr.appendChild(cell(count(row.week), "count week"));
+    return tr;
+  });
+  if (!trs.length) {
+    const tr = document.createElement("tr");
+    const td = cell("No evaluations in the last 7 days.");
+    td.colSpan = 5;
+    tr.appendChild(td);
+    trs.push(tr);
+  }
+  $("usage-rows").replaceChildren(...trs);
+  $("usage-day").textContent = count(day);
+  $("usage-week").textContent = count(week);
 }
 
 function closeFlag() {
@@ -698,6 +791,15 @@ async function start() {
   $("try-form").addEventListener("submit", tryFlag);
   $("flag-detail").addEventListener("submit", saveFlag);
   $("flag-close").addEventListener("click", closeFlag);
+  // The permanent mark changes on its own (after a confirmation), not with
+  // the form's Save.
+  $("flag-permanent").addEventListener("change", () => {
+    const flag = flags.find((candidate) => candidate.key === openKey);
+    if (!flag) return;
+    $("flag-permanent").checked = Boolean(flag.permanent);
+    propose(flag, { permanent: !flag.permanent });
+    $("confirm-yes").focus();
+  });
   $("sign-in-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const token = $("token").value;
