@@ -352,6 +352,9 @@ async fn every_command_shows_an_example_in_its_help() {
         &["flags", "list"],
         &["flags", "get"],
         &["flags", "set"],
+        &["flags", "mark"],
+        &["flags", "usage"],
+        &["flags", "stale"],
         &["flags", "delete"],
         &["flags", "eval"],
         &["flags", "export"],
@@ -749,4 +752,146 @@ async fn the_readme_ab_example_sets_targeting_from_a_file_and_explains() {
         "{}",
         stderr(&bad)
     );
+}
+
+#[tokio::test]
+async fn flags_mark_changes_the_marks_and_nothing_else() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(admin_serve_args(&db.url)).await;
+    let targeting = serde_json::json!({
+        "variants": [{"name": "red", "value": "#d33"}, {"name": "blue", "value": "#33d"}],
+        "off_variant": "blue",
+        "rules": [{"name": "germany",
+                   "constraints": [{"attribute": "country", "operator": "in", "values": ["DE"]}],
+                   "serve": {"variant": "red"}}],
+        "default_serve": {"split": {"weights": [{"variant": "red", "weight": 600},
+                                                {"variant": "blue", "weight": 400}]}}
+    })
+    .to_string();
+    let set = readyd(
+        &server,
+        Some(ADMIN_TOKEN),
+        &[
+            "flags",
+            "set",
+            "kill.payments",
+            "--enabled",
+            "true",
+            "--type",
+            "string",
+            "--on",
+            "#d33",
+            "--off",
+            "#33d",
+            "--rollout",
+            "40",
+            "--role",
+            "staff",
+            "--user",
+            "ana@example.com",
+            "--env",
+            "prod",
+            "--description",
+            "stops card payments",
+            "--targeting",
+            &targeting,
+        ],
+    )
+    .await;
+    assert!(set.status.success(), "{}", stderr(&set));
+    let get = || async {
+        json(
+            &readyd(
+                &server,
+                None,
+                &["flags", "get", "kill.payments", "--output", "json"],
+            )
+            .await,
+        )
+    };
+    let before = get().await;
+    assert_eq!(before["permanent"], false);
+
+    let marked = readyd(
+        &server,
+        Some(ADMIN_TOKEN),
+        &["flags", "mark", "kill.payments", "--permanent", "true"],
+    )
+    .await;
+    assert!(marked.status.success(), "{}", stderr(&marked));
+    assert!(
+        stdout(&marked).starts_with("marked kill.payments at version "),
+        "{}",
+        stdout(&marked)
+    );
+    let after = get().await;
+    assert_eq!(after["permanent"], true);
+    assert_eq!(after["client_visible"], false, "an unnamed mark is kept");
+    assert_eq!(
+        after["version"].as_i64(),
+        before["version"].as_i64().map(|v| v + 1)
+    );
+    // Every other field as it was.
+    let rest = |flag: &serde_json::Value| {
+        let mut flag = flag.clone();
+        if let Some(fields) = flag.as_object_mut() {
+            for changed in ["permanent", "version", "updated_at", "updated_by"] {
+                fields.remove(changed);
+            }
+        }
+        flag
+    };
+    assert_eq!(rest(&after), rest(&before));
+
+    let visible = readyd(
+        &server,
+        Some(ADMIN_TOKEN),
+        &["flags", "mark", "kill.payments", "--client-visible", "true"],
+    )
+    .await;
+    assert!(visible.status.success(), "{}", stderr(&visible));
+    let visible = get().await;
+    assert_eq!(
+        (
+            visible["client_visible"].clone(),
+            visible["permanent"].clone()
+        ),
+        (true.into(), true.into()),
+        "the permanent mark is kept"
+    );
+
+    // Refused, changing nothing: no mark named, no token, no such flag.
+    let nothing = readyd(
+        &server,
+        Some(ADMIN_TOKEN),
+        &["flags", "mark", "kill.payments"],
+    )
+    .await;
+    assert!(!nothing.status.success());
+    assert!(
+        stderr(&nothing).contains("nothing to mark"),
+        "{}",
+        stderr(&nothing)
+    );
+    let no_token = readyd(
+        &server,
+        None,
+        &["flags", "mark", "kill.payments", "--permanent", "false"],
+    )
+    .await;
+    assert!(!no_token.status.success());
+    let missing = readyd(
+        &server,
+        Some(ADMIN_TOKEN),
+        &["flags", "mark", "no.such.flag", "--permanent", "true"],
+    )
+    .await;
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).starts_with("error: NOT_FOUND: "),
+        "{}",
+        stderr(&missing)
+    );
+    assert_eq!(get().await, visible, "refused marks changed nothing");
+    server.stop().await;
 }

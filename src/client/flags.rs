@@ -1,4 +1,5 @@
-//! `readyd flags list|get|set|delete|eval`.
+//! `readyd flags`: list, get, set, mark, delete, eval, usage, stale, export,
+//! apply, history.
 
 use clap::Subcommand;
 
@@ -110,6 +111,21 @@ pub enum FlagsCommand {
         /// flag).
         #[arg(long)]
         permanent: Option<bool>,
+    },
+    /// Set or clear a flag's marks and change nothing else (needs the admin
+    /// token): reads the flag and writes it back at the version read, so a
+    /// change made in between is refused, not overwritten.
+    #[command(after_help = "Example:\n  readyd flags mark kill_switch.payments --permanent true")]
+    Mark {
+        /// The flag's key.
+        key: String,
+        /// Keep the flag off the stale list (`flags stale`).
+        #[arg(long)]
+        permanent: Option<bool>,
+        /// Whether client tokens (browsers, phones, over OFREP) may
+        /// evaluate the flag.
+        #[arg(long)]
+        client_visible: Option<bool>,
     },
     /// Write every flag (or those with a prefix) to a file that `apply` reads.
     #[command(after_help = "Example:\n  readyd flags export --file flags.json")]
@@ -540,6 +556,56 @@ pub async fn run(args: FlagsArgs) -> Result<(), ClientError> {
             client.print(output::flag(&flag), || {
                 let verb = if answer.created { "created" } else { "updated" };
                 format!("{verb} {} at version {}\n", flag.key, flag.version)
+            });
+        }
+        FlagsCommand::Mark {
+            key,
+            permanent,
+            client_visible,
+        } => {
+            if permanent.is_none() && client_visible.is_none() {
+                return Err(ClientError::Usage(
+                    "nothing to mark: give --permanent true|false or --client-visible true|false"
+                        .to_owned(),
+                ));
+            }
+            let stored = flags
+                .get_flag(client.request(pb::GetFlagRequest { key: key.clone() })?)
+                .await?
+                .into_inner()
+                .flag
+                .ok_or_else(|| {
+                    ClientError::Usage(format!("flag {key:?}: no flag in the answer"))
+                })?;
+            // The stored flag as it is, in its own protobuf form (no
+            // conversion that could lose a part of it), marks aside.
+            let request = pb::UpsertFlagRequest {
+                permanent: Some(permanent.unwrap_or(stored.permanent)),
+                client_visible: Some(client_visible.unwrap_or(stored.client_visible)),
+                expected_version: Some(stored.version),
+                key: stored.key,
+                description: stored.description,
+                enabled: Some(stored.enabled),
+                value_type: stored.value_type,
+                on_value: stored.on_value,
+                off_value: stored.off_value,
+                environments: stored.environments,
+                target_users: stored.target_users,
+                target_roles: stored.target_roles,
+                rollout_percentage: Some(stored.rollout_percentage),
+                targeting: Some(stored.targeting.unwrap_or_default()),
+            };
+            let flag = flags
+                .upsert_flag(client.request(request)?)
+                .await?
+                .into_inner()
+                .flag
+                .unwrap_or_default();
+            client.print(output::flag(&flag), || {
+                format!(
+                    "marked {} at version {}: permanent {}, client_visible {}\n",
+                    flag.key, flag.version, flag.permanent, flag.client_visible
+                )
             });
         }
         FlagsCommand::Export {
