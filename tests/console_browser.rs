@@ -475,6 +475,14 @@ async fn the_console_in_chromium_signs_in_changes_follows_sql_and_stays_accessib
             "{entry}"
         );
     }
+    for asset in ["", "/app.js", "/app.css"] {
+        assert!(
+            entries
+                .iter()
+                .any(|entry| entry["name"].as_str() == Some(&format!("{origin}{asset}")[..])),
+            "{origin}{asset} is not among the page's loads: {weight}"
+        );
+    }
     let total: u64 = entries.iter().filter_map(|e| e["bytes"].as_u64()).sum();
     assert!(
         total < 200 * 1024,
@@ -656,8 +664,8 @@ async fn the_console_in_chromium_signs_in_changes_follows_sql_and_stays_accessib
         .collect();
     expected.push(json!(["prod", "on", "STATIC", 0, 9]));
     expected.sort_by_key(|row| row.to_string());
-    let total: i64 = made.values().sum();
-    expected.push(json!([total, total + 9]));
+    let evaluations: i64 = made.values().sum();
+    expected.push(json!([evaluations, evaluations + 9]));
     assert_eq!(shown, Value::Array(expected), "the usage table");
     let facts = console
         .script("return document.getElementById('flag-facts').textContent;")
