@@ -734,7 +734,19 @@ async fn the_console_in_chromium_signs_in_changes_follows_sql_and_stays_accessib
     // beside the field, a JSON one is saved after the confirmation.
     console.show("config").await;
     let row = format!("#config-rows tr[data-key='{KEY}']");
+    let editable =
+        "return document.querySelectorAll('#config-rows button.edit:not([disabled])').length;";
+    let editable_rows = console.script(editable).await;
+    assert!(
+        editable_rows.as_u64().is_some_and(|rows| rows > 1),
+        "several rows to edit: {editable_rows}"
+    );
     console.click(&format!("{row} button.edit")).await;
+    assert_eq!(
+        console.script(editable).await,
+        json!(0),
+        "one editor at a time: no other row's Edit while one is open"
+    );
     console
         .type_into(&format!("{row} input.value-input"), "hallo")
         .await;
@@ -771,6 +783,11 @@ async fn the_console_in_chromium_signs_in_changes_follows_sql_and_stays_accessib
             &format!("document.querySelector(\"{row} td.value\").textContent === '\"hallo\"'"),
         )
         .await;
+    assert_eq!(
+        console.script(editable).await,
+        editable_rows,
+        "every row editable again once saved"
+    );
 
     // A change made by plain SQL reaches the open page without a reload.
     console

@@ -699,7 +699,8 @@ async function loadConfig(onlyIfChanged) {
 }
 
 // The row being edited ({key, environment}), if any: the list is not
-// redrawn under the editor while it is open.
+// redrawn under the editor while it is open, and no other row can be
+// edited meanwhile.
 let editing = null;
 
 // An inline editor in the value cell: the value as JSON, saved after a
@@ -747,6 +748,12 @@ function editConfig(entry, value, actions) {
   });
   value.replaceChildren(input, problem);
   actions.replaceChildren(button("Save", save, "save"), button("Cancel", cancel, "cancel"));
+  // One editor at a time: saving or cancelling redraws the list, which
+  // would take a second open editor's text away with it.
+  for (const other of document.querySelectorAll("#config-rows button.edit")) {
+    other.disabled = true;
+    other.title = "Save or cancel the open edit first";
+  }
   input.focus();
 }
 
