@@ -95,56 +95,10 @@ fn metadata(version: i64) -> Struct {
 /// user id, `roles` (a list of strings) or `role` (a string) the roles, every
 /// other field an attribute.
 pub fn context_of(context: Option<Struct>) -> Result<EvaluationContext, Status> {
-    let Some(context) = context else {
-        return Ok(EvaluationContext::default());
-    };
-    let mut user_id = None;
-    let mut roles = Vec::new();
-    let mut attributes = Map::new();
-    for (name, value) in context.fields {
-        match (name.as_str(), value.kind) {
-            ("targetingKey", Some(Kind::StringValue(id))) => user_id = Some(id),
-            ("targetingKey", Some(Kind::NullValue(_)) | None) => {}
-            ("targetingKey", _) => {
-                return Err(Status::invalid_argument(
-                    "context.targetingKey: must be a string",
-                ));
-            }
-            ("role", Some(Kind::StringValue(role))) => roles.push(role),
-            ("role", _) => return Err(Status::invalid_argument("context.role: must be a string")),
-            ("roles", Some(Kind::ListValue(list))) => {
-                for item in list.values {
-                    match item.kind {
-                        Some(Kind::StringValue(role)) => roles.push(role),
-                        _ => {
-                            return Err(Status::invalid_argument(
-                                "context.roles: must be a list of strings",
-                            ));
-                        }
-                    }
-                }
-            }
-            ("roles", _) => {
-                return Err(Status::invalid_argument(
-                    "context.roles: must be a list of strings",
-                ));
-            }
-            (_, kind) => {
-                let value = from_pb_value(Value { kind }).map_err(|message| {
-                    Status::invalid_argument(format!(
-                        "context.{}: {message}",
-                        crate::echo::truncate(&name)
-                    ))
-                })?;
-                attributes.insert(name, value);
-            }
-        }
-    }
-    Ok(EvaluationContext {
-        user_id: user_id.filter(|id| !id.is_empty()),
-        roles,
-        attributes,
-    })
+    context.map_or_else(
+        || Ok(EvaluationContext::default()),
+        |context| context_from(context.fields),
+    )
 }
 
 /// [`context_of`] for a context sent as JSON (OFREP): the same fields, the
@@ -153,40 +107,93 @@ pub fn context_of(context: Option<Struct>) -> Result<EvaluationContext, Status> 
 pub fn context_of_json(
     context: Map<String, serde_json::Value>,
 ) -> Result<EvaluationContext, Status> {
-    use serde_json::Value as Json;
+    context_from(context)
+}
+
+/// A context field's value, as far as the fields readyd reads need to know.
+enum Shape<V> {
+    String(String),
+    Null,
+    List(Vec<V>),
+    Other,
+}
+
+/// A value of a context, in protobuf (`google.protobuf.Value`) or JSON.
+trait ContextValue: Sized {
+    /// What it is: a string, null, a list, or something else.
+    fn shape(self) -> Shape<Self>;
+    /// It as an attribute's value.
+    fn into_attribute(self) -> Result<serde_json::Value, String>;
+}
+
+impl ContextValue for Value {
+    fn shape(self) -> Shape<Self> {
+        match self.kind {
+            Some(Kind::StringValue(text)) => Shape::String(text),
+            Some(Kind::NullValue(_)) | None => Shape::Null,
+            Some(Kind::ListValue(list)) => Shape::List(list.values),
+            Some(_) => Shape::Other,
+        }
+    }
+
+    fn into_attribute(self) -> Result<serde_json::Value, String> {
+        from_pb_value(self)
+    }
+}
+
+impl ContextValue for serde_json::Value {
+    fn shape(self) -> Shape<Self> {
+        match self {
+            serde_json::Value::String(text) => Shape::String(text),
+            serde_json::Value::Null => Shape::Null,
+            serde_json::Value::Array(list) => Shape::List(list),
+            _ => Shape::Other,
+        }
+    }
+
+    fn into_attribute(self) -> Result<serde_json::Value, String> {
+        crate::api::convert::through_pb(self)
+    }
+}
+
+/// The context of `fields`, whatever their encoding: one set of rules and
+/// errors for every protocol.
+fn context_from<V: ContextValue>(
+    fields: impl IntoIterator<Item = (String, V)>,
+) -> Result<EvaluationContext, Status> {
     let mut user_id = None;
     let mut roles = Vec::new();
     let mut attributes = Map::new();
-    for (name, value) in context {
-        match (name.as_str(), value) {
-            ("targetingKey", Json::String(id)) => user_id = Some(id),
-            ("targetingKey", Json::Null) => {}
-            ("targetingKey", _) => {
-                return Err(Status::invalid_argument(
-                    "context.targetingKey: must be a string",
-                ));
-            }
-            ("role", Json::String(role)) => roles.push(role),
-            ("role", _) => return Err(Status::invalid_argument("context.role: must be a string")),
-            ("roles", Json::Array(list)) => {
+    for (name, value) in fields {
+        match name.as_str() {
+            "targetingKey" => match value.shape() {
+                Shape::String(id) => user_id = Some(id),
+                Shape::Null => {}
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "context.targetingKey: must be a string",
+                    ));
+                }
+            },
+            "role" => match value.shape() {
+                Shape::String(role) => roles.push(role),
+                _ => return Err(Status::invalid_argument("context.role: must be a string")),
+            },
+            "roles" => {
+                let not_strings =
+                    || Status::invalid_argument("context.roles: must be a list of strings");
+                let Shape::List(list) = value.shape() else {
+                    return Err(not_strings());
+                };
                 for item in list {
-                    match item {
-                        Json::String(role) => roles.push(role),
-                        _ => {
-                            return Err(Status::invalid_argument(
-                                "context.roles: must be a list of strings",
-                            ));
-                        }
-                    }
+                    let Shape::String(role) = item.shape() else {
+                        return Err(not_strings());
+                    };
+                    roles.push(role);
                 }
             }
-            ("roles", _) => {
-                return Err(Status::invalid_argument(
-                    "context.roles: must be a list of strings",
-                ));
-            }
-            (_, value) => {
-                let value = crate::api::convert::through_pb(value).map_err(|message| {
+            _ => {
+                let value = value.into_attribute().map_err(|message| {
                     Status::invalid_argument(format!(
                         "context.{}: {message}",
                         crate::echo::truncate(&name)
