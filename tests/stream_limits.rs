@@ -209,7 +209,9 @@ async fn a_client_that_never_reads_holds_a_few_parts_not_the_snapshot() {
         .start()
         .await;
     let pid = daemon.pid();
-    probe_answers(&daemon).await;
+    // Readiness turns SERVING once the first checks have run, which on a
+    // busy machine can be a moment after the serving line.
+    support::wait_for_probe(connect(&daemon).await, "readiness", ServingStatus::Serving).await;
     let idle = rss_mib(pid);
 
     let (release, hold) = tokio::sync::watch::channel(false);
