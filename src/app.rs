@@ -407,6 +407,8 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         checks = monitor.checks().len(),
         "readyd is serving"
     );
+    // What start-up decoded and dropped stays resident unless returned.
+    crate::memory::trim_now();
     if settings.console
         && let Some(addr) = http_addr
     {
