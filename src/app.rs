@@ -22,6 +22,7 @@ use crate::api::flagd::{FlagdCore, FlagdV1, FlagdV2};
 use crate::api::flags::FlagApi;
 use crate::api::grpc_health::GrpcHealth;
 use crate::api::health::HealthApi;
+use crate::api::lazy::Lazy;
 use crate::api::observe::{KnownMethods, ObserveLayer};
 use crate::api::pb;
 use crate::api::streams::StreamGate;
@@ -60,9 +61,6 @@ pub enum ServeError {
     /// The server task ended abnormally.
     #[error("gRPC server task ended abnormally: {0}")]
     Crashed(String),
-    /// Building the reflection service failed.
-    #[error("reflection service: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
 }
 
 /// Runs readyd until `shutdown` completes, then shuts down in order.
@@ -161,12 +159,21 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         ))
     });
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    // Built on the first reflection call: their tables hold 0.25 MiB.
+    let reflection_v1 = Lazy::new(|| {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .inspect_err(|err| tracing::error!(error = %err, "reflection service"))
+            .ok()
+    });
+    let reflection_v1alpha = Lazy::new(|| {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .inspect_err(|err| tracing::error!(error = %err, "reflection service"))
+            .ok()
+    });
     let grpc_health = || {
         pb::grpc_health_v1::health_server::HealthServer::new(GrpcHealth::new(
             Arc::clone(&probes),
@@ -407,6 +414,8 @@ pub async fn serve(started: Started, shutdown: impl Future<Output = ()>) -> Resu
         checks = monitor.checks().len(),
         "readyd is serving"
     );
+    // What start-up decoded and dropped stays resident unless returned.
+    crate::memory::trim_now();
     if settings.console
         && let Some(addr) = http_addr
     {

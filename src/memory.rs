@@ -10,6 +10,25 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+/// Returns free heap memory to the system at once, on this thread. For the
+/// two moments that leave a few MiB freed but resident, where waiting for a
+/// burst to settle would only keep them longer:
+///
+/// - the end of start-up: loading the snapshot decodes every row, builds the
+///   flags and drops the rows, so the heap peaks at about twice what stays
+///   live (1,000 flags and 1,000 config rows: a 5.6 MiB peak, 2.7 MiB live);
+/// - after the snapshot is saved to disk, on the blocking thread that
+///   encoded it: the encoding (0.5 MiB of JSON for 1,000 flags, in a buffer
+///   grown by doubling) is freed into that thread's arena, which glibc
+///   keeps.
+///
+/// The walk covers every arena; on a heap of a few MiB it took 3 ms (about
+/// 30 `madvise` calls, timed under `strace`). After a burst of streams, use
+/// [`released`] instead.
+pub fn trim_now() {
+    trim();
+}
+
 /// Set when memory worth returning may have been freed; cleared by a trim.
 static PENDING: AtomicBool = AtomicBool::new(false);
 /// Whether a trimming task is running.

@@ -245,8 +245,12 @@ async fn save(state: &State, path: &Path, environment: &str) {
     let behind = chrono::Duration::from_std(state.freshness().behind_for()).unwrap_or_default();
     let known_current_at = Utc::now() - behind;
     let written = tokio::task::spawn_blocking(move || {
-        let bytes = encode(&snapshot, &environment, known_current_at)?;
-        write_atomically(&path, &bytes)
+        let written = encode(&snapshot, &environment, known_current_at)
+            .and_then(|bytes| write_atomically(&path, &bytes));
+        // The encoding is freed into this thread's arena, which glibc
+        // would keep resident: give it back while on a blocking thread.
+        crate::memory::trim_now();
+        written
     })
     .await;
     match written {
