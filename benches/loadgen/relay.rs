@@ -126,6 +126,10 @@ pub struct Fleet {
     pub lightweight_deliveries: Deliveries,
     /// The last two together: every follower.
     pub every_follower: Deliveries,
+    /// The same deliveries timed from the UPDATE's commit acknowledged
+    /// instead of from its sending (a delivery before it counts 0): the
+    /// commit's own time, the disk's, left out.
+    pub every_follower_after_commit_us: hdrhistogram::Histogram<u64>,
     /// Per update, until the last follower had it, in µs.
     pub whole_fleet_us: hdrhistogram::Histogram<u64>,
     /// Per update, the UPDATE's own round trip (until its commit was
@@ -609,6 +613,7 @@ impl Bench {
                 subscribers: Deliveries::new(expected[1]),
                 lightweight_deliveries: Deliveries::new(expected[2]),
                 every_follower: Deliveries::new(expected[1] + expected[2]),
+                every_follower_after_commit_us: load::histogram(),
                 whole_fleet_us: load::histogram(),
                 commit_us: load::histogram(),
             };
@@ -645,6 +650,10 @@ impl Bench {
                 fleet.every_follower.received += every.len() as u64;
                 for &time in &every {
                     load::record(&mut fleet.every_follower.latency_us, time);
+                    load::record(
+                        &mut fleet.every_follower_after_commit_us,
+                        time.saturating_sub(committed),
+                    );
                 }
                 if let Some(&slowest) = every.iter().max() {
                     load::record(&mut fleet.whole_fleet_us, slowest);

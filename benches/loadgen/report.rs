@@ -219,7 +219,7 @@ pub fn print(bench: &Bench, results: &Results) {
         );
         println!();
         if let Some(idle) = m.idle_bytes {
-            println!("Goal idle < 15 MB: {}", goal(idle < 15_000_000));
+            println!("Goal idle < 15 MiB: {}", goal(idle < 15 * 1024 * 1024));
             println!();
         }
     }
@@ -228,29 +228,33 @@ pub fn print(bench: &Bench, results: &Results) {
         println!();
         println!("| Database URL | starts | median ms | min ms | max ms |");
         println!("|---|---:|---:|---:|---:|");
-        let mut worst_plain = Duration::MAX;
-        for (name, starts) in [
-            ("as given (TLS if offered)", &results.starts),
-            ("`sslmode=disable`", &results.starts_plain),
+        let mut medians = Vec::new();
+        for (name, starts, goal_ms) in [
+            ("as given (TLS if offered)", &results.starts, 300),
+            ("`sslmode=disable`", &results.starts_plain, 50),
         ] {
             let mut starts = starts.clone();
             starts.sort();
             let Some(&max) = starts.last() else { continue };
             let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            let median = starts[starts.len() / 2];
             println!(
                 "| {name} | {} | {:.1} | {:.1} | {:.1} |",
                 starts.len(),
-                ms(starts[starts.len() / 2]),
+                ms(median),
                 ms(starts[0]),
                 ms(max),
             );
-            worst_plain = max;
+            medians.push((name, median, goal_ms));
         }
         println!();
-        println!(
-            "Goal < 300 ms (without TLS to a local database): {}",
-            goal(worst_plain < Duration::from_millis(300))
-        );
+        for (name, median, goal_ms) in medians {
+            println!(
+                "Goal {name}: median < {goal_ms} ms: {:.1} ms, {}",
+                median.as_secs_f64() * 1000.0,
+                goal(median < Duration::from_millis(goal_ms))
+            );
+        }
         println!();
     }
     if let Some(relay) = &results.relay {
@@ -400,6 +404,15 @@ fn print_relay(bench: &Bench, relay: &Relay) {
             ms(commit.value_at_quantile(0.99)),
             ms(commit.max()),
         );
+        let after_commit = &fleet.every_follower_after_commit_us;
+        println!(
+            "| {name} | every follower, timed from the commit acknowledged (a delivery before it counts 0) | {} | {} | {} | {} | {} | | |",
+            fleet.every_follower.streams,
+            after_commit.len(),
+            ms(after_commit.value_at_quantile(0.5)),
+            ms(after_commit.value_at_quantile(0.99)),
+            ms(after_commit.max()),
+        );
         let whole = &fleet.whole_fleet_us;
         println!(
             "| {name} | the whole fleet (last delivery of each update) | | {} updates | {} | {} | {} | | |",
@@ -418,10 +431,14 @@ fn print_relay(bench: &Bench, relay: &Relay) {
         } else {
             Duration::from_millis(500)
         };
+        let after_commit =
+            Duration::from_micros(fleet.every_follower_after_commit_us.value_at_quantile(0.99));
+        let all_received = every.received == every.expected(fleet.updates);
         println!(
-            "Goal p99 < {limit:?} with {} followers: {p99:?}, {}",
+            "Goal p99 < {limit:?} with {} followers: from the UPDATE sent (an upper bound, the commit inside) {p99:?}, {}; from the commit acknowledged {after_commit:?}, {}",
             fleet.streams,
-            goal(p99 < limit && every.received == every.expected(fleet.updates))
+            goal(p99 < limit && all_received),
+            goal(after_commit < limit && all_received)
         );
     }
     println!();
