@@ -244,19 +244,44 @@ async fn save(state: &State, path: &Path, environment: &str) {
     // during an outage does not make old data look new.
     let behind = chrono::Duration::from_std(state.freshness().behind_for()).unwrap_or_default();
     let known_current_at = Utc::now() - behind;
-    let written = tokio::task::spawn_blocking(move || {
-        let written = encode(&snapshot, &environment, known_current_at)
-            .and_then(|bytes| write_atomically(&path, &bytes));
-        // The encoding is freed into this thread's arena, which glibc
-        // would keep resident: give it back while on a blocking thread.
-        crate::memory::trim_now();
-        written
-    })
-    .await;
-    match written {
+    // On a thread of its own at the lowest priority: encoding a large
+    // snapshot takes milliseconds of CPU, and every follower of a fleet
+    // saves within the same second after a change; at normal priority
+    // those saves delayed the next change's delivery on a shared core.
+    let (done, written) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("snapshot-save".to_owned())
+        .spawn(move || {
+            lower_this_threads_priority();
+            let written = encode(&snapshot, &environment, known_current_at)
+                .and_then(|bytes| write_atomically(&path, &bytes));
+            // The encoding is freed into this thread's arena, which glibc
+            // would keep resident: give it back before the thread ends.
+            crate::memory::trim_now();
+            let _ = done.send(written);
+        });
+    if let Err(err) = spawned {
+        tracing::warn!(error = %err, "saving the snapshot to disk failed: no thread for it");
+        return;
+    }
+    match written.await {
         Ok(Ok(())) => tracing::debug!(version, "snapshot saved to disk"),
         Ok(Err(err)) => tracing::warn!(error = %err, "could not save the snapshot to disk"),
-        Err(err) => tracing::warn!(error = %err, "saving the snapshot to disk failed"),
+        Err(_) => {
+            tracing::warn!("saving the snapshot to disk failed: the saving thread ended early")
+        }
+    }
+}
+
+/// Gives the calling thread the lowest scheduling priority (nice 19), for
+/// work that may wait while requests are served. Lowering a priority needs
+/// no privilege; where it fails, the work runs at the usual priority.
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority and gettid have no memory-safety preconditions;
+    // on Linux the nice value belongs to the thread named by its id.
+    unsafe {
+        let _ = libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
     }
 }
 
@@ -323,6 +348,23 @@ mod tests {
     use crate::flags::ValueType;
     use proptest::prelude::*;
     use serde_json::json;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_saving_thread_runs_at_the_lowest_priority_and_others_do_not() {
+        // SAFETY: getpriority and gettid have no preconditions.
+        let nice =
+            || unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+        let before = nice();
+        let lowered = std::thread::spawn(move || {
+            lower_this_threads_priority();
+            nice()
+        })
+        .join()
+        .expect("the thread");
+        assert_eq!(lowered, 19);
+        assert_eq!(nice(), before, "only the calling thread is lowered");
+    }
 
     fn flag(key: String, enabled: bool, rollout: u8, users: Vec<String>) -> Flag {
         Flag {
