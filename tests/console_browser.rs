@@ -168,6 +168,17 @@ impl Console {
             .await
     }
 
+    /// Waits for the change confirmation to show and returns its text.
+    async fn confirmation(&mut self) -> Value {
+        self.wait(
+            "the confirmation",
+            "!document.getElementById('confirm').hidden",
+        )
+        .await;
+        self.script("return document.getElementById('confirm-text').textContent;")
+            .await
+    }
+
     async fn click(&mut self, css: &str) {
         self.call(json!({"do": "click", "css": css})).await;
     }
@@ -573,15 +584,7 @@ async fn the_console_in_chromium_signs_in_changes_follows_sql_and_stays_accessib
     console
         .click(&format!("tr[data-key='{FLAG}'] input.toggle"))
         .await;
-    console
-        .wait(
-            "the confirmation",
-            "!document.getElementById('confirm').hidden",
-        )
-        .await;
-    let text = console
-        .script("return document.getElementById('confirm-text').textContent;")
-        .await;
+    let text = console.confirmation().await;
     assert!(
         text.as_str()
             .is_some_and(|t| t.contains("enabled: false → true")),
@@ -613,12 +616,7 @@ async fn the_console_in_chromium_signs_in_changes_follows_sql_and_stays_accessib
             "25\u{e007}",
         )
         .await;
-    console
-        .wait(
-            "the confirmation",
-            "!document.getElementById('confirm').hidden",
-        )
-        .await;
+    console.confirmation().await;
     console.click("#confirm-yes").await;
     eventually("the rollout at 25 %", || {
         let mut flags = flags.clone();
@@ -691,15 +689,7 @@ async fn the_console_in_chromium_signs_in_changes_follows_sql_and_stays_accessib
     );
     assert!(!flag_named(&mut flags, USED).await.permanent);
     console.click("#flag-permanent").await;
-    console
-        .wait(
-            "the confirmation",
-            "!document.getElementById('confirm').hidden",
-        )
-        .await;
-    let text = console
-        .script("return document.getElementById('confirm-text').textContent;")
-        .await;
+    let text = console.confirmation().await;
     assert!(
         text.as_str()
             .is_some_and(|t| t.contains("permanent: false → true")),
