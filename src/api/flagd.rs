@@ -567,21 +567,26 @@ fn difference(
     before: &crate::state::Snapshot,
     after: &crate::state::Snapshot,
 ) -> Vec<(String, &'static str)> {
-    let mut changed = Vec::new();
-    for flag in after.flags_with_prefix("") {
-        match before.flag(flag.key()) {
-            None => changed.push((flag.key().to_owned(), "write")),
-            Some(old) if old.version() != flag.version() => {
-                changed.push((flag.key().to_owned(), "update"));
-            }
-            Some(_) => {}
-        }
-    }
-    for flag in before.flags_with_prefix("") {
-        if after.flag(flag.key()).is_none() {
-            changed.push((flag.key().to_owned(), "delete"));
-        }
-    }
+    // Only the flags the two maps do not share can differ: after one
+    // change that is one shard's, not every flag.
+    let mut changed: Vec<(String, &'static str)> = after
+        .flags
+        .not_shared_with(&before.flags)
+        .filter_map(|flag| match before.flag(flag.key()) {
+            None => Some((flag.key().to_owned(), "write")),
+            Some(old) if old.version() != flag.version() => Some((flag.key().to_owned(), "update")),
+            Some(_) => None,
+        })
+        .collect();
+    changed.sort_unstable();
+    let mut deleted: Vec<(String, &'static str)> = before
+        .flags
+        .not_shared_with(&after.flags)
+        .filter(|flag| after.flag(flag.key()).is_none())
+        .map(|flag| (flag.key().to_owned(), "delete"))
+        .collect();
+    deleted.sort_unstable();
+    changed.append(&mut deleted);
     changed
 }
 
@@ -930,6 +935,55 @@ mod tests {
                 .map_err(|status| status.message().to_owned());
             let direct = context_of_json(context).map_err(|status| status.message().to_owned());
             prop_assert_eq!(direct, through_struct);
+        }
+
+        /// The changes told to an EventStream are those a comparison of
+        /// every flag of the two snapshots finds, whether the later one
+        /// was made from the earlier by changes or loaded whole.
+        #[test]
+        fn the_difference_is_that_of_every_flag(
+            start in prop::collection::btree_map("[a-h]{1,2}", 1i64..4, 0..40),
+            changes in prop::collection::vec(("[a-h]{1,2}", prop::option::of(1i64..4)), 0..12),
+            reloaded in any::<bool>(),
+        ) {
+            let flag = |key: &str, version: i64| -> crate::flags::Flag {
+                serde_json::from_value(json!({
+                    "key": key, "description": "", "enabled": true, "value_type": "bool",
+                    "on_value": true, "off_value": false, "environments": [], "target_users": [],
+                    "target_roles": [], "rollout_percentage": 100, "version": version,
+                    "updated_at": "2026-12-06T00:00:00Z", "updated_by": "test"
+                }))
+                .expect("a flag")
+            };
+            let before = crate::state::Snapshot::from_rows(
+                1,
+                start.iter().map(|(key, version)| flag(key, *version)).collect(),
+                vec![],
+            );
+            let mut after = before.clone();
+            for (i, (key, version)) in changes.iter().enumerate() {
+                after = after.with_flag(2 + i as i64, key, version.map(|v| flag(key, v)));
+            }
+            if reloaded {
+                let rows = after.flags.values().map(|f| f.flag().clone()).collect();
+                after = crate::state::Snapshot::from_rows(after.version, rows, vec![]);
+            }
+            let mut expected = Vec::new();
+            for flag in after.flags_with_prefix("") {
+                match before.flag(flag.key()) {
+                    None => expected.push((flag.key().to_owned(), "write")),
+                    Some(old) if old.version() != flag.version() => {
+                        expected.push((flag.key().to_owned(), "update"));
+                    }
+                    Some(_) => {}
+                }
+            }
+            for flag in before.flags_with_prefix("") {
+                if after.flag(flag.key()).is_none() {
+                    expected.push((flag.key().to_owned(), "delete"));
+                }
+            }
+            prop_assert_eq!(difference(&before, &after), expected);
         }
     }
 }

@@ -6,6 +6,7 @@
 //! stores it, records the change in a short history (for resuming streams)
 //! and notifies subscribers, so those three never disagree.
 
+pub mod flag_map;
 pub mod freshness;
 pub mod snapshot;
 
@@ -238,14 +239,14 @@ impl State {
         self.usage.retire(
             replaced
                 .flags
-                .iter()
-                .filter(|(key, flag)| {
+                .not_shared_with(&current.flags)
+                .filter(|flag| {
                     current
                         .flags
-                        .get(*key)
+                        .get(flag.key())
                         .is_none_or(|now| !Arc::ptr_eq(now.usage(), flag.usage()))
                 })
-                .map(|(_, flag)| Arc::clone(flag.usage())),
+                .map(|flag| Arc::clone(flag.usage())),
         );
     }
 

@@ -4,26 +4,18 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use serde::{Deserialize, Serialize};
-
 use crate::config::{ConfigRow, ConfigRows};
 use crate::flags::segment::{CompiledSegment, Segment};
 use crate::flags::{CompiledConstraint, CompiledFlag, Flag, FlagLookup};
 
-/// Flags by key. Hashed with foldhash rather than SipHash: a look-up is on
-/// every evaluation, and clients can only look keys up, never insert them,
-/// so SipHash's flooding protection buys nothing here. Keys are shared
-/// (`Arc<str>`): a change to one flag copies the map, and copying a shared
-/// key is a reference count where a `String` was an allocation (with 1,000
-/// flags the copy was a follower's largest cost per change).
-pub type FlagMap = HashMap<Arc<str>, Arc<CompiledFlag>, foldhash::fast::RandomState>;
+pub use super::flag_map::FlagMap;
 
 /// Segments by key.
 pub type SegmentMap = HashMap<String, Arc<CompiledSegment>, foldhash::fast::RandomState>;
 
 /// Every flag and configuration row at one version. Readers hold an `Arc` to it; a change builds
 /// a new snapshot and swaps it in whole, so no reader sees half a change.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// The version of the last change the snapshot includes: every change
     /// with a version at or below it is in, none above it.
@@ -34,15 +26,12 @@ pub struct Snapshot {
     /// Configuration rows of every environment, by (key, environment).
     pub configs: Arc<ConfigRows>,
     /// Segments by key, compiled for the rules that name them.
-    #[serde(skip)]
     pub segments: Arc<SegmentMap>,
     /// The flags ordered by key, made once when first asked for and shared
     /// by every stream that sends this snapshot.
-    #[serde(skip)]
     sorted_flags: OnceLock<Arc<[Arc<CompiledFlag>]>>,
     /// Whether a flag's or a segment's constraint reads the clock, found
     /// once when first asked for.
-    #[serde(skip)]
     reads_time: OnceLock<bool>,
 }
 
@@ -54,7 +43,7 @@ impl Snapshot {
         let flags = flags
             .into_iter()
             .filter_map(|flag| match compiled(flag) {
-                Ok(flag) => Some((Arc::from(flag.key()), Arc::new(flag))),
+                Ok(flag) => Some(Arc::new(flag)),
                 Err((key, problem)) => {
                     tracing::warn!(flag = %key, %problem, "flag row is invalid; it is left out of the snapshot");
                     None
@@ -208,9 +197,7 @@ impl Snapshot {
     pub fn with_flag(&self, version: i64, key: &str, flag: Option<Flag>) -> Snapshot {
         let mut flags = FlagMap::clone(&self.flags);
         match flag.map(compiled) {
-            Some(Ok(flag)) => {
-                flags.insert(Arc::from(flag.key()), Arc::new(flag));
-            }
+            Some(Ok(flag)) => flags.insert(Arc::new(flag)),
             Some(Err((key, problem))) => {
                 tracing::warn!(flag = %key, %problem, "flag row is invalid; it is left out of the snapshot");
                 flags.remove(key.as_str());
