@@ -8,7 +8,7 @@ mod support;
 use std::net::SocketAddr;
 
 use support::http1::{Answer, request};
-use support::usage::{flag_sums, insert_usage};
+use support::usage::{age_flag, flag_sums, insert_usage};
 use support::{TestDb, TestServer, serve_args};
 
 const ADMIN: &str = "admin-token-for-console-tests";
@@ -776,12 +776,7 @@ async fn stale_flags_are_listed_for_any_session() {
     .execute(&db.pool)
     .await
     .expect("flags");
-    sqlx::query(
-        "UPDATE feature_flags SET created_at = now() - interval '60 days' WHERE key = 'old_banner'",
-    )
-    .execute(&db.pool)
-    .await
-    .expect("an old flag");
+    age_flag(&db, "old_banner", 60).await;
     let server = start(&db).await;
     let http = server.http_addr.expect("an HTTP address");
     let (cookie, _) = session(http, READER, "ben").await;
@@ -1052,12 +1047,7 @@ async fn an_admin_session_marks_a_flag_permanent_as_its_name_and_nothing_else_ch
     .execute(&db.pool)
     .await
     .expect("a flag");
-    sqlx::query(
-        "UPDATE feature_flags SET created_at = now() - interval '60 days' WHERE key = 'old_switch'",
-    )
-    .execute(&db.pool)
-    .await
-    .expect("an old flag");
+    age_flag(&db, "old_switch", 60).await;
     let server = start(&db).await;
     let http = server.http_addr.expect("an HTTP address");
     let (cookie, csrf) = session(http, ADMIN, "ana").await;

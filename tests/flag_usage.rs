@@ -217,7 +217,6 @@ async fn a_database_outage_while_flushing_loses_nothing() {
 
 #[tokio::test]
 async fn a_follower_flushes_through_its_upstream_and_get_flag_usage_reads_it() {
-    const REPLICATION_TOKEN: &str = "usage-replication-token";
     let db = TestDb::new().await;
     let keys = all_flags_on(&db).await;
     let flags: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -225,22 +224,11 @@ async fn a_follower_flushes_through_its_upstream_and_get_flag_usage_reads_it() {
         tempfile::tempdir().expect("a dir"),
         tempfile::tempdir().expect("a dir"),
     ];
-    let upstream = DaemonCommand::serve()
-        .env("DATABASE_URL", &db.url)
-        .env("READYD_REPLICATION_TOKEN", REPLICATION_TOKEN)
-        .arg_path("--data-dir", dirs[0].path())
-        .args(["--environment", "prod", "--instance", "upstream"])
+    let upstream = support::daemon::upstream(&db.url, "prod", dirs[0].path())
         .start()
         .await;
-    let follower = DaemonCommand::serve()
-        .env("READYD_UPSTREAM", upstream.url())
-        .env("READYD_REPLICATION_TOKEN", REPLICATION_TOKEN)
-        .arg_path("--data-dir", dirs[1].path())
+    let follower = support::daemon::follower(&upstream.url(), "edge", "follower", dirs[1].path())
         .args([
-            "--environment",
-            "edge",
-            "--instance",
-            "follower",
             "--http-listen",
             "127.0.0.1:0",
             "--usage-flush-interval",

@@ -29,14 +29,12 @@ use readyd::api::pb::readyd::v1::deployment_service_client::DeploymentServiceCli
 use readyd::api::pb::readyd::v1::flag_service_client::FlagServiceClient;
 use readyd::api::pb::readyd::v1::health_service_client::HealthServiceClient;
 use readyd::api::pb::readyd::v1::replication_service_client::ReplicationServiceClient;
-use support::daemon::DaemonCommand;
+use support::daemon::{DaemonCommand, REPLICATION_TOKEN, follower};
 use support::proxy::{Target, TcpProxy};
 use support::{ADMIN_TOKEN, TestDb, next};
 use tonic::Code;
 use tonic::transport::Channel;
 
-/// The replication token of the fleet.
-const REPLICATION_TOKEN: &str = "test-replication-token";
 /// A read token, for the tests that guard reads.
 const READ_TOKEN: &str = "test-read-token";
 
@@ -49,23 +47,10 @@ fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     request
 }
 
-/// A readyd on `db`, that followers may follow.
+/// The prod upstream on `db` these tests start, which also takes the admin
+/// token (writes, and the reads that show sensitive values).
 fn upstream(db: &TestDb, data_dir: &std::path::Path) -> DaemonCommand {
-    DaemonCommand::serve()
-        .env("DATABASE_URL", &db.url)
-        .env("READYD_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("READYD_REPLICATION_TOKEN", REPLICATION_TOKEN)
-        .arg_path("--data-dir", data_dir)
-        .args(["--environment", "prod", "--instance", "upstream"])
-}
-
-/// A follower of `upstream_url`.
-fn follower(upstream_url: &str, instance: &str, data_dir: &std::path::Path) -> DaemonCommand {
-    DaemonCommand::serve()
-        .env("READYD_UPSTREAM", upstream_url)
-        .env("READYD_REPLICATION_TOKEN", REPLICATION_TOKEN)
-        .arg_path("--data-dir", data_dir)
-        .args(["--environment", "prod", "--instance", instance])
+    support::daemon::upstream(&db.url, "prod", data_dir).env("READYD_ADMIN_TOKEN", ADMIN_TOKEN)
 }
 
 async fn evaluate(channel: &Channel, key: &str) -> Result<pb::EvaluateFlagResponse, tonic::Status> {
@@ -131,10 +116,10 @@ async fn a_follower_of_a_follower_is_as_current_as_the_database_and_writes_throu
         .args(["--db-pool-size", "2"])
         .start()
         .await;
-    let a = follower(&u.url(), "follower-a", dirs[1].path())
+    let a = follower(&u.url(), "prod", "follower-a", dirs[1].path())
         .start()
         .await;
-    let b = follower(&a.url(), "follower-b", dirs[2].path())
+    let b = follower(&a.url(), "prod", "follower-b", dirs[2].path())
         .start()
         .await;
     let (u_ch, a_ch, b_ch) = (u.channel().await, a.channel().await, b.channel().await);
@@ -341,7 +326,7 @@ async fn followers_keep_serving_without_their_upstream_and_catch_up() {
         .await
         .expect("seed");
     let u = upstream(&db, dirs[0].path()).start().await;
-    let a = follower(&u.url(), "follower-a", dirs[1].path())
+    let a = follower(&u.url(), "prod", "follower-a", dirs[1].path())
         .args([
             "--stale-after",
             "1s",
@@ -388,7 +373,7 @@ async fn followers_keep_serving_without_their_upstream_and_catch_up() {
 
     // A follower started while its upstream is down serves its snapshot.
     a.kill().await;
-    let a = follower("http://127.0.0.1:1", "follower-a", dirs[1].path())
+    let a = follower("http://127.0.0.1:1", "prod", "follower-a", dirs[1].path())
         .args(["--db-wait", "1s", "--stale-after", "1s"])
         .start()
         .await;
@@ -412,7 +397,7 @@ async fn followers_keep_serving_without_their_upstream_and_catch_up() {
 
     // The upstream back, a follower catches up with it.
     let u = upstream(&db, dirs[0].path()).start().await;
-    let a = follower(&u.url(), "follower-a", dirs[1].path())
+    let a = follower(&u.url(), "prod", "follower-a", dirs[1].path())
         .start()
         .await;
     let a_ch = a.channel().await;
@@ -437,6 +422,7 @@ async fn a_follower_cut_off_from_a_running_upstream_resumes_without_a_snapshot()
     let proxy = TcpProxy::start(Target::Tcp(u.addr.to_string())).await;
     let mut a = follower(
         &format!("http://{}", proxy.addr),
+        "prod",
         "follower-a",
         dirs[1].path(),
     )
@@ -510,7 +496,7 @@ async fn sensitive_values_reach_a_follower_and_stay_redacted_to_its_non_admin_re
         }))
         .await
         .expect("set a secret");
-    let a = follower(&u.url(), "follower-a", dirs[1].path())
+    let a = follower(&u.url(), "prod", "follower-a", dirs[1].path())
         .start()
         .await;
     let a_ch = a.channel().await;
@@ -585,16 +571,12 @@ async fn database_reads_go_up_and_another_environment_is_held_on_demand() {
         .args(["--history-interval", "1s"])
         .start()
         .await;
-    let a = follower(&u.url(), "follower-a", dirs[1].path())
+    let a = follower(&u.url(), "prod", "follower-a", dirs[1].path())
         .args(["--history-interval", "1s"])
         .start()
         .await;
     // B serves staging and follows A (prod): A widens what it holds.
-    let b = DaemonCommand::serve()
-        .env("READYD_UPSTREAM", a.url())
-        .env("READYD_REPLICATION_TOKEN", REPLICATION_TOKEN)
-        .arg_path("--data-dir", dirs[2].path())
-        .args(["--environment", "staging", "--instance", "follower-b"])
+    let b = follower(&a.url(), "staging", "follower-b", dirs[2].path())
         .start()
         .await;
     let b_ch = b.channel().await;
@@ -728,7 +710,7 @@ async fn a_follower_shuts_down_cleanly() {
     let db = TestDb::new().await;
     let dirs = [(); 2].map(|()| tempfile::tempdir().expect("dir"));
     let u = upstream(&db, dirs[0].path()).start().await;
-    let mut a = follower(&u.url(), "follower-a", dirs[1].path())
+    let mut a = follower(&u.url(), "prod", "follower-a", dirs[1].path())
         .start()
         .await;
     a.signal(Signal::SIGTERM);
@@ -922,7 +904,7 @@ async fn segments_replicate_to_followers_in_snapshots_and_changes() {
     let db = TestDb::new().await;
     let dirs = [(); 3].map(|()| tempfile::tempdir().expect("dir"));
     let u = upstream(&db, dirs[0].path()).start().await;
-    let a = follower(&u.url(), "follower-a", dirs[1].path())
+    let a = follower(&u.url(), "prod", "follower-a", dirs[1].path())
         .start()
         .await;
     let a_ch = a.channel().await;
@@ -985,7 +967,7 @@ async fn segments_replicate_to_followers_in_snapshots_and_changes() {
     assert_eq!(variant(a_ch.clone(), "team").await, "off");
 
     // A follower started now gets the segment in its first snapshot.
-    let b = follower(&u.url(), "follower-b", dirs[2].path())
+    let b = follower(&u.url(), "prod", "follower-b", dirs[2].path())
         .start()
         .await;
     let b_ch = b.channel().await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use readyd::api::pb::readyd::v1 as pb;
 use readyd::api::pb::readyd::v1::flag_service_client::FlagServiceClient;
-use support::daemon::{DaemonCommand, binary};
+use support::daemon::binary;
 use support::usage::insert_usage;
 use support::{TestDb, TestServer, admin, admin_serve_args};
 use tonic::transport::Channel;
@@ -256,7 +256,6 @@ async fn hand_built_histories_list_exactly_the_stale_flags_with_their_evidence()
 
 #[tokio::test]
 async fn a_follower_asks_its_upstream_for_the_stale_list() {
-    const REPLICATION_TOKEN: &str = "stale-replication-token";
     let db = TestDb::new().await;
     sqlx::query("DELETE FROM feature_flags")
         .execute(&db.pool)
@@ -273,18 +272,10 @@ async fn a_follower_asks_its_upstream_for_the_stale_list() {
         tempfile::tempdir().expect("a dir"),
         tempfile::tempdir().expect("a dir"),
     ];
-    let upstream = DaemonCommand::serve()
-        .env("DATABASE_URL", &db.url)
-        .env("READYD_REPLICATION_TOKEN", REPLICATION_TOKEN)
-        .arg_path("--data-dir", dirs[0].path())
-        .args(["--environment", "prod", "--instance", "upstream"])
+    let upstream = support::daemon::upstream(&db.url, "prod", dirs[0].path())
         .start()
         .await;
-    let follower = DaemonCommand::serve()
-        .env("READYD_UPSTREAM", upstream.url())
-        .env("READYD_REPLICATION_TOKEN", REPLICATION_TOKEN)
-        .arg_path("--data-dir", dirs[1].path())
-        .args(["--environment", "edge", "--instance", "follower"])
+    let follower = support::daemon::follower(&upstream.url(), "edge", "follower", dirs[1].path())
         .start()
         .await;
     let answer = stale(&follower.channel().await, 0)

@@ -14,11 +14,8 @@ use readyd::api::pb::grpc_health_v1::health_client::HealthClient;
 use readyd::api::pb::grpc_health_v1::{HealthCheckRequest, health_check_response::ServingStatus};
 use readyd::api::pb::readyd::v1 as pb;
 use readyd::api::pb::readyd::v1::flag_service_client::FlagServiceClient;
-use support::daemon::DaemonCommand;
 use support::{ADMIN_TOKEN, TestDb};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
-
-const REPLICATION_TOKEN: &str = "test-replication-token";
 
 /// A certificate authority and a server certificate it issued for
 /// 127.0.0.1 and localhost, as PEM.
@@ -108,14 +105,11 @@ async fn tls_serves_grpc_probes_stay_plaintext_followers_verify_and_rotation_nee
     let first = issue();
     let files = files(&first);
     let data = tempfile::tempdir().expect("data dir");
-    let mut upstream = DaemonCommand::serve()
-        .env("DATABASE_URL", &db.url)
+    let mut upstream = support::daemon::upstream(&db.url, "prod", &data.path().join("upstream"))
         .env("READYD_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("READYD_REPLICATION_TOKEN", REPLICATION_TOKEN)
         .arg_path("--tls-cert", &files.cert)
         .arg_path("--tls-key", &files.key)
-        .arg_path("--data-dir", &data.path().join("upstream"))
-        .args(["--probe-listen", "127.0.0.1:0", "--environment", "prod"])
+        .args(["--probe-listen", "127.0.0.1:0"])
         .start()
         .await;
 
@@ -167,14 +161,15 @@ async fn tls_serves_grpc_probes_stay_plaintext_followers_verify_and_rotation_nee
     assert_eq!(not_there.code(), tonic::Code::Unimplemented);
 
     // A follower of an https:// upstream verifies it against --upstream-ca.
-    let follower = DaemonCommand::serve()
-        .env("READYD_UPSTREAM", format!("https://{}", upstream.addr))
-        .env("READYD_REPLICATION_TOKEN", REPLICATION_TOKEN)
-        .arg_path("--upstream-ca", &files.ca)
-        .arg_path("--data-dir", &data.path().join("follower"))
-        .args(["--environment", "prod", "--instance", "follower"])
-        .start()
-        .await;
+    let follower = support::daemon::follower(
+        &format!("https://{}", upstream.addr),
+        "prod",
+        "follower",
+        &data.path().join("follower"),
+    )
+    .arg_path("--upstream-ca", &files.ca)
+    .start()
+    .await;
     let followed = list_flags(follower.channel().await)
         .await
         .expect("list flags on the follower");

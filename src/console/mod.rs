@@ -6,8 +6,10 @@
 //! The page never holds a token: signing in turns one into a session
 //! cookie (`HttpOnly`, `SameSite=Strict`, see [`session`]), every change
 //! also needs the session's CSRF token in `X-CSRF-Token`, and sign-in
-//! attempts are throttled per peer address.
+//! attempts are throttled per peer address. Handlers take their session
+//! as an argument, through the extractors of [`extract`].
 
+pub mod extract;
 pub mod session;
 
 use std::net::SocketAddr;
@@ -29,6 +31,7 @@ use crate::api::pb::readyd::v1::flag_service_server::FlagService;
 use crate::api::pb::readyd::v1::health_service_server::HealthService;
 use crate::http::limit::{RateLimit, retry_after_secs};
 use crate::http::{HttpSurface, call_as, error, json, json_response, message_name, query_param};
+use extract::{AdminChange, CsrfChecked, SignedIn};
 use session::{Access, Session};
 
 /// The session cookie's name.
@@ -146,44 +149,6 @@ fn now_secs() -> u64 {
         .map_or(0, |since| since.as_secs())
 }
 
-/// The session of a request's cookie, or `401`.
-fn session_of(surface: &HttpSurface, headers: &HeaderMap) -> Result<Session, Box<Response>> {
-    let cookie = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value);
-    cookie
-        .and_then(|cookie| session::open(&surface.tokens.ticket_key(), cookie, now_secs()))
-        .ok_or_else(|| {
-            Box::new(error(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHENTICATED",
-                "sign in first (the session is missing, over or from another key)",
-            ))
-        })
-}
-
-/// The session of a change: its cookie and its CSRF token, or `401`/`403`.
-fn changing_session(surface: &HttpSurface, headers: &HeaderMap) -> Result<Session, Box<Response>> {
-    let session = session_of(surface, headers)?;
-    let presented = headers
-        .get(CSRF_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default();
-    if !session::csrf_matches(&surface.tokens.ticket_key(), &session, presented) {
-        return Err(Box::new(error(
-            StatusCode::FORBIDDEN,
-            "PERMISSION_DENIED",
-            "a change needs the session's CSRF token in X-CSRF-Token",
-        )));
-    }
-    Ok(session)
-}
-
 /// What the page learns of its session.
 fn session_json(surface: &HttpSurface, session: &Session) -> serde_json::Value {
     json!({
@@ -199,10 +164,10 @@ fn session_json(surface: &HttpSurface, session: &Session) -> serde_json::Value {
 /// `{"signedIn": false}`. Not a `401`: asking is how the page learns to
 /// show the sign-in form, and a refused request would be an error in the
 /// browser's console on every visit.
-async fn who(State(surface): State<Arc<HttpSurface>>, headers: HeaderMap) -> Response {
-    match session_of(&surface, &headers) {
-        Ok(session) => json_response(StatusCode::OK, &session_json(&surface, &session)),
-        Err(_) => json_response(StatusCode::OK, &json!({ "signedIn": false })),
+async fn who(State(surface): State<Arc<HttpSurface>>, session: Option<SignedIn>) -> Response {
+    match session {
+        Some(SignedIn(session)) => json_response(StatusCode::OK, &session_json(&surface, &session)),
+        None => json_response(StatusCode::OK, &json!({ "signedIn": false })),
     }
 }
 
@@ -291,10 +256,7 @@ async fn sign_in(
 }
 
 /// `POST /console/api/sign-out`: the cookie is cleared.
-async fn sign_out(State(surface): State<Arc<HttpSurface>>, headers: HeaderMap) -> Response {
-    if let Err(refused) = changing_session(&surface, &headers) {
-        return *refused;
-    }
+async fn sign_out(_: CsrfChecked) -> Response {
     let mut answer = json_response(StatusCode::OK, &json!({}));
     answer
         .headers_mut()
@@ -303,10 +265,7 @@ async fn sign_out(State(surface): State<Arc<HttpSurface>>, headers: HeaderMap) -
 }
 
 /// `GET /console/api/health`: the health report, as `/api/health` gives it.
-async fn health(State(surface): State<Arc<HttpSurface>>, headers: HeaderMap) -> Response {
-    if let Err(refused) = session_of(&surface, &headers) {
-        return *refused;
-    }
+async fn health(State(surface): State<Arc<HttpSurface>>, _: SignedIn) -> Response {
     crate::http::health_report(&surface)
 }
 
@@ -341,13 +300,9 @@ fn body_message<M: prost::Message + Default>(path: &str, body: &[u8]) -> Result<
 /// `GET /console/api/flags[?page_token=…]`: flag definitions, 1,000 a page.
 async fn list_flags(
     State(surface): State<Arc<HttpSurface>>,
+    SignedIn(session): SignedIn,
     uri: axum::http::Uri,
-    headers: HeaderMap,
 ) -> Response {
-    let session = match session_of(&surface, &headers) {
-        Ok(session) => session,
-        Err(refused) => return *refused,
-    };
     let page_token = query_param(&uri, "page_token").unwrap_or_default();
     let message = pb::ListFlagsRequest {
         prefix: String::new(),
@@ -366,11 +321,10 @@ async fn list_flags(
 
 /// `GET /console/api/stale-flags`: `ListStaleFlags` over the default
 /// window (the flags list's "stale" filter).
-async fn stale_flags(State(surface): State<Arc<HttpSurface>>, headers: HeaderMap) -> Response {
-    let session = match session_of(&surface, &headers) {
-        Ok(session) => session,
-        Err(refused) => return *refused,
-    };
+async fn stale_flags(
+    State(surface): State<Arc<HttpSurface>>,
+    SignedIn(session): SignedIn,
+) -> Response {
     let flags = surface.flags.clone();
     call_as_session(
         &session,
@@ -387,13 +341,9 @@ async fn stale_flags(State(surface): State<Arc<HttpSurface>>, headers: HeaderMap
 /// default the 7 days to now), for any session.
 async fn flag_usage(
     State(surface): State<Arc<HttpSurface>>,
+    SignedIn(session): SignedIn,
     uri: axum::http::Uri,
-    headers: HeaderMap,
 ) -> Response {
-    let session = match session_of(&surface, &headers) {
-        Ok(session) => session,
-        Err(refused) => return *refused,
-    };
     let mut message = pb::GetFlagUsageRequest {
         key: query_param(&uri, "key").unwrap_or_default(),
         since: None,
@@ -433,13 +383,12 @@ async fn flag_usage(
 /// made meanwhile by someone else a `409`.
 async fn upsert_flag(
     State(surface): State<Arc<HttpSurface>>,
-    headers: HeaderMap,
+    AdminChange(session): AdminChange,
     body: axum::body::Bytes,
 ) -> Response {
     let flags = surface.flags.clone();
     admin_change(
-        &surface,
-        &headers,
+        &session,
         &body,
         "/readyd.v1.FlagService/UpsertFlag",
         |_: &mut pb::UpsertFlagRequest, _| {},
@@ -448,13 +397,12 @@ async fn upsert_flag(
     .await
 }
 
-/// An admin session's change: the session and its CSRF token checked, the
-/// JSON body read as the request of the gRPC call `path`, `stamp` naming
-/// the session in messages that carry their own actor field, then the call
-/// made as the session (its name the actor).
+/// An admin session's change (the session and its CSRF token checked by
+/// [`AdminChange`]): the JSON body read as the request of the gRPC call
+/// `path`, `stamp` naming the session in messages that carry their own
+/// actor field, then the call made as the session (its name the actor).
 async fn admin_change<Req, Resp, Fut>(
-    surface: &HttpSurface,
-    headers: &HeaderMap,
+    session: &Session,
     body: &[u8],
     path: &str,
     stamp: impl FnOnce(&mut Req, &Session),
@@ -465,32 +413,24 @@ where
     Resp: prost::Message,
     Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
 {
-    let session = match admin_session(surface, headers) {
-        Ok(session) => session,
-        Err(refused) => return *refused,
-    };
     let mut message: Req = match body_message(path, body) {
         Ok(message) => message,
         Err(refused) => return *refused,
     };
-    stamp(&mut message, &session);
-    call_as_session(&session, path, message, handler).await
+    stamp(&mut message, session);
+    call_as_session(session, path, message, handler).await
 }
 
 /// `POST /console/api/evaluate` with an `EvaluateFlagRequest`: the "try
 /// it" box, with the path that decided when `explain` is set.
 async fn evaluate_flag(
     State(surface): State<Arc<HttpSurface>>,
-    headers: HeaderMap,
+    // Not a change, but a POST: the CSRF token keeps other sites from
+    // making the session evaluate.
+    CsrfChecked(session): CsrfChecked,
     body: axum::body::Bytes,
 ) -> Response {
     const PATH: &str = "/readyd.v1.FlagService/EvaluateFlag";
-    // Not a change, but a POST: the CSRF token keeps other sites from
-    // making the session evaluate.
-    let session = match changing_session(&surface, &headers) {
-        Ok(session) => session,
-        Err(refused) => return *refused,
-    };
     let message: pb::EvaluateFlagRequest = match body_message(PATH, &body) {
         Ok(message) => message,
         Err(refused) => return *refused,
@@ -502,29 +442,12 @@ async fn evaluate_flag(
     .await
 }
 
-/// The session of a change only an admin session may make.
-fn admin_session(surface: &HttpSurface, headers: &HeaderMap) -> Result<Session, Box<Response>> {
-    let session = changing_session(surface, headers)?;
-    if session.access != Access::Admin {
-        return Err(Box::new(error(
-            StatusCode::FORBIDDEN,
-            "PERMISSION_DENIED",
-            "this session is read-only: sign in with the admin token to make changes",
-        )));
-    }
-    Ok(session)
-}
-
 /// `GET /console/api/deployments[?environment=…]`: the latest 50.
 async fn list_deployments(
     State(surface): State<Arc<HttpSurface>>,
+    SignedIn(session): SignedIn,
     uri: axum::http::Uri,
-    headers: HeaderMap,
 ) -> Response {
-    let session = match session_of(&surface, &headers) {
-        Ok(session) => session,
-        Err(refused) => return *refused,
-    };
     let environment = query_param(&uri, "environment").unwrap_or_default();
     let message = pb::ListDeploymentsRequest {
         environment,
@@ -546,13 +469,7 @@ const MAX_ENVIRONMENTS: i64 = 100;
 
 /// `GET /console/api/current-deployments`: the current deployment of every
 /// environment (the overview's), as a `ListDeploymentsResponse`.
-async fn current_deployments(
-    State(surface): State<Arc<HttpSurface>>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(refused) = session_of(&surface, &headers) {
-        return *refused;
-    }
+async fn current_deployments(State(surface): State<Arc<HttpSurface>>, _: SignedIn) -> Response {
     let Some(store) = &surface.store else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -589,13 +506,12 @@ async fn current_deployments(
 /// session's name is who deployed.
 async fn record_deployment(
     State(surface): State<Arc<HttpSurface>>,
-    headers: HeaderMap,
+    AdminChange(session): AdminChange,
     body: axum::body::Bytes,
 ) -> Response {
     let deployments = surface.deployments.clone();
     admin_change(
-        &surface,
-        &headers,
+        &session,
         &body,
         "/readyd.v1.DeploymentService/RecordDeployment",
         |message: &mut pb::RecordDeploymentRequest, session| {
@@ -610,13 +526,12 @@ async fn record_deployment(
 /// session's name is who rolled back.
 async fn record_rollback(
     State(surface): State<Arc<HttpSurface>>,
-    headers: HeaderMap,
+    AdminChange(session): AdminChange,
     body: axum::body::Bytes,
 ) -> Response {
     let deployments = surface.deployments.clone();
     admin_change(
-        &surface,
-        &headers,
+        &session,
         &body,
         "/readyd.v1.DeploymentService/RecordRollback",
         |message: &mut pb::RecordRollbackRequest, session| {
@@ -634,13 +549,9 @@ const MAX_HISTORY_HOURS: u64 = 7 * 24;
 /// recorded rows of that range, newest first, at most 1,000.
 async fn health_history(
     State(surface): State<Arc<HttpSurface>>,
+    SignedIn(session): SignedIn,
     uri: axum::http::Uri,
-    headers: HeaderMap,
 ) -> Response {
-    let session = match session_of(&surface, &headers) {
-        Ok(session) => session,
-        Err(refused) => return *refused,
-    };
     let hours = match hours_param(&uri) {
         Ok(hours) => hours,
         Err(refused) => return *refused,
@@ -679,12 +590,9 @@ fn hours_param(uri: &axum::http::Uri) -> Result<u64, Box<Response>> {
 /// that range, newest first (see [`crate::store::timeline`]).
 async fn timeline(
     State(surface): State<Arc<HttpSurface>>,
+    _: SignedIn,
     uri: axum::http::Uri,
-    headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = session_of(&surface, &headers) {
-        return *refused;
-    }
     let hours = match hours_param(&uri) {
         Ok(hours) => hours,
         Err(refused) => return *refused,
@@ -736,14 +644,10 @@ async fn timeline(
 /// ([`reveal_config`]), and that is audited.
 async fn list_config(
     State(surface): State<Arc<HttpSurface>>,
+    SignedIn(session): SignedIn,
     uri: axum::http::Uri,
-    headers: HeaderMap,
 ) -> Response {
     const PATH: &str = "/readyd.v1.ConfigService/ListConfigs";
-    let session = match session_of(&surface, &headers) {
-        Ok(session) => session,
-        Err(refused) => return *refused,
-    };
     let message = pb::ListConfigsRequest {
         environment: query_param(&uri, "environment").unwrap_or_default(),
         page_size: 1000,
@@ -802,13 +706,12 @@ fn session_request<T>(session: &Session, message: T) -> Result<tonic::Request<T>
 /// session's change, its name the actor.
 async fn set_config(
     State(surface): State<Arc<HttpSurface>>,
-    headers: HeaderMap,
+    AdminChange(session): AdminChange,
     body: axum::body::Bytes,
 ) -> Response {
     let config = surface.config.clone();
     admin_change(
-        &surface,
-        &headers,
+        &session,
         &body,
         "/readyd.v1.ConfigService/SetConfig",
         |_: &mut pb::SetConfigRequest, _| {},
@@ -822,13 +725,9 @@ async fn set_config(
 /// (action `reveal`, who, the version seen).
 async fn reveal_config(
     State(surface): State<Arc<HttpSurface>>,
-    headers: HeaderMap,
+    AdminChange(session): AdminChange,
     body: axum::body::Bytes,
 ) -> Response {
-    let session = match admin_session(&surface, &headers) {
-        Ok(session) => session,
-        Err(refused) => return *refused,
-    };
     let Ok(request) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -877,13 +776,9 @@ async fn reveal_config(
 /// first (admin sessions, as `ListConfigAudit`).
 async fn config_audit(
     State(surface): State<Arc<HttpSurface>>,
+    SignedIn(session): SignedIn,
     uri: axum::http::Uri,
-    headers: HeaderMap,
 ) -> Response {
-    let session = match session_of(&surface, &headers) {
-        Ok(session) => session,
-        Err(refused) => return *refused,
-    };
     if session.access != Access::Admin {
         return error(
             StatusCode::FORBIDDEN,

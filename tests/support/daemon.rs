@@ -1,8 +1,10 @@
 //! The real `readyd` binary as a child process, for signal, restart and
 //! outage tests: start it, find its address in its "serving" log line,
-//! signal it, wait for it, read its log.
+//! signal it, wait for it, read its log; and the two halves of a relay
+//! fleet, an upstream with a database and a follower of it.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -67,7 +69,7 @@ impl DaemonCommand {
     }
 
     /// Adds `flag` followed by `path`.
-    pub fn arg_path(mut self, flag: &str, path: &std::path::Path) -> DaemonCommand {
+    pub fn arg_path(mut self, flag: &str, path: &Path) -> DaemonCommand {
         self.command.arg(flag).arg(path);
         self
     }
@@ -151,6 +153,38 @@ impl DaemonCommand {
             read: Vec::new(),
         }
     }
+}
+
+/// The replication token of the fleets the tests start: an upstream and
+/// its followers share it.
+pub const REPLICATION_TOKEN: &str = "test-replication-token";
+
+/// A readyd on the database at `db_url`, serving `environment` as instance
+/// `upstream`, that followers holding [`REPLICATION_TOKEN`] may follow.
+/// Further settings (tokens, listeners, intervals) go on the returned
+/// command.
+pub fn upstream(db_url: &str, environment: &str, data_dir: &Path) -> DaemonCommand {
+    DaemonCommand::serve()
+        .env("DATABASE_URL", db_url)
+        .env("READYD_REPLICATION_TOKEN", REPLICATION_TOKEN)
+        .arg_path("--data-dir", data_dir)
+        .args(["--environment", environment, "--instance", "upstream"])
+}
+
+/// A follower of `upstream_url` (no database), serving `environment` as
+/// `instance`, with [`REPLICATION_TOKEN`] and its snapshot in `data_dir`.
+/// Further settings go on the returned command.
+pub fn follower(
+    upstream_url: &str,
+    environment: &str,
+    instance: &str,
+    data_dir: &Path,
+) -> DaemonCommand {
+    DaemonCommand::serve()
+        .env("READYD_UPSTREAM", upstream_url)
+        .env("READYD_REPLICATION_TOKEN", REPLICATION_TOKEN)
+        .arg_path("--data-dir", data_dir)
+        .args(["--environment", environment, "--instance", instance])
 }
 
 /// An address of a "readyd is serving" line: `listen` (gRPC) or `metrics`.

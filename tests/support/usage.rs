@@ -1,5 +1,6 @@
 //! `flag_usage` rows as the tests build and read them: hand-built
-//! histories written by SQL, and the table's sums to compare counts with.
+//! histories written by SQL, and the table's sums to compare counts with;
+//! and flags made old by SQL, the other half of a stale flag's evidence.
 
 use std::collections::BTreeMap;
 
@@ -66,4 +67,17 @@ pub async fn insert_usage(db: &TestDb, key: &str, hours_ago: i32, variant: &str,
     .execute(&db.pool)
     .await
     .expect("insert a usage row");
+}
+
+/// Makes flag `key` one created `days` days ago (a flag inserted by SQL
+/// is created now), so that, never evaluated, it is stale.
+pub async fn age_flag(db: &TestDb, key: &str, days: i32) {
+    sqlx::query(
+        "UPDATE feature_flags SET created_at = now() - make_interval(days => $2) WHERE key = $1",
+    )
+    .bind(key)
+    .bind(days)
+    .execute(&db.pool)
+    .await
+    .expect("an old flag");
 }
