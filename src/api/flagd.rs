@@ -26,6 +26,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api::auth::Audience;
 use crate::api::convert::{from_pb_value, to_pb_struct};
+use crate::api::json_context::JsonField;
 use crate::api::pb::flagd::{evaluation_v1 as v1, evaluation_v2 as v2};
 use crate::api::streams::StreamGate;
 use crate::flags::{CompiledFlag, EvaluationContext, Reason, ValueType};
@@ -110,6 +111,15 @@ pub fn context_of_json(
     context_from(context)
 }
 
+/// [`context_of_json`] for a context read straight from a body's bytes
+/// (see [`crate::api::json_context`]): the fields as sent, a field sent
+/// twice counting once, with its last value, as in a JSON object.
+pub fn context_of_json_fields(
+    fields: Vec<(std::borrow::Cow<'_, str>, JsonField<'_>)>,
+) -> Result<EvaluationContext, Status> {
+    context_from(crate::api::json_context::fields_in_order(fields))
+}
+
 /// A context field's value, as far as the fields readyd reads need to know.
 enum Shape<V> {
     String(String),
@@ -141,6 +151,21 @@ impl ContextValue for Value {
     }
 }
 
+impl ContextValue for JsonField<'_> {
+    fn shape(self) -> Shape<Self> {
+        match self {
+            JsonField::String(text) => Shape::String(text.into_owned()),
+            JsonField::Null => Shape::Null,
+            JsonField::List(list) => Shape::List(list),
+            _ => Shape::Other,
+        }
+    }
+
+    fn into_attribute(self) -> Result<serde_json::Value, String> {
+        crate::api::convert::through_pb(self.into_value())
+    }
+}
+
 impl ContextValue for serde_json::Value {
     fn shape(self) -> Shape<Self> {
         match self {
@@ -158,14 +183,16 @@ impl ContextValue for serde_json::Value {
 
 /// The context of `fields`, whatever their encoding: one set of rules and
 /// errors for every protocol.
-fn context_from<V: ContextValue>(
-    fields: impl IntoIterator<Item = (String, V)>,
-) -> Result<EvaluationContext, Status> {
+fn context_from<K, V>(fields: impl IntoIterator<Item = (K, V)>) -> Result<EvaluationContext, Status>
+where
+    K: AsRef<str> + Into<String>,
+    V: ContextValue,
+{
     let mut user_id = None;
     let mut roles = Vec::new();
     let mut attributes = Map::new();
     for (name, value) in fields {
-        match name.as_str() {
+        match name.as_ref() {
             "targetingKey" => match value.shape() {
                 Shape::String(id) => user_id = Some(id),
                 Shape::Null => {}
@@ -196,10 +223,10 @@ fn context_from<V: ContextValue>(
                 let value = value.into_attribute().map_err(|message| {
                     Status::invalid_argument(format!(
                         "context.{}: {message}",
-                        crate::echo::truncate(&name)
+                        crate::echo::truncate(name.as_ref())
                     ))
                 })?;
-                attributes.insert(name, value);
+                attributes.insert(name.into(), value);
             }
         }
     }
