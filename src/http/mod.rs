@@ -114,10 +114,7 @@ pub fn router(surface: Arc<HttpSurface>) -> Router {
             )
         });
     // After the fallbacks, so requests to no route are observed too.
-    let router = router.layer(axum::middleware::from_fn_with_state(
-        Arc::new(observe::HttpMetrics::default()),
-        observe::observe,
-    ));
+    let router = router.layer(observe::ObserveLayer::default());
     match cors {
         Some(cors) => router.layer(cors).with_state(surface),
         None => router.with_state(surface),
