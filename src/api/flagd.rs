@@ -72,6 +72,48 @@ pub struct Resolved {
     pub flag_version: i64,
 }
 
+/// [`Resolved`] borrowed from the flag evaluated, to be written out
+/// without copies.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ResolvedRef<'a> {
+    /// The value (the flag's on or off value).
+    pub value: &'a serde_json::Value,
+    /// The variant: `on`, `off` or one of the flag's named ones.
+    pub variant: &'a str,
+    /// The reason's name, as flagd spells it.
+    pub reason: &'static str,
+    /// Whether the flag is disabled.
+    pub disabled: bool,
+    /// The evaluated flag's version.
+    pub flag_version: i64,
+}
+
+impl ResolvedRef<'_> {
+    /// The answer, owned.
+    pub fn into_owned(self) -> Resolved {
+        Resolved {
+            value: self.value.clone(),
+            variant: self.variant.to_owned(),
+            reason: self.reason,
+            disabled: self.disabled,
+            flag_version: self.flag_version,
+        }
+    }
+}
+
+impl Resolved {
+    /// The answer, borrowed.
+    pub fn view(&self) -> ResolvedRef<'_> {
+        ResolvedRef {
+            value: &self.value,
+            variant: &self.variant,
+            reason: self.reason,
+            disabled: self.disabled,
+            flag_version: self.flag_version,
+        }
+    }
+}
+
 fn string_value(text: &str) -> Value {
     Value {
         kind: Some(Kind::StringValue(text.to_owned())),
@@ -315,6 +357,20 @@ impl FlagdCore {
         tally: &mut Tally,
         marks: Option<&mut UsageMarks>,
     ) -> Resolved {
+        self.answer_ref(flag, snapshot, context, stale, tally, marks)
+            .into_owned()
+    }
+
+    /// [`FlagdCore::answer`], borrowed from the flag.
+    fn answer_ref<'a>(
+        &self,
+        flag: &'a CompiledFlag,
+        snapshot: &Snapshot,
+        context: &EvaluationContext,
+        stale: bool,
+        tally: &mut Tally,
+        marks: Option<&mut UsageMarks>,
+    ) -> ResolvedRef<'a> {
         let evaluation = match marks {
             Some(marks) => flag.evaluate_marked(&self.environment, context, snapshot, marks),
             None => flag.evaluate(&self.environment, context, snapshot),
@@ -323,9 +379,9 @@ impl FlagdCore {
         let disabled = evaluation.reason == Reason::Disabled;
         let evaluation = evaluation.stale_if(stale);
         tally.add(evaluation.reason);
-        Resolved {
-            value: evaluation.value.clone(),
-            variant: evaluation.variant.to_owned(),
+        ResolvedRef {
+            value: evaluation.value,
+            variant: evaluation.variant,
             reason: evaluation.reason.open_feature_name(),
             disabled,
             flag_version: evaluation.flag_version,
@@ -359,6 +415,20 @@ impl FlagdCore {
         wanted: Wanted,
         audience: Audience,
     ) -> Result<Option<Resolved>, Status> {
+        self.resolve_context_with(key, context, wanted, audience, |answer| answer.into_owned())
+    }
+
+    /// [`FlagdCore::resolve_context`] handing the answer, borrowed from the
+    /// snapshot, to `write` (which writes it out without copying its value
+    /// and variant); `None` when the flag does not exist.
+    pub fn resolve_context_with<T>(
+        &self,
+        key: &str,
+        context: &EvaluationContext,
+        wanted: Wanted,
+        audience: Audience,
+        write: impl FnOnce(ResolvedRef<'_>) -> T,
+    ) -> Result<Option<T>, Status> {
         let snapshot = self.state.snapshot();
         let Some(flag) = snapshot.flag(key).filter(|flag| audience.sees(flag.flag())) else {
             return Ok(None);
@@ -366,9 +436,9 @@ impl FlagdCore {
         let value_type = flag.flag().value_type;
         let mut tally = Tally::default();
         let stale = self.state.freshness().is_stale();
-        let resolved = self.answer(flag, &snapshot, context, stale, &mut tally, None);
+        let resolved = self.answer_ref(flag, &snapshot, context, stale, &mut tally, None);
         self.evaluations.record_tally(&tally);
-        if !type_matches(wanted, value_type, &resolved.value) {
+        if !type_matches(wanted, value_type, resolved.value) {
             return Err(Status::invalid_argument(format!(
                 "flag {:?} is a {} flag{}",
                 crate::echo::truncate(key),
@@ -380,7 +450,7 @@ impl FlagdCore {
                 }
             )));
         }
-        Ok(Some(resolved))
+        Ok(Some(write(resolved)))
     }
 
     /// Whether flag `key` exists and client tokens may evaluate it.

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use super::bulk_cache::{BulkCache, Inputs};
 use super::{json_response, typed_json_response};
 use crate::api::auth::Audience;
-use crate::api::flagd::{FlagdCore, Resolved, Wanted, context_of_json_fields};
+use crate::api::flagd::{FlagdCore, Resolved, ResolvedRef, Wanted, context_of_json_fields};
 use crate::api::json_context::{JsonContext, Skipped, Text};
 
 /// The token of an OFREP request: `Authorization: Bearer …`, or the
@@ -146,12 +146,12 @@ struct Metadata<'a> {
 }
 
 impl<'a> Success<'a> {
-    fn of(key: &'a str, resolved: &'a Resolved) -> Self {
+    fn of(key: &'a str, resolved: ResolvedRef<'a>) -> Self {
         let reason = reason(resolved.reason);
         Success {
             key,
-            value: &resolved.value,
-            variant: &resolved.variant,
+            value: resolved.value,
+            variant: resolved.variant,
             reason,
             metadata: Metadata {
                 flag_version: resolved.flag_version,
@@ -181,8 +181,13 @@ pub fn evaluate(flagd: &FlagdCore, audience: Audience, key: &str, body: &[u8]) -
             );
         }
     };
-    match flagd.resolve_context(key, &context, Wanted::Any, audience) {
-        Ok(Some(resolved)) => typed_json_response(StatusCode::OK, &Success::of(key, &resolved)),
+    // Written while the snapshot is held: the value and variant are not
+    // copied out of it.
+    let answered = flagd.resolve_context_with(key, &context, Wanted::Any, audience, |resolved| {
+        typed_json_response(StatusCode::OK, &Success::of(key, resolved))
+    });
+    match answered {
+        Ok(Some(response)) => response,
         Ok(None) => json_response(
             StatusCode::NOT_FOUND,
             &json!({
@@ -278,7 +283,7 @@ pub fn evaluate_all(
         flags: every
             .answers
             .iter()
-            .map(|(key, resolved)| Success::of(key, resolved))
+            .map(|(key, resolved)| Success::of(key, resolved.view()))
             .collect(),
         event_streams: super::events::descriptor(&ticket()),
     };
