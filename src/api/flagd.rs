@@ -429,7 +429,7 @@ impl FlagdCore {
         audience: Audience,
         write: impl FnOnce(ResolvedRef<'_>) -> T,
     ) -> Result<Option<T>, Status> {
-        let snapshot = self.state.snapshot();
+        let snapshot = self.state.snapshot_briefly();
         let Some(flag) = snapshot.flag(key).filter(|flag| audience.sees(flag.flag())) else {
             return Ok(None);
         };
