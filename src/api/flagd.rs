@@ -26,6 +26,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api::auth::Audience;
 use crate::api::convert::{from_pb_value, to_pb_struct};
+use crate::api::json_context::JsonField;
 use crate::api::pb::flagd::{evaluation_v1 as v1, evaluation_v2 as v2};
 use crate::api::streams::StreamGate;
 use crate::flags::{CompiledFlag, EvaluationContext, Reason, ValueType};
@@ -71,6 +72,48 @@ pub struct Resolved {
     pub flag_version: i64,
 }
 
+/// [`Resolved`] borrowed from the flag evaluated, to be written out
+/// without copies.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ResolvedRef<'a> {
+    /// The value (the flag's on or off value).
+    pub value: &'a serde_json::Value,
+    /// The variant: `on`, `off` or one of the flag's named ones.
+    pub variant: &'a str,
+    /// The reason's name, as flagd spells it.
+    pub reason: &'static str,
+    /// Whether the flag is disabled.
+    pub disabled: bool,
+    /// The evaluated flag's version.
+    pub flag_version: i64,
+}
+
+impl ResolvedRef<'_> {
+    /// The answer, owned.
+    pub fn into_owned(self) -> Resolved {
+        Resolved {
+            value: self.value.clone(),
+            variant: self.variant.to_owned(),
+            reason: self.reason,
+            disabled: self.disabled,
+            flag_version: self.flag_version,
+        }
+    }
+}
+
+impl Resolved {
+    /// The answer, borrowed.
+    pub fn view(&self) -> ResolvedRef<'_> {
+        ResolvedRef {
+            value: &self.value,
+            variant: &self.variant,
+            reason: self.reason,
+            disabled: self.disabled,
+            flag_version: self.flag_version,
+        }
+    }
+}
+
 fn string_value(text: &str) -> Value {
     Value {
         kind: Some(Kind::StringValue(text.to_owned())),
@@ -110,6 +153,15 @@ pub fn context_of_json(
     context_from(context)
 }
 
+/// [`context_of_json`] for a context read straight from a body's bytes
+/// (see [`crate::api::json_context`]): the fields as sent, a field sent
+/// twice counting once, with its last value, as in a JSON object.
+pub fn context_of_json_fields(
+    fields: Vec<(std::borrow::Cow<'_, str>, JsonField<'_>)>,
+) -> Result<EvaluationContext, Status> {
+    context_from(crate::api::json_context::fields_in_order(fields))
+}
+
 /// A context field's value, as far as the fields readyd reads need to know.
 enum Shape<V> {
     String(String),
@@ -141,6 +193,21 @@ impl ContextValue for Value {
     }
 }
 
+impl ContextValue for JsonField<'_> {
+    fn shape(self) -> Shape<Self> {
+        match self {
+            JsonField::String(text) => Shape::String(text.into_owned()),
+            JsonField::Null => Shape::Null,
+            JsonField::List(list) => Shape::List(list),
+            _ => Shape::Other,
+        }
+    }
+
+    fn into_attribute(self) -> Result<serde_json::Value, String> {
+        crate::api::convert::through_pb(self.into_value())
+    }
+}
+
 impl ContextValue for serde_json::Value {
     fn shape(self) -> Shape<Self> {
         match self {
@@ -158,14 +225,16 @@ impl ContextValue for serde_json::Value {
 
 /// The context of `fields`, whatever their encoding: one set of rules and
 /// errors for every protocol.
-fn context_from<V: ContextValue>(
-    fields: impl IntoIterator<Item = (String, V)>,
-) -> Result<EvaluationContext, Status> {
+fn context_from<K, V>(fields: impl IntoIterator<Item = (K, V)>) -> Result<EvaluationContext, Status>
+where
+    K: AsRef<str> + Into<String>,
+    V: ContextValue,
+{
     let mut user_id = None;
     let mut roles = Vec::new();
     let mut attributes = Map::new();
     for (name, value) in fields {
-        match name.as_str() {
+        match name.as_ref() {
             "targetingKey" => match value.shape() {
                 Shape::String(id) => user_id = Some(id),
                 Shape::Null => {}
@@ -196,10 +265,10 @@ fn context_from<V: ContextValue>(
                 let value = value.into_attribute().map_err(|message| {
                     Status::invalid_argument(format!(
                         "context.{}: {message}",
-                        crate::echo::truncate(&name)
+                        crate::echo::truncate(name.as_ref())
                     ))
                 })?;
-                attributes.insert(name, value);
+                attributes.insert(name.into(), value);
             }
         }
     }
@@ -288,6 +357,20 @@ impl FlagdCore {
         tally: &mut Tally,
         marks: Option<&mut UsageMarks>,
     ) -> Resolved {
+        self.answer_ref(flag, snapshot, context, stale, tally, marks)
+            .into_owned()
+    }
+
+    /// [`FlagdCore::answer`], borrowed from the flag.
+    fn answer_ref<'a>(
+        &self,
+        flag: &'a CompiledFlag,
+        snapshot: &Snapshot,
+        context: &EvaluationContext,
+        stale: bool,
+        tally: &mut Tally,
+        marks: Option<&mut UsageMarks>,
+    ) -> ResolvedRef<'a> {
         let evaluation = match marks {
             Some(marks) => flag.evaluate_marked(&self.environment, context, snapshot, marks),
             None => flag.evaluate(&self.environment, context, snapshot),
@@ -296,9 +379,9 @@ impl FlagdCore {
         let disabled = evaluation.reason == Reason::Disabled;
         let evaluation = evaluation.stale_if(stale);
         tally.add(evaluation.reason);
-        Resolved {
-            value: evaluation.value.clone(),
-            variant: evaluation.variant.to_owned(),
+        ResolvedRef {
+            value: evaluation.value,
+            variant: evaluation.variant,
             reason: evaluation.reason.open_feature_name(),
             disabled,
             flag_version: evaluation.flag_version,
@@ -332,16 +415,30 @@ impl FlagdCore {
         wanted: Wanted,
         audience: Audience,
     ) -> Result<Option<Resolved>, Status> {
-        let snapshot = self.state.snapshot();
+        self.resolve_context_with(key, context, wanted, audience, |answer| answer.into_owned())
+    }
+
+    /// [`FlagdCore::resolve_context`] handing the answer, borrowed from the
+    /// snapshot, to `write` (which writes it out without copying its value
+    /// and variant); `None` when the flag does not exist.
+    pub fn resolve_context_with<T>(
+        &self,
+        key: &str,
+        context: &EvaluationContext,
+        wanted: Wanted,
+        audience: Audience,
+        write: impl FnOnce(ResolvedRef<'_>) -> T,
+    ) -> Result<Option<T>, Status> {
+        let snapshot = self.state.snapshot_briefly();
         let Some(flag) = snapshot.flag(key).filter(|flag| audience.sees(flag.flag())) else {
             return Ok(None);
         };
         let value_type = flag.flag().value_type;
         let mut tally = Tally::default();
         let stale = self.state.freshness().is_stale();
-        let resolved = self.answer(flag, &snapshot, context, stale, &mut tally, None);
+        let resolved = self.answer_ref(flag, &snapshot, context, stale, &mut tally, None);
         self.evaluations.record_tally(&tally);
-        if !type_matches(wanted, value_type, &resolved.value) {
+        if !type_matches(wanted, value_type, resolved.value) {
             return Err(Status::invalid_argument(format!(
                 "flag {:?} is a {} flag{}",
                 crate::echo::truncate(key),
@@ -353,7 +450,7 @@ impl FlagdCore {
                 }
             )));
         }
-        Ok(Some(resolved))
+        Ok(Some(write(resolved)))
     }
 
     /// Whether flag `key` exists and client tokens may evaluate it.

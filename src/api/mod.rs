@@ -10,6 +10,7 @@ pub mod flagd;
 pub mod flags;
 pub mod grpc_health;
 pub mod health;
+pub mod json_context;
 pub mod lazy;
 pub mod observe;
 pub mod pb;

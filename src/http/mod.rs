@@ -114,10 +114,7 @@ pub fn router(surface: Arc<HttpSurface>) -> Router {
             )
         });
     // After the fallbacks, so requests to no route are observed too.
-    let router = router.layer(axum::middleware::from_fn_with_state(
-        Arc::new(observe::HttpMetrics::default()),
-        observe::observe,
-    ));
+    let router = router.layer(observe::ObserveLayer::default());
     match cors {
         Some(cors) => router.layer(cors).with_state(surface),
         None => router.with_state(surface),
@@ -644,27 +641,78 @@ async fn ofrep_events(State(surface): State<Arc<HttpSurface>>, uri: Uri) -> Resp
     }
 }
 
+/// `Cache-Control` of every answer.
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+/// `X-Content-Type-Options` of every answer.
+const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
+/// `Content-Type` of the JSON answers.
+const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+
 /// Headers every answer carries: answers are live state, never cached.
 fn plain_headers(content_type: &'static str) -> [(header::HeaderName, HeaderValue); 3] {
+    typed_headers(HeaderValue::from_static(content_type))
+}
+
+/// [`plain_headers`] for a content type already made (the values are
+/// constants: nothing is checked per answer).
+fn typed_headers(content_type: HeaderValue) -> [(header::HeaderName, HeaderValue); 3] {
     [
-        (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
-        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        (
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ),
+        (header::CONTENT_TYPE, content_type),
+        (header::CACHE_CONTROL, NO_STORE),
+        (header::X_CONTENT_TYPE_OPTIONS, NOSNIFF),
     ]
 }
 
+/// A JSON answer of `body`.
 pub(crate) fn json_response(code: StatusCode, body: &serde_json::Value) -> Response {
-    (code, plain_headers("application/json"), body.to_string()).into_response()
+    typed_json_response(code, body)
 }
 
-/// [`json_response`] for a body of a type that serialises itself (no
+/// Answers up to this size are written into a buffer kept by the thread,
+/// then copied out at their exact size; larger ones are written into a
+/// buffer of their own.
+const SMALL_ANSWER: usize = 4096;
+
+thread_local! {
+    /// Where small answers are written: one allocation per answer (its
+    /// exact-size copy, which the body then owns as is) instead of a
+    /// growing buffer and the shared header `Bytes` adds to a buffer
+    /// that is not full.
+    static ANSWER_BUFFER: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(Vec::with_capacity(SMALL_ANSWER));
+}
+
+/// `body` as JSON: the bytes of its answer.
+fn json_bytes(body: &impl serde::Serialize) -> serde_json::Result<axum::body::Bytes> {
+    let written = ANSWER_BUFFER.try_with(|kept| {
+        // Taken, not borrowed: a body's `Serialize` that answered again on
+        // this thread would find an empty buffer, never a borrowed one.
+        let mut buffer = kept.take();
+        buffer.clear();
+        let written = serde_json::to_writer(&mut buffer, body).map(|()| {
+            if buffer.len() <= SMALL_ANSWER {
+                axum::body::Bytes::from(buffer.as_slice().to_vec())
+            } else {
+                axum::body::Bytes::from(std::mem::take(&mut buffer))
+            }
+        });
+        if buffer.capacity() <= SMALL_ANSWER {
+            kept.replace(buffer);
+        }
+        written
+    });
+    match written {
+        Ok(written) => written,
+        // The thread is ending: no buffer to keep.
+        Err(_) => serde_json::to_vec(body).map(axum::body::Bytes::from),
+    }
+}
+
+/// A JSON answer of a body of a type that serialises itself (no
 /// `serde_json::Value` tree built first).
 pub(crate) fn typed_json_response(code: StatusCode, body: &impl serde::Serialize) -> Response {
-    match serde_json::to_vec(body) {
-        Ok(bytes) => (code, plain_headers("application/json"), bytes).into_response(),
+    match json_bytes(body) {
+        Ok(bytes) => (code, typed_headers(APPLICATION_JSON), bytes).into_response(),
         // Only a map with non-string keys fails, which no answer has.
         Err(err) => error(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -13,12 +13,14 @@ use std::hash::{Hash, Hasher};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Value, json};
 
 use super::bulk_cache::{BulkCache, Inputs};
 use super::{json_response, typed_json_response};
 use crate::api::auth::Audience;
-use crate::api::flagd::{FlagdCore, Resolved, Wanted, context_of_json};
+use crate::api::flagd::{FlagdCore, Resolved, ResolvedRef, Wanted, context_of_json_fields};
+use crate::api::json_context::{JsonContext, Skipped, Text};
 
 /// The token of an OFREP request: `Authorization: Bearer …`, or the
 /// `X-API-Key` header the providers also offer, as a bearer value.
@@ -34,25 +36,77 @@ pub fn authorization(headers: &HeaderMap) -> Option<HeaderValue> {
 type Refusal = (&'static str, String);
 
 /// The evaluation context of a request body `{"context": {…}}` (an empty
-/// body or no `context` is an empty context).
+/// body or no `context` is an empty context). Read straight from the bytes
+/// (see [`crate::api::json_context`]); it answers as reading the body into
+/// a `serde_json::Value` first would, errors included.
 fn context(body: &[u8]) -> Result<crate::flags::EvaluationContext, Refusal> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(crate::flags::EvaluationContext::default());
     }
-    let request: Value = serde_json::from_slice(body)
+    let request: Body<'_> = serde_json::from_slice(body)
         .map_err(|err| ("PARSE_ERROR", format!("the body is not JSON: {err}")))?;
-    let context = match request {
-        Value::Object(mut request) => request.remove("context"),
-        _ => None,
-    };
-    match context {
-        None | Some(Value::Null) => Ok(crate::flags::EvaluationContext::default()),
-        Some(Value::Object(context)) => context_of_json(context)
+    match request.context {
+        None | Some(JsonContext::Null) => Ok(crate::flags::EvaluationContext::default()),
+        Some(JsonContext::Object(fields)) => context_of_json_fields(fields)
             .map_err(|status| ("INVALID_CONTEXT", status.message().to_owned())),
-        Some(_) => Err((
+        Some(JsonContext::Other) => Err((
             "INVALID_CONTEXT",
             "context must be a JSON object".to_owned(),
         )),
+    }
+}
+
+/// A request body: any JSON; an object's `context` is the context (the
+/// last one, if sent twice), its other fields are parsed and dropped.
+struct Body<'de> {
+    /// The `context` field, if there is one.
+    context: Option<JsonContext<'de>>,
+}
+
+impl<'de> Deserialize<'de> for Body<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BodyVisitor;
+        impl<'de> Visitor<'de> for BodyVisitor {
+            type Value = Body<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut context = None;
+                while let Some(Text(name)) = map.next_key::<Text<'de>>()? {
+                    if name == "context" {
+                        context = Some(map.next_value::<JsonContext<'de>>()?);
+                    } else {
+                        map.next_value::<Skipped>()?;
+                    }
+                }
+                Ok(Body { context })
+            }
+            // Anything but an object has no context.
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Skipped::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(Body { context: None })
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Body { context: None })
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Body { context: None })
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Body { context: None })
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Body { context: None })
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Body { context: None })
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Body { context: None })
+            }
+        }
+        deserializer.deserialize_any(BodyVisitor)
     }
 }
 
@@ -92,12 +146,12 @@ struct Metadata<'a> {
 }
 
 impl<'a> Success<'a> {
-    fn of(key: &'a str, resolved: &'a Resolved) -> Self {
+    fn of(key: &'a str, resolved: ResolvedRef<'a>) -> Self {
         let reason = reason(resolved.reason);
         Success {
             key,
-            value: &resolved.value,
-            variant: &resolved.variant,
+            value: resolved.value,
+            variant: resolved.variant,
             reason,
             metadata: Metadata {
                 flag_version: resolved.flag_version,
@@ -127,8 +181,13 @@ pub fn evaluate(flagd: &FlagdCore, audience: Audience, key: &str, body: &[u8]) -
             );
         }
     };
-    match flagd.resolve_context(key, &context, Wanted::Any, audience) {
-        Ok(Some(resolved)) => typed_json_response(StatusCode::OK, &Success::of(key, &resolved)),
+    // Written while the snapshot is held: the value and variant are not
+    // copied out of it.
+    let answered = flagd.resolve_context_with(key, &context, Wanted::Any, audience, |resolved| {
+        typed_json_response(StatusCode::OK, &Success::of(key, resolved))
+    });
+    match answered {
+        Ok(Some(response)) => response,
         Ok(None) => json_response(
             StatusCode::NOT_FOUND,
             &json!({
@@ -224,7 +283,7 @@ pub fn evaluate_all(
         flags: every
             .answers
             .iter()
-            .map(|(key, resolved)| Success::of(key, resolved))
+            .map(|(key, resolved)| Success::of(key, resolved.view()))
             .collect(),
         event_streams: super::events::descriptor(&ticket()),
     };
@@ -269,6 +328,7 @@ fn etag(answers: &[(String, Resolved)], window: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn contexts_read_as_openfeature_ones_and_bad_ones_are_named() {
@@ -293,6 +353,141 @@ mod tests {
                 .0,
             "INVALID_CONTEXT"
         );
+    }
+
+    /// The context as it was read before it was read from the bytes: the
+    /// whole body into a `serde_json::Value`, then its `context`.
+    fn context_read_whole(body: &[u8]) -> Result<crate::flags::EvaluationContext, Refusal> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(crate::flags::EvaluationContext::default());
+        }
+        let request: Value = serde_json::from_slice(body)
+            .map_err(|err| ("PARSE_ERROR", format!("the body is not JSON: {err}")))?;
+        let context = match request {
+            Value::Object(mut request) => request.remove("context"),
+            _ => None,
+        };
+        match context {
+            None | Some(Value::Null) => Ok(crate::flags::EvaluationContext::default()),
+            Some(Value::Object(context)) => crate::api::flagd::context_of_json(context)
+                .map_err(|status| ("INVALID_CONTEXT", status.message().to_owned())),
+            Some(_) => Err((
+                "INVALID_CONTEXT",
+                "context must be a JSON object".to_owned(),
+            )),
+        }
+    }
+
+    /// JSON text, with names sent twice, escapes, and numbers of every kind.
+    fn json_text() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            Just("false".to_owned()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|n| serde_json::Value::from(n).to_string()),
+            Just("-0".to_owned()),
+            Just("1e400".to_owned()),
+            Just("1.5e3".to_owned()),
+            "[a-z\\\\\"\n é]{0,5}".prop_map(|text| Value::from(text).to_string()),
+            Just(r#""\u0075\u0031""#.to_owned()),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            let name = prop_oneof![
+                Just(r#""targetingKey""#),
+                Just(r#""role""#),
+                Just(r#""roles""#),
+                Just(r#""context""#),
+                Just(r#""a""#),
+                Just(r#""\u0061""#),
+                Just(r#""b""#),
+            ];
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|items| format!("[{}]", items.join(","))),
+                prop::collection::vec((name, inner), 0..5).prop_map(|fields| {
+                    let fields: Vec<String> = fields
+                        .into_iter()
+                        .map(|(name, value)| format!("{name}: {value}"))
+                        .collect();
+                    format!("{{{}}}", fields.join(", "))
+                }),
+            ]
+        })
+    }
+
+    /// A request body: mostly `{"context": {…}}` with fields readyd reads
+    /// (of right and wrong types), sometimes anything, cut short or with
+    /// something after it.
+    fn body() -> impl Strategy<Value = String> {
+        let field = prop_oneof![
+            Just("targetingKey"),
+            Just("role"),
+            Just("roles"),
+            Just("country"),
+            Just("ro\\u006ce"),
+            Just("z"),
+        ];
+        let value = prop_oneof![
+            json_text(),
+            prop::collection::vec("[a-z]{0,3}", 0..3)
+                .prop_map(|roles| Value::from(roles).to_string()),
+        ];
+        let context = prop::collection::vec((field, value), 0..6).prop_map(|fields| {
+            let fields: Vec<String> = fields
+                .into_iter()
+                .map(|(name, value)| format!("\"{name}\": {value}"))
+                .collect();
+            format!("{{{}}}", fields.join(", "))
+        });
+        let request = (context, json_text(), any::<bool>())
+            .prop_map(|(context, other, twice)| {
+                if twice {
+                    format!(r#"{{"context": {other}, "x": {other}, "context": {context}}}"#)
+                } else {
+                    format!(r#"{{"x": [{other}], "context": {context}}}"#)
+                }
+            })
+            .boxed();
+        prop_oneof![
+            4 => request.clone(),
+            1 => json_text(),
+            1 => (request.clone(), any::<prop::sample::Index>())
+                .prop_map(|(body, cut)| {
+                    body.get(..cut.index(body.len() + 1)).unwrap_or(&body).to_owned()
+                }),
+            1 => (request, "[ ,}\\]a-z0-9]{1,3}").prop_map(|(body, tail)| body + &tail),
+        ]
+        .prop_filter("cut on a character boundary", |body| !body.is_empty())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Reading the context straight from the bytes answers exactly as
+        /// reading the body whole did: the same context, or the same error
+        /// code and message.
+        #[test]
+        fn contexts_read_from_the_bytes_as_from_the_whole_body(body in body()) {
+            prop_assert_eq!(context(body.as_bytes()), context_read_whole(body.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn deep_bodies_are_refused_as_before() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        for body in [
+            format!(r#"{{"x": {deep}, "context": {{}}}}"#),
+            format!(r#"{{"context": {{"a": {deep}}}}}"#),
+            format!(r#"{{"context": {deep}}}"#),
+            deep.clone(),
+            r#"{"x": 1e400, "context": {}}"#.to_owned(),
+        ] {
+            let read = context(body.as_bytes());
+            assert_eq!(read, context_read_whole(body.as_bytes()));
+            assert_eq!(read.expect_err("refused").0, "PARSE_ERROR");
+        }
     }
 
     #[test]

@@ -177,6 +177,14 @@ impl State {
         self.current.load_full()
     }
 
+    /// The current snapshot, for a short read on this thread (one
+    /// evaluation): no count is taken on the snapshot's `Arc`, whose count
+    /// every core would otherwise write to on every request. Hold it
+    /// briefly, never across an `.await`.
+    pub fn snapshot_briefly(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
     /// Whether the snapshot is current; answers say `STALE` when not.
     pub fn freshness(&self) -> &Arc<Freshness> {
         &self.freshness
