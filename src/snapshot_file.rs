@@ -244,10 +244,12 @@ async fn save(state: &State, path: &Path, environment: &str) {
     // during an outage does not make old data look new.
     let behind = chrono::Duration::from_std(state.freshness().behind_for()).unwrap_or_default();
     let known_current_at = Utc::now() - behind;
-    // On a thread of its own at the lowest priority: encoding a large
-    // snapshot takes milliseconds of CPU, and every follower of a fleet
-    // saves within the same second after a change; at normal priority
-    // those saves delayed the next change's delivery on a shared core.
+    // On a thread of its own at the scheduler's lowest weight (SCHED_IDLE:
+    // any other thread that wakes takes the core from it): encoding a large snapshot takes milliseconds of
+    // CPU, and every follower of a fleet saves within the same second after
+    // a change. At normal priority those saves delayed the next change's
+    // delivery on a shared core; at nice 19 a hundred of them together
+    // still outweighed one normal thread.
     let (done, written) = tokio::sync::oneshot::channel();
     let spawned = std::thread::Builder::new()
         .name("snapshot-save".to_owned())
@@ -255,16 +257,25 @@ async fn save(state: &State, path: &Path, environment: &str) {
             lower_this_threads_priority();
             let written = encode(&snapshot, &environment, known_current_at)
                 .and_then(|bytes| write_atomically(&path, &bytes));
-            // The encoding is freed into this thread's arena, which glibc
-            // would keep resident: give it back before the thread ends.
-            crate::memory::trim_now();
-            let _ = done.send(written);
+            // The snapshot goes back to be dropped at normal priority: if
+            // it is the last reference, freeing it takes the allocator
+            // locks of the threads that built it, which a thread that
+            // may wait for long must not hold.
+            let _ = done.send((written, snapshot));
         });
     if let Err(err) = spawned {
         tracing::warn!(error = %err, "saving the snapshot to disk failed: no thread for it");
         return;
     }
-    match written.await {
+    let written = written.await.map(|(written, snapshot)| {
+        drop(snapshot);
+        // The encoding was freed into the saving thread's arena, which
+        // glibc would keep resident: give it back. Here, not on that
+        // thread, for the same reason as the drop.
+        crate::memory::trim_now();
+        written
+    });
+    match written {
         Ok(Ok(())) => tracing::debug!(version, "snapshot saved to disk"),
         Ok(Err(err)) => tracing::warn!(error = %err, "could not save the snapshot to disk"),
         Err(_) => {
@@ -273,15 +284,24 @@ async fn save(state: &State, path: &Path, environment: &str) {
     }
 }
 
-/// Gives the calling thread the lowest scheduling priority (nice 19), for
-/// work that may wait while requests are served. Lowering a priority needs
-/// no privilege; where it fails, the work runs at the usual priority.
+/// Gives the calling thread the lowest scheduling priority, for work that
+/// may wait while requests are served: `SCHED_IDLE`, the scheduler's
+/// lowest weight (a fifth of nice 19's), which gives way at once to any
+/// other thread that wakes (at nice 19 a hundred such threads together
+/// outweighed one normal thread); nice 19 where `SCHED_IDLE` is refused. Lowering a priority
+/// needs no privilege; where both fail, the work runs at the usual
+/// priority.
 fn lower_this_threads_priority() {
     #[cfg(target_os = "linux")]
-    // SAFETY: setpriority and gettid have no memory-safety preconditions;
-    // on Linux the nice value belongs to the thread named by its id.
+    // SAFETY: sched_setscheduler, setpriority and gettid have no
+    // memory-safety preconditions (the parameter is a valid, initialised
+    // struct); on Linux both apply to the thread named by its id (0: the
+    // calling thread).
     unsafe {
-        let _ = libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+        let param = libc::sched_param { sched_priority: 0 };
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+            let _ = libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+        }
     }
 }
 
@@ -351,19 +371,19 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn the_saving_thread_runs_at_the_lowest_priority_and_others_do_not() {
+    fn the_saving_thread_runs_only_when_nothing_else_would_and_others_are_unchanged() {
         // SAFETY: getpriority and gettid have no preconditions.
-        let nice =
-            || unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
-        let before = nice();
+        let policy = || unsafe { libc::sched_getscheduler(0) };
+        let before = policy();
         let lowered = std::thread::spawn(move || {
             lower_this_threads_priority();
-            nice()
+            policy()
         })
         .join()
         .expect("the thread");
-        assert_eq!(lowered, 19);
-        assert_eq!(nice(), before, "only the calling thread is lowered");
+        assert_eq!(lowered, libc::SCHED_IDLE);
+        assert_eq!(policy(), before, "only the calling thread is lowered");
+        assert_ne!(before, libc::SCHED_IDLE);
     }
 
     fn flag(key: String, enabled: bool, rollout: u8, users: Vec<String>) -> Flag {
