@@ -186,9 +186,10 @@ async fn every_session_of_readyd_carries_the_bounds() {
             lock: Duration::from_millis(1500),
         },
     );
-    let settings: (String, String, String) = sqlx::query_as(
+    let settings: (String, String, String, Option<String>) = sqlx::query_as(
         "SELECT current_setting('statement_timeout'), current_setting('lock_timeout'), \
-                current_setting('idle_in_transaction_session_timeout')",
+                current_setting('idle_in_transaction_session_timeout'), \
+                current_setting('jit', true)",
     )
     .fetch_one(store.pool())
     .await
@@ -198,7 +199,9 @@ async fn every_session_of_readyd_carries_the_bounds() {
         (
             "4500ms".to_owned(),
             "1500ms".to_owned(),
-            "4500ms".to_owned()
+            "4500ms".to_owned(),
+            // JIT compilation off (the server's default is on).
+            Some("off".to_owned())
         )
     );
     // A statement that runs longer is cancelled, and says so.

@@ -26,7 +26,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The bounds on every statement of readyd's own sessions, so that a session
 /// holding a lock (e.g. someone's `psql` left idle in a transaction after an
 /// `UPDATE feature_flags`) makes writes fail after a while instead of
-/// holding pool connections forever.
+/// holding pool connections forever. Every session also runs without JIT
+/// compilation (see [`DbTimeouts::set_statements`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DbTimeouts {
     /// `statement_timeout`: longest a statement may run (zero: no limit).
@@ -44,7 +45,13 @@ impl DbTimeouts {
     /// Default of `--db-lock-timeout`.
     pub const DEFAULT_LOCK: Duration = Duration::from_secs(2);
 
-    /// The `SET` statements that apply these bounds to a session.
+    /// The `SET` statements that apply these bounds to a session, and turn
+    /// JIT compilation off: readyd's statements read a handful of rows,
+    /// and a planner without statistics yet (tables just filled) can
+    /// estimate them above `jit_above_cost`, whereupon compiling each one
+    /// took 100 to 300 ms of the server's CPU, on the path of every change
+    /// to its subscribers. `set_config` through `pg_settings` because a
+    /// server built without JIT support has no such setting.
     fn set_statements(&self) -> String {
         // Whole milliseconds, computed here: nothing from outside reaches
         // the SQL text.
@@ -58,7 +65,8 @@ impl DbTimeouts {
         };
         format!(
             "SET statement_timeout = {}; SET lock_timeout = {}; \
-             SET idle_in_transaction_session_timeout = {}",
+             SET idle_in_transaction_session_timeout = {}; \
+             SELECT set_config(name, 'off', false) FROM pg_settings WHERE name = 'jit'",
             ms(self.statement),
             ms(self.lock),
             ms(self.statement)
