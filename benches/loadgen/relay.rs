@@ -181,6 +181,40 @@ enum Kind {
     Lightweight = 2,
 }
 
+/// One timed update, for the slowest ones' report.
+struct SlowUpdate {
+    update: usize,
+    /// When it was done, from the first update sent.
+    at: Duration,
+    committed: Duration,
+    /// The first and last of the upstream's own subscribers.
+    direct: (Duration, Duration),
+    /// The last of the real followers' subscribers.
+    subscribers: Duration,
+    /// The last lightweight stream.
+    lightweight: Duration,
+    /// The last of every follower.
+    slowest: Duration,
+}
+
+impl std::fmt::Display for SlowUpdate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        write!(
+            f,
+            "update {} done {:.1} s in: every follower {:.1} ms; commit {:.1} ms, the upstream's subscribers first/last {:.1}/{:.1} ms, followers' subscribers last {:.1} ms, lightweight last {:.1} ms",
+            self.update,
+            self.at.as_secs_f64(),
+            ms(self.slowest),
+            ms(self.committed),
+            ms(self.direct.0),
+            ms(self.direct.1),
+            ms(self.subscribers),
+            ms(self.lightweight),
+        )
+    }
+}
+
 /// A stream has received `version`.
 struct Seen {
     kind: Kind,
@@ -619,6 +653,8 @@ impl Bench {
             };
             // One untimed update first: the first change after the
             // snapshots touches code and memory none has touched yet.
+            let updates_started = Instant::now();
+            let mut slowest_updates = Vec::with_capacity(plan.updates);
             for update in 0..=plan.updates {
                 let sent = Instant::now();
                 let version: i64 = sqlx::query_scalar(
@@ -657,7 +693,26 @@ impl Bench {
                 }
                 if let Some(&slowest) = every.iter().max() {
                     load::record(&mut fleet.whole_fleet_us, slowest);
+                    slowest_updates.push(SlowUpdate {
+                        update,
+                        at: updates_started.elapsed(),
+                        committed,
+                        direct: (
+                            direct.iter().min().copied().unwrap_or_default(),
+                            direct.iter().max().copied().unwrap_or_default(),
+                        ),
+                        subscribers: subscribers.iter().max().copied().unwrap_or_default(),
+                        lightweight: light.iter().max().copied().unwrap_or_default(),
+                        slowest,
+                    });
                 }
+            }
+            // Which updates make the tail, and whether the hop that needs
+            // no follower (the upstream's own subscribers) was as slow: on
+            // stderr, for finding out why.
+            slowest_updates.sort_by_key(|update| std::cmp::Reverse(update.slowest));
+            for slow in slowest_updates.iter().take(5) {
+                eprintln!("relay {total}: {slow}");
             }
             fleets.push(fleet);
         }
