@@ -99,8 +99,8 @@ async fn constant(_body: axum::body::Bytes) -> axum::response::Response {
 
 /// Binds a loopback port and serves the HTTP baseline on it until `stop`
 /// fires: readyd's `http::serve` without readyd's routes, layers and
-/// handlers. Like readyd's HTTP listener, it leaves TCP_NODELAY unset
-/// (`axum::serve` does not set it).
+/// handlers. Like readyd's HTTP listener, it sets TCP_NODELAY on every
+/// connection (`axum::serve` alone does not).
 pub async fn start_http(stop: CancellationToken) -> SocketAddr {
     use axum::routing::post;
     let listener = TcpListener::bind("127.0.0.1:0")
@@ -112,6 +112,9 @@ pub async fn start_http(stop: CancellationToken) -> SocketAddr {
     let router = axum::Router::new()
         .route("/ofrep/v1/evaluate/flags/{key}", post(constant))
         .route("/ofrep/v1/evaluate/flags", post(constant));
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move {
         axum::serve(
             listener,
