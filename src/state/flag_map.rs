@@ -72,11 +72,6 @@ impl FlagMap {
         self.shards[shard].find(hash, |flag| flag.key() == key)
     }
 
-    /// Whether flag `key` is here.
-    pub fn contains_key(&self, key: &str) -> bool {
-        self.get(key).is_some()
-    }
-
     /// How many flags.
     pub fn len(&self) -> usize {
         self.len
