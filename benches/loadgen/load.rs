@@ -41,6 +41,30 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
+    /// A report of nothing yet, to [`Self::add`] runs to.
+    pub fn empty() -> Self {
+        LoadReport {
+            requests: 0,
+            errors: 0,
+            first_error: None,
+            elapsed: Duration::ZERO,
+            latency_us: histogram(),
+        }
+    }
+
+    /// Adds `run` (a later run of the same load) to this report.
+    pub fn add(&mut self, run: LoadReport) {
+        self.requests += run.requests;
+        self.errors += run.errors;
+        if self.first_error.is_none() {
+            self.first_error = run.first_error;
+        }
+        self.elapsed += run.elapsed;
+        self.latency_us
+            .add(&run.latency_us)
+            .expect("histograms with equal bounds add");
+    }
+
     /// Answered requests per second of wall time.
     pub fn per_second(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
@@ -136,13 +160,7 @@ where
             (latency, errors, first_error)
         }));
     }
-    let mut report = LoadReport {
-        requests: 0,
-        errors: 0,
-        first_error: None,
-        elapsed: Duration::ZERO,
-        latency_us: histogram(),
-    };
+    let mut report = LoadReport::empty();
     for caller in callers {
         let (latency, errors, first_error) = caller.await.expect("a caller panicked");
         report

@@ -86,11 +86,15 @@ struct Args {
     /// Follower restarts timed by the relay scenario.
     #[arg(long, default_value_t = 10)]
     restarts: usize,
-    /// Rounds of the OFREP scenarios: the HTTP baseline and readyd's runs
-    /// alternate, so each of readyd's runs has a baseline run on either
-    /// side of it (a machine whose speed drifts moves both).
+    /// Rounds of the OFREP scenarios, each judged on its own: within a
+    /// round the HTTP baseline and readyd's runs take turns every
+    /// `--ofrep-slice` for `--duration` each, so a machine whose speed
+    /// drifts, even within seconds, moves both alike.
     #[arg(long, default_value_t = 3)]
     ofrep_rounds: usize,
+    /// How long each server is loaded in its turn within an OFREP round.
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    ofrep_slice: Duration,
     /// readyd's `--log` filter; readyd must still log "readyd is serving".
     #[arg(long, default_value = "info")]
     readyd_log: String,
@@ -141,6 +145,7 @@ impl Args {
                 restarts: self.restarts,
             },
             ofrep_rounds: self.ofrep_rounds.max(1),
+            ofrep_slice: self.ofrep_slice.max(Duration::from_millis(10)),
         }
     }
 }

@@ -1,8 +1,11 @@
 //! The OFREP scenarios: readyd's HTTP surface over HTTP/1.1 keep-alive, next
 //! to the HTTP baseline (a bare axum server answering a constant body,
-//! `baseline::start_http`) measured in the same run: the baseline and
-//! readyd take turns (`--ofrep-rounds`), so each of readyd's runs is
-//! compared with the baseline runs just before and after it.
+//! `baseline::start_http`) measured in the same run. In each round
+//! (`--ofrep-rounds`) the baseline and readyd's runs take turns every
+//! `--ofrep-slice` (250 ms) until each has had `--duration`, and readyd's
+//! figures are compared with the baseline's of the same round: a virtual
+//! machine's speed moves by a third within seconds, and turns this short
+//! move both alike.
 //!
 //! - `ofrep`: `POST /ofrep/v1/evaluate/flags/bench_rollout` with a random
 //!   user, no token (the run sets no read token, as for the gRPC scenarios).
@@ -31,9 +34,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::baseline;
 use crate::http1::{self, Connection, exchange};
+use crate::load;
 use crate::load::Dice;
 use crate::process::Server;
-use crate::scenarios::{BATCH, BaselineMode, Bench, ROLLOUT_FLAG, Throughput, measure};
+use crate::scenarios::{BATCH, BaselineMode, Bench, ROLLOUT_FLAG, Throughput, measure_for};
 use crate::support::TestDb;
 
 /// The client token of the bulk scenario.
@@ -140,9 +144,10 @@ async fn bulk_once(connection: Connection, state: BulkState) -> Result<(), Strin
     }
 }
 
-/// One round of the OFREP scenarios: the HTTP baseline, then readyd.
+/// One round of the OFREP scenarios: the HTTP baseline and readyd's runs,
+/// loaded in turn, a slice each.
 pub struct OfrepRound {
-    /// The HTTP baseline, just before readyd's runs of this round.
+    /// The HTTP baseline, its slices of this round added up.
     pub baseline: Throughput,
     /// Single evaluations, when run.
     pub single: Option<Throughput>,
@@ -154,9 +159,8 @@ pub struct OfrepRound {
 pub struct Ofrep {
     /// The rounds, in the order run.
     pub rounds: Vec<OfrepRound>,
-    /// The HTTP baseline after the last round: every round's readyd runs
-    /// have a baseline run before and after them.
-    pub baseline_last: Throughput,
+    /// How long each server was loaded in its turn.
+    pub slice: Duration,
     /// Flags in the bulk answer (read once, with a 200).
     pub bulk_flags: usize,
     /// Bulk requests answered 200 instead of 304 during the runs (a new
@@ -164,17 +168,6 @@ pub struct Ofrep {
     pub bulk_refetches: u64,
     /// HTTP/1.1 connections (one request in flight on each).
     pub connections: usize,
-}
-
-impl Ofrep {
-    /// The baseline runs on either side of round `index`'s readyd runs.
-    pub fn baselines_around(&self, index: usize) -> [&Throughput; 2] {
-        let after = self
-            .rounds
-            .get(index + 1)
-            .map_or(&self.baseline_last, |next| &next.baseline);
-        [&self.rounds[index].baseline, after]
-    }
 }
 
 /// The address in readyd's "readyd is serving" line's `http=` field.
@@ -286,40 +279,66 @@ impl Bench {
             });
         }
 
+        // Each server in turn for a slice, so that the machine's speed,
+        // which on a virtual machine moves by a third within seconds, is
+        // the same for the baseline and readyd in every round.
+        let slice = self.plan.ofrep_slice;
+        let slices = (shape.duration.as_secs_f64() / slice.as_secs_f64())
+            .ceil()
+            .max(1.0) as usize;
+        let concurrency = shape.concurrency;
+        let evaluate =
+            |connection: Connection, dice: &mut Dice| evaluate_once(connection, single_body(dice));
+        let bulk_call = bulk_state.clone().map(|state| {
+            move |connection: Connection, _: &mut Dice| bulk_once(connection, state.clone())
+        });
         let mut rounds = Vec::with_capacity(self.plan.ofrep_rounds);
         for _ in 0..self.plan.ofrep_rounds {
-            let baseline_run = measure(&baseline, &base_connections, shape, base_call).await;
-            let single_run = if single {
-                let evaluate = |connection: Connection, dice: &mut Dice| {
-                    evaluate_once(connection, single_body(dice))
-                };
-                Some(measure(&readyd, &readyd_connections, shape, evaluate).await)
-            } else {
-                None
+            // Warm, unmeasured: connections, caches and the allocator.
+            let warmup = shape.warmup;
+            load::run(&base_connections, concurrency, warmup, None, base_call).await;
+            if single {
+                load::run(&readyd_connections, concurrency, warmup, None, evaluate).await;
+            }
+            if let Some(call) = &bulk_call {
+                load::run(&readyd_connections, concurrency, warmup, None, call.clone()).await;
+            }
+            let mut round = OfrepRound {
+                baseline: Throughput::empty(),
+                single: single.then(Throughput::empty),
+                bulk: bulk_call.as_ref().map(|_| Throughput::empty()),
             };
-            let bulk_run = match &bulk_state {
-                Some(state) => {
-                    let state = state.clone();
-                    let call = move |connection: Connection, _: &mut Dice| {
-                        bulk_once(connection, state.clone())
-                    };
-                    Some(measure(&readyd, &readyd_connections, shape, call).await)
+            for _ in 0..slices {
+                round.baseline.add(
+                    measure_for(&baseline, &base_connections, concurrency, slice, base_call).await,
+                );
+                if let Some(total) = &mut round.single {
+                    total.add(
+                        measure_for(&readyd, &readyd_connections, concurrency, slice, evaluate)
+                            .await,
+                    );
                 }
-                None => None,
-            };
-            rounds.push(OfrepRound {
-                baseline: baseline_run,
-                single: single_run,
-                bulk: bulk_run,
-            });
+                if let (Some(total), Some(call)) = (&mut round.bulk, &bulk_call) {
+                    total.add(
+                        measure_for(
+                            &readyd,
+                            &readyd_connections,
+                            concurrency,
+                            slice,
+                            call.clone(),
+                        )
+                        .await,
+                    );
+                }
+            }
+            rounds.push(round);
         }
-        let baseline_last = measure(&baseline, &base_connections, shape, base_call).await;
         drop((base_connections, readyd_connections));
         baseline.stop().await;
         readyd.stop().await;
         Ofrep {
             rounds,
-            baseline_last,
+            slice,
             bulk_flags,
             bulk_refetches: bulk_state.map_or(0, |state| state.refetches.load(Ordering::Relaxed)),
             connections,

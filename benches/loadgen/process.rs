@@ -180,8 +180,17 @@ impl Server {
         self.child.as_ref().and_then(Child::id)
     }
 
-    /// CPU time (user + system, every thread) the child has used so far.
+    /// CPU time (user + system, every thread) the child has used so far,
+    /// to the nanosecond from the process's CPU clock; from
+    /// `/proc/<pid>/stat` (10 ms ticks) where that clock cannot be read.
     pub fn cpu_time(&self) -> Option<Duration> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid()?).ok()?);
+        if let Ok(now) = nix::time::clock_getcpuclockid(pid).and_then(|clock| clock.now()) {
+            let (secs, nanos) = (u64::try_from(now.tv_sec()), u32::try_from(now.tv_nsec()));
+            if let (Ok(secs), Ok(nanos)) = (secs, nanos) {
+                return Some(Duration::new(secs, nanos));
+            }
+        }
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()?)).ok()?;
         // Fields after the command name, which is in parentheses and may
         // hold spaces: state is field 3, utime 14, stime 15.

@@ -532,15 +532,16 @@ fn print_relay(bench: &Bench, relay: &Relay) {
     }
 }
 
-/// The OFREP scenarios, each of readyd's runs with its ratio to the mean of
-/// the HTTP baseline runs just before and after it, and the goals judged on
-/// the median of the rounds' ratios.
+/// The OFREP scenarios, each of readyd's runs with its ratio to the HTTP
+/// baseline of the same round (loaded in turn with it), and the goals
+/// judged on the median of the rounds' ratios.
 fn print_ofrep(ofrep: &Ofrep) {
     println!(
         "## OFREP over HTTP/1.1 keep-alive ({} connections, one request in flight each; \
-         {} rounds, each of readyd's runs compared with the HTTP baseline's runs just before and after it)",
+         {} rounds, in each the HTTP baseline and readyd's runs loaded in turn for {} ms at a time)",
         ofrep.connections,
-        ofrep.rounds.len()
+        ofrep.rounds.len(),
+        ofrep.slice.as_millis()
     );
     println!();
     println!(
@@ -549,8 +550,7 @@ fn print_ofrep(ofrep: &Ofrep) {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let (mut singles, mut bulks) = (Vec::new(), Vec::new());
     for (index, round) in ofrep.rounds.iter().enumerate() {
-        let [before, after] = ofrep.baselines_around(index);
-        let base = mean_rates(&[Some(before), Some(after)]);
+        let base = mean_rates(&[Some(&round.baseline)]);
         let round_name = index + 1;
         throughput_row(
             &format!("round {round_name}: baseline (axum, constant JSON body)"),
@@ -589,13 +589,6 @@ fn print_ofrep(ofrep: &Ofrep) {
             bulks.extend(share(run));
         }
     }
-    let last = mean_rates(&[Some(&ofrep.baseline_last)]);
-    throughput_row(
-        "after the last round: baseline (axum, constant JSON body)",
-        &ofrep.baseline_last,
-        1.0,
-        last,
-    );
     println!();
     let listed = |shares: &[f64]| {
         shares

@@ -87,6 +87,8 @@ pub struct Plan {
     pub relay: RelayPlan,
     /// Rounds of the OFREP scenarios (each: the baseline, then readyd).
     pub ofrep_rounds: usize,
+    /// How long each server is loaded in turn within an OFREP round.
+    pub ofrep_slice: Duration,
 }
 
 impl Plan {
@@ -113,6 +115,7 @@ impl Plan {
                 restarts: 2,
             },
             ofrep_rounds: 2,
+            ofrep_slice: Duration::from_millis(100),
         }
     }
 }
@@ -148,6 +151,20 @@ pub struct Throughput {
 }
 
 impl Throughput {
+    /// Nothing measured yet, to [`Self::add`] runs to.
+    pub fn empty() -> Self {
+        Throughput {
+            load: LoadReport::empty(),
+            server_cpu: Some(Duration::ZERO),
+        }
+    }
+
+    /// Adds `run` (a later run of the same load on the same server).
+    pub fn add(&mut self, run: Throughput) {
+        self.load.add(run.load);
+        self.server_cpu = self.server_cpu.zip(run.server_cpu).map(|(a, b)| a + b);
+    }
+
     /// Requests per second of server CPU: throughput per server core.
     pub fn per_server_core(&self) -> Option<f64> {
         let cpu = self.server_cpu?.as_secs_f64();
@@ -360,8 +377,24 @@ where
         call.clone(),
     )
     .await;
+    measure_for(server, channels, shape.concurrency, shape.duration, call).await
+}
+
+/// Measures `call`'s load on `server` for `duration`, without a warm-up.
+pub(crate) async fn measure_for<C, F, Fut>(
+    server: &Server,
+    channels: &[C],
+    concurrency: usize,
+    duration: Duration,
+    call: F,
+) -> Throughput
+where
+    C: Clone + Send + 'static,
+    F: Fn(C, &mut Dice) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
     let before = server.cpu_time();
-    let load = load::run(channels, shape.concurrency, shape.duration, None, call).await;
+    let load = load::run(channels, concurrency, duration, None, call).await;
     let server_cpu = before
         .zip(server.cpu_time())
         .map(|(b, a)| a.saturating_sub(b));

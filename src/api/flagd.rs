@@ -32,7 +32,7 @@ use crate::api::streams::StreamGate;
 use crate::flags::{CompiledFlag, EvaluationContext, Reason, ValueType};
 use crate::state::{Event, Snapshot, State};
 use crate::telemetry::{EvaluationCounters, Tally};
-use crate::usage::counters::UsageMarks;
+use crate::usage::counters::{RepeatedAnswer, UsageMarks};
 
 /// How often EventStream sends `keep_alive`.
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
@@ -523,7 +523,7 @@ impl FlagdCore {
     /// snapshot's version, whether it is stale, and whether an answer may
     /// read the clock.
     pub fn inputs(&self) -> (i64, bool, bool) {
-        let snapshot = self.state.snapshot();
+        let snapshot = self.state.snapshot_briefly();
         (
             snapshot.version,
             self.state.freshness().is_stale(),
@@ -531,9 +531,15 @@ impl FlagdCore {
         )
     }
 
+    /// An answer of evaluations counted in `usage`, to be given again
+    /// without evaluating (see [`Self::count`]).
+    pub fn repeatable(&self, usage: UsageMarks) -> Arc<RepeatedAnswer> {
+        self.state.repeatable_usage(usage)
+    }
+
     /// Counts evaluations answered without being made again (a remembered
     /// bulk answer), as if made: in the metrics and in the flags' usage.
-    pub fn count(&self, tally: &Tally, usage: &UsageMarks) {
+    pub fn count(&self, tally: &Tally, usage: &RepeatedAnswer) {
         self.evaluations.record_tally(tally);
         usage.count_again();
     }

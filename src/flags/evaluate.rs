@@ -810,7 +810,11 @@ mod tests {
         dependent.evaluate_uncounted("prod", &EvaluationContext::default(), &flags);
         let mut marks = UsageMarks::default();
         dependent.evaluate_marked("prod", &EvaluationContext::default(), &flags, &mut marks);
-        marks.count_again();
+        // Given again: counted when the repeats are settled, before a drain.
+        let registry = crate::usage::counters::UsageRegistry::default();
+        let again = registry.repeatable(marks);
+        again.count_again();
+        registry.drain(&mut |_, _, _, _| {});
         assert_eq!(drained(&dependent), [("on".to_owned(), Reason::Default, 5)]);
         assert_eq!(
             drained(&flags["base"]),

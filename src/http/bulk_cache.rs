@@ -9,7 +9,9 @@
 //! holds all of these and its `ETag`; an entry is used only when every one
 //! of them is the same now, so a cached `304` is exactly the `304` an
 //! evaluation would have answered. The evaluations it stands for are
-//! counted again on every use, as if made.
+//! counted again on every use, as if made: in the metrics at once, in the
+//! flags' usage as one repeat of the answer, spread over its flags when
+//! usage is drained (see [`crate::usage::counters::RepeatedAnswer`]).
 //!
 //! Bounded: a fixed number of slots, a request's body hashed to one (a
 //! newer entry replaces an older one), and bodies above [`MAX_BODY`] are
@@ -25,7 +27,7 @@ use crate::api::auth::Audience;
 use std::sync::Arc;
 
 use crate::telemetry::Tally;
-use crate::usage::counters::UsageMarks;
+use crate::usage::counters::RepeatedAnswer;
 
 /// Slots: enough for the pages of a few thousand users polling one
 /// instance; at most `SLOTS * MAX_BODY` of bodies (8 MiB), typically far
@@ -54,8 +56,8 @@ struct Entry {
     etag: HeaderValue,
     /// The evaluations the answer was made of, by reason.
     tally: Tally,
-    /// Where they were counted in the flags' usage.
-    usage: Arc<UsageMarks>,
+    /// Where they were counted in the flags' usage, to count again.
+    usage: Arc<RepeatedAnswer>,
 }
 
 /// One slot: boxed, so an empty one is a pointer's size.
@@ -83,27 +85,34 @@ impl BulkCache {
         &slots[index]
     }
 
-    /// The `ETag` and evaluations of the answer remembered for `body` and
-    /// `audience` with exactly `inputs`, if there is one.
-    pub fn get(
+    /// The `ETag` of the answer remembered for `body` and `audience` with
+    /// exactly `inputs`, if there is one and `wanted(etag)`; then also
+    /// `count(tally, usage)` with the evaluations it stands for (while the
+    /// entry is held, so nothing is cloned for it).
+    pub fn answer(
         &self,
         audience: Audience,
         body: &[u8],
         inputs: Inputs,
-    ) -> Option<(HeaderValue, Tally, Arc<UsageMarks>)> {
+        wanted: impl FnOnce(&HeaderValue) -> bool,
+        count: impl FnOnce(&Tally, &RepeatedAnswer),
+    ) -> Option<HeaderValue> {
         if body.len() > MAX_BODY {
             return None;
         }
         // A poisoned slot (a panic while it was held) is only a cache miss.
         let slot = self.slot(audience, body).lock().ok()?;
         let entry = slot.as_ref()?;
-        (entry.audience == audience && entry.inputs == inputs && entry.body == body).then(|| {
-            (
-                entry.etag.clone(),
-                entry.tally.clone(),
-                Arc::clone(&entry.usage),
-            )
-        })
+        if entry.audience == audience
+            && entry.inputs == inputs
+            && entry.body == body
+            && wanted(&entry.etag)
+        {
+            count(&entry.tally, &entry.usage);
+            Some(entry.etag.clone())
+        } else {
+            None
+        }
     }
 
     /// Remembers the answer `etag`, made of `tally` (counted in the flags'
@@ -115,7 +124,7 @@ impl BulkCache {
         inputs: Inputs,
         etag: HeaderValue,
         tally: Tally,
-        usage: UsageMarks,
+        usage: Arc<RepeatedAnswer>,
     ) {
         if body.len() > MAX_BODY {
             return;
@@ -128,7 +137,7 @@ impl BulkCache {
                 inputs,
                 etag,
                 tally,
-                usage: Arc::new(usage),
+                usage,
             }));
         }
     }
@@ -137,7 +146,22 @@ impl BulkCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::counters::{UsageMarks, UsageRegistry};
     use proptest::prelude::*;
+
+    fn no_usage() -> Arc<RepeatedAnswer> {
+        UsageRegistry::default().repeatable(UsageMarks::default())
+    }
+
+    /// The ETag remembered for the request, whatever it is.
+    fn get(
+        cache: &BulkCache,
+        audience: Audience,
+        body: &[u8],
+        inputs: Inputs,
+    ) -> Option<HeaderValue> {
+        cache.answer(audience, body, inputs, |_| true, |_, _| {})
+    }
 
     fn inputs(version: i64) -> Inputs {
         Inputs {
@@ -161,16 +185,16 @@ mod tests {
             inputs(3),
             etag("\"a\""),
             Tally::default(),
-            UsageMarks::default(),
+            no_usage(),
         );
-        let found = cache.get(Audience::Clients, body, inputs(3));
-        assert_eq!(found.map(|(tag, _, _)| tag), Some(etag("\"a\"")));
+        let found = get(&cache, Audience::Clients, body, inputs(3));
+        assert_eq!(found, Some(etag("\"a\"")));
         assert!(
-            cache.get(Audience::Everyone, body, inputs(3)).is_none(),
+            get(&cache, Audience::Everyone, body, inputs(3)).is_none(),
             "another audience"
         );
         assert!(
-            cache.get(Audience::Clients, body, inputs(4)).is_none(),
+            get(&cache, Audience::Clients, body, inputs(4)).is_none(),
             "another version"
         );
         let stale = Inputs {
@@ -178,7 +202,7 @@ mod tests {
             ..inputs(3)
         };
         assert!(
-            cache.get(Audience::Clients, body, stale).is_none(),
+            get(&cache, Audience::Clients, body, stale).is_none(),
             "stale now"
         );
         let later = Inputs {
@@ -186,19 +210,47 @@ mod tests {
             ..inputs(3)
         };
         assert!(
-            cache.get(Audience::Clients, body, later).is_none(),
+            get(&cache, Audience::Clients, body, later).is_none(),
             "a new window"
         );
         assert!(
-            cache
-                .get(
-                    Audience::Clients,
-                    br#"{"context":{"targetingKey":"u2"}}"#,
-                    inputs(3)
-                )
-                .is_none(),
+            get(
+                &cache,
+                Audience::Clients,
+                br#"{"context":{"targetingKey":"u2"}}"#,
+                inputs(3)
+            )
+            .is_none(),
             "another context"
         );
+    }
+
+    #[test]
+    fn a_hit_counts_its_evaluations_only_when_its_tag_is_wanted() {
+        let cache = BulkCache::default();
+        let body = b"{}";
+        cache.put(
+            Audience::Clients,
+            body,
+            inputs(1),
+            etag("\"a\""),
+            Tally::default(),
+            no_usage(),
+        );
+        let mut counted = 0;
+        let answer = |tag: &'static str, counted: &mut i32| {
+            cache.answer(
+                Audience::Clients,
+                body,
+                inputs(1),
+                |etag| *etag == tag,
+                |_, _| *counted += 1,
+            )
+        };
+        assert!(answer("\"b\"", &mut counted).is_none());
+        assert_eq!(counted, 0);
+        assert_eq!(answer("\"a\"", &mut counted), Some(etag("\"a\"")));
+        assert_eq!(counted, 1);
     }
 
     #[test]
@@ -211,9 +263,9 @@ mod tests {
             inputs(1),
             etag("\"a\""),
             Tally::default(),
-            UsageMarks::default(),
+            no_usage(),
         );
-        assert!(cache.get(Audience::Everyone, &body, inputs(1)).is_none());
+        assert!(get(&cache, Audience::Everyone, &body, inputs(1)).is_none());
     }
 
     proptest! {
@@ -229,12 +281,12 @@ mod tests {
             let mut last = std::collections::HashMap::new();
             for (body, clients, version, tag) in &puts {
                 let tag = etag(&format!("\"{tag}\""));
-                cache.put(audience(*clients), &[*body], inputs(*version), tag.clone(), Tally::default(), UsageMarks::default());
+                cache.put(audience(*clients), &[*body], inputs(*version), tag.clone(), Tally::default(), no_usage());
                 // A put replaces whatever its slot held, this request's or another's.
                 last.insert((*body, *clients), (*version, tag));
             }
             let (body, clients, version) = ask;
-            if let Some((tag, _, _)) = cache.get(audience(clients), &[body], inputs(version)) {
+            if let Some(tag) = get(&cache, audience(clients), &[body], inputs(version)) {
                 prop_assert_eq!(last.get(&(body, clients)), Some(&(version, tag)));
             }
         }

@@ -78,9 +78,8 @@ pub struct HttpSurface {
     pub bulk_cache: BulkCache,
 }
 
-/// Every route of the surface.
+/// Every route of the surface, each observed (see [`observe`]).
 pub fn router(surface: Arc<HttpSurface>) -> Router {
-    let cors = cors(&surface.cors_origins);
     let console = if surface.console.is_some() {
         crate::console::routes()
     } else {
@@ -98,7 +97,6 @@ pub fn router(surface: Arc<HttpSurface>) -> Router {
         .route("/ofrep/v1/evaluate/flags/{key}", post(ofrep_evaluate))
         .route("/ofrep/v1/evaluate/flags", post(ofrep_evaluate_all))
         .route(events::PATH, get(ofrep_events))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .fallback(|uri: Uri| async move {
             error(
                 StatusCode::NOT_FOUND,
@@ -113,12 +111,34 @@ pub fn router(surface: Arc<HttpSurface>) -> Router {
                 "this path does not take that method",
             )
         });
-    // After the fallbacks, so requests to no route are observed too.
-    let router = router.layer(observe::ObserveLayer::default());
-    match cors {
-        Some(cors) => router.layer(cors).with_state(surface),
-        None => router.with_state(surface),
-    }
+    // Inside the router, where each request's route is known; after the
+    // fallbacks, so requests to no route are observed too.
+    router
+        .layer(observe::ObserveLayer::default())
+        .with_state(surface)
+}
+
+/// The surface as served: [`router`] inside the layers every request
+/// passes whatever its route, CORS (when origins are configured) and the
+/// body limit. They wrap the router once, not each route: a layer given to
+/// `Router::layer` boxes every route's service again, which each request
+/// then pays for in clones and allocations.
+pub fn service(
+    surface: Arc<HttpSurface>,
+) -> impl tower::Service<
+    axum::extract::Request,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future = impl Send + 'static,
+> + Clone
++ Send
++ Sync
++ 'static {
+    let cors = cors(&surface.cors_origins);
+    tower::ServiceBuilder::new()
+        .option_layer(cors)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .service(router(surface))
 }
 
 /// The CORS answers for `origins`: preflights answered, the headers a
@@ -161,13 +181,14 @@ pub async fn serve(
     surface: Arc<HttpSurface>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::ServiceExt;
     // No Nagle delay: h2c frames and event-stream messages go out at once.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
     axum::serve(
         listener,
-        router(surface).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        service(surface).into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(stop)
     .await

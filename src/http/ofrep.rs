@@ -236,10 +236,14 @@ pub fn evaluate_all(
     };
     if let Some(wanted) = wanted
         && !reads_time
-        && let Some((etag, tally, usage)) = cache.get(request.audience, request.body, now)
-        && etag.to_str().is_ok_and(|etag| matches(wanted, etag))
+        && let Some(etag) = cache.answer(
+            request.audience,
+            request.body,
+            now,
+            |etag| etag.to_str().is_ok_and(|etag| matches(wanted, etag)),
+            |tally, usage| flagd.count(tally, usage),
+        )
     {
-        flagd.count(&tally, &usage);
         return not_modified(etag);
     }
     let context = match context(request.body) {
@@ -272,7 +276,7 @@ pub fn evaluate_all(
             inputs,
             etag.clone(),
             every.tally,
-            every.usage,
+            flagd.repeatable(every.usage),
         );
     }
     if wanted.is_some_and(|wanted| etag.to_str().is_ok_and(|etag| matches(wanted, etag))) {
@@ -296,10 +300,12 @@ pub fn evaluate_all(
 /// (`W/"…"`) matches its strong twin, as the weak comparison RFC 9110
 /// prescribes for `If-None-Match` does.
 fn matches(wanted: &str, etag: &str) -> bool {
-    wanted
-        .split(',')
-        .map(|tag| tag.trim().trim_start_matches("W/"))
-        .any(|tag| tag == etag || tag == "*")
+    // The one tag a polling client sends, compared at once.
+    wanted == etag
+        || wanted.split(',').any(|tag| {
+            let tag = tag.trim();
+            tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag
+        })
 }
 
 /// A `304` naming `etag`.
@@ -516,6 +522,43 @@ mod tests {
         );
         assert_ne!(a, etag(&[], 1));
         assert!(a.starts_with('"') && a.ends_with('"'));
+    }
+
+    /// An `If-None-Match` list of up to four tags, each the ETag, another
+    /// tag or `*`, weak or strong, with spaces around.
+    fn if_none_match() -> impl Strategy<Value = String> {
+        let tag = (
+            prop_oneof![
+                Just("\"abc\""),
+                Just("\"abd\""),
+                Just("\"\""),
+                Just("*"),
+                Just("abc")
+            ],
+            any::<bool>(),
+            "[ \t]{0,2}",
+            "[ \t]{0,2}",
+        )
+            .prop_map(|(tag, weak, before, after)| {
+                format!("{before}{}{tag}{after}", if weak { "W/" } else { "" })
+            });
+        proptest::collection::vec(tag, 0..4).prop_map(|tags| tags.join(","))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// RFC 9110's weak comparison over the list: a tag matches when it
+        /// is `*` or, without its `W/`, the ETag.
+        #[test]
+        fn if_none_match_is_compared_weakly_over_the_list(wanted in if_none_match()) {
+            let etag = "\"abc\"";
+            let expected = wanted.split(',').any(|tag| {
+                let tag = tag.trim();
+                tag == "*" || tag == etag || tag.strip_prefix("W/") == Some(etag)
+            });
+            prop_assert_eq!(matches(&wanted, etag), expected);
+        }
     }
 
     #[test]

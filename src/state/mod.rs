@@ -258,6 +258,15 @@ impl State {
         );
     }
 
+    /// An answer counted in `marks`, to be counted again each time it is
+    /// given again; its repeats are in the next [`Self::drain_usage`].
+    pub fn repeatable_usage(
+        &self,
+        marks: crate::usage::counters::UsageMarks,
+    ) -> Arc<crate::usage::counters::RepeatedAnswer> {
+        self.usage.repeatable(marks)
+    }
+
     /// Takes every evaluation count out of memory: the current snapshot's
     /// flags' and those of flags replaced since the last drain, as
     /// `take(flag, variant, reason, count)`.

@@ -117,12 +117,18 @@ impl UsageCounters {
     /// range is ignored rather than trusted.
     #[inline]
     pub fn add_slot(&self, slot: usize) {
+        self.add_slot_times(slot, 1);
+    }
+
+    /// Counts `times` evaluations in `slot`.
+    #[inline]
+    fn add_slot_times(&self, slot: usize, times: u64) {
         let line =
             (this_threads_shard() & self.shard_mask) * self.lines_per_shard + slot / LINE_SLOTS;
         if slot < self.variants.len() * Reason::ALL.len()
             && let Some(line) = self.lines.get(line)
         {
-            line.0[slot % LINE_SLOTS].fetch_add(1, Ordering::Relaxed);
+            line.0[slot % LINE_SLOTS].fetch_add(times, Ordering::Relaxed);
         }
     }
 
@@ -185,16 +191,64 @@ impl Tap for Uncounted {
 }
 
 /// The slots an answer was counted in, to count them again when the same
-/// answer is given without evaluating (a remembered bulk answer).
+/// answer is given without evaluating (a remembered bulk answer: see
+/// [`RepeatedAnswer`]).
 #[derive(Debug, Default, Clone)]
 pub struct UsageMarks(Vec<(Arc<UsageCounters>, usize)>);
 
-impl UsageMarks {
-    /// Counts every mark once more.
+/// An answer given again without evaluating (a remembered bulk answer of
+/// 50 flags, say), counted as if evaluated each time. Giving it again adds
+/// one to `repeats`, one atomic add where counting every mark would be one
+/// per flag; the repeats are added to the marks' slots when usage is
+/// drained ([`UsageRegistry::drain`] settles every live one first) and when
+/// the answer is dropped, so no repeat is lost or counted twice.
+#[derive(Debug)]
+pub struct RepeatedAnswer {
+    marks: UsageMarks,
+    repeats: AtomicU64,
+}
+
+impl RepeatedAnswer {
+    /// Counts the answer once more.
+    #[inline]
     pub fn count_again(&self) {
-        for (counters, slot) in &self.0 {
-            counters.add_slot(*slot);
+        self.repeats.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds the repeats so far to every mark's slot.
+    fn settle(&self) {
+        let times = self.repeats.swap(0, Ordering::Relaxed);
+        if times > 0 {
+            for (counters, slot) in &self.marks.0 {
+                counters.add_slot_times(*slot, times);
+            }
         }
+    }
+}
+
+impl Drop for RepeatedAnswer {
+    fn drop(&mut self) {
+        // While the marks still hold their counters: a retired counter is
+        // forgotten only once nothing holds it, after a drain.
+        self.settle();
+    }
+}
+
+/// The repeated answers that may still be alive, held weakly: an answer
+/// dropped has settled itself.
+#[derive(Debug, Default)]
+struct Repeated {
+    answers: Vec<std::sync::Weak<RepeatedAnswer>>,
+    /// How many were alive at the last pruning: the list is pruned when it
+    /// has grown to twice that, so it stays within twice the live answers
+    /// however many come and go between drains.
+    alive_when_pruned: usize,
+}
+
+impl Repeated {
+    fn prune(&mut self) {
+        self.answers.retain(|answer| answer.strong_count() > 0);
+        self.alive_when_pruned = self.answers.len();
     }
 }
 
@@ -216,6 +270,9 @@ pub struct UsageRegistry {
     /// A std mutex: held to push or swap a vector, never across an await,
     /// and never on an evaluation.
     retired: Mutex<Vec<Arc<UsageCounters>>>,
+    /// Answers given again without evaluating, settled before each drain.
+    /// Locked when one is made (after an evaluation) and to drain.
+    repeated: Mutex<Repeated>,
 }
 
 impl UsageRegistry {
@@ -228,11 +285,52 @@ impl UsageRegistry {
         retired.extend(counters);
     }
 
-    /// Drains every retired counter into `take(key, variant, reason,
-    /// count)`, and forgets those nobody else holds any more. A counter is
-    /// forgotten only after a drain that came after the last holder let go,
-    /// so a count added just before cannot be lost.
+    /// An answer counted in `marks`, to be given (and counted) again; see
+    /// [`RepeatedAnswer`].
+    pub fn repeatable(&self, marks: UsageMarks) -> Arc<RepeatedAnswer> {
+        let answer = Arc::new(RepeatedAnswer {
+            marks,
+            repeats: AtomicU64::new(0),
+        });
+        let mut repeated = self
+            .repeated
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if repeated.answers.len() >= (2 * repeated.alive_when_pruned).max(64) {
+            repeated.prune();
+        }
+        repeated.answers.push(Arc::downgrade(&answer));
+        answer
+    }
+
+    /// Adds every live repeated answer's repeats to its counters.
+    fn settle_repeated(&self) {
+        let live: Vec<Arc<RepeatedAnswer>> = {
+            let mut repeated = self
+                .repeated
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            repeated.prune();
+            repeated
+                .answers
+                .iter()
+                .filter_map(std::sync::Weak::upgrade)
+                .collect()
+        };
+        // Outside the lock, which a bulk evaluation takes to remember
+        // its answer.
+        for answer in &live {
+            answer.settle();
+        }
+    }
+
+    /// Settles the repeated answers, then drains every retired counter into
+    /// `take(key, variant, reason, count)`, and forgets those nobody else
+    /// holds any more. A counter is forgotten only after a drain that came
+    /// after the last holder let go, so a count added just before cannot be
+    /// lost. The caller drains the current counters after this.
     pub fn drain(&self, take: &mut impl FnMut(&str, &str, Reason, u64)) {
+        self.settle_repeated();
         let mut retired = std::mem::take(
             &mut *self
                 .retired
@@ -297,6 +395,72 @@ mod tests {
         assert_eq!(
             drained(&counters),
             BTreeMap::from([(("off".to_owned(), "PREREQUISITE_FAILED"), 1)])
+        );
+    }
+
+    #[test]
+    fn repeated_answers_are_counted_once_each_at_drains_and_when_dropped() {
+        let registry = Arc::new(UsageRegistry::default());
+        let counters = Arc::new(UsageCounters::new("f", ["on".into(), "off".into()]));
+        let mut marks = UsageMarks::default();
+        Recording(&mut marks).count(&counters, 1, Reason::Split);
+        Recording(&mut marks).count(&counters, 0, Reason::Static);
+        let answer = registry.repeatable(marks);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let answer = Arc::clone(&answer);
+                std::thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        answer.count_again();
+                    }
+                })
+            })
+            .collect();
+        let mut total = BTreeMap::<(String, &'static str), u64>::new();
+        let drain = |total: &mut BTreeMap<(String, &'static str), u64>| {
+            registry.drain(&mut |_, _, _, _| {});
+            for (key, count) in drained(&counters) {
+                *total.entry(key).or_default() += count;
+            }
+        };
+        for thread in threads {
+            drain(&mut total);
+            let _ = thread.join();
+        }
+        drain(&mut total);
+        answer.count_again();
+        answer.count_again();
+        // The last two are settled by the drop.
+        drop(answer);
+        drain(&mut total);
+        assert_eq!(
+            total,
+            BTreeMap::from([
+                (("off".to_owned(), "SPLIT"), 40_003),
+                (("on".to_owned(), "STATIC"), 40_003),
+            ])
+        );
+    }
+
+    #[test]
+    fn the_list_of_repeated_answers_stays_within_twice_the_live_ones() {
+        let registry = UsageRegistry::default();
+        let held: Vec<_> = (0..100)
+            .map(|_| registry.repeatable(UsageMarks::default()))
+            .collect();
+        for _ in 0..10_000 {
+            drop(registry.repeatable(UsageMarks::default()));
+        }
+        let listed = registry
+            .repeated
+            .lock()
+            .expect("not poisoned")
+            .answers
+            .len();
+        assert!(
+            listed <= 2 * held.len(),
+            "{listed} listed for {} alive",
+            held.len()
         );
     }
 
