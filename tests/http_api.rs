@@ -858,6 +858,20 @@ async fn ofrep_evaluates_as_evaluate_flag_with_its_error_shapes_and_etags() {
     .await;
     assert_eq!(unchanged.code, 304, "{unchanged:?}");
     assert!(unchanged.body.is_empty());
+    // The body limit holds for the bulk evaluation too (answered before
+    // the router), in OFREP's error shape.
+    let huge = format!(
+        r#"{{"context": {{"targetingKey": "{}"}}}}"#,
+        "x".repeat(readyd::http::MAX_BODY_BYTES)
+    );
+    for path in [bulk_path, "/ofrep/v1/evaluate/flags/button_color"] {
+        let too_large = post(http, path, &huge, None, &with_key).await;
+        assert_eq!(too_large.code, 413, "{path}: {too_large:?}");
+        assert_eq!(too_large.json()["errorCode"], "PARSE_ERROR", "{path}");
+    }
+    // Other methods on the bulk path are the router's.
+    let wrong_method = get(http, bulk_path, None).await;
+    assert_eq!(wrong_method.code, 405, "{wrong_method:?}");
     // Another context answers differently, so its tag differs.
     let other = post(
         http,

@@ -107,13 +107,24 @@ async fn metrics_hold_the_named_series_after_traffic() {
         true,
     )
     .await;
-    // HTTP requests: two probes and one to no route.
+    // HTTP requests: two probes, one to no route, and a bulk evaluation
+    // without a token (answered before the router, observed as its route
+    // all the same).
     let http = daemon.http.expect("the HTTP surface's address");
-    for path in ["/livez", "/livez", "/no/such/path"] {
+    for (method, path) in [
+        ("GET", "/livez"),
+        ("GET", "/livez"),
+        ("GET", "/no/such/path"),
+        ("POST", "/ofrep/v1/evaluate/flags"),
+    ] {
         let mut stream = tokio::net::TcpStream::connect(http).await.expect("connect");
         tokio::io::AsyncWriteExt::write_all(
             &mut stream,
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                 Content-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+            )
+            .as_bytes(),
         )
         .await
         .expect("send");
@@ -215,6 +226,19 @@ async fn metrics_hold_the_named_series_after_traffic() {
             &[("route", "/livez")]
         ),
         2.0
+    );
+    assert_eq!(
+        value(
+            &scraped,
+            "readyd_http_requests_total",
+            &[
+                ("route", "/ofrep/v1/evaluate/flags"),
+                ("method", "POST"),
+                ("status", "401")
+            ]
+        ),
+        1.0,
+        "refused (this daemon has a read token), and observed as its route"
     );
     let flag_service = ("service", "readyd.v1.FlagService");
     assert_eq!(

@@ -10,6 +10,7 @@
 //! and a pod can expose the probes without exposing the API.
 
 mod bulk_cache;
+mod bulk_first;
 mod events;
 pub(crate) mod json;
 pub mod limit;
@@ -19,6 +20,7 @@ pub mod probes;
 
 pub use bulk_cache::BulkCache;
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -78,8 +80,9 @@ pub struct HttpSurface {
     pub bulk_cache: BulkCache,
 }
 
-/// Every route of the surface, each observed (see [`observe`]).
-pub fn router(surface: Arc<HttpSurface>) -> Router {
+/// Every route of the surface, each observed (see [`observe`]) by
+/// `observe`.
+fn router(surface: Arc<HttpSurface>, observe: observe::ObserveLayer) -> Router {
     let console = if surface.console.is_some() {
         crate::console::routes()
     } else {
@@ -95,7 +98,9 @@ pub fn router(surface: Arc<HttpSurface>) -> Router {
         .route("/api/feature-flags/{key}", get(evaluate_flag))
         .route("/api/config", get(list_configs).post(set_config))
         .route("/ofrep/v1/evaluate/flags/{key}", post(ofrep_evaluate))
-        .route("/ofrep/v1/evaluate/flags", post(ofrep_evaluate_all))
+        // Reached by methods other than POST: POST is answered before the
+        // router (see [`bulk_first`]).
+        .route(BULK_PATH, post(ofrep_evaluate_all))
         .route(events::PATH, get(ofrep_events))
         .fallback(|uri: Uri| async move {
             error(
@@ -113,32 +118,39 @@ pub fn router(surface: Arc<HttpSurface>) -> Router {
         });
     // Inside the router, where each request's route is known; after the
     // fallbacks, so requests to no route are observed too.
-    router
-        .layer(observe::ObserveLayer::default())
-        .with_state(surface)
+    router.layer(observe).with_state(surface)
 }
+
+/// The path of a bulk evaluation.
+const BULK_PATH: &str = "/ofrep/v1/evaluate/flags";
 
 /// The surface as served: [`router`] inside the layers every request
 /// passes whatever its route, CORS (when origins are configured) and the
 /// body limit. They wrap the router once, not each route: a layer given to
 /// `Router::layer` boxes every route's service again, which each request
 /// then pays for in clones and allocations.
+///
+/// A bulk evaluation (`POST /ofrep/v1/evaluate/flags`) is answered before
+/// the router, observed as its route (see [`bulk_first`]).
 pub fn service(
     surface: Arc<HttpSurface>,
 ) -> impl tower::Service<
     axum::extract::Request,
     Response = Response,
-    Error = std::convert::Infallible,
+    Error = Infallible,
     Future = impl Send + 'static,
 > + Clone
 + Send
 + Sync
 + 'static {
     let cors = cors(&surface.cors_origins);
+    let observe = observe::ObserveLayer::default();
+    let bulk = observe.with_route(BULK_PATH, bulk_first::BulkEvaluation::new(&surface));
     tower::ServiceBuilder::new()
         .option_layer(cors)
+        .layer_fn(|router| bulk_first::BulkFirst::new(bulk.clone(), router))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .service(router(surface))
+        .service(router(surface, observe))
 }
 
 /// The CORS answers for `origins`: preflights answered, the headers a
@@ -590,22 +602,34 @@ async fn ofrep_request(
     surface: &HttpSurface,
     request: axum::extract::Request,
 ) -> Result<(Audience, Option<HeaderValue>, axum::body::Bytes), Box<Response>> {
-    use axum::extract::FromRequest;
     let authorization = ofrep::authorization(request.headers());
     let audience = evaluation_caller(surface, authorization.as_ref())?;
     let if_none_match = request.headers().get(header::IF_NONE_MATCH).cloned();
-    // Bytes' extractor keeps the body limit (DefaultBodyLimit).
-    let body = axum::body::Bytes::from_request(request, &())
-        .await
-        .map_err(|rejected| {
-            Box::new(json_response(
-                rejected.status(),
-                &serde_json::json!({
-                    "errorCode": "PARSE_ERROR",
-                    "errorDetails": format!("the body could not be read: {rejected}"),
-                }),
-            ))
-        })?;
+    // The limit is applied here, not by DefaultBodyLimit: a bulk
+    // evaluation is answered before the router and that layer.
+    let body = http_body_util::BodyExt::collect(http_body_util::Limited::new(
+        request.into_body(),
+        MAX_BODY_BYTES,
+    ))
+    .await
+    .map(http_body_util::Collected::to_bytes)
+    .map_err(|error| {
+        let (code, why) = if error.is::<http_body_util::LengthLimitError>() {
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("it is larger than {MAX_BODY_BYTES} bytes"),
+            )
+        } else {
+            (StatusCode::BAD_REQUEST, error.to_string())
+        };
+        Box::new(json_response(
+            code,
+            &serde_json::json!({
+                "errorCode": "PARSE_ERROR",
+                "errorDetails": format!("the body could not be read: {why}"),
+            }),
+        ))
+    })?;
     Ok((audience, if_none_match, body))
 }
 

@@ -132,6 +132,22 @@ impl<S> Layer<S> for ObserveLayer {
             handles: Arc::new(Handles {
                 metrics: Arc::clone(&self.metrics),
                 route: OnceLock::new(),
+                unrouted: UNKNOWN,
+            }),
+        }
+    }
+}
+
+impl ObserveLayer {
+    /// `inner` observed as route `route`: for a service that answers one
+    /// route outside the router, where no request carries its route.
+    pub fn with_route<S>(&self, route: &'static str, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            handles: Arc::new(Handles {
+                metrics: Arc::clone(&self.metrics),
+                route: OnceLock::new(),
+                unrouted: route,
             }),
         }
     }
@@ -147,6 +163,9 @@ struct Handles {
     /// route (a service shared by several, such as a fallback) looks its
     /// own up in `metrics`.
     route: OnceLock<Arc<RouteMetrics>>,
+    /// The route of a request the router has not routed: `unknown`, or
+    /// the one route of a service outside the router.
+    unrouted: &'static str,
 }
 
 impl Handles {
@@ -187,7 +206,7 @@ where
             request
                 .extensions()
                 .get::<MatchedPath>()
-                .map_or(UNKNOWN, MatchedPath::as_str),
+                .map_or(self.handles.unrouted, MatchedPath::as_str),
         );
         let method = method_index(request.method());
         let peer = request
