@@ -245,11 +245,12 @@ async fn save(state: &State, path: &Path, environment: &str) {
     let behind = chrono::Duration::from_std(state.freshness().behind_for()).unwrap_or_default();
     let known_current_at = Utc::now() - behind;
     // On a thread of its own at the scheduler's lowest weight (SCHED_IDLE:
-    // any other thread that wakes takes the core from it): encoding a large snapshot takes milliseconds of
-    // CPU, and every follower of a fleet saves within the same second after
-    // a change. At normal priority those saves delayed the next change's
-    // delivery on a shared core; at nice 19 a hundred of them together
-    // still outweighed one normal thread.
+    // any other thread that wakes takes the core from it): encoding a
+    // large snapshot takes milliseconds of CPU, and every follower of a
+    // fleet saves within the same second after a change. At normal
+    // priority those saves delayed the next change's delivery on a shared
+    // core; at nice 19 a hundred of them together still outweighed one
+    // normal thread.
     let (done, written) = tokio::sync::oneshot::channel();
     let spawned = std::thread::Builder::new()
         .name("snapshot-save".to_owned())
@@ -288,9 +289,9 @@ async fn save(state: &State, path: &Path, environment: &str) {
 /// may wait while requests are served: `SCHED_IDLE`, the scheduler's
 /// lowest weight (a fifth of nice 19's), which gives way at once to any
 /// other thread that wakes (at nice 19 a hundred such threads together
-/// outweighed one normal thread); nice 19 where `SCHED_IDLE` is refused. Lowering a priority
-/// needs no privilege; where both fail, the work runs at the usual
-/// priority.
+/// outweighed one normal thread); nice 19 where `SCHED_IDLE` is refused.
+/// Lowering a priority needs no privilege; where both fail, the work runs
+/// at the usual priority.
 fn lower_this_threads_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: sched_setscheduler, setpriority and gettid have no
@@ -372,7 +373,8 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn the_saving_thread_runs_only_when_nothing_else_would_and_others_are_unchanged() {
-        // SAFETY: getpriority and gettid have no preconditions.
+        // SAFETY: sched_getscheduler has no preconditions (0: the calling
+        // thread).
         let policy = || unsafe { libc::sched_getscheduler(0) };
         let before = policy();
         let lowered = std::thread::spawn(move || {

@@ -98,8 +98,8 @@ fn router(surface: Arc<HttpSurface>, observe: observe::ObserveLayer) -> Router {
         .route("/api/feature-flags/{key}", get(evaluate_flag))
         .route("/api/config", get(list_configs).post(set_config))
         .route("/ofrep/v1/evaluate/flags/{key}", post(ofrep_evaluate))
-        // Reached by methods other than POST: POST is answered before the
-        // router (see [`bulk_first`]).
+        // POST is answered before the router (see [`bulk_first`]); the
+        // route stays so that other methods get the router's 405.
         .route(BULK_PATH, post(ofrep_evaluate_all))
         .route(events::PATH, get(ofrep_events))
         .fallback(|uri: Uri| async move {

@@ -127,20 +127,16 @@ impl<S> Layer<S> for ObserveLayer {
     type Service = Observe<S>;
 
     fn layer(&self, inner: S) -> Observe<S> {
-        Observe {
-            inner,
-            handles: Arc::new(Handles {
-                metrics: Arc::clone(&self.metrics),
-                route: OnceLock::new(),
-                unrouted: UNKNOWN,
-            }),
-        }
+        // Inside the router every routed request carries its route; one
+        // that does not went to no route.
+        self.with_route(UNKNOWN, inner)
     }
 }
 
 impl ObserveLayer {
-    /// `inner` observed as route `route`: for a service that answers one
-    /// route outside the router, where no request carries its route.
+    /// `inner` observed, a request that carries no route (from the router)
+    /// counted as `route`: for a service that answers one route outside
+    /// the router.
     pub fn with_route<S>(&self, route: &'static str, inner: S) -> Observe<S> {
         Observe {
             inner,
